@@ -1,0 +1,221 @@
+"""The ``deployster`` command line.
+
+Every failure a user can cause (a typo, a missing token, a port in use, Redis
+down) ends with one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import DeploysterError
+from .redis_conn import REDIS_DOWN
+from .service import Deployster
+from .settings import Settings
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deployster",
+        description="Queued, lock-safe deploys for your own VPS.",
+    )
+    parser.add_argument("--version", action="version", version=f"deployster {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the deploy server (HTTP API + job runner)")
+    serve.add_argument("--host", help="address to listen on (DEPLOYSTER_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to listen on (DEPLOYSTER_PORT, 3259)")
+    serve.set_defaults(handler=cmd_serve)
+
+    project = sub.add_parser("project", help="register, list and edit projects")
+    psub = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+
+    def stage_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pipeline", type=Path, metavar="FILE.json",
+                       help="pipeline stages: a JSON list of {stage_name, git_branch, "
+                            "environment_variables}")
+        p.add_argument("--lock-ttl", type=_positive, metavar="S",
+                       help="lock TTL in seconds (renewed while a job runs; default 600)")
+        p.add_argument("--timeout", type=_positive, metavar="S",
+                       help="a job running longer than this is stopped (default 3600)")
+
+    add = psub.add_parser("add", help="register a project directory")
+    add.add_argument("path", help="the project directory (the 'cd' CI sends)")
+    add.add_argument("--name", help="a short name (default: the directory's name)")
+    stage_options(add)
+    add.set_defaults(handler=cmd_project_add)
+
+    edit = psub.add_parser("edit", help="change a project's name, stages, TTL or timeout")
+    edit.add_argument("project", metavar="NAME|ID|PATH")
+    edit.add_argument("--name", help="a new name")
+    stage_options(edit)
+    edit.set_defaults(handler=cmd_project_edit)
+
+    lst = psub.add_parser("list", help="list registered projects")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(handler=cmd_project_list)
+
+    show = psub.add_parser("show", help="show one project")
+    show.add_argument("project", metavar="NAME|ID|PATH")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=cmd_project_show)
+    return parser
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+async def _with_core(settings: Settings, body: Callable[[Deployster], Awaitable[int]]) -> int:
+    core = await Deployster.open(settings)
+    try:
+        return await body(core)
+    finally:
+        await core.close()
+
+
+def _read_pipeline(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise DeploysterError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise DeploysterError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _print_project(project: Any, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(project.to_dict(), indent=2))
+        return
+    print(f"name:      {project.name}")
+    print(f"id:        {project.id}")
+    print(f"path:      {project.path}")
+    print(f"lock TTL:  {project.lock_ttl:g}s")
+    print(f"timeout:   {project.timeout:g}s")
+    if not project.pipeline:
+        print("stages:    none")
+    for stage in project.pipeline:
+        keys = ", ".join(v.key for v in stage.environment_variables) or "no variables"
+        print(f"stage:     {stage.stage_name} (branch {stage.git_branch}): {keys}")
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.serve import serve
+
+    settings = _settings().with_overrides(host=args.host, port=args.port)
+    settings.require_token()
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_project_add(args: argparse.Namespace) -> int:
+    pipeline = _read_pipeline(args.pipeline)
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.add(
+            args.path, name=args.name, pipeline=pipeline,
+            lock_ttl=args.lock_ttl, timeout=args.timeout,
+        )
+        print(f"registered project {project.name!r} (id {project.id}) at {project.path}")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_project_edit(args: argparse.Namespace) -> int:
+    pipeline = _read_pipeline(args.pipeline)
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project)
+        project = await core.projects.edit(
+            project, name=args.name, pipeline=pipeline,
+            lock_ttl=args.lock_ttl, timeout=args.timeout,
+        )
+        print(f"updated project {project.name!r} (id {project.id})")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_project_list(args: argparse.Namespace) -> int:
+    async def body(core: Deployster) -> int:
+        projects = await core.projects.all()
+        if args.json:
+            print(json.dumps([p.to_dict() for p in projects], indent=2))
+        elif not projects:
+            print("no projects yet: register one with 'deployster project add PATH'")
+        else:
+            width = max(len(p.name) for p in projects)
+            for p in projects:
+                print(f"{p.id:>4}  {p.name:<{width}}  {p.path}")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_project_show(args: argparse.Namespace) -> int:
+    async def body(core: Deployster) -> int:
+        _print_project(await core.projects.find(args.project), as_json=args.json)
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+# ----------------------------------------------------------------- entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("databases").setLevel(logging.WARNING)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except DeploysterError as exc:
+        print(f"deployster: error: {exc.message}", file=sys.stderr)
+        return 2
+    except REDIS_DOWN as exc:
+        print(f"deployster: error: cannot reach Redis/database: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)

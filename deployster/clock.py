@@ -1,0 +1,27 @@
+"""Time helpers: everything stored is UTC, ISO-8601 with milliseconds and a Z."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None = None) -> str:
+    dt = dt or utcnow()
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    a, b = parse_iso(start), parse_iso(end)
+    if a is None or b is None:
+        return None
+    return (b - a).total_seconds()

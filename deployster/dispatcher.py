@@ -1,0 +1,185 @@
+"""The dispatcher: starts queued jobs the moment their project's lock is free.
+
+It listens on the events channel (a release or an enqueue from any process
+wakes it), claims the next job with the queue's atomic script and runs it in
+this event loop. Finishing a job releases the lock and claims the next one in
+the same script, so a hand-off costs one Redis round trip. A slow sweep covers
+lost notifications and locks that expired instead of being released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from .events import decode
+from .history import HistoryWriter
+from .logstream import LogWriter
+from .models import Job, JobStatus, Reason
+from .redis_conn import REDIS_DOWN
+from .runner import Outcome, Runner
+from .service import Deployster
+
+log = logging.getLogger("deployster.dispatcher")
+
+HEARTBEAT_INTERVAL = 1.0
+
+
+class Dispatcher:
+    def __init__(self, core: Deployster, history: HistoryWriter | None = None) -> None:
+        self.core = core
+        self.history = history or HistoryWriter(core)
+        self.runners: dict[str, Runner] = {}
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="dispatcher-listen"),
+            asyncio.create_task(self.history.run(), name="history-writer"),
+        ]
+
+    async def stop(self, *, reason: str = Reason.INTERRUPTED) -> None:
+        """Stop listening; end running jobs with ``reason`` and record them."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in list(self.runners.values()):
+            runner.stop(reason)
+        if self._job_tasks:
+            await asyncio.gather(*self._job_tasks, return_exceptions=True)
+        with contextlib.suppress(*REDIS_DOWN, Exception):
+            await self.history.flush()
+
+    async def wait_idle(self) -> None:
+        """Wait until no job runs in this process (tests, graceful shutdown)."""
+        while self._job_tasks:
+            await asyncio.gather(*list(self._job_tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------- wake-ups
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self.core.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.core.keys.events)
+                    await self.sweep()
+                    backoff = 0.1
+                    last_sweep = time.monotonic()
+                    interval = self.core.settings.sweep_interval
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=interval
+                        )
+                        if message is not None:
+                            await self._on_event(decode(message["data"]))
+                        if time.monotonic() - last_sweep >= interval:
+                            await self.sweep()
+                            last_sweep = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                log.warning("dispatcher: Redis unavailable (%s); retrying", exc)
+            except Exception:
+                log.exception("dispatcher: unexpected error; retrying")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _on_event(self, event: dict[str, object]) -> None:
+        kind, project = event.get("type"), event.get("project")
+        if kind in ("released", "enqueued", "finished") and isinstance(project, int):
+            await self.try_start(project)
+        if kind in ("started", "finished"):
+            self.history.notify()
+
+    async def sweep(self) -> None:
+        for project_id in await self.core.queue.projects_with_queue():
+            await self.try_start(project_id)
+
+    async def try_start(self, project_id: int) -> None:
+        job_id = await self.core.queue.claim(project_id, self.core.runner_id)
+        if job_id:
+            self.launch(job_id)
+
+    # ------------------------------------------------------------- running
+    def launch(self, job_id: str) -> None:
+        """Run a job this process has claimed (its lock is already ours)."""
+        task = asyncio.create_task(self._run_job(job_id), name=f"job:{job_id}")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+
+    async def _run_job(self, job_id: str) -> None:
+        core = self.core
+        self.history.notify()
+        job = await core.jobs.get(job_id)
+        if job is None:  # vanished between claim and start: nothing to run
+            log.error("claimed job %s has no record", job_id)
+            return
+        project = await core.projects.get(job.project_id)
+        async with LogWriter(
+            core.redis, core.keys, job.id, cap_bytes=core.settings.log_cap_bytes
+        ) as logw:
+            if project is None:
+                logw.write(f"[deployster] project {job.project!r} no longer exists\n")
+                outcome = Outcome(JobStatus.FAILED, Reason.INVALID)
+            else:
+                runner = Runner(job, project, logw, kill_grace=core.settings.kill_grace)
+                self.runners[job.id] = runner
+                guard = asyncio.create_task(self._guard(job, runner))
+                try:
+                    outcome = await runner.run()
+                except Exception as exc:  # a bug must not leave the job running forever
+                    log.exception("runner crashed on job %s", job.id)
+                    logw.write(f"[deployster] internal error: {exc!r}\n")
+                    outcome = Outcome(JobStatus.FAILED, Reason.INTERRUPTED)
+                finally:
+                    guard.cancel()
+                    await asyncio.gather(guard, return_exceptions=True)
+                    self.runners.pop(job.id, None)
+        result = await self._finish(job, outcome)
+        self.history.notify()
+        if result is not None:
+            self.launch(result)
+
+    async def _finish(self, job: Job, outcome: Outcome) -> str | None:
+        delay = 0.1
+        while True:
+            try:
+                done = await self.core.queue.finish(
+                    job, outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
+                    runner=self.core.runner_id,
+                )
+                return done.next_job
+            except REDIS_DOWN as exc:  # keep the outcome until Redis is back
+                log.warning("could not record the end of %s (%s); retrying", job.id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _guard(self, job: Job, runner: Runner) -> None:
+        """Heartbeat, lock renewal every TTL/3 (the watchdog) and the timeout."""
+        core = self.core
+        ttl_ms = job.lock_ttl_ms
+        renew_every = max(ttl_ms / 3000.0, 0.05)
+        started = time.monotonic()
+        next_renew = started + renew_every
+        while True:
+            now = time.monotonic()
+            if now - started >= job.timeout:
+                runner.stop(Reason.TIMED_OUT)
+                return
+            try:
+                if now >= next_renew:
+                    next_renew = now + renew_every
+                    if not await core.lock.extend(job.project_id, job.id, ttl_ms):
+                        runner.stop(Reason.LOCK_LOST)
+                        return
+                await core.jobs.set_fields(job.id, heartbeat=f"{time.time():.3f}")
+            except REDIS_DOWN as exc:
+                log.warning("watchdog for %s: Redis unavailable (%s)", job.id, exc)
+            await asyncio.sleep(
+                max(0.01, min(HEARTBEAT_INTERVAL, next_renew - time.monotonic(),
+                              started + job.timeout - time.monotonic()))
+            )

@@ -1,0 +1,58 @@
+"""Errors the core raises for a caller to show.
+
+Each carries a machine ``code`` (SPEC §9) and the HTTP status a front end should
+answer with; the sentence in ``message`` is written for the person who sent the
+request, so front ends show it as is.
+"""
+
+from __future__ import annotations
+
+
+class DeploysterError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.message, "code": self.code}
+
+
+class InvalidRequest(DeploysterError):
+    code = "invalid_request"
+    http_status = 422
+
+
+class UnknownProject(DeploysterError):
+    code = "unknown_project"
+    http_status = 404
+
+
+class NotFound(DeploysterError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(DeploysterError):
+    code = "conflict"
+    http_status = 409
+
+
+class ConfigError(DeploysterError):
+    """Settings that cannot work (missing token, bad URL, unreadable file)."""
+
+    code = "config_error"
+    http_status = 500
+
+
+class Unavailable(DeploysterError):
+    """Redis or the database cannot be reached right now."""
+
+    code = "unavailable"
+    http_status = 503

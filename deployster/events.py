@@ -1,0 +1,44 @@
+"""Events published on the ``events`` channel: how the dispatcher and the
+dashboard learn that something changed without polling.
+
+Each message is a JSON object with ``type`` (enqueued, started, finished,
+released, projects) and, where it applies, ``project`` and ``job``. Lua scripts
+publish the same shape from inside Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .keys import Keys
+from .redis_conn import Redis
+
+ENQUEUED = "enqueued"
+STARTED = "started"
+FINISHED = "finished"
+RELEASED = "released"
+PROJECTS = "projects"
+
+
+def encode(kind: str, project: int | None = None, job: str | None = None) -> str:
+    data: dict[str, Any] = {"type": kind}
+    if project is not None:
+        data["project"] = project
+    if job is not None:
+        data["job"] = job
+    return json.dumps(data)
+
+
+def decode(message: str) -> dict[str, Any]:
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+async def publish(
+    redis: Redis, keys: Keys, kind: str, project: int | None = None, job: str | None = None
+) -> None:
+    await redis.publish(keys.events, encode(kind, project, job))

@@ -1,0 +1,91 @@
+"""Copying live job state from Redis into the SQL history.
+
+Every state change bumps the job's entry in the ``dirty`` hash (inside the same
+Lua script that made the change). The writer upserts those jobs in batches —
+with the full log once a job has finished — and clears an entry only if its
+version did not move meanwhile, so no change is ever lost and a crash merely
+delays the copy. Only then do the job's Redis keys get an expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import store
+from .logstream import read_full_log
+from .redis_conn import REDIS_DOWN
+from .service import Deployster
+
+log = logging.getLogger("deployster.history")
+
+BATCH = 200
+
+# KEYS: dirty job log. ARGV: job_id version retention_s finished(0/1)
+_SETTLE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[4] == '1' then
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+    redis.call('EXPIRE', KEYS[3], ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+
+
+class HistoryWriter:
+    def __init__(self, core: Deployster, *, interval: float = 1.0) -> None:
+        self.core = core
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._settle = core.redis.register_script(_SETTLE)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while await self.flush() >= BATCH:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                log.warning("history: Redis unavailable (%s); will retry", exc)
+            except Exception:  # database errors: keep the dirty marks, retry later
+                log.exception("history: could not write to the database; will retry")
+
+    async def flush(self) -> int:
+        """Write up to one batch of changed jobs to SQL; returns how many."""
+        core = self.core
+        dirty = await core.redis.hgetall(core.keys.dirty)
+        if not dirty:
+            return 0
+        batch = sorted(dirty.items())[:BATCH]
+        jobs = {j.id: j for j in await core.jobs.get_many([job_id for job_id, _ in batch])}
+        rows = []
+        for job_id, _ in batch:
+            job = jobs.get(job_id)
+            if job is None:
+                continue
+            text = None
+            if job.status.finished:
+                text = await read_full_log(core.redis, core.keys, job_id)
+            rows.append(store.deployment_row(job, log=text))
+        await store.upsert_deployments(core.db, rows)
+        retention = max(1, int(core.settings.retention))
+        for job_id, version in batch:
+            job = jobs.get(job_id)
+            finished = "1" if job is not None and job.status.finished else "0"
+            await self._settle(
+                keys=[core.keys.dirty, core.keys.job(job_id), core.keys.log(job_id)],
+                args=[job_id, version, retention, finished],
+            )
+        return len(batch)

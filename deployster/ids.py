@@ -1,0 +1,50 @@
+"""Job ids: ULIDs, unique under any concurrency and sortable by time.
+
+Within one process ids are strictly increasing even inside one millisecond (the
+random part is incremented), so acceptance order equals id order; across
+processes the 80 random bits keep them unique.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_job_id() -> str:
+    global _last_ms, _last_rand
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand += 1
+        else:
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+        _last_ms = ms
+        return _encode(ms, 10) + _encode(_last_rand, 16)
+
+
+def is_job_id(value: str) -> bool:
+    return len(value) == 26 and all(c in _ALPHABET for c in value)
+
+
+def job_id_time(job_id: str) -> float:
+    """The creation time (epoch seconds) a ULID carries."""
+    ms = 0
+    for c in job_id[:10]:
+        ms = ms * 32 + _ALPHABET.index(c)
+    return ms / 1000.0

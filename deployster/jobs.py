@@ -1,0 +1,78 @@
+"""Live job records in Redis, and the seed's destructive-looking /status read.
+
+The seed cleared each returned chunk from Redis. Here logs are stored once and
+the /status call only moves a cursor kept in the job record, in one Lua script:
+the status and the lines since the cursor are read together, so the reply that
+first says ``complete``/``failed`` carries the last lines (the runner flushes
+its output before it records the end), two concurrent calls never return the
+same line, and every other reader sees the whole log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .keys import Keys
+from .models import Job, JobStatus
+from .redis_conn import Redis
+
+# KEYS: job log. Returns false when the job is unknown, else {status, reason, text}.
+_STATUS_READ = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'reason', 'cursor')
+if not st[1] then return false end
+local from = st[3] or '0-0'
+local entries = redis.call('XRANGE', KEYS[2], '(' .. from, '+')
+local parts = {}
+local last = from
+for i = 1, #entries do
+  last = entries[i][1]
+  local f = entries[i][2]
+  for j = 1, #f, 2 do
+    if f[j] == 'd' then parts[#parts + 1] = f[j + 1] end
+  end
+end
+if last ~= from then redis.call('HSET', KEYS[1], 'cursor', last) end
+return {st[1], st[2] or '', table.concat(parts)}
+"""
+
+
+@dataclass(frozen=True)
+class StatusRead:
+    status: JobStatus
+    reason: str | None
+    logs: str
+
+
+class JobRecords:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._status_read = redis.register_script(_STATUS_READ)
+
+    async def get(self, job_id: str) -> Job | None:
+        data = await self.redis.hgetall(self.keys.job(job_id))
+        return Job.from_redis(data) if data else None
+
+    async def get_many(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            rows = await pipe.execute()
+        return [Job.from_redis(r) for r in rows if r]
+
+    async def read_status(self, job_id: str) -> StatusRead | None:
+        """Status plus the output since the previous call (moves the cursor)."""
+        result = await self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)])
+        if not result:
+            return None
+        status, reason, logs = result
+        return StatusRead(JobStatus(status), reason or None, logs)
+
+    async def running(self) -> dict[str, str]:
+        """Running job id -> runner id."""
+        return dict(await self.redis.hgetall(self.keys.running))
+
+    async def set_fields(self, job_id: str, **fields: str) -> None:
+        await self.redis.hset(self.keys.job(job_id), mapping=fields)

@@ -1,0 +1,84 @@
+"""Every Redis key and channel deployster uses, in one place.
+
+Everything but the lock sits under one prefix (``deployster:``); the lock keeps the
+seed's name, ``lock:deploy:<projectId>``, so tools written against the seed still
+see it. A namespace (``DEPLOYSTER_NAMESPACE``) prefixes both, for several
+instances sharing one Redis.
+
+| key                         | type   | holds                                         |
+|-----------------------------|--------|-----------------------------------------------|
+| lock:deploy:<project>       | string | the owning job id, with a TTL                 |
+| deployster:job:<id>         | hash   | the live job record (status, cursor, fence…)  |
+| deployster:log:<id>         | stream | the job's output, one entry per chunk         |
+| deployster:queue:<project>  | list   | queued job ids, FIFO                          |
+| deployster:queues           | set    | projects whose queue may be non-empty         |
+| deployster:running          | hash   | running job id -> runner id                   |
+| deployster:fence:<project>  | string | fencing counter, bumped at every claim        |
+| deployster:dirty            | hash   | job id -> version not yet written to SQL      |
+| deployster:projects:version | string | bumped on every project change (cache key)    |
+| deployster:events           | pubsub | JSON events: enqueued, started, finished, …   |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = ""
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.namespace}:deployster:" if self.namespace else "deployster:"
+
+    @property
+    def lock_prefix(self) -> str:
+        return f"{self.namespace}:lock:deploy:" if self.namespace else "lock:deploy:"
+
+    # -- per project
+    def lock(self, project_id: int | str) -> str:
+        return f"{self.lock_prefix}{project_id}"
+
+    def queue(self, project_id: int | str) -> str:
+        return f"{self.prefix}queue:{project_id}"
+
+    def fence(self, project_id: int | str) -> str:
+        return f"{self.prefix}fence:{project_id}"
+
+    # -- per job
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.prefix}job:"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.job_prefix}{job_id}"
+
+    def log(self, job_id: str) -> str:
+        return f"{self.prefix}log:{job_id}"
+
+    # -- global
+    @property
+    def queues(self) -> str:
+        return f"{self.prefix}queues"
+
+    @property
+    def running(self) -> str:
+        return f"{self.prefix}running"
+
+    @property
+    def dirty(self) -> str:
+        return f"{self.prefix}dirty"
+
+    @property
+    def projects_version(self) -> str:
+        return f"{self.prefix}projects:version"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def all_pattern(self) -> str:
+        """Glob matching every key but the locks (for cleanup in tests/tools)."""
+        return f"{self.prefix}*"

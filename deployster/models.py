@@ -1,0 +1,176 @@
+"""Plain data shared by the core and both front ends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.COMPLETE, JobStatus.FAILED)
+
+
+class Reason(StrEnum):
+    """Why a job ended ``failed`` (SPEC §9)."""
+
+    COMMAND_FAILED = "command_failed"
+    INVALID = "invalid"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
+    LOCK_LOST = "lock_lost"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    stage_name: str
+    git_branch: str
+    environment_variables: tuple[EnvVar, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage_name": self.stage_name,
+            "git_branch": self.git_branch,
+            "environment_variables": [
+                {"key": v.key, "value": v.value} for v in self.environment_variables
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    path: str
+    pipeline: tuple[Stage, ...] = ()
+    lock_ttl: float = 600.0
+    timeout: float = 3600.0
+    created_at: str = ""
+
+    def stage_for(self, ref_name: str) -> Stage | None:
+        for stage in self.pipeline:
+            if stage.git_branch == ref_name:
+                return stage
+        return None
+
+    def pipeline_json(self) -> str:
+        return json.dumps([s.to_dict() for s in self.pipeline])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "path": self.path,
+            "pipeline": [s.to_dict() for s in self.pipeline],
+            "lock_ttl": self.lock_ttl,
+            "timeout": self.timeout,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class Job:
+    """A deployment as Redis holds it while it is live (and SQL afterwards)."""
+
+    id: str
+    project_id: int
+    project: str
+    cd: str
+    commands: list[str]
+    commit_hash: str
+    ref_name: str
+    status: JobStatus = JobStatus.QUEUED
+    reason: str | None = None
+    exit_code: int | None = None
+    stage: str | None = None
+    queued_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    lock_ttl_ms: int = 600_000
+    timeout: float = 3600.0
+    fence: int = 0
+    started_by: str = "admin"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # Field names written to the Redis hash; anything else in the hash is extra.
+    _SIMPLE = (
+        "id", "project", "cd", "commit_hash", "ref_name", "reason", "stage",
+        "queued_at", "started_at", "finished_at", "started_by",
+    )
+
+    def to_redis(self) -> dict[str, str]:
+        out = {k: getattr(self, k) for k in self._SIMPLE if getattr(self, k) is not None}
+        out.update(
+            project_id=str(self.project_id),
+            commands=json.dumps(self.commands),
+            status=self.status.value,
+            lock_ttl_ms=str(self.lock_ttl_ms),
+            timeout=repr(self.timeout),
+            fence=str(self.fence),
+        )
+        if self.exit_code is not None:
+            out["exit_code"] = str(self.exit_code)
+        return out
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str]) -> Job:
+        known = set(cls._SIMPLE) | {
+            "project_id", "commands", "status", "lock_ttl_ms", "timeout", "fence",
+            "exit_code",
+        }
+        return cls(
+            id=data["id"],
+            project_id=int(data["project_id"]),
+            project=data.get("project", ""),
+            cd=data.get("cd", ""),
+            commands=json.loads(data.get("commands", "[]")),
+            commit_hash=data.get("commit_hash", ""),
+            ref_name=data.get("ref_name", ""),
+            status=JobStatus(data.get("status", "queued")),
+            reason=data.get("reason") or None,
+            exit_code=int(data["exit_code"]) if data.get("exit_code") else None,
+            stage=data.get("stage") or None,
+            queued_at=data.get("queued_at"),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            lock_ttl_ms=int(data.get("lock_ttl_ms", 600_000)),
+            timeout=float(data.get("timeout", 3600.0)),
+            fence=int(data.get("fence", 0)),
+            started_by=data.get("started_by", "admin"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "project_id": self.project_id,
+            "project": self.project,
+            "cd": self.cd,
+            "commands": self.commands,
+            "commit_hash": self.commit_hash,
+            "ref_name": self.ref_name,
+            "stage": self.stage,
+            "status": self.status.value,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "queued_at": self.queued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "started_by": self.started_by,
+        }

@@ -1,0 +1,49 @@
+"""The seed's API: ``POST /deploy`` and ``GET /status/<job_id>`` (SPEC §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+from quart_schema import document_response, validate_request
+
+from ..service import DeployRequest
+from .auth import require_token
+from .context import core, dispatcher
+from .schemas import DeployAccepted, DeployBody, ErrorReply, StatusReply
+
+blueprint = Blueprint("api", __name__)
+
+QUEUED_MESSAGE = "Another deployment is running; this job is queued."
+
+
+@blueprint.post("/deploy")
+@require_token
+@validate_request(DeployBody)
+@document_response(DeployAccepted, 200)
+@document_response(ErrorReply, 403)
+@document_response(ErrorReply, 404)
+@document_response(ErrorReply, 422)
+async def deploy(data: DeployBody) -> Any:
+    result = await core().submit(DeployRequest(**data.model_dump()))
+    if result.started:
+        dispatcher().launch(result.started)
+    if result.queued:
+        return {"job_id": result.job_id, "queued": True, "message": QUEUED_MESSAGE}
+    return {"job_id": result.job_id}
+
+
+@blueprint.get("/status/<job_id>")
+@require_token
+@document_response(StatusReply, 200)
+@document_response(StatusReply, 404)
+async def status(job_id: str) -> Any:
+    read, job = await core().read_status(job_id)
+    reply: dict[str, Any] = {"status": read.status.value, "logs": read.logs}
+    if read.reason:
+        reply["reason"] = read.reason
+    if job is not None and read.status.value == "queued":
+        position = await core().queue_position(job)
+        if position is not None:
+            reply["position"] = position
+    return reply

@@ -1,0 +1,53 @@
+"""The Quart app factory: wiring only (config, blueprints, error handlers, lifecycle)."""
+
+from __future__ import annotations
+
+from quart import Quart
+from quart_schema import Info, QuartSchema
+
+from .. import __version__
+from ..dispatcher import Dispatcher
+from ..service import Deployster
+from ..settings import Settings
+from . import api, health
+from .errors import register_error_handlers
+
+
+def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
+    """Build the app. Without ``core`` it opens one when serving starts.
+
+    The dispatcher (and so every job) runs in the app's event loop, started in
+    ``before_serving`` and stopped in ``after_serving``.
+    """
+    app = Quart("deployster")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["QUART_SCHEMA_CONVERT_CASING"] = False
+    QuartSchema(
+        app,
+        info=Info(title="deployster", version=__version__),
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(health.blueprint)
+    register_error_handlers(app)
+
+    @app.before_serving
+    async def startup() -> None:
+        the_core = core if core is not None else await Deployster.open(settings)
+        app.extensions["deployster"] = the_core
+        dispatcher = Dispatcher(the_core)
+        app.extensions["deployster.dispatcher"] = dispatcher
+        await dispatcher.start()
+
+    @app.after_serving
+    async def shutdown() -> None:
+        dispatcher: Dispatcher = app.extensions.pop("deployster.dispatcher")
+        await dispatcher.stop()
+        the_core: Deployster = app.extensions.pop("deployster")
+        if core is None:
+            await the_core.close()
+
+    return app

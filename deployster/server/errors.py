@@ -1,0 +1,74 @@
+"""Every error leaves as JSON ``{"error", "code"}`` (SPEC §9); never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, request
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException
+
+from ..errors import DeploysterError, NotFound
+from ..redis_conn import REDIS_DOWN
+
+log = logging.getLogger("deployster.server")
+
+
+def _describe_validation(exc: RequestSchemaValidationError) -> str:
+    error = exc.validation_error
+    errors = getattr(error, "errors", None)
+    if not callable(errors):
+        return "the request body does not match the expected shape"
+    first = errors()[0] if errors() else None
+    if first is None:
+        return "the request body does not match the expected shape"
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    kind, msg = first.get("type", ""), first.get("msg", "is invalid")
+    if kind == "missing":
+        return f"missing field '{loc}' (the body needs cd, commands, commit_hash and ref_name)"
+    if kind == "model_type" or not loc:
+        return "the body must be a JSON object with cd, commands, commit_hash and ref_name"
+    return f"field '{loc}': {msg.lower()}"
+
+
+def register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(DeploysterError)
+    async def deployster_error(exc: DeploysterError) -> Any:
+        if isinstance(exc, NotFound) and request.path.startswith("/status/"):
+            return {"status": "not_found"}, 404  # the seed's shape
+        return exc.to_dict(), exc.http_status
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def validation_error(exc: RequestSchemaValidationError) -> Any:
+        return {"error": _describe_validation(exc), "code": "invalid_body"}, 422
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        if code == 400:
+            return {"error": "the request body is not valid JSON", "code": "invalid_json"}, 400
+        if code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            return {"error": f"the request body is larger than {limit} bytes",
+                    "code": "body_too_large"}, 413
+        if code == 415:
+            return {"error": "send the body as JSON with 'Content-Type: application/json'",
+                    "code": "unsupported_media_type"}, 415
+        if code == 404:
+            return {"error": f"no such endpoint: {request.method} {request.path}",
+                    "code": "not_found"}, 404
+        if code == 405:
+            return {"error": f"{request.method} is not allowed on {request.path}",
+                    "code": "method_not_allowed"}, 405
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return {"error": exc.description or exc.name, "code": name}, code
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Any:
+        if isinstance(exc, REDIS_DOWN):
+            return {"error": "Redis is unavailable; try again shortly",
+                    "code": "redis_unavailable"}, 503
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return {"error": "internal error; the server log has the details",
+                "code": "internal_error"}, 500

