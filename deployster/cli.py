@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -143,9 +144,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_project_add(args: argparse.Namespace) -> int:
     pipeline = _read_pipeline(args.pipeline)
 
+    if not args.path.strip():
+        raise DeploysterError("the project path is empty")
+
     async def body(core: Deployster) -> int:
         project = await core.projects.add(
-            args.path, name=args.name, pipeline=pipeline,
+            # A shell user types "." or "apps/web": relative to where they stand.
+            os.path.abspath(os.path.expanduser(args.path)), name=args.name, pipeline=pipeline,
             lock_ttl=args.lock_ttl, timeout=args.timeout,
         )
         print(f"registered project {project.name!r} (id {project.id}) at {project.path}")

@@ -8,6 +8,8 @@ filled in per dialect. Migrations are versioned and applied at connect.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 from databases import Database
@@ -71,6 +73,10 @@ _DIALECT_WORDS = {
 }
 
 
+# Key of the PostgreSQL advisory lock that serialises concurrent migrators.
+_MIGRATION_LOCK_KEY = 0x6465706C6F79  # "deploy"
+
+
 def dialect_of(database: Database) -> str:
     name = database.url.dialect
     return "postgresql" if name.startswith("postgres") else name
@@ -101,28 +107,61 @@ async def connect_database(url: str) -> Database:
         )
     await database.connect()
     if dialect_of(database) == "sqlite":
-        await database.execute("PRAGMA journal_mode=WAL")
+        await _enable_wal(database)
     await migrate(database)
     return database
 
 
+async def _enable_wal(database: Database) -> None:
+    """Switch the file to WAL (persistent, so normally a no-op).
+
+    Turning a fresh file to WAL needs it alone for a moment, and SQLite answers
+    "locked" at once instead of waiting out the busy timeout when another
+    process (the server and the dashboard starting together) has it open.
+    """
+    for _ in range(200):
+        try:
+            mode = await database.fetch_val("PRAGMA journal_mode=WAL")
+            if str(mode).lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        await asyncio.sleep(0.05)
+    raise ConfigError(f"cannot switch {database.url} to WAL mode: the database stays locked")
+
+
 async def migrate(database: Database) -> list[int]:
-    """Apply pending migrations; returns the versions applied now."""
-    words = _DIALECT_WORDS[dialect_of(database)]
-    await database.execute(
+    """Apply pending migrations; returns the versions applied now.
+
+    Safe to run from two processes at once (the server and the dashboard starting
+    together on a fresh database): the migrator takes the database's write lock
+    before it reads what is applied, so the second one waits, then finds nothing
+    left to do.
+    """
+    dialect = dialect_of(database)
+    words = _DIALECT_WORDS[dialect]
+    create = (
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    applied = {r[0] for r in await database.fetch_all("SELECT version FROM schema_migrations")}
-    done = []
-    for version, name, statements in MIGRATIONS:
-        if version in applied:
-            continue
-        async with database.transaction():
-            # A second process may have applied it since we looked.
-            if await database.fetch_val(
-                "SELECT COUNT(*) FROM schema_migrations WHERE version = :v", {"v": version}
-            ):
+    if dialect == "sqlite":
+        await database.execute(create)
+    done: list[int] = []
+    async with database.transaction():
+        if dialect == "postgresql":
+            await database.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+            await database.execute(create)
+        else:
+            # A write as the transaction's first statement takes SQLite's write
+            # lock at once, waiting out the busy timeout, instead of failing later
+            # when a read transaction tries to upgrade.
+            await database.execute("UPDATE schema_migrations SET name = name WHERE version < 0")
+        applied = {
+            r[0] for r in await database.fetch_all("SELECT version FROM schema_migrations")
+        }
+        for version, name, statements in MIGRATIONS:
+            if version in applied:
                 continue
             for statement in statements:
                 await database.execute(statement.format(**words))
@@ -131,5 +170,5 @@ async def migrate(database: Database) -> list[int]:
                 "VALUES (:v, :n, :at)",
                 {"v": version, "n": name, "at": iso()},
             )
-        done.append(version)
+            done.append(version)
     return done

@@ -34,6 +34,7 @@ class Dispatcher:
         self.runners: dict[str, Runner] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -43,7 +44,12 @@ class Dispatcher:
         ]
 
     async def stop(self, *, reason: str = Reason.INTERRUPTED) -> None:
-        """Stop listening; end running jobs with ``reason`` and record them."""
+        """Stop listening; end running jobs with ``reason`` and record them.
+
+        Queued jobs stay queued (in Redis) for the next start: while stopping,
+        a finishing job releases its lock without claiming the next one.
+        """
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -91,7 +97,10 @@ class Dispatcher:
     async def _on_event(self, event: dict[str, object]) -> None:
         kind, project = event.get("type"), event.get("project")
         if kind in ("released", "enqueued", "finished") and isinstance(project, int):
-            await self.try_start(project)
+            # An enqueue whose own script already tried the claim (the API's deploys)
+            # needs no second try: the lock was held, or the enqueuer started the job.
+            if not (kind == "enqueued" and event.get("claim_attempted")):
+                await self.try_start(project)
         if kind in ("started", "finished"):
             self.history.notify()
 
@@ -100,6 +109,8 @@ class Dispatcher:
             await self.try_start(project_id)
 
     async def try_start(self, project_id: int) -> None:
+        if self._stopping:
+            return
         job_id = await self.core.queue.claim(project_id, self.core.runner_id)
         if job_id:
             self.launch(job_id)
@@ -150,7 +161,7 @@ class Dispatcher:
             try:
                 done = await self.core.queue.finish(
                     job, outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
-                    runner=self.core.runner_id,
+                    runner=None if self._stopping else self.core.runner_id,
                 )
                 return done.next_job
             except REDIS_DOWN as exc:  # keep the outcome until Redis is back

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .models import Stage
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# \Z, not $: "$" also matches before a final newline ("KEY\n" would pass).
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def quote_value(value: str) -> str:

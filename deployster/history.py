@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from . import store
 from .logstream import read_full_log
@@ -65,7 +66,7 @@ class HistoryWriter:
     async def flush(self) -> int:
         """Write up to one batch of changed jobs to SQL; returns how many."""
         core = self.core
-        dirty = await core.redis.hgetall(core.keys.dirty)
+        dirty = cast(dict[str, str], await core.redis.hgetall(core.keys.dirty))
         if not dirty:
             return 0
         batch = sorted(dirty.items())[:BATCH]
@@ -81,11 +82,14 @@ class HistoryWriter:
             rows.append(store.deployment_row(job, log=text))
         await store.upsert_deployments(core.db, rows)
         retention = max(1, int(core.settings.retention))
-        for job_id, version in batch:
-            job = jobs.get(job_id)
-            finished = "1" if job is not None and job.status.finished else "0"
-            await self._settle(
-                keys=[core.keys.dirty, core.keys.job(job_id), core.keys.log(job_id)],
-                args=[job_id, version, retention, finished],
-            )
+        async with core.redis.pipeline(transaction=False) as pipe:  # one round trip
+            for job_id, version in batch:
+                job = jobs.get(job_id)
+                finished = "1" if job is not None and job.status.finished else "0"
+                await self._settle(
+                    keys=[core.keys.dirty, core.keys.job(job_id), core.keys.log(job_id)],
+                    args=[job_id, version, retention, finished],
+                    client=pipe,
+                )
+            await pipe.execute()
         return len(batch)

@@ -11,6 +11,7 @@ same line, and every other reader sees the whole log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .keys import Keys
 from .models import Job, JobStatus
@@ -50,7 +51,7 @@ class JobRecords:
         self._status_read = redis.register_script(_STATUS_READ)
 
     async def get(self, job_id: str) -> Job | None:
-        data = await self.redis.hgetall(self.keys.job(job_id))
+        data = cast(dict[str, str], await self.redis.hgetall(self.keys.job(job_id)))
         return Job.from_redis(data) if data else None
 
     async def get_many(self, job_ids: list[str]) -> list[Job]:
@@ -72,7 +73,7 @@ class JobRecords:
 
     async def running(self) -> dict[str, str]:
         """Running job id -> runner id."""
-        return dict(await self.redis.hgetall(self.keys.running))
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.running))
 
-    async def set_fields(self, job_id: str, **fields: str) -> None:
-        await self.redis.hset(self.keys.job(job_id), mapping=fields)
+    async def set_fields(self, job_id: str, **fields: Any) -> None:
+        await self.redis.hset(self.keys.job(job_id), mapping=cast(Any, fields))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 from collections.abc import AsyncIterator
+from typing import cast
 
 from .keys import Keys
 from .redis_conn import Redis
@@ -131,7 +132,10 @@ async def read_log(
     key = keys.log(job_id)
     start = f"({after}" if after != "0-0" else "-"
     while True:
-        entries = await redis.xrange(key, min=start, max="+", count=page)
+        entries = cast(
+            list[tuple[str, dict[str, str]]],
+            await redis.xrange(key, min=start, max="+", count=page),
+        )
         for entry_id, fields in entries:
             yield entry_id, fields.get("d", "")
         if len(entries) < page:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from databases import Database
 
@@ -23,8 +23,9 @@ from .models import EnvVar, Project, Stage
 from .redis_conn import Redis
 from .settings import Settings
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# \Z, not $: "$" also matches before a final newline ("KEY\n" would pass).
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _FORBIDDEN = ("\n", "\r", "\x00")
 
 
@@ -144,7 +145,7 @@ class ProjectRegistry:
         await self.redis.publish(self.keys.events, json.dumps({"type": "projects"}))
 
     async def _fresh(self) -> None:
-        version = await self.redis.get(self.keys.projects_version)
+        version = cast(str | None, await self.redis.get(self.keys.projects_version))
         if version != self._version or version is None:
             projects = await store.select_projects(self.db)
             self._by_path = {p.path: p for p in projects}
@@ -192,7 +193,7 @@ class ProjectRegistry:
         if await store.select_project_by_path(self.db, real):
             raise Conflict(f"a project is already registered at {real}", code="project_exists")
         explicit = name is not None
-        if not explicit:  # the directory's name, made safe ("my app" -> "my-app")
+        if name is None:  # the directory's name, made safe ("my app" -> "my-app")
             name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(real)).strip("-.")
             name = (name or "project")[:100]
         if not _NAME.match(name or ""):
@@ -268,4 +269,13 @@ class ProjectRegistry:
         return project
 
     async def get(self, project_id: int) -> Project | None:
+        """By id, from the per-process cache (a Redis GET when nothing changed).
+
+        The dispatcher calls this on every job start: keeping SQL (a new SQLite
+        connection and thread per query) off that path cuts the hand-off time.
+        """
+        await self._fresh()
+        for project in self._by_path.values():
+            if project.id == project_id:
+                return project
         return await store.select_project(self.db, project_id)

@@ -10,6 +10,7 @@ claims the next job at once, no polling.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from .clock import iso
 from .keys import Keys
@@ -57,15 +58,20 @@ redis.call('HSET', KEYS[8], unpack(fields))
 redis.call('RPUSH', KEYS[2], id)
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('HINCRBY', KEYS[6], id, 1)
+-- claim_attempted: this script tries the claim itself (a runner was given), so
+-- dispatchers need not try again on this event.
 redis.call('PUBLISH', KEYS[7],
-  cjson.encode({type='enqueued', project=tonumber(ARGV[2]), job=id}))
+  cjson.encode({type='enqueued', project=tonumber(ARGV[2]), job=id,
+                claim_attempted=(ARGV[4] ~= '')}))
 local claimed = false
 if ARGV[4] ~= '' then
   claimed = claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
                   ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
-local pos = redis.call('LPOS', KEYS[2], id)
-if pos then pos = pos + 1 else pos = 0 end
+-- The job was pushed last and a claim pops from the head: unless it was the one
+-- claimed, its place is the queue's length (O(1), where LPOS scans the list).
+local pos = 0
+if claimed ~= id then pos = redis.call('LLEN', KEYS[2]) end
 return {claimed or '', pos}
 """
 
@@ -183,15 +189,15 @@ class JobQueue:
         return FinishResult(bool(ended), nxt or None)
 
     async def queued_ids(self, project_id: int) -> list[str]:
-        return list(await self.redis.lrange(self.keys.queue(project_id), 0, -1))
+        return [str(i) for i in await self.redis.lrange(self.keys.queue(project_id), 0, -1)]
 
     async def position(self, project_id: int, job_id: str) -> int | None:
         pos = await self.redis.lpos(self.keys.queue(project_id), job_id)
-        return None if pos is None else int(pos) + 1
+        return None if pos is None else cast(int, pos) + 1
 
     async def projects_with_queue(self) -> list[int]:
         return [int(p) for p in await self.redis.smembers(self.keys.queues)]
 
     async def length(self, project_id: int) -> int:
-        return int(await self.redis.llen(self.keys.queue(project_id)))
+        return cast(int, await self.redis.llen(self.keys.queue(project_id)))
 

@@ -24,6 +24,8 @@ READ_CHUNK = 64 * 1024
 # After the shell exits, how long to keep reading output that a background
 # child may still hold the pipe open for, before we stop listening.
 DRAIN_AFTER_EXIT = 1.0
+# How often to look whether the shell exited while a child keeps its pipe open.
+EXIT_POLL = 0.05
 # Variables a deploy command must not inherit from the server.
 _SCRUBBED_ENV = ("DEPLOYSTER_TOKEN",)
 
@@ -44,6 +46,23 @@ def child_env(job: Job) -> dict[str, str]:
         DEPLOYSTER_REF=job.ref_name,
     )
     return env
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The shell's exit status, as soon as the shell exits.
+
+    ``proc.wait()`` alone also waits until every pipe is closed (Python 3.11), so
+    a background child holding stdout (``sleep 300 &``) would hang the job.
+    """
+    wait = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            await asyncio.wait({wait}, timeout=EXIT_POLL)
+            if wait.done():
+                return wait.result()
+        return proc.returncode
+    finally:
+        wait.cancel()
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -126,7 +145,7 @@ class Runner:
         )
         self.pgid = proc.pid
         pump = asyncio.create_task(self._pump(proc.stdout))
-        waiter = asyncio.create_task(proc.wait())
+        waiter = asyncio.create_task(_exited(proc))
         stopper = asyncio.create_task(self._stopped.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,10 +156,15 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pump), DRAIN_AFTER_EXIT)
         finally:
+            held = not pump.done()
             for task in (pump, stopper, waiter):
                 if not task.done():
                     task.cancel()
             await asyncio.gather(pump, stopper, waiter, return_exceptions=True)
+            if held:  # let go of the pipe a background child still holds open
+                transport = getattr(proc, "_transport", None)
+                if transport is not None:
+                    transport.close()
             self.pgid = None
         return proc.returncode if proc.returncode is not None else -1
 

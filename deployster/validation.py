@@ -13,7 +13,7 @@ _LAST_COMMAND = re.compile(
     r"""^\s*(?:sudo\s+(?:-n\s+)?)?(?:/[^\s;&|]*/)?supervisorctl
         (?:\s+-c\s+[^\s;&|`$()<>]+)?
         \s+(?:start|restart)
-        (?:\s+[A-Za-z0-9_.:*@+-]+)+\s*$""",
+        (?:\s+[A-Za-z0-9_.:*@+-]+)+\s*\Z""",
     re.VERBOSE,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, jsonify
 from quart_schema import document_response, validate_request
 
 from ..service import DeployRequest
@@ -28,9 +28,11 @@ async def deploy(data: DeployBody) -> Any:
     result = await core().submit(DeployRequest(**data.model_dump()))
     if result.started:
         dispatcher().launch(result.started)
+    # jsonify: a plain dict would make quart-schema build a pydantic TypeAdapter
+    # per response (~0.15 ms of CPU, a tenth of the route's cost).
     if result.queued:
-        return {"job_id": result.job_id, "queued": True, "message": QUEUED_MESSAGE}
-    return {"job_id": result.job_id}
+        return jsonify({"job_id": result.job_id, "queued": True, "message": QUEUED_MESSAGE})
+    return jsonify({"job_id": result.job_id})
 
 
 @blueprint.get("/status/<job_id>")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from quart import Quart
+from typing import Any
+
+from quart import Quart, request
 from quart_schema import Info, QuartSchema
 
 from .. import __version__
@@ -10,7 +12,11 @@ from ..dispatcher import Dispatcher
 from ..service import Deployster
 from ..settings import Settings
 from . import api, health
-from .errors import register_error_handlers
+from .errors import body_too_large, register_error_handlers
+
+# Bodies up to this size are read (and dropped) before a 413, so the client gets
+# the answer instead of a reset connection; beyond it Quart refuses outright.
+DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
@@ -20,7 +26,10 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     ``before_serving`` and stopped in ``after_serving``.
     """
     app = Quart("deployster")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Quart's own limit only as a backstop: it answers before reading the body,
+    # and closing a connection with unread upload data resets it, so the client
+    # may never see the 413. ``limit_body`` reads then refuses instead.
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_body_bytes, DRAIN_LIMIT)
     app.config["QUART_SCHEMA_CONVERT_CASING"] = False
     QuartSchema(
         app,
@@ -33,6 +42,17 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
     register_error_handlers(app)
+
+    @app.before_request
+    async def limit_body() -> Any:
+        if request.method not in ("POST", "PUT", "PATCH"):
+            return None
+        length = request.content_length
+        if length is None or length > settings.max_body_bytes:
+            data = await request.get_data()
+            if len(data) > settings.max_body_bytes:
+                return body_too_large(settings.max_body_bytes)
+        return None
 
     @app.before_serving
     async def startup() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from quart import current_app
 
 from ..dispatcher import Dispatcher
@@ -9,8 +11,8 @@ from ..service import Deployster
 
 
 def core() -> Deployster:
-    return current_app.extensions["deployster"]  # type: ignore[no-any-return]
+    return cast(Deployster, current_app.extensions["deployster"])
 
 
 def dispatcher() -> Dispatcher:
-    return current_app.extensions["deployster.dispatcher"]  # type: ignore[no-any-return]
+    return cast(Dispatcher, current_app.extensions["deployster.dispatcher"])

@@ -32,6 +32,11 @@ def _describe_validation(exc: RequestSchemaValidationError) -> str:
     return f"field '{loc}': {msg.lower()}"
 
 
+def body_too_large(limit: int | None) -> tuple[dict[str, str], int]:
+    return {"error": f"the request body is larger than {limit} bytes",
+            "code": "body_too_large"}, 413
+
+
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(DeploysterError)
     async def deployster_error(exc: DeploysterError) -> Any:
@@ -49,9 +54,7 @@ def register_error_handlers(app: Quart) -> None:
         if code == 400:
             return {"error": "the request body is not valid JSON", "code": "invalid_json"}, 400
         if code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            return {"error": f"the request body is larger than {limit} bytes",
-                    "code": "body_too_large"}, 413
+            return body_too_large(app.config.get("MAX_CONTENT_LENGTH"))
         if code == 415:
             return {"error": "send the body as JSON with 'Content-Type: application/json'",
                     "code": "unsupported_media_type"}, 415

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -17,10 +18,31 @@ from .app import create_app
 log = logging.getLogger("deployster.server")
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def bind_socket(settings: Settings) -> socket.socket:
+    """Bind the listening socket before anything starts.
+
+    Hypercorn would bind only after the app's startup hook, which has already
+    launched the dispatcher (and may have claimed jobs); a port in use must fail
+    first, with one clear line. The bound socket is handed to Hypercorn by fd.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def hypercorn_config(sock: socket.socket) -> Config:
     config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10.0
@@ -30,7 +52,12 @@ def hypercorn_config(settings: Settings) -> Config:
 async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) -> None:
     """Open Redis and the database first (so a bad URL fails fast), then serve."""
     settings.require_token()
-    core = await Deployster.open(settings)
+    sock = bind_socket(settings)
+    try:
+        core = await Deployster.open(settings)
+    except BaseException:
+        sock.close()
+        raise
     stop = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -43,13 +70,9 @@ async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) ->
             "embedded" if settings.embedded_redis else "external",
             settings.effective_database_url.split(":", 1)[0],
         )
-        try:
-            await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from None
+        await hypercorn_serve(app, hypercorn_config(sock), shutdown_trigger=stop.wait)
     finally:
+        sock.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await core.close()

@@ -1,0 +1,249 @@
+"""The ``deployster`` command line, run as a real subprocess (SPEC §3).
+
+What a user sees: the output of ``project add|list|show|edit``, and for every
+mistake exactly one line on stderr, exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deployster.settings import Settings
+from tests.conftest import REPO, free_port, settings_env
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """This test's settings, and nothing inherited that could point elsewhere."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYSTER_")}
+    return {**inherited, **settings_env(settings)}
+
+
+def deployster(
+    env: dict[str, str], *args: str, cwd: Path = REPO, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deployster", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single ``deployster: error: …`` line of a failed command."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("deployster: error: ")
+    assert result.stdout == ""
+    return lines[0]
+
+
+def write_pipeline(path: Path, value: str = "https://api.example.com") -> Path:
+    path.write_text(json.dumps([
+        {"stage_name": "Production", "git_branch": "main",
+         "environment_variables": [{"KEY": "API_URL", "VALUE": value},
+                                   {"key": "MODE", "value": "prod"}]},
+        {"stage_name": "Staging", "git_branch": "develop"},
+    ]))
+    return path
+
+
+# ------------------------------------------------------------------ projects
+
+
+def test_add_list_and_show_a_project(env: dict[str, str], project_dir: Path) -> None:
+    out = ok(deployster(env, "project", "add", f"{project_dir}/"))
+    path = os.path.realpath(project_dir)
+    assert out.startswith("registered project 'my-app' (id ")
+    assert out.rstrip().endswith(f") at {path}")
+    project_id = int(out.split("(id ", 1)[1].split(")", 1)[0])
+
+    listed = ok(deployster(env, "project", "list")).splitlines()
+    assert len(listed) == 1
+    assert listed[0].split() == [str(project_id), "my-app", path]
+
+    as_json = json.loads(ok(deployster(env, "project", "list", "--json")))
+    assert [(p["id"], p["name"], p["path"]) for p in as_json] == [(project_id, "my-app", path)]
+
+    shown = ok(deployster(env, "project", "show", "my-app"))
+    assert f"id:        {project_id}\n" in shown
+    assert f"path:      {path}\n" in shown
+    assert "lock TTL:  600s\n" in shown and "timeout:   3600s\n" in shown
+    assert "stages:    none\n" in shown
+    for ref in (str(project_id), path, f"{project_dir}/"):
+        assert ok(deployster(env, "project", "show", ref)) == shown
+
+    detail = json.loads(ok(deployster(env, "project", "show", "my-app", "--json")))
+    assert detail["pipeline"] == [] and detail["id"] == project_id
+
+
+def test_list_with_no_projects_says_how_to_add_one(env: dict[str, str]) -> None:
+    assert "deployster project add PATH" in ok(deployster(env, "project", "list"))
+    assert json.loads(ok(deployster(env, "project", "list", "--json"))) == []
+
+
+def test_add_with_pipeline_lock_ttl_timeout_and_name(
+    env: dict[str, str], project_dir: Path, tmp_path: Path
+) -> None:
+    pipeline = write_pipeline(tmp_path / "stages.json")
+    out = ok(deployster(env, "project", "add", str(project_dir), "--name", "web",
+                        "--pipeline", str(pipeline), "--lock-ttl", "30", "--timeout", "60"))
+    assert out.startswith("registered project 'web'")
+
+    detail = json.loads(ok(deployster(env, "project", "show", "web", "--json")))
+    assert (detail["lock_ttl"], detail["timeout"]) == (30, 60)
+    assert detail["pipeline"] == [
+        {"stage_name": "Production", "git_branch": "main",
+         "environment_variables": [{"key": "API_URL", "value": "https://api.example.com"},
+                                   {"key": "MODE", "value": "prod"}]},
+        {"stage_name": "Staging", "git_branch": "develop", "environment_variables": []},
+    ]
+    shown = ok(deployster(env, "project", "show", "web"))
+    assert "stage:     Production (branch main): API_URL, MODE\n" in shown
+    assert "stage:     Staging (branch develop): no variables\n" in shown
+    assert "lock TTL:  30s\n" in shown
+
+
+def test_add_resolves_a_relative_path_against_the_working_directory(
+    env: dict[str, str], project_dir: Path
+) -> None:
+    out = ok(deployster(env, "project", "add", ".", cwd=project_dir))
+    assert out.startswith("registered project 'my-app'")
+    assert out.endswith(f" at {os.path.realpath(project_dir)}\n")
+    (project_dir.parent / "api").mkdir()
+    out = ok(deployster(env, "project", "add", "api", cwd=project_dir.parent))
+    assert out.startswith("registered project 'api'")
+    assert out.endswith(f" at {os.path.realpath(project_dir.parent / 'api')}\n")
+
+
+def test_edit_changes_only_what_is_given(
+    env: dict[str, str], project_dir: Path, tmp_path: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir), "--lock-ttl", "30"))
+    out = ok(deployster(env, "project", "edit", "my-app", "--timeout", "5"))
+    assert out.startswith("updated project 'my-app' (id ")
+    detail = json.loads(ok(deployster(env, "project", "show", "my-app", "--json")))
+    assert (detail["timeout"], detail["lock_ttl"], detail["pipeline"]) == (5, 30, [])
+
+    pipeline = write_pipeline(tmp_path / "stages.json")
+    ok(deployster(env, "project", "edit", str(project_dir), "--pipeline", str(pipeline),
+                  "--name", "web"))
+    detail = json.loads(ok(deployster(env, "project", "show", "web", "--json")))
+    assert [s["git_branch"] for s in detail["pipeline"]] == ["main", "develop"]
+    assert detail["timeout"] == 5
+
+
+# -------------------------------------------------------------------- errors
+
+
+def test_a_pipeline_value_with_a_newline_is_refused_and_nothing_stored(
+    env: dict[str, str], project_dir: Path, tmp_path: Path
+) -> None:
+    pipeline = write_pipeline(tmp_path / "stages.json", value="https://x\nEVIL=1")
+    line = one_line_error(
+        deployster(env, "project", "add", str(project_dir), "--pipeline", str(pipeline)))
+    assert line == (
+        "deployster: error: stage 'Production': value of API_URL contains a newline, "
+        "carriage return or NUL, which .env cannot hold safely"
+    )
+    assert json.loads(ok(deployster(env, "project", "list", "--json"))) == []
+
+
+def test_a_missing_pipeline_file(env: dict[str, str], project_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    line = one_line_error(
+        deployster(env, "project", "add", str(project_dir), "--pipeline", str(missing)))
+    assert line == f"deployster: error: cannot read {missing}: No such file or directory"
+
+
+def test_a_pipeline_file_that_is_not_json(
+    env: dict[str, str], project_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "stages.json"
+    bad.write_text("[{'stage_name': 'single quotes'}]\n")
+    line = one_line_error(
+        deployster(env, "project", "add", str(project_dir), "--pipeline", str(bad)))
+    assert line.startswith(f"deployster: error: {bad} is not valid JSON: ")
+
+
+def test_a_path_that_does_not_exist(env: dict[str, str], tmp_path: Path) -> None:
+    line = one_line_error(deployster(env, "project", "add", str(tmp_path / "ghost")))
+    assert line == f"deployster: error: {os.path.realpath(tmp_path)}/ghost is not a directory"
+
+
+def test_showing_an_unknown_project(env: dict[str, str]) -> None:
+    line = one_line_error(deployster(env, "project", "show", "ghost"))
+    assert "'ghost'" in line and "deployster project list" in line
+
+
+def test_adding_the_same_directory_twice(env: dict[str, str], project_dir: Path) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    line = one_line_error(deployster(env, "project", "add", str(project_dir), "--name", "x"))
+    assert line == (
+        f"deployster: error: a project is already registered at {os.path.realpath(project_dir)}"
+    )
+    line = one_line_error(deployster(env, "project", "edit", "my-app", "--name", "bad name"))
+    assert "letters, digits" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["projekt"], "invalid choice: 'projekt'"),
+        ([], "required: COMMAND"),
+        (["project", "add", "/tmp", "--lock-ttl", "abc"], "'abc' is not a number of seconds"),
+        (["project", "add", "/tmp", "--lock-ttl", "-1"], "must be a positive number"),
+        (["project", "add", "/tmp", "--timeout", "0"], "must be a positive number"),
+        (["project", "lst"], "invalid choice: 'lst'"),
+        (["serve", "--port", "http"], "'http' is not a port number"),
+    ],
+)
+def test_command_line_typos_exit_2_without_a_traceback(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = deployster(env, *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: deployster")
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("deployster") and ": error: " in last and message in last
+
+
+# --------------------------------------------------------------------- serve
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_serve_without_a_token_says_so_in_one_line(
+    env: dict[str, str], token: str | None
+) -> None:
+    env = {k: v for k, v in env.items() if k != "DEPLOYSTER_TOKEN"}
+    if token is not None:
+        env["DEPLOYSTER_TOKEN"] = token
+    env["DEPLOYSTER_PORT"] = str(free_port())
+    line = one_line_error(deployster(env, "serve"))
+    assert line.startswith("deployster: error: DEPLOYSTER_TOKEN is not set")
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**env, "DEPLOYSTER_HOST": "127.0.0.1", "DEPLOYSTER_PORT": str(port)}
+        line = one_line_error(deployster(env, "serve", timeout=30))
+    assert line == f"deployster: error: cannot listen on 127.0.0.1:{port}: Address already in use"

@@ -1,0 +1,75 @@
+"""The core imports neither front end's framework (SPEC §2, STYLE "one home per
+concept"): the CLI and the dashboard must not pay for Quart, and the server must
+not pay for Textual.
+
+Each check runs in a fresh interpreter, so what this test process (or another
+test) already imported can neither hide nor fake an import. Modules are found
+with ``pkgutil``, so a new module is covered the day it is added.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+WEB = ("quart", "hypercorn", "quart_schema")
+TUI = ("textual",)
+
+# argv: package to walk, then subpackages to leave out. Imports every module
+# found (packages are imported only to walk into them, so a left-out package is
+# never imported at all) and prints {"modules": [...], "loaded": [...top-level
+# names in sys.modules...]} as JSON.
+_PROBE = """
+import importlib, json, pkgutil, sys
+
+root, skip = sys.argv[1], set(sys.argv[2:])
+
+def walk(package):
+    yield package
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(getattr(module, "__path__", []), package + "."):
+        if info.name in skip or info.name.endswith(".__main__"):
+            continue  # __main__ runs the CLI when imported
+        if info.ispkg:
+            yield from walk(info.name)
+        else:
+            yield info.name
+
+names = list(walk(root))
+for name in names:
+    importlib.import_module(name)
+print(json.dumps({"modules": names, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def import_all(package: str, *, skip: tuple[str, ...] = ()) -> tuple[list[str], set[str]]:
+    """Import ``package`` and every module under it in a fresh interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, package, *skip],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout.splitlines()[-1])
+    return reply["modules"], set(reply["loaded"])
+
+
+def test_the_core_imports_no_web_or_terminal_framework() -> None:
+    modules, loaded = import_all("deployster", skip=("deployster.server", "deployster.tui"))
+    # The walk really covered the core: a broken walk must not pass vacuously.
+    assert {"deployster", "deployster.cli", "deployster.service", "deployster.store",
+            "deployster.history", "deployster.dispatcher", "deployster.runner"} <= set(modules)
+    assert not [m for m in modules if m.startswith(("deployster.server", "deployster.tui"))]
+    assert loaded & {*WEB, *TUI} == set()
+
+
+def test_the_server_imports_no_terminal_framework() -> None:
+    modules, loaded = import_all("deployster.server")
+    assert {"deployster.server.app", "deployster.server.api", "deployster.server.serve"} <= set(
+        modules
+    )
+    # The probe does see a framework when one is imported: the server loads Quart.
+    assert set(WEB) <= loaded
+    assert loaded & set(TUI) == set()

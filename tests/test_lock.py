@@ -1,0 +1,160 @@
+"""The per-project deploy lock (SPEC §6) against a real Redis, and its watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from pathlib import Path
+
+from deployster.keys import Keys
+from deployster.lock import DeployLock, LockState
+from deployster.service import Deployster
+from tests.conftest import LiveServer, deploy_body, wait_for_status
+
+PROJECT = 41
+
+
+def test_lock_key_is_the_seed_name_without_a_namespace() -> None:
+    assert Keys().lock(7) == "lock:deploy:7"
+    assert Keys("blue").lock(7) == "blue:lock:deploy:7"
+    # Everything else is under one prefix; the lock is not.
+    assert Keys().queue(7).startswith("deployster:")
+    assert not Keys().lock(7).startswith("deployster:")
+
+
+async def test_acquire_without_namespace_writes_lock_deploy_project_id(
+    core: Deployster,
+) -> None:
+    lock = DeployLock(core.redis, Keys())
+    project_id = 900_000_000 + uuid.uuid4().int % 99_999_999  # no clash with real ids
+    key = f"lock:deploy:{project_id}"
+    try:
+        assert await lock.acquire(project_id, "job-a", 60_000)
+        assert await core.redis.get(key) == "job-a"
+        assert 0 < await core.redis.pttl(key) <= 60_000
+        assert await lock.release(project_id, "job-a")
+        assert await core.redis.exists(key) == 0
+    finally:
+        await core.redis.delete(key)
+
+
+async def test_second_acquire_fails_while_held(core: Deployster) -> None:
+    assert await core.lock.acquire(PROJECT, "job-a", 60_000)
+    assert not await core.lock.acquire(PROJECT, "job-b", 60_000)
+    assert not await core.lock.acquire(PROJECT, "job-a", 60_000)  # not re-entrant either
+    state = await core.lock.state(PROJECT)
+    assert state.owner == "job-a"
+    assert state.ttl_ms is not None and 0 < state.ttl_ms <= 60_000
+    # Another project's lock is independent.
+    assert await core.lock.acquire(PROJECT + 1, "job-b", 60_000)
+
+
+async def test_free_lock_state(core: Deployster) -> None:
+    state = await core.lock.state(PROJECT)
+    assert state.owner is None and state.ttl_ms is None
+
+
+async def test_release_by_non_owner_returns_false_and_keeps_the_lock(
+    core: Deployster,
+) -> None:
+    assert await core.lock.acquire(PROJECT, "job-a", 60_000)
+    assert await core.lock.release(PROJECT, "job-b") is False
+    assert (await core.lock.state(PROJECT)).owner == "job-a"
+    assert await core.lock.release(PROJECT, "job-a") is True
+    assert (await core.lock.state(PROJECT)).owner is None
+    # Releasing twice is harmless and says it did nothing.
+    assert await core.lock.release(PROJECT, "job-a") is False
+    # Once free, anyone can take it.
+    assert await core.lock.acquire(PROJECT, "job-b", 60_000)
+
+
+async def test_extend_is_compare_and_set_on_the_owner(core: Deployster) -> None:
+    assert await core.lock.acquire(PROJECT, "job-a", 5_000)
+    # A non-owner cannot prolong it: the TTL can only have gone down.
+    assert await core.lock.extend(PROJECT, "job-b", 120_000) is False
+    state = await core.lock.state(PROJECT)
+    assert state.owner == "job-a"
+    assert state.ttl_ms is not None and 0 < state.ttl_ms <= 5_000
+    # The owner resets it: a TTL above the original can only come from the extend.
+    assert await core.lock.extend(PROJECT, "job-a", 120_000) is True
+    state = await core.lock.state(PROJECT)
+    assert state.owner == "job-a"
+    assert state.ttl_ms is not None and 5_000 < state.ttl_ms <= 120_000
+
+
+async def test_extend_of_a_free_lock_does_not_recreate_it(core: Deployster) -> None:
+    assert await core.lock.extend(PROJECT, "job-a", 60_000) is False
+    assert (await core.lock.state(PROJECT)).owner is None
+
+
+async def test_short_ttl_lock_expires_by_itself(core: Deployster) -> None:
+    assert await core.lock.acquire(PROJECT, "job-a", 150)
+    state = await core.lock.state(PROJECT)
+    assert state.owner == "job-a" and state.ttl_ms is not None and state.ttl_ms <= 150
+    deadline = time.monotonic() + 10
+    while (await core.lock.state(PROJECT)).owner is not None:
+        assert time.monotonic() < deadline, "the lock never expired"
+        await asyncio.sleep(0.02)
+    # Expired means free: the owner cannot extend it and someone else can take it.
+    assert await core.lock.extend(PROJECT, "job-a", 60_000) is False
+    assert await core.lock.acquire(PROJECT, "job-b", 60_000)
+    assert (await core.lock.state(PROJECT)).owner == "job-b"
+
+
+async def test_release_publishes_a_released_event(core: Deployster) -> None:
+    assert await core.lock.acquire(PROJECT, "job-a", 60_000)
+    async with core.redis.pubsub() as pubsub:
+        await pubsub.subscribe(core.keys.events)
+        # A refused release publishes nothing; the owner's release does.
+        assert await core.lock.release(PROJECT, "job-b") is False
+        assert await core.lock.release(PROJECT, "job-a") is True
+        events: list[dict[str, object]] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not events:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                events.append(json.loads(message["data"]))
+        # Drain briefly to be sure nothing else (e.g. from the refused release) came.
+        while (
+            message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        ) is not None:
+            events.append(json.loads(message["data"]))
+    assert events == [{"type": "released", "project": PROJECT, "job": "job-a"}]
+
+
+async def test_watchdog_keeps_the_lock_through_a_job_longer_than_its_ttl(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    project = await core.projects.add(str(project_dir), lock_ttl=1.5)
+    async with server.client() as client:
+        reply = (await client.post("/deploy", json=deploy_body(project_dir, "sleep 4.5"))).json()
+        job_id = reply["job_id"]
+        assert "queued" not in reply
+        samples: list[LockState] = []
+        started = time.monotonic()
+        while True:
+            job = await core.jobs.get(job_id)
+            assert job is not None
+            if job.status.finished:
+                break
+            if job.status.value == "running":
+                samples.append(await core.lock.state(project.id))
+            assert time.monotonic() - started < 60, "the job never finished"
+            await asyncio.sleep(0.1)
+        final = await wait_for_status(client, job_id)
+    assert final["status"] == "complete", final
+    assert "job stopped" not in str(final["logs"])
+    # Every sample: the lock was the job's, with time left on it.
+    assert samples, "the job was never seen running"
+    for state in samples:
+        assert state.owner == job_id, samples
+        assert state.ttl_ms is not None and 0 < state.ttl_ms <= 1500, samples
+    # The TTL went back up between samples: the watchdog renewed it, repeatedly.
+    ttls = [state.ttl_ms or 0 for state in samples]
+    renewals = sum(1 for a, b in itertools.pairwise(ttls) if b > a)
+    assert renewals >= 2, samples
+    # The end of the job released it.
+    assert (await core.lock.state(project.id)).owner is None

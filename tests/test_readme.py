@@ -1,0 +1,38 @@
+"""The README keeps the user's original examples verbatim and starts with the
+two set-up commands (install + serve, install + test)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+SEED = REPO.parent / "shared" / "seed" / "README.queued-deployments.md"
+
+
+def fenced_blocks(text: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"```[a-z]*\n(.*?)```", text, re.S)]
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    first = fenced_blocks(README)[0]
+    commands = [line for line in first.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    assert "pip install ." in commands[0] and "deployster serve" in commands[0]
+    assert "pip install -e '.[test]'" in commands[1] and "pytest" in commands[1]
+    assert README.index(first) < 1200, "the commands belong in the README's first lines"
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed guide (../shared) is not beside the repo")
+def test_readme_carries_the_seed_examples_unchanged() -> None:
+    seed_blocks = fenced_blocks(SEED.read_text())
+    workflow = next(b for b in seed_blocks if b.startswith("name: Deploy"))
+    curl = next(b for b in seed_blocks if b.startswith("# Trigger deploy"))
+    readme_blocks = fenced_blocks(README)
+    assert curl in readme_blocks
+    # The workflow's steps are the seed's, line for line (comments aside).
+    steps = workflow[workflow.index("      - name: Trigger deploy") :]
+    assert any(steps in block for block in readme_blocks)
