@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .errors import DeploysterError
+from .projects import QUEUE_POLICIES
 from .redis_conn import REDIS_DOWN
 from .service import Deployster
 from .settings import Settings
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lock TTL in seconds (renewed while a job runs; default 600)")
         p.add_argument("--timeout", type=_positive, metavar="S",
                        help="a job running longer than this is stopped (default 3600)")
+        p.add_argument("--queue-policy", choices=QUEUE_POLICIES,
+                       help="fifo (default): every request runs in order; supersede: a new "
+                            "request replaces older queued ones for the same branch")
 
     add = psub.add_parser("add", help="register a project directory")
     add.add_argument("path", help="the project directory (the 'cd' CI sends)")
@@ -84,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("project", metavar="NAME|ID|PATH")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=cmd_project_show)
+
+    job = sub.add_parser("job", help="act on a deploy job")
+    jsub = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
+    cancel = jsub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=cmd_job_cancel)
     return parser
 
 
@@ -122,6 +133,7 @@ def _print_project(project: Any, *, as_json: bool) -> None:
     print(f"path:      {project.path}")
     print(f"lock TTL:  {project.lock_ttl:g}s")
     print(f"timeout:   {project.timeout:g}s")
+    print(f"queue:     {project.queue_policy}")
     if not project.pipeline:
         print("stages:    none")
     for stage in project.pipeline:
@@ -151,7 +163,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         project = await core.projects.add(
             # A shell user types "." or "apps/web": relative to where they stand.
             os.path.abspath(os.path.expanduser(args.path)), name=args.name, pipeline=pipeline,
-            lock_ttl=args.lock_ttl, timeout=args.timeout,
+            lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
         )
         print(f"registered project {project.name!r} (id {project.id}) at {project.path}")
         return 0
@@ -166,7 +178,7 @@ def cmd_project_edit(args: argparse.Namespace) -> int:
         project = await core.projects.find(args.project)
         project = await core.projects.edit(
             project, name=args.name, pipeline=pipeline,
-            lock_ttl=args.lock_ttl, timeout=args.timeout,
+            lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
         )
         print(f"updated project {project.name!r} (id {project.id})")
         return 0
@@ -193,6 +205,21 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 def cmd_project_show(args: argparse.Namespace) -> int:
     async def body(core: Deployster) -> int:
         _print_project(await core.projects.find(args.project), as_json=args.json)
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    from .control import cancel_job
+
+    async def body(core: Deployster) -> int:
+        job = await cancel_job(core, args.job_id, actor=f"cli:{getpass.getuser()}")
+        state = job.status.value + (f" ({job.reason})" if job.reason else "")
+        if job.status.finished:
+            print(f"job {job.id} cancelled: {state}")
+        else:
+            print(f"job {job.id}: cancel requested, still {state}")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))

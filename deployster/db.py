@@ -65,6 +65,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "queue policy per project; superseded_by on deployments",
+        [
+            "ALTER TABLE projects ADD COLUMN queue_policy TEXT NOT NULL DEFAULT 'fifo'",
+            "ALTER TABLE deployments ADD COLUMN superseded_by TEXT",
+        ],
+    ),
 ]
 
 _DIALECT_WORDS = {
@@ -172,3 +180,21 @@ async def migrate(database: Database) -> list[int]:
             )
             done.append(version)
     return done
+
+
+def database_down_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the database cannot be used right now"."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, ConnectionError, OSError]
+    try:
+        import asyncpg
+
+        errors += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        pass
+    return tuple(errors)
+
+
+DATABASE_DOWN = database_down_errors()

@@ -4,7 +4,8 @@ It listens on the events channel (a release or an enqueue from any process
 wakes it), claims the next job with the queue's atomic script and runs it in
 this event loop. Finishing a job releases the lock and claims the next one in
 the same script, so a hand-off costs one Redis round trip. A slow sweep covers
-lost notifications and locks that expired instead of being released.
+lost notifications, locks that expired instead of being released, and jobs
+orphaned by a crashed server (see ``recovery``).
 """
 
 from __future__ import annotations
@@ -14,23 +15,25 @@ import contextlib
 import logging
 import time
 
+from . import recovery
 from .events import decode
 from .history import HistoryWriter
 from .logstream import LogWriter
 from .models import Job, JobStatus, Reason
+from .procinfo import boot_id, hostname, process_identity
 from .redis_conn import REDIS_DOWN
 from .runner import Outcome, Runner
 from .service import Deployster
+from .watchdog import Watchdog
 
 log = logging.getLogger("deployster.dispatcher")
-
-HEARTBEAT_INTERVAL = 1.0
 
 
 class Dispatcher:
     def __init__(self, core: Deployster, history: HistoryWriter | None = None) -> None:
         self.core = core
         self.history = history or HistoryWriter(core)
+        self.watchdog = Watchdog(core.redis, core.keys)
         self.runners: dict[str, Runner] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -38,27 +41,40 @@ class Dispatcher:
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        """Announce this runner, end jobs orphaned by a crash, start listening."""
+        with contextlib.suppress(*REDIS_DOWN):
+            await recovery.announce(self.core)
+            await self.recover()
         self._tasks = [
             asyncio.create_task(self._listen(), name="dispatcher-listen"),
+            asyncio.create_task(self._announce_loop(), name="dispatcher-announce"),
             asyncio.create_task(self.history.run(), name="history-writer"),
         ]
 
-    async def stop(self, *, reason: str = Reason.INTERRUPTED) -> None:
-        """Stop listening; end running jobs with ``reason`` and record them.
+    async def stop(self, *, grace: float = 0.0, reason: str = Reason.INTERRUPTED) -> None:
+        """Stop taking jobs; give running ones ``grace`` seconds, then end them.
 
         Queued jobs stay queued (in Redis) for the next start: while stopping,
         a finishing job releases its lock without claiming the next one.
         """
         self._stopping = True
-        for task in self._tasks:
+        listener = self._tasks[:1]
+        for task in listener:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*listener, return_exceptions=True)
+        if self._job_tasks and grace > 0:
+            log.info("waiting up to %gs for %d running job(s)", grace, len(self._job_tasks))
+            await asyncio.wait(set(self._job_tasks), timeout=grace)
         for runner in list(self.runners.values()):
             runner.stop(reason)
-        if self._job_tasks:
-            await asyncio.gather(*self._job_tasks, return_exceptions=True)
+        await self.wait_idle()
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN, Exception):
             await self.history.flush()
+        with contextlib.suppress(*REDIS_DOWN):
+            await recovery.withdraw(self.core)
 
     async def wait_idle(self) -> None:
         """Wait until no job runs in this process (tests, graceful shutdown)."""
@@ -66,12 +82,22 @@ class Dispatcher:
             await asyncio.gather(*list(self._job_tasks), return_exceptions=True)
 
     # ------------------------------------------------------------- wake-ups
+    async def _announce_loop(self) -> None:
+        while True:
+            await asyncio.sleep(recovery.RUNNER_REFRESH)
+            try:
+                await recovery.announce(self.core)
+            except REDIS_DOWN as exc:
+                log.warning("dispatcher: cannot refresh the runner key (%s)", exc)
+
     async def _listen(self) -> None:
         backoff = 0.1
         while True:
             try:
                 async with self.core.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.core.keys.events)
+                    # Subscribed: project changes now arrive as events.
+                    self.core.projects.event_driven = True
                     await self.sweep()
                     backoff = 0.1
                     last_sweep = time.monotonic()
@@ -86,16 +112,26 @@ class Dispatcher:
                             await self.sweep()
                             last_sweep = time.monotonic()
             except asyncio.CancelledError:
+                self.core.projects.event_driven = False
                 raise
             except REDIS_DOWN as exc:
                 log.warning("dispatcher: Redis unavailable (%s); retrying", exc)
             except Exception:
                 log.exception("dispatcher: unexpected error; retrying")
+            self.core.projects.event_driven = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def _on_event(self, event: dict[str, object]) -> None:
         kind, project = event.get("type"), event.get("project")
+        if kind == "projects":
+            self.core.projects.invalidate()
+            return
+        if kind == "cancel":
+            runner = self.runners.get(str(event.get("job")))
+            if runner is not None:
+                runner.stop(Reason.CANCELLED)
+            return
         if kind in ("released", "enqueued", "finished") and isinstance(project, int):
             # An enqueue whose own script already tried the claim (the API's deploys)
             # needs no second try: the lock was held, or the enqueuer started the job.
@@ -105,8 +141,16 @@ class Dispatcher:
             self.history.notify()
 
     async def sweep(self) -> None:
+        self.core.projects.invalidate()  # in case a 'projects' event was missed
+        await self.recover()
         for project_id in await self.core.queue.projects_with_queue():
             await self.try_start(project_id)
+
+    async def recover(self) -> None:
+        if self._stopping:
+            return
+        for job_id in await recovery.recover(self.core, runner=self.core.runner_id):
+            self.launch(job_id)
 
     async def try_start(self, project_id: int) -> None:
         if self._stopping:
@@ -131,15 +175,17 @@ class Dispatcher:
             return
         project = await core.projects.get(job.project_id)
         async with LogWriter(
-            core.redis, core.keys, job.id, cap_bytes=core.settings.log_cap_bytes
+            core.redis, core.keys, job.id, cap_bytes=core.settings.log_cap_bytes,
+            fence=job.fence,
         ) as logw:
             if project is None:
                 logw.write(f"[deployster] project {job.project!r} no longer exists\n")
                 outcome = Outcome(JobStatus.FAILED, Reason.INVALID)
             else:
                 runner = Runner(job, project, logw, kill_grace=core.settings.kill_grace)
+                runner.on_spawn = lambda pid: self._record_process(job, pid)
                 self.runners[job.id] = runner
-                guard = asyncio.create_task(self._guard(job, runner))
+                guard = asyncio.create_task(self.watchdog.guard(job, runner))
                 try:
                     outcome = await runner.run()
                 except Exception as exc:  # a bug must not leave the job running forever
@@ -155,6 +201,16 @@ class Dispatcher:
         if result is not None:
             self.launch(result)
 
+    async def _record_process(self, job: Job, pid: int) -> None:
+        """Note the command's process group and its identity, for crash recovery."""
+        try:
+            await self.core.jobs.set_fields(
+                job.id, pgid=str(pid), pg_ident=process_identity(pid) or "",
+                host=hostname(), boot=boot_id(),
+            )
+        except REDIS_DOWN as exc:
+            log.warning("could not record the process of %s (%s)", job.id, exc)
+
     async def _finish(self, job: Job, outcome: Outcome) -> str | None:
         delay = 0.1
         while True:
@@ -169,28 +225,3 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _guard(self, job: Job, runner: Runner) -> None:
-        """Heartbeat, lock renewal every TTL/3 (the watchdog) and the timeout."""
-        core = self.core
-        ttl_ms = job.lock_ttl_ms
-        renew_every = max(ttl_ms / 3000.0, 0.05)
-        started = time.monotonic()
-        next_renew = started + renew_every
-        while True:
-            now = time.monotonic()
-            if now - started >= job.timeout:
-                runner.stop(Reason.TIMED_OUT)
-                return
-            try:
-                if now >= next_renew:
-                    next_renew = now + renew_every
-                    if not await core.lock.extend(job.project_id, job.id, ttl_ms):
-                        runner.stop(Reason.LOCK_LOST)
-                        return
-                await core.jobs.set_fields(job.id, heartbeat=f"{time.time():.3f}")
-            except REDIS_DOWN as exc:
-                log.warning("watchdog for %s: Redis unavailable (%s)", job.id, exc)
-            await asyncio.sleep(
-                max(0.01, min(HEARTBEAT_INTERVAL, next_renew - time.monotonic(),
-                              started + job.timeout - time.monotonic()))
-            )

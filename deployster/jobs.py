@@ -19,7 +19,7 @@ from .redis_conn import Redis
 
 # KEYS: job log. Returns false when the job is unknown, else {status, reason, text}.
 _STATUS_READ = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'reason', 'cursor')
+local st = redis.call('HMGET', KEYS[1], 'status', 'reason', 'cursor', 'superseded_by')
 if not st[1] then return false end
 local from = st[3] or '0-0'
 local entries = redis.call('XRANGE', KEYS[2], '(' .. from, '+')
@@ -33,7 +33,7 @@ for i = 1, #entries do
   end
 end
 if last ~= from then redis.call('HSET', KEYS[1], 'cursor', last) end
-return {st[1], st[2] or '', table.concat(parts)}
+return {st[1], st[2] or '', table.concat(parts), st[4] or ''}
 """
 
 
@@ -42,6 +42,7 @@ class StatusRead:
     status: JobStatus
     reason: str | None
     logs: str
+    superseded_by: str | None = None
 
 
 class JobRecords:
@@ -68,8 +69,8 @@ class JobRecords:
         result = await self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)])
         if not result:
             return None
-        status, reason, logs = result
-        return StatusRead(JobStatus(status), reason or None, logs)
+        status, reason, logs, superseded_by = result
+        return StatusRead(JobStatus(status), reason or None, logs, superseded_by or None)
 
     async def running(self) -> dict[str, str]:
         """Running job id -> runner id."""

@@ -14,6 +14,9 @@ instances sharing one Redis.
 | deployster:queues           | set    | projects whose queue may be non-empty         |
 | deployster:running          | hash   | running job id -> runner id                   |
 | deployster:fence:<project>  | string | fencing counter, bumped at every claim        |
+| deployster:current:<project>| string | the job that claimed the lock last            |
+| deployster:sigs:<project>   | hash   | request signature -> queued job (dedupe)      |
+| deployster:runner:<id>      | string | a live dispatcher's identity, short TTL       |
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
 | deployster:events           | pubsub | JSON events: enqueued, started, finished, …   |
@@ -45,6 +48,15 @@ class Keys:
 
     def fence(self, project_id: int | str) -> str:
         return f"{self.prefix}fence:{project_id}"
+
+    def current(self, project_id: int | str) -> str:
+        return f"{self.prefix}current:{project_id}"
+
+    def signatures(self, project_id: int | str) -> str:
+        return f"{self.prefix}sigs:{project_id}"
+
+    def runner(self, runner_id: str) -> str:
+        return f"{self.prefix}runner:{runner_id}"
 
     # -- per job
     @property

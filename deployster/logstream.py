@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
 from .keys import Keys
-from .redis_conn import Redis
+from .redis_conn import REDIS_DOWN, Redis
+
+log = logging.getLogger("deployster.logstream")
 
 ENTRY_BYTES = 64 * 1024  # upper bound of one stream entry
 FLUSH_BYTES = 256 * 1024
@@ -33,15 +37,42 @@ def human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-class LogWriter:
-    """Buffers a job's output and appends it to the job's stream in batches."""
+# Append only while the job is still running under the writer's fence: a stale
+# runner (its job already ended by whoever took the lock over) writes nothing.
+# KEYS: job log. ARGV: fence, maxlen, chunk...
+_FENCED_APPEND = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'fence')
+if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i])
+end
+return 1
+"""
 
-    def __init__(self, redis: Redis, keys: Keys, job_id: str, *, cap_bytes: int) -> None:
+# How long close() keeps retrying its last flush while Redis is unreachable.
+CLOSE_RETRY_FOR = 60.0
+
+
+class LogWriter:
+    """Buffers a job's output and appends it to the job's stream in batches.
+
+    With ``fence`` set, every append is checked against the job's record (see
+    ``_FENCED_APPEND``). While Redis is unreachable the output stays buffered
+    (bounded by the cap) and goes out with the next successful flush.
+    """
+
+    def __init__(
+        self, redis: Redis, keys: Keys, job_id: str, *, cap_bytes: int, fence: int | None = None
+    ) -> None:
         self.redis = redis
         self.key = keys.log(job_id)
+        self.job_key = keys.job(job_id)
         self.cap_bytes = cap_bytes
+        self.fence = fence
         self.written = 0
         self.dropped = 0
+        self.stale = False
+        self._append = redis.register_script(_FENCED_APPEND)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer: list[str] = []
         self._buffered = 0
@@ -79,20 +110,31 @@ class LogWriter:
             self._wake.set()
 
     async def flush(self) -> None:
+        """Append what is buffered; on a Redis error keep it and re-raise."""
         async with self._flush_lock:
             if not self._buffer:
                 return
-            data = "".join(self._buffer)
-            self._buffer.clear()
-            self.written += self._buffered
-            self._buffered = 0
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(data), ENTRY_BYTES):
-                    pipe.xadd(
-                        self.key, {"d": data[start : start + ENTRY_BYTES]},
-                        maxlen=MAXLEN, approximate=True,
-                    )
-                await pipe.execute()
+            data, size = "".join(self._buffer), self._buffered
+            self._buffer, self._buffered = [], 0
+            chunks = [data[i : i + ENTRY_BYTES] for i in range(0, len(data), ENTRY_BYTES)]
+            try:
+                if self.stale:
+                    return
+                if self.fence is None:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for chunk in chunks:
+                            pipe.xadd(self.key, {"d": chunk}, maxlen=MAXLEN, approximate=True)
+                        await pipe.execute()
+                elif not await self._append(
+                    keys=[self.job_key, self.key], args=[self.fence, MAXLEN, *chunks]
+                ):
+                    self.stale = True
+                    return
+            except REDIS_DOWN:
+                self._buffer.insert(0, data)
+                self._buffered += size
+                raise
+            self.written += size
 
     async def _flush_loop(self) -> None:
         while not self._closed:
@@ -101,7 +143,11 @@ class LogWriter:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except REDIS_DOWN as exc:  # kept in the buffer; the job goes on
+                log.warning("log of %s: Redis unavailable (%s); buffering", self.key, exc)
+                await asyncio.sleep(FLUSH_INTERVAL * 10)
 
     async def close(self) -> None:
         """Flush everything, with the truncation marker if the cap was hit."""
@@ -122,7 +168,17 @@ class LogWriter:
             )
             self._buffer.append(marker)
             self._buffered += len(marker.encode("utf-8"))
-        await self.flush()
+        deadline = time.monotonic() + CLOSE_RETRY_FOR
+        while True:
+            try:
+                await self.flush()
+                return
+            except REDIS_DOWN as exc:
+                if time.monotonic() > deadline:
+                    log.error("log of %s: Redis unavailable for %ss; %s lost (%s)", self.key,
+                              CLOSE_RETRY_FOR, human_bytes(self._buffered), exc)
+                    return
+                await asyncio.sleep(0.5)
 
 
 async def read_log(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -61,6 +62,7 @@ class Project:
     pipeline: tuple[Stage, ...] = ()
     lock_ttl: float = 600.0
     timeout: float = 3600.0
+    queue_policy: str = "fifo"
     created_at: str = ""
 
     def stage_for(self, ref_name: str) -> Stage | None:
@@ -80,6 +82,7 @@ class Project:
             "pipeline": [s.to_dict() for s in self.pipeline],
             "lock_ttl": self.lock_ttl,
             "timeout": self.timeout,
+            "queue_policy": self.queue_policy,
             "created_at": self.created_at,
         }
 
@@ -106,12 +109,13 @@ class Job:
     timeout: float = 3600.0
     fence: int = 0
     started_by: str = "admin"
+    superseded_by: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     # Field names written to the Redis hash; anything else in the hash is extra.
     _SIMPLE = (
         "id", "project", "cd", "commit_hash", "ref_name", "reason", "stage",
-        "queued_at", "started_at", "finished_at", "started_by",
+        "queued_at", "started_at", "finished_at", "started_by", "superseded_by",
     )
 
     def to_redis(self) -> dict[str, str]:
@@ -153,8 +157,14 @@ class Job:
             timeout=float(data.get("timeout", 3600.0)),
             fence=int(data.get("fence", 0)),
             started_by=data.get("started_by", "admin"),
+            superseded_by=data.get("superseded_by") or None,
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+    def signature(self) -> str:
+        """Identity of the request: same commit, ref and commands, same signature."""
+        raw = json.dumps([self.commit_hash, self.ref_name, self.commands])
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,4 +183,5 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "started_by": self.started_by,
+            "superseded_by": self.superseded_by,
         }

@@ -117,6 +117,17 @@ def _check_positive(value: float | None, what: str) -> None:
         raise InvalidRequest(f"{what} must be a positive number of seconds", code="invalid_value")
 
 
+QUEUE_POLICIES = ("fifo", "supersede")
+
+
+def _check_policy(policy: str | None) -> None:
+    if policy is not None and policy not in QUEUE_POLICIES:
+        raise InvalidRequest(
+            f"queue policy must be one of {', '.join(QUEUE_POLICIES)}, got {policy!r}",
+            code="invalid_value",
+        )
+
+
 def is_under(path: str, roots: tuple[Path, ...]) -> bool:
     for root in roots:
         real_root = os.path.realpath(root)
@@ -139,13 +150,25 @@ class ProjectRegistry:
         self.settings = settings
         self._version: str | None = None
         self._by_path: dict[str, Project] = {}
+        self._checked = False
+        self.event_driven = False
 
     async def _bump(self) -> None:
         await self.redis.incr(self.keys.projects_version)
         await self.redis.publish(self.keys.events, json.dumps({"type": "projects"}))
 
-    async def _fresh(self) -> None:
+    def invalidate(self) -> None:
+        """Re-check the version on the next lookup (a 'projects' event arrived)."""
+        self._checked = False
+
+    async def _fresh(self, *, force: bool = False) -> None:
+        # A process whose dispatcher listens to 'projects' events trusts its cache
+        # until an event (or the dispatcher's sweep) invalidates it: no Redis
+        # round trip per deploy. Others check the version on every lookup.
+        if self.event_driven and self._checked and not force:
+            return
         version = cast(str | None, await self.redis.get(self.keys.projects_version))
+        self._checked = True
         if version != self._version or version is None:
             projects = await store.select_projects(self.db)
             self._by_path = {p.path: p for p in projects}
@@ -159,6 +182,10 @@ class ProjectRegistry:
         """The project a deploy to ``cd`` belongs to, self-registering it if allowed."""
         path = normalise_path(cd)
         await self._fresh()
+        project = self._by_path.get(path)
+        if project is not None:
+            return project
+        await self._fresh(force=True)  # added a moment ago by another process?
         project = self._by_path.get(path)
         if project is not None:
             return project
@@ -183,6 +210,7 @@ class ProjectRegistry:
         pipeline: Any = None,
         lock_ttl: float | None = None,
         timeout: float | None = None,
+        queue_policy: str | None = None,
     ) -> Project:
         real = normalise_path(path)
         if not os.path.isdir(real):
@@ -190,6 +218,7 @@ class ProjectRegistry:
         stages = validate_pipeline(pipeline if pipeline is not None else [])
         _check_positive(lock_ttl, "lock TTL")
         _check_positive(timeout, "timeout")
+        _check_policy(queue_policy)
         if await store.select_project_by_path(self.db, real):
             raise Conflict(f"a project is already registered at {real}", code="project_exists")
         explicit = name is not None
@@ -216,6 +245,7 @@ class ProjectRegistry:
             pipeline_json=json.dumps([s.to_dict() for s in stages]),
             lock_ttl=lock_ttl or self.settings.default_lock_ttl,
             timeout=timeout or self.settings.default_timeout,
+            queue_policy=queue_policy or "fifo",
         )
         await self._bump()
         return project
@@ -228,9 +258,11 @@ class ProjectRegistry:
         pipeline: Any = None,
         lock_ttl: float | None = None,
         timeout: float | None = None,
+        queue_policy: str | None = None,
     ) -> Project:
         _check_positive(lock_ttl, "lock TTL")
         _check_positive(timeout, "timeout")
+        _check_policy(queue_policy)
         pipeline_json = None
         if pipeline is not None:
             pipeline_json = json.dumps([s.to_dict() for s in validate_pipeline(pipeline)])
@@ -244,7 +276,7 @@ class ProjectRegistry:
                 raise Conflict(f"a project named {name!r} already exists", code="project_exists")
         await store.update_project(
             self.db, project.id, name=name, pipeline_json=pipeline_json,
-            lock_ttl=lock_ttl, timeout=timeout,
+            lock_ttl=lock_ttl, timeout=timeout, queue_policy=queue_policy,
         )
         await self._bump()
         updated = await store.select_project(self.db, project.id)

@@ -9,6 +9,7 @@ claims the next job at once, no polling.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import cast
 
@@ -17,104 +18,162 @@ from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
 
-# Claim the head of a project's queue if its lock is free: pop it, take the lock
-# (value = job id, TTL from the job), bump the fencing counter, mark it running.
-# Ids whose job is no longer queued (cancelled meanwhile) are skipped.
-_CLAIM_FN = """
-local function claim(lock_key, queue_key, fence_key, queues_key, running_key, dirty_key,
-                     events_key, job_prefix, project_id, now, runner)
-  if redis.call('EXISTS', lock_key) == 1 then return false end
+# Every script below gets the same KEYS and ARGV head:
+#   KEYS: 1 lock, 2 queue, 3 fence, 4 queues, 5 running, 6 dirty, 7 events,
+#         8 current (last job claimed), 9 sigs (signature -> queued job), 10 job
+#   ARGV: 1 job key prefix, 2 project id, 3 now (ISO UTC), 4 runner ('' = none)
+_LIB = """
+local K_LOCK, K_QUEUE, K_FENCE, K_QUEUES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_RUNNING, K_DIRTY, K_EVENTS, K_CURRENT, K_SIGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local PREFIX, PROJECT, NOW, RUNNER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+local function publish(kind, id, extra)
+  local event = {type=kind, project=tonumber(PROJECT), job=id}
+  if extra then for k, v in pairs(extra) do event[k] = v end end
+  redis.call('PUBLISH', K_EVENTS, cjson.encode(event))
+end
+
+-- End a job that is queued or running: status, reason, bookkeeping, event.
+local function end_job(id, status, reason, extra_fields)
+  local jk = PREFIX .. id
+  redis.call('HSET', jk, 'status', status, 'finished_at', NOW)
+  if reason ~= '' then redis.call('HSET', jk, 'reason', reason) end
+  if extra_fields then redis.call('HSET', jk, unpack(extra_fields)) end
+  redis.call('HDEL', K_RUNNING, id)
+  redis.call('HINCRBY', K_DIRTY, id, 1)
+  local sig = redis.call('HGET', jk, 'signature')
+  if sig and redis.call('HGET', K_SIGS, sig) == id then redis.call('HDEL', K_SIGS, sig) end
+  publish('finished', id)
+end
+
+-- Claim the head of the queue if the lock is free: pop it, take the lock
+-- (value = job id, TTL from the job), bump the fencing counter, mark it
+-- running. A job still marked running that no longer holds the lock (it
+-- expired, or an operator released it) lost its lock: it ends lock_lost here,
+-- and the fence makes whatever its runner still writes a no-op.
+local function claim()
+  if RUNNER == '' or redis.call('EXISTS', K_LOCK) == 1 then return false end
   while true do
-    local id = redis.call('LPOP', queue_key)
+    local id = redis.call('LPOP', K_QUEUE)
     if not id then
-      redis.call('SREM', queues_key, project_id)
+      redis.call('SREM', K_QUEUES, PROJECT)
       return false
     end
-    local jk = job_prefix .. id
-    local st = redis.call('HMGET', jk, 'status', 'lock_ttl_ms')
+    local jk = PREFIX .. id
+    local st = redis.call('HMGET', jk, 'status', 'lock_ttl_ms', 'signature')
     if st[1] == 'queued' then
-      redis.call('SET', lock_key, id, 'PX', st[2])
-      local fence = redis.call('INCR', fence_key)
-      redis.call('HSET', jk, 'status', 'running', 'started_at', now, 'fence', fence,
-                 'runner', runner)
-      redis.call('HSET', running_key, id, runner)
-      redis.call('HINCRBY', dirty_key, id, 1)
-      if redis.call('LLEN', queue_key) == 0 then redis.call('SREM', queues_key, project_id) end
-      redis.call('PUBLISH', events_key,
-        cjson.encode({type='started', project=tonumber(project_id), job=id}))
+      local prev = redis.call('GET', K_CURRENT)
+      if prev and redis.call('HGET', PREFIX .. prev, 'status') == 'running' then
+        end_job(prev, 'failed', 'lock_lost')
+      end
+      redis.call('SET', K_LOCK, id, 'PX', st[2])
+      redis.call('SET', K_CURRENT, id)
+      local fence = redis.call('INCR', K_FENCE)
+      redis.call('HSET', jk, 'status', 'running', 'started_at', NOW, 'fence', fence,
+                 'runner', RUNNER)
+      if st[3] and redis.call('HGET', K_SIGS, st[3]) == id then
+        redis.call('HDEL', K_SIGS, st[3])
+      end
+      redis.call('HSET', K_RUNNING, id, RUNNER)
+      redis.call('HINCRBY', K_DIRTY, id, 1)
+      if redis.call('LLEN', K_QUEUE) == 0 then redis.call('SREM', K_QUEUES, PROJECT) end
+      publish('started', id)
       return id
     end
   end
 end
 """
 
-# KEYS: lock queue fence queues running dirty events job
-# ARGV: job_prefix project_id now runner job_id field value ...
-_ENQUEUE = _CLAIM_FN + """
-local id = ARGV[5]
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[8], unpack(fields))
-redis.call('RPUSH', KEYS[2], id)
-redis.call('SADD', KEYS[4], ARGV[2])
-redis.call('HINCRBY', KEYS[6], id, 1)
--- claim_attempted: this script tries the claim itself (a runner was given), so
--- dispatchers need not try again on this event.
-redis.call('PUBLISH', KEYS[7],
-  cjson.encode({type='enqueued', project=tonumber(ARGV[2]), job=id,
-                claim_attempted=(ARGV[4] ~= '')}))
-local claimed = false
-if ARGV[4] ~= '' then
-  claimed = claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
-                  ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+# ARGV 5: job id, 6: queue policy, 7: signature, 8: the job's fields as one JSON
+# object (one argument to encode instead of ~40: a third of a request's cost).
+# Returns {started id or '', position, job id answering the request}.
+_ENQUEUE = _LIB + """
+local id, policy, sig = ARGV[5], ARGV[6], ARGV[7]
+-- An identical request (same commit, ref, commands) still queued: that job answers.
+local same = redis.call('HGET', K_SIGS, sig)
+if same and redis.call('HGET', PREFIX .. same, 'status') == 'queued' then
+  local pos = redis.call('LPOS', K_QUEUE, same)
+  if pos then return {'', pos + 1, same} end
 end
+local fields = {}
+for k, v in pairs(cjson.decode(ARGV[8])) do
+  fields[#fields + 1] = k
+  fields[#fields + 1] = v
+end
+redis.call('HSET', KEYS[10], unpack(fields))
+if policy == 'supersede' then
+  -- Older still-queued requests for the same ref are replaced by this one.
+  local ref = redis.call('HGET', KEYS[10], 'ref_name')
+  for _, qid in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
+    local q = redis.call('HMGET', PREFIX .. qid, 'status', 'ref_name')
+    if q[1] == 'queued' and q[2] == ref then
+      redis.call('LREM', K_QUEUE, 0, qid)
+      end_job(qid, 'failed', 'superseded', {'superseded_by', id})
+    end
+  end
+end
+redis.call('RPUSH', K_QUEUE, id)
+redis.call('HSET', K_SIGS, sig, id)
+redis.call('SADD', K_QUEUES, PROJECT)
+-- Not marked dirty: history takes a job when it starts or ends (Redis, with its
+-- AOF, holds the queue; writing every queued request to SQL too doubled the
+-- cost of a deploy request).
+-- claim_attempted: this script tried the claim itself, dispatchers need not.
+publish('enqueued', id, {claim_attempted=(RUNNER ~= '')})
+local claimed = claim()
 -- The job was pushed last and a claim pops from the head: unless it was the one
 -- claimed, its place is the queue's length (O(1), where LPOS scans the list).
 local pos = 0
-if claimed ~= id then pos = redis.call('LLEN', KEYS[2]) end
-return {claimed or '', pos}
+if claimed ~= id then pos = redis.call('LLEN', K_QUEUE) end
+return {claimed or '', pos, id}
 """
 
-# KEYS: lock queue fence queues running dirty events
-# ARGV: job_prefix project_id now runner
-_CLAIM = _CLAIM_FN + """
-return claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
-             ARGV[1], ARGV[2], ARGV[3], ARGV[4]) or ''
+_CLAIM = _LIB + """
+return claim() or ''
 """
 
 # End a running job and hand the lock to the next one in one step.
-# KEYS: lock queue fence queues running dirty events job
-# ARGV: job_prefix project_id now runner job_id fence status reason exit_code
+# ARGV 5: job id, 6: fence, 7: status, 8: reason, 9: exit code.
 # Returns {ended (0/1), next job id or ''}. A finish from a runner whose fence
-# no longer matches the job (it was ended by someone else) changes nothing.
-_FINISH = _CLAIM_FN + """
+# no longer matches the job (someone else ended it) changes nothing.
+_FINISH = _LIB + """
 local id = ARGV[5]
-local st = redis.call('HMGET', KEYS[8], 'status', 'fence')
+local st = redis.call('HMGET', KEYS[10], 'status', 'fence')
 if st[1] ~= 'running' or st[2] ~= ARGV[6] then
   return {0, ''}
 end
-redis.call('HSET', KEYS[8], 'status', ARGV[7], 'finished_at', ARGV[3])
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[8], 'reason', ARGV[8]) end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[8], 'exit_code', ARGV[9]) end
-redis.call('HDEL', KEYS[5], id)
-redis.call('HINCRBY', KEYS[6], id, 1)
-if redis.call('GET', KEYS[1]) == id then redis.call('DEL', KEYS[1]) end
-redis.call('PUBLISH', KEYS[7],
-  cjson.encode({type='finished', project=tonumber(ARGV[2]), job=id}))
-local nxt = false
-if ARGV[4] ~= '' then
-  nxt = claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
-              ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local extra = nil
+if ARGV[9] ~= '' then extra = {'exit_code', ARGV[9]} end
+end_job(id, ARGV[7], ARGV[8], extra)
+if redis.call('GET', K_LOCK) == id then redis.call('DEL', K_LOCK) end
+return {1, claim() or ''}
+"""
+
+# Cancel: a queued job leaves the queue and ends at once; a running one is
+# flagged (its watchdog sees the flag within a second) and its runner told.
+# ARGV 5: job id. Returns the job's status before ('' when unknown).
+_CANCEL = _LIB + """
+local id = ARGV[5]
+local status = redis.call('HGET', KEYS[10], 'status')
+if not status then return '' end
+if status == 'queued' then
+  redis.call('LREM', K_QUEUE, 0, id)
+  if redis.call('LLEN', K_QUEUE) == 0 then redis.call('SREM', K_QUEUES, PROJECT) end
+  end_job(id, 'failed', 'cancelled')
+elseif status == 'running' then
+  redis.call('HSET', KEYS[10], 'cancel_requested', '1')
+  publish('cancel', id, {runner=redis.call('HGET', KEYS[10], 'runner')})
 end
-return {1, nxt or ''}
+return status
 """
 
 
 @dataclass(frozen=True)
 class EnqueueResult:
-    job_id: str
+    job_id: str  # the job answering the request (an identical queued one, if any)
     started: str | None  # the job this call started (may be an older queued one)
     position: int  # 1-based place in the queue; 0 once started
+    duplicate: bool = False  # an identical request was already queued
 
     @property
     def queued(self) -> bool:
@@ -134,37 +193,44 @@ class JobQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
+        self._cancel = redis.register_script(_CANCEL)
 
-    def _project_keys(self, project_id: int) -> list[str]:
+    def _keys(self, project_id: int, job_id: str = "") -> list[str]:
         k = self.keys
         return [
             k.lock(project_id), k.queue(project_id), k.fence(project_id), k.queues,
-            k.running, k.dirty, k.events,
+            k.running, k.dirty, k.events, k.current(project_id), k.signatures(project_id),
+            k.job(job_id) if job_id else k.job("-"),
         ]
 
-    async def enqueue(self, job: Job, *, runner: str | None) -> EnqueueResult:
+    def _args(self, project_id: int, runner: str | None) -> list[str | int]:
+        return [self.keys.job_prefix, project_id, iso(), runner or ""]
+
+    async def enqueue(
+        self, job: Job, *, runner: str | None, policy: str = "fifo"
+    ) -> EnqueueResult:
         """Store ``job`` at the tail of its project's queue.
 
         With ``runner`` set and the lock free, the head of the queue is started
         in the same step (the caller must then run it); without, the job waits
-        for a dispatcher.
+        for a dispatcher. A request identical to a still-queued job (same
+        commit, ref and commands) is answered with that job instead; with the
+        ``supersede`` policy older queued jobs for the same ref are replaced.
         """
         job.status = JobStatus.QUEUED
         job.queued_at = job.queued_at or iso()
-        flat: list[str] = []
-        for key, value in job.to_redis().items():
-            flat += [key, value]
-        claimed, position = await self._enqueue(
-            keys=[*self._project_keys(job.project_id), self.keys.job(job.id)],
-            args=[self.keys.job_prefix, job.project_id, iso(), runner or "", job.id, *flat],
+        signature = job.signature()
+        fields = json.dumps({**job.to_redis(), "signature": signature})
+        claimed, position, answer = await self._enqueue(
+            keys=self._keys(job.project_id, job.id),
+            args=[*self._args(job.project_id, runner), job.id, policy, signature, fields],
         )
-        return EnqueueResult(job.id, claimed or None, int(position))
+        return EnqueueResult(answer, claimed or None, int(position), duplicate=answer != job.id)
 
     async def claim(self, project_id: int, runner: str) -> str | None:
         """Start the next queued job of ``project_id`` if its lock is free."""
         claimed = await self._claim(
-            keys=self._project_keys(project_id),
-            args=[self.keys.job_prefix, project_id, iso(), runner],
+            keys=self._keys(project_id), args=self._args(project_id, runner)
         )
         return claimed or None
 
@@ -179,14 +245,25 @@ class JobQueue:
     ) -> FinishResult:
         """Record the end of ``job``, release its lock, start the next job."""
         ended, nxt = await self._finish(
-            keys=[*self._project_keys(job.project_id), self.keys.job(job.id)],
+            keys=self._keys(job.project_id, job.id),
             args=[
-                self.keys.job_prefix, job.project_id, iso(), runner or "", job.id,
-                str(job.fence), status.value, reason or "",
-                "" if exit_code is None else str(exit_code),
+                *self._args(job.project_id, runner), job.id, str(job.fence), status.value,
+                reason or "", "" if exit_code is None else str(exit_code),
             ],
         )
         return FinishResult(bool(ended), nxt or None)
+
+    async def cancel(self, job: Job) -> str:
+        """Cancel ``job``; returns its status before the call ('' if unknown).
+
+        ``queued``: it left the queue and ended cancelled. ``running``: its runner
+        was asked to stop (the caller may wait for the end). Anything else: it
+        had already finished and nothing changed.
+        """
+        return cast(str, await self._cancel(
+            keys=self._keys(job.project_id, job.id),
+            args=[*self._args(job.project_id, None), job.id],
+        ))
 
     async def queued_ids(self, project_id: int) -> list[str]:
         return [str(i) for i in await self.redis.lrange(self.keys.queue(project_id), 0, -1)]

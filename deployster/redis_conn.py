@@ -30,8 +30,11 @@ def redis_from_url(url: str) -> Redis:
         url,
         decode_responses=True,
         health_check_interval=15,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        # Fail fast while Redis is down: the API answers 503 and the background
+        # loops retry with their own backoff.
+        socket_connect_timeout=2,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 

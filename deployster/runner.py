@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .envfile import render_env, write_env_file
@@ -83,6 +84,10 @@ class Runner:
         self.kill_grace = kill_grace
         self.stop_reason: str | None = None
         self.pgid: int | None = None
+        # Set when someone else already ended this job: nothing more is recorded.
+        self.stale = False
+        # Called with each command's pid (its pgid) as it starts.
+        self.on_spawn: Callable[[int], Awaitable[None]] | None = None
         self._stopped = asyncio.Event()
         self._started = time.monotonic()
 
@@ -144,6 +149,8 @@ class Runner:
             env=child_env(self.job),
         )
         self.pgid = proc.pid
+        if self.on_spawn is not None:
+            await self.on_spawn(proc.pid)
         pump = asyncio.create_task(self._pump(proc.stdout))
         waiter = asyncio.create_task(_exited(proc))
         stopper = asyncio.create_task(self._stopped.wait())

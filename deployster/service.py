@@ -89,7 +89,9 @@ class Deployster:
             timeout=project.timeout,
             started_by=started_by,
         )
-        return await self.queue.enqueue(job, runner=self.runner_id if run_here else None)
+        return await self.queue.enqueue(
+            job, runner=self.runner_id if run_here else None, policy=project.queue_policy
+        )
 
     # ----------------------------------------------------------------- reads
     async def job(self, job_id: str) -> Job | None:
@@ -114,7 +116,7 @@ class Deployster:
         if job is None:
             raise NotFound(f"no job {job_id!r}")
         log = await store.select_deployment_log(self.db, job_id) or ""
-        return StatusRead(job.status, job.reason, log), job
+        return StatusRead(job.status, job.reason, log, job.superseded_by), job
 
     async def queue_position(self, job: Job) -> int | None:
         return await self.queue.position(job.project_id, job.id)

@@ -45,6 +45,8 @@ class Settings:
     # Slow safety net for lost pub/sub notifications and expired locks.
     sweep_interval: float = 2.0
     kill_grace: float = 5.0
+    # On SIGTERM, how long running jobs may go on before they are interrupted.
+    shutdown_grace: float = 30.0
     max_body_bytes: int = 1024 * 1024
 
     # ------------------------------------------------------------------ loading

@@ -35,20 +35,22 @@ def _project_from_row(row: Any) -> Project:
         pipeline=tuple(stages),
         lock_ttl=float(row["lock_ttl"]),
         timeout=float(row["timeout"]),
+        queue_policy=row["queue_policy"],
         created_at=row["created_at"],
     )
 
 
 async def insert_project(
-    db: Database, *, name: str, path: str, pipeline_json: str, lock_ttl: float, timeout: float
+    db: Database, *, name: str, path: str, pipeline_json: str, lock_ttl: float, timeout: float,
+    queue_policy: str = "fifo",
 ) -> Project:
     now = iso()
     project_id = await db.fetch_val(
-        "INSERT INTO projects (name, path, pipeline_json, lock_ttl, timeout, created_at, "
-        "updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, :now, :now) "
-        "RETURNING id",
+        "INSERT INTO projects (name, path, pipeline_json, lock_ttl, timeout, queue_policy, "
+        "created_at, updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, :policy, "
+        ":now, :now) RETURNING id",
         {"name": name, "path": path, "pipeline": pipeline_json, "ttl": lock_ttl,
-         "timeout": timeout, "now": now},
+         "timeout": timeout, "policy": queue_policy, "now": now},
     )
     project = await select_project(db, int(project_id))
     assert project is not None
@@ -56,7 +58,7 @@ async def insert_project(
 
 
 async def update_project(db: Database, project_id: int, **fields: Any) -> None:
-    allowed = {"name", "path", "pipeline_json", "lock_ttl", "timeout"}
+    allowed = {"name", "path", "pipeline_json", "lock_ttl", "timeout", "queue_policy"}
     sets = {k: v for k, v in fields.items() if k in allowed and v is not None}
     if not sets:
         return
@@ -96,7 +98,7 @@ async def select_projects(db: Database) -> list[Project]:
 _DEPLOYMENT_COLUMNS = (
     "id", "project_id", "project", "cd", "commit_hash", "ref_name", "stage", "commands",
     "status", "reason", "exit_code", "queued_at", "started_at", "finished_at", "started_by",
-    "log", "log_bytes",
+    "log", "log_bytes", "superseded_by",
 )
 _RANK = "CASE {t}.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END"
 _UPSERT = (
@@ -132,6 +134,7 @@ def deployment_row(job: Job, *, log: str | None = None) -> dict[str, Any]:
         "started_by": job.started_by,
         "log": log,
         "log_bytes": None if log is None else len(log.encode("utf-8")),
+        "superseded_by": job.superseded_by,
     }
 
 
@@ -177,6 +180,7 @@ def _job_from_row(row: Any) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         started_by=row["started_by"] or "admin",
+        superseded_by=row["superseded_by"],
     )
 
 

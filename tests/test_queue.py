@@ -19,15 +19,20 @@ from tests.conftest import LiveServer, deploy_body, start_server, wait_for_statu
 PROJECT = 17
 
 
-def make_job(project_id: int = PROJECT, *, ttl_ms: int = 60_000) -> Job:
+def make_job(
+    project_id: int = PROJECT, *, ttl_ms: int = 60_000, commit: str | None = None,
+    ref: str = "main",
+) -> Job:
+    job_id = new_job_id()
     return Job(
-        id=new_job_id(),
+        id=job_id,
         project_id=project_id,
         project=f"p{project_id}",
         cd="/tmp",
         commands=["true", "supervisorctl restart p"],
-        commit_hash="abc1234",
-        ref_name="main",
+        # A distinct commit per job unless asked: identical queued requests dedupe.
+        commit_hash=commit or job_id.lower(),
+        ref_name=ref,
         lock_ttl_ms=ttl_ms,
     )
 

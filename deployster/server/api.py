@@ -44,6 +44,8 @@ async def status(job_id: str) -> Any:
     reply: dict[str, Any] = {"status": read.status.value, "logs": read.logs}
     if read.reason:
         reply["reason"] = read.reason
+    if read.superseded_by:
+        reply["superseded_by"] = read.superseded_by
     if job is not None and read.status.value == "queued":
         position = await core().queue_position(job)
         if position is not None:

@@ -11,7 +11,7 @@ from .. import __version__
 from ..dispatcher import Dispatcher
 from ..service import Deployster
 from ..settings import Settings
-from . import api, health
+from . import api, health, jobs
 from .errors import body_too_large, register_error_handlers
 
 # Bodies up to this size are read (and dropped) before a 413, so the client gets
@@ -41,6 +41,7 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     )
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(jobs.blueprint)
     register_error_handlers(app)
 
     @app.before_request
@@ -65,7 +66,7 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     @app.after_serving
     async def shutdown() -> None:
         dispatcher: Dispatcher = app.extensions.pop("deployster.dispatcher")
-        await dispatcher.stop()
+        await dispatcher.stop(grace=settings.shutdown_grace)
         the_core: Deployster = app.extensions.pop("deployster")
         if core is None:
             await the_core.close()

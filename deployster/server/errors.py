@@ -7,12 +7,17 @@ from typing import Any
 
 from quart import Quart, request
 from quart_schema import RequestSchemaValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
+from ..db import DATABASE_DOWN
 from ..errors import DeploysterError, NotFound
 from ..redis_conn import REDIS_DOWN
 
 log = logging.getLogger("deployster.server")
+
+RedisError = (RedisConnectionError, RedisTimeoutError)
 
 
 def _describe_validation(exc: RequestSchemaValidationError) -> str:
@@ -69,9 +74,16 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Any:
-        if isinstance(exc, REDIS_DOWN):
+        if isinstance(exc, RedisError):
             return {"error": "Redis is unavailable; try again shortly",
                     "code": "redis_unavailable"}, 503
+        if isinstance(exc, DATABASE_DOWN):
+            log.warning("database error on %s %s: %s", request.method, request.path, exc)
+            return {"error": "the database is unavailable; try again shortly",
+                    "code": "database_unavailable"}, 503
+        if isinstance(exc, REDIS_DOWN):
+            return {"error": "a backing service is unavailable; try again shortly",
+                    "code": "service_unavailable"}, 503
         log.exception("unhandled error on %s %s", request.method, request.path)
         return {"error": "internal error; the server log has the details",
                 "code": "internal_error"}, 500

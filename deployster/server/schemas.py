@@ -30,8 +30,22 @@ class StatusReply(BaseModel):
     logs: str = ""
     reason: str | None = None
     position: int | None = None
+    superseded_by: str | None = None
 
 
 class ErrorReply(BaseModel):
     error: str
     code: str | None = None
+
+
+class JobReply(BaseModel):
+    job_id: str
+    project: str
+    status: str
+    reason: str | None = None
+    commit_hash: str
+    ref_name: str
+    queued_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    superseded_by: str | None = None

@@ -1,0 +1,57 @@
+"""Operator controls shared by the HTTP API, the CLI and the dashboard.
+
+Each control changes state through the queue's atomic scripts and records an
+audit event, so the history says who did what to which job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from . import store
+from .errors import Conflict, NotFound
+from .models import Job, JobStatus, Reason
+from .recovery import end_orphan, runner_alive
+from .service import Deployster
+
+
+async def cancel_job(
+    core: Deployster, job_id: str, *, actor: str = "admin", wait: float = 10.0
+) -> Job:
+    """Cancel a queued or running job; returns its record afterwards.
+
+    A queued job leaves the queue at once. A running job's runner is told to end
+    its process group (SIGTERM, then SIGKILL after the grace period); if that
+    runner is gone (crashed server) the job is ended here. Waits up to ``wait``
+    seconds for the end. A finished job raises ``Conflict`` (409).
+    """
+    job = await core.job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    if job.status.finished:
+        raise _already_finished(job)
+    before = await core.queue.cancel(job)
+    if before == "":  # the live record expired between the two reads
+        raise NotFound(f"no job {job_id!r}")
+    if before not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        finished = await core.job(job_id)
+        raise _already_finished(finished or job)
+    await store.insert_audit_event(
+        core.db, actor=actor, action="job.cancel", project_id=job.project_id, job_id=job.id,
+        detail={"status_before": before, "project": job.project},
+    )
+    if before == JobStatus.RUNNING and not await runner_alive(core, job.extra.get("runner")):
+        await end_orphan(core, job, Reason.CANCELLED, runner=None)
+    deadline = time.monotonic() + wait
+    while True:
+        current = await core.job(job_id)
+        if current is None or current.status.finished or time.monotonic() >= deadline:
+            return current or job
+        await asyncio.sleep(0.05)
+
+
+def _already_finished(job: Job) -> Conflict:
+    state = job.status.value + (f" ({job.reason})" if job.reason else "")
+    return Conflict(f"job {job.id} has already finished: {state}; nothing to cancel",
+                    code="job_finished")

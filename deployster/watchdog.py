@@ -1,0 +1,89 @@
+"""The watchdog that guards a running job (SPEC §6, issue #3).
+
+Every second it checks, in one Lua call, that the job is still the one the
+lock names: it records a heartbeat (the dashboard shows its age), renews the
+lock's TTL every TTL/3, and sees a cancel request. If the lock is no longer the
+job's (it expired while the process was paused, or an operator released it) the
+job is stopped with ``lock_lost``; if someone else already ended the job (its
+fence moved on), the runner is stale and stops without writing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .keys import Keys
+from .models import Job, Reason
+from .redis_conn import REDIS_DOWN, Redis
+from .runner import Runner
+
+log = logging.getLogger("deployster.watchdog")
+
+HEARTBEAT_INTERVAL = 1.0
+
+OK, CANCEL_REQUESTED, LOCK_LOST, STALE = 1, 2, 0, -1
+
+# KEYS: job lock. ARGV: job id, fence, heartbeat (epoch s), ttl ms to renew ('' = no).
+_BEAT = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'fence', 'cancel_requested')
+if st[1] ~= 'running' or st[2] ~= ARGV[2] then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+redis.call('HSET', KEYS[1], 'heartbeat', ARGV[3])
+if st[3] == '1' then return 2 end
+return 1
+"""
+
+
+class Watchdog:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._beat = redis.register_script(_BEAT)
+
+    async def beat(self, job: Job, *, renew: bool) -> int:
+        return int(
+            await self._beat(
+                keys=[self.keys.job(job.id), self.keys.lock(job.project_id)],
+                args=[job.id, job.fence, f"{time.time():.3f}",
+                      job.lock_ttl_ms if renew else ""],
+            )
+        )
+
+    async def guard(self, job: Job, runner: Runner) -> None:
+        """Run beside ``runner`` until cancelled; stops it when it must stop."""
+        renew_every = max(job.lock_ttl_ms / 3000.0, 0.05)
+        started = time.monotonic()
+        deadline = started + job.timeout
+        next_renew = started + renew_every
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                runner.stop(Reason.TIMED_OUT)
+                return
+            renew = now >= next_renew
+            try:
+                state = await self.beat(job, renew=renew)
+            except REDIS_DOWN as exc:
+                # Keep running: the lock's TTL covers a short outage, and the
+                # next beat after it renews or finds the lock lost.
+                log.warning("watchdog for %s: Redis unavailable (%s)", job.id, exc)
+                state = OK
+            else:
+                if renew:
+                    next_renew = now + renew_every
+            if state == CANCEL_REQUESTED:
+                runner.stop(Reason.CANCELLED)
+                return
+            if state == LOCK_LOST:
+                runner.stop(Reason.LOCK_LOST)
+                return
+            if state == STALE:
+                runner.stale = True
+                runner.stop(Reason.LOCK_LOST)
+                return
+            pause = min(HEARTBEAT_INTERVAL, next_renew - time.monotonic(),
+                        deadline - time.monotonic())
+            await asyncio.sleep(max(0.01, pause))
