@@ -147,6 +147,7 @@ def settings(redis_url: str, namespace: str, data_dir: Path, sqlite_url: str) ->
         namespace=namespace,
         sweep_interval=0.5,
         kill_grace=2.0,
+        shutdown_grace=3.0,
     )
 
 
@@ -183,6 +184,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DEPLOYSTER_NAMESPACE": settings.namespace,
         "DEPLOYSTER_SWEEP_INTERVAL": str(settings.sweep_interval),
         "DEPLOYSTER_KILL_GRACE": str(settings.kill_grace),
+        "DEPLOYSTER_SHUTDOWN_GRACE": str(settings.shutdown_grace),
     }
     if settings.redis_url:
         env["DEPLOYSTER_REDIS_URL"] = settings.redis_url
