@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("databases").setLevel(logging.WARNING)
+    # Its pool logs a traceback per failed reconnect; ours says it once, in a line.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -190,8 +190,15 @@ def database_down_errors() -> tuple[type[BaseException], ...]:
     try:
         import asyncpg
 
-        errors += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError]
+        exc = asyncpg.exceptions
+        errors += [
+            exc.PostgresConnectionError,  # class 08: connection exceptions
+            exc.OperatorInterventionError,  # class 57: shutdown, terminated, cannot connect now
+            exc.InterfaceError,  # the connection was closed under us
+            exc.TooManyConnectionsError,
+            exc.ObjectNotInPrerequisiteStateError,  # database not accepting connections
+            exc.InvalidCatalogNameError,  # the database does not exist (any more)
+        ]
     except ImportError:  # pragma: no cover - asyncpg is a dependency
         pass
     return tuple(errors)

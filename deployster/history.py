@@ -14,6 +14,7 @@ import logging
 from typing import cast
 
 from . import store
+from .db import DATABASE_DOWN
 from .logstream import read_full_log
 from .redis_conn import REDIS_DOWN
 from .service import Deployster
@@ -21,6 +22,7 @@ from .service import Deployster
 log = logging.getLogger("deployster.history")
 
 BATCH = 200
+_OUTAGE: tuple[type[BaseException], ...] = (*REDIS_DOWN, *DATABASE_DOWN)
 
 # KEYS: dirty job log. ARGV: job_id version retention_s finished(0/1)
 _SETTLE = """
@@ -47,6 +49,7 @@ class HistoryWriter:
         self._wake.set()
 
     async def run(self) -> None:
+        failing = False  # log an outage once, not every second
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
@@ -56,12 +59,20 @@ class HistoryWriter:
             try:
                 while await self.flush() >= BATCH:
                     pass
+                if failing:
+                    log.warning("history: writing again")
+                failing = False
             except asyncio.CancelledError:
                 raise
-            except REDIS_DOWN as exc:
-                log.warning("history: Redis unavailable (%s); will retry", exc)
-            except Exception:  # database errors: keep the dirty marks, retry later
-                log.exception("history: could not write to the database; will retry")
+            except _OUTAGE as exc:
+                # Kept in the dirty hash: nothing is lost, the next pass retries.
+                if not failing:
+                    log.warning("history: cannot write (%s: %s); will retry",
+                                type(exc).__name__, exc)
+                failing = True
+            except Exception:
+                log.exception("history: unexpected error; will retry")
+                failing = True
 
     async def flush(self) -> int:
         """Write up to one batch of changed jobs to SQL; returns how many."""

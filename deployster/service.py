@@ -49,6 +49,9 @@ class Deployster:
         self.projects = ProjectRegistry(db, redis, self.keys, settings)
         # Identifies this process as the runner of the jobs it claims.
         self.runner_id = uuid.uuid4().hex[:12]
+        # Per project: a job id is taken and queued as one step, so concurrent
+        # requests reach the queue in id order (acceptance order == id order).
+        self._submit_locks: dict[int, asyncio.Lock] = {}
 
     @classmethod
     async def open(cls, settings: Settings) -> Deployster:
@@ -76,22 +79,25 @@ class Deployster:
         check_commands(request.commands)
         project = await self.projects.for_deploy(request.cd)
         stage = project.stage_for(request.ref_name)
-        job = Job(
-            id=new_job_id(),
-            project_id=project.id,
-            project=project.name,
-            cd=project.path,
-            commands=list(request.commands),
-            commit_hash=request.commit_hash,
-            ref_name=request.ref_name,
-            stage=stage.stage_name if stage else None,
-            lock_ttl_ms=int(project.lock_ttl * 1000),
-            timeout=project.timeout,
-            started_by=started_by,
-        )
-        return await self.queue.enqueue(
-            job, runner=self.runner_id if run_here else None, policy=project.queue_policy
-        )
+        # Take the id and queue the job under the project's lock: ids are taken
+        # in order, so without it a later id could reach the queue first.
+        async with self._submit_locks.setdefault(project.id, asyncio.Lock()):
+            job = Job(
+                id=new_job_id(),
+                project_id=project.id,
+                project=project.name,
+                cd=project.path,
+                commands=list(request.commands),
+                commit_hash=request.commit_hash,
+                ref_name=request.ref_name,
+                stage=stage.stage_name if stage else None,
+                lock_ttl_ms=int(project.lock_ttl * 1000),
+                timeout=project.timeout,
+                started_by=started_by,
+            )
+            return await self.queue.enqueue(
+                job, runner=self.runner_id if run_here else None, policy=project.queue_policy
+            )
 
     # ----------------------------------------------------------------- reads
     async def job(self, job_id: str) -> Job | None:

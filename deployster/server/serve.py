@@ -41,8 +41,9 @@ def bind_socket(settings: Settings) -> socket.socket:
 
 
 def hypercorn_config(sock: socket.socket) -> Config:
+    """Serve on ``sock``; Hypercorn takes the fd over (and closes it at the end)."""
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10.0
@@ -72,7 +73,7 @@ async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) ->
         )
         await hypercorn_serve(app, hypercorn_config(sock), shutdown_trigger=stop.wait)
     finally:
-        sock.close()
+        sock.close()  # a no-op once Hypercorn has the fd
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await core.close()

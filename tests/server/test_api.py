@@ -177,3 +177,9 @@ async def test_healthz_reports_redis_and_database(server: LiveServer) -> None:
         reply = await client.get("/healthz")
     assert reply.status_code == 200
     assert reply.json() == {"status": "ok", "redis": "ok", "database": "ok"}
+
+
+def test_sigterm_stops_the_server_cleanly(server: LiveServer) -> None:
+    assert server.stop() == 0
+    assert "Traceback" not in server.log()
+    assert "Error" not in server.log()

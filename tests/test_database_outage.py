@@ -1,0 +1,112 @@
+"""PostgreSQL going away under a running server (issue #3 point 5): a clear 503
+where the database is needed, nothing half-written, history catches up after.
+
+Runs only when DEPLOYSTER_TEST_DATABASE_URL points at PostgreSQL (SQLite is a
+file: it cannot "go down" the same way)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from deployster import store
+from deployster.service import Deployster
+from deployster.settings import Settings
+from tests.conftest import _pg_admin_url, deploy_body, start_server
+
+pytestmark = pytest.mark.skipif(
+    not _pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL (PostgreSQL)"
+)
+
+
+async def _admin(sql: str) -> None:
+    admin = _pg_admin_url()
+    assert admin is not None
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _block(name: str) -> None:
+    await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await _admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+
+
+async def test_database_outage_gives_503_and_history_catches_up(
+    settings: Settings, any_database_url: str, tmp_path: Path
+) -> None:
+    if not any_database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    name = any_database_url.rsplit("/", 1)[1]
+    root = tmp_path / "apps"
+    app = root / "app"
+    app.mkdir(parents=True)
+    own = dataclasses.replace(settings, database_url=any_database_url, allowed_roots=(root,))
+    core = await Deployster.open(own)
+    await core.projects.add(str(app))
+    server = start_server(own, tmp_path / "server.log")
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers,
+                                     timeout=30) as client:
+            # A server that has been serving: its project cache is warm.
+            warm = (await client.post("/deploy", json=deploy_body(app, "echo warm"))).json()
+            deadline = time.monotonic() + 30
+            while (await client.get(f"/status/{warm['job_id']}")).json()["status"] != "complete":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+
+            await _block(name)
+            health = await client.get("/healthz")
+            assert health.status_code == 503
+            assert health.json()["database"] != "ok" and health.json()["redis"] == "ok"
+
+            # Registering a new project needs the database: a clear 503, nothing queued.
+            fresh = root / "fresh"
+            fresh.mkdir()
+            jobs_before = await core.redis.keys(f"{core.keys.prefix}job:*")
+            reply = await client.post("/deploy", json=deploy_body(fresh, "echo no"))
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["code"] == "database_unavailable"
+            assert await core.redis.keys(f"{core.keys.prefix}job:*") == jobs_before
+
+            # A registered project still deploys (Redis holds the live state)...
+            reply = await client.post("/deploy", json=deploy_body(app, "echo during"))
+            assert reply.status_code == 200, reply.text
+            job = reply.json()
+            deadline = time.monotonic() + 30
+            while (await client.get(f"/status/{job['job_id']}")).json()["status"] != "complete":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+
+            # ...and once the database is back, history has it, log and all.
+            await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            row = None
+            while time.monotonic() < deadline + 30:
+                try:
+                    row = await store.select_deployment(core.db, job["job_id"])
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    row = None
+                if row is not None and row.status.value == "complete":
+                    break
+                await asyncio.sleep(0.2)
+            assert row is not None and row.status.value == "complete"
+            log = await store.select_deployment_log(core.db, job["job_id"])
+            assert log is not None and "during\n" in log
+            assert (await client.get("/healthz")).status_code == 200
+        assert server.process.poll() is None, "the server must survive the outage"
+        assert "Traceback" not in server.log()
+    finally:
+        await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        server.stop()
+        await core.close()
