@@ -55,3 +55,39 @@ def _already_finished(job: Job) -> Conflict:
     state = job.status.value + (f" ({job.reason})" if job.reason else "")
     return Conflict(f"job {job.id} has already finished: {state}; nothing to cancel",
                     code="job_finished")
+
+
+async def release_lock(
+    core: Deployster, project_id: int, owner: str, *, actor: str = "admin"
+) -> bool:
+    """Release a project's lock if ``owner`` (the holder the operator saw) still
+    holds it: compare-and-set, so a newer lock is never deleted. Wakes the queue
+    (dispatchers claim the next job at once; a job still marked running without
+    the lock ends lock_lost). Records an audit event either way."""
+    state = await core.lock.state(project_id)
+    released = await core.lock.release(project_id, owner)
+    await store.insert_audit_event(
+        core.db, actor=actor, action="lock.release", project_id=project_id, job_id=owner,
+        detail={"released": released, "ttl_ms": state.ttl_ms,
+                "holder_now": state.owner if not released else None},
+    )
+    return released
+
+
+async def redeploy(core: Deployster, job_id: str, *, actor: str = "admin") -> str:
+    """Queue a past job's commands again (same commit and ref); returns the new id."""
+    from .service import DeployRequest
+
+    job = await core.job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    result = await core.submit(
+        DeployRequest(cd=job.cd, commands=job.commands, commit_hash=job.commit_hash,
+                      ref_name=job.ref_name),
+        run_here=False, started_by=actor,
+    )
+    await store.insert_audit_event(
+        core.db, actor=actor, action="job.redeploy", project_id=job.project_id,
+        job_id=result.job_id, detail={"from": job.id},
+    )
+    return result.job_id

@@ -215,6 +215,16 @@ async def select_deployments(
     return [_job_from_row(r) for r in rows]
 
 
+async def select_last_finished(db: Database) -> dict[int, Job]:
+    """Each project's most recent finished deployment (ids sort by time)."""
+    rows = await db.fetch_all(
+        f"SELECT {_SUMMARY} FROM deployments WHERE id IN ("
+        "SELECT MAX(id) FROM deployments WHERE status IN ('complete', 'failed') "
+        "GROUP BY project_id)"
+    )
+    return {int(r["project_id"]): _job_from_row(r) for r in rows}
+
+
 # ------------------------------------------------------------------- audit
 
 
