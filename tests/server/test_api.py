@@ -183,3 +183,14 @@ def test_sigterm_stops_the_server_cleanly(server: LiveServer) -> None:
     assert server.stop() == 0
     assert "Traceback" not in server.log()
     assert "Error" not in server.log()
+
+
+async def test_openapi_document_lists_the_endpoints(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        reply = await client.get("/openapi.json")
+    assert reply.status_code == 200
+    paths = reply.json()["paths"]
+    for path in ("/deploy", "/status/{job_id}", "/jobs/{job_id}/cancel", "/healthz"):
+        assert path in paths, sorted(paths)
+    body = paths["/deploy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body  # generated from the DeployBody model
