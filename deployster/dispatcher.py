@@ -68,6 +68,10 @@ class Dispatcher:
         for runner in list(self.runners.values()):
             runner.stop(reason)
         await self.wait_idle()
+        # The history writer stops between flushes, never in one (see its stop()).
+        self.history.stop()
+        if self._tasks[2:]:
+            await asyncio.wait(self._tasks[2:], timeout=10)
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
@@ -115,6 +119,8 @@ class Dispatcher:
                 self.core.projects.event_driven = False
                 raise
             except REDIS_DOWN as exc:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # a cancel, not an outage
                 log.warning("dispatcher: Redis unavailable (%s); retrying", exc)
             except Exception:
                 log.exception("dispatcher: unexpected error; retrying")
@@ -193,7 +199,11 @@ class Dispatcher:
                     logw.write(f"[deployster] internal error: {exc!r}\n")
                     outcome = Outcome(JobStatus.FAILED, Reason.INTERRUPTED)
                 finally:
-                    guard.cancel()
+                    # Cancel until it ends: under load a cancel was lost (the guard
+                    # kept beating), and the job hung here "running", lock held.
+                    while not guard.done():
+                        guard.cancel()
+                        await asyncio.wait({guard}, timeout=0.5)
                     await asyncio.gather(guard, return_exceptions=True)
                     self.runners.pop(job.id, None)
         result = await self._finish(job, outcome)

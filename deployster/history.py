@@ -43,14 +43,24 @@ class HistoryWriter:
         self.core = core
         self.interval = interval
         self._wake = asyncio.Event()
+        self._stopping = False
         self._settle = core.redis.register_script(_SETTLE)
 
     def notify(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Make ``run`` return after its current pass (with one last flush).
+
+        Cancelling the task instead is unreliable on Python 3.11: a cancel that
+        lands as ``wait_for``'s event fires is swallowed, and the loop runs on.
+        """
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
         failing = False  # log an outage once, not every second
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:

@@ -37,6 +37,11 @@ return 1
 """
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Watchdog:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
@@ -67,6 +72,10 @@ class Watchdog:
             try:
                 state = await self.beat(job, renew=renew)
             except REDIS_DOWN as exc:
+                # A cancel can surface as a TimeoutError from inside redis-py
+                # (an OSError on 3.11): never mistake our own stop for an outage.
+                if _being_cancelled():
+                    raise asyncio.CancelledError from exc
                 # Keep running: the lock's TTL covers a short outage, and the
                 # next beat after it renews or finds the lock lost.
                 log.warning("watchdog for %s: Redis unavailable (%s)", job.id, exc)

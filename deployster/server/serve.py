@@ -47,6 +47,9 @@ def hypercorn_config(sock: socket.socket) -> Config:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10.0
+    # Hypercorn's 5 s default dropped requests of busy keep-alive clients under
+    # load (1,000 racing deploys: a ReadError now and then, bench/race.py).
+    config.keep_alive_timeout = 75.0
     return config
 
 
