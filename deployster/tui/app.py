@@ -1,0 +1,160 @@
+"""The dashboard app, built by ``make_app`` so tests, screenshots and benchmarks
+drive the same thing the operator runs.
+
+Refresh follows dolphie's pattern: one loop fetches the overview, and the next
+fetch is scheduled only after the last one finished, at most ``MAX_RATE`` times
+a second. Events from the core's pub/sub channel wake it early; a slow poll
+covers what has no event (TTL, heartbeats). While a modal is open the loop
+skips the fetch, so what the operator is confirming does not move under them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+from textual.screen import ModalScreen
+
+from deployster.events import FINISHED, PROJECTS
+from deployster.overview import ProjectRow, project_rows, watch_events
+from deployster.service import Deployster
+
+from .commands import DeploysterCommands
+from .messages import DataRefreshed
+from .screens.help import HelpScreen
+from .screens.projects import ProjectsScreen
+
+MAX_RATE = 4.0  # fetches per second, at most
+POLL_INTERVAL = 1.0  # seconds between fetches when nothing happens
+LAST_MAX_AGE = 60.0  # seconds the last finished deploys are reused without an event
+
+
+class DeploysterApp(App[None]):
+    CSS_PATH = "styles/app.tcss"
+    TITLE = "deployster"
+    COMMANDS = App.COMMANDS | {DeploysterCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark", "help", "Keys", key_display="?", id="help"),
+        Binding("ctrl+p", "command_palette", "Commands", show=False, id="palette"),
+    ]
+
+    def __init__(
+        self,
+        core: Deployster,
+        *,
+        live: bool = True,
+        poll_interval: float = POLL_INTERVAL,
+        actor: str | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self.live = live
+        self.poll_interval = poll_interval
+        self.actor = actor or f"tui:{_user()}"
+        self.monotonic = monotonic
+        self.wall_clock = wall_clock or (lambda: datetime.now().astimezone())
+        self.rows: list[ProjectRow] = []
+        self.fetched_at = monotonic()
+        self.health: dict[str, str] = {"redis": "…", "database": "…"}
+        self.refreshes = 0
+        self._wake = asyncio.Event()
+        # The last finished deploys change only when a job finishes: they are
+        # queried again after a ``finished`` event, and at least every minute.
+        self._last_known = False
+        self._last_at = 0.0
+
+    # ------------------------------------------------------------- lifecycle
+    def on_mount(self) -> None:
+        self.push_screen(ProjectsScreen())
+        if self.live:
+            self._wake.set()  # the first fetch right away
+            self.run_worker(self._refresh_loop(), group="refresh", exclusive=True)
+            self.run_worker(self._event_loop(), group="events", exclusive=True)
+
+    def request_refresh(self) -> None:
+        """Ask for a fetch soon (coalesced: many requests, one fetch)."""
+        self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        min_gap = 1.0 / MAX_RATE
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            self._wake.clear()
+            started = time.monotonic()
+            if not isinstance(self.screen, ModalScreen):
+                await self.refresh_data()
+            # The next fetch is scheduled only now, after this one finished.
+            await asyncio.sleep(max(0.0, min_gap - (time.monotonic() - started)))
+
+    async def _event_loop(self) -> None:
+        while True:
+            try:
+                async for event in watch_events(self.core):
+                    if event.get("type") in (FINISHED, PROJECTS):
+                        self._last_known = False  # history changed: query it again
+                    self._wake.set()
+            except Exception:  # Redis went away (the poll shows it): subscribe again
+                self._last_known = False
+            await asyncio.sleep(1.0)
+
+    async def refresh_data(self) -> None:
+        """Fetch the overview once and tell every screen."""
+        reuse = self._last_known and time.monotonic() - self._last_at < LAST_MAX_AGE
+        last = {r.project.id: r.last for r in self.rows if r.last} if reuse else None
+        try:
+            rows = await project_rows(self.core, last=last)
+        except Exception:  # any outage: keep the last rows, say what is down
+            self.health = {k: v for k, v in (await self.core.health()).items()
+                           if k in ("redis", "database")}
+        else:
+            self.rows = rows
+            self.fetched_at = self.monotonic()
+            self.health = {"redis": "ok", "database": "ok"}
+            if last is None:
+                self._last_known, self._last_at = True, time.monotonic()
+        self.refreshes += 1
+        for screen in self.screen_stack:
+            screen.post_message(DataRefreshed())
+
+    def set_rows(self, rows: list[ProjectRow]) -> None:
+        """Show these rows as if just fetched (demo data, snapshots)."""
+        self.rows = rows
+        self.fetched_at = self.monotonic()
+        self.health = {"redis": "ok", "database": "ok"}
+        for screen in self.screen_stack:
+            screen.post_message(DataRefreshed())
+
+    def since_fetch(self) -> float:
+        return max(0.0, self.monotonic() - self.fetched_at)
+
+    # --------------------------------------------------------------- actions
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def report_error(self, what: str, exc: BaseException) -> None:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        self.notify(f"{what}: {message}", severity="error", timeout=8)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in a container: still act, as "operator"
+        return "operator"
+
+
+def make_app(core: Deployster, **options: Any) -> DeploysterApp:
+    """The dashboard over ``core``; options as for ``DeploysterApp``."""
+    return DeploysterApp(core, **options)

@@ -1,0 +1,101 @@
+"""Plain-text formatting shared by the dashboard's screens (no Textual here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+
+from deployster.clock import parse_iso, utcnow
+from deployster.models import Job, JobStatus
+
+DASH = "—"
+
+_clock: Callable[[], datetime] = utcnow
+
+
+def set_clock(clock: Callable[[], datetime] | None) -> None:
+    """Fix "now" for ages and elapsed times (snapshots, screenshots); None resets."""
+    global _clock
+    _clock = clock or utcnow
+
+
+def now() -> datetime:
+    return _clock()
+
+
+@lru_cache(maxsize=8192)
+def _parse(value: str) -> datetime | None:
+    return parse_iso(value)
+
+
+def short_id(job_id: str | None) -> str:
+    """ULIDs share their time prefix; the head and tail tell jobs apart."""
+    if not job_id:
+        return DASH
+    return job_id if len(job_id) <= 10 else f"{job_id[:4]}…{job_id[-4:]}"
+
+
+def duration(seconds: float | None) -> str:
+    """A compact human duration: 0.4s, 41s, 9m 41s, 2h 05m, 3d 04h."""
+    if seconds is None:
+        return DASH
+    if seconds < 0:
+        seconds = 0
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def clock_duration(seconds: float | None) -> str:
+    """Elapsed time as a clock: 0:19, 12:04, 1:02:03."""
+    if seconds is None:
+        return DASH
+    s = max(0, int(seconds))
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def ago(iso: str | None) -> str:
+    when = _parse(iso) if iso else None
+    if when is None:
+        return DASH
+    return duration((now() - when).total_seconds()) + " ago"
+
+
+def since(iso: str | None) -> float | None:
+    when = _parse(iso) if iso else None
+    return None if when is None else (now() - when).total_seconds()
+
+
+def job_duration(job: Job) -> float | None:
+    start = _parse(job.started_at) if job.started_at else None
+    if start is None:
+        return None
+    end = _parse(job.finished_at) if job.finished_at else now()
+    return None if end is None else (end - start).total_seconds()
+
+
+GLYPH = {
+    JobStatus.COMPLETE: "✔",
+    JobStatus.FAILED: "✘",
+    JobStatus.RUNNING: "▶",
+    JobStatus.QUEUED: "…",
+}
+
+
+def status_text(job: Job) -> str:
+    reason = f" {job.reason}" if job.reason else ""
+    return f"{GLYPH.get(job.status, '?')} {job.status.value}{reason}"
+
+
+def commit(job: Job) -> str:
+    return (job.commit_hash or DASH)[:7]

@@ -1,0 +1,1 @@
+"""The dashboard's screens: projects (home), one project, a job's log, modals."""

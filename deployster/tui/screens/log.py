@@ -1,0 +1,34 @@
+"""A job's log, full screen: follow (f), wrap (w), top/bottom (g/G)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, RichLog
+
+from ..widgets.log_pane import LogPane
+from .base import CoreScreen
+
+
+class LogScreen(CoreScreen):
+    BINDINGS = [Binding("escape", "back", "Back", id="log.back")]
+
+    def __init__(self, job_id: str, *, text: str | None = None) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.text = text  # given: show it instead of reading the job's log
+
+    def compose(self) -> ComposeResult:
+        yield LogPane(id="log-pane")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        pane = self.query_one(LogPane)
+        if self.text is None:
+            pane.show_job(self.job_id)
+        else:
+            pane.show_text(self.job_id, self.text)
+        pane.query_one(RichLog).focus()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

@@ -1,0 +1,205 @@
+"""One project: its queue in order, its history (paged), the selected job's log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer, Static
+
+from deployster.models import Job, JobStatus, Project
+from deployster.overview import ProjectRow, history, queued_jobs
+
+from ..controls import ask_cancel, ask_redeploy, ask_unlock
+from ..format import DASH, GLYPH, clock_duration, commit, duration, job_duration, short_id, since
+from ..messages import DataRefreshed
+from ..widgets.log_pane import LogPane
+from .base import CoreScreen
+
+PAGE = 50
+log = logging.getLogger("deployster.tui")
+
+
+class ProjectScreen(CoreScreen):
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="project.back"),
+        Binding("l", "open_log", "Full log", id="project.log"),
+        Binding("u", "unlock", "Unlock", id="project.unlock"),
+        Binding("c", "cancel", "Cancel job", id="project.cancel"),
+        Binding("r", "redeploy", "Redeploy job", id="project.redeploy"),
+        Binding("m", "more", "More history", id="project.more"),
+    ]
+
+    def __init__(self, project: Project) -> None:
+        super().__init__()
+        self.project = project
+        self.queue: list[Job] = []
+        self.history: list[Job] = []
+        self.history_done = False
+        self.selected_job: Job | None = None
+        self._history_lock = asyncio.Lock()
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.project.name, id="project-title")
+        with Horizontal(id="project-body"):
+            with Vertical(id="project-left"):
+                yield Static("queue", classes="pane-title", id="queue-title")
+                queue: DataTable[Any] = DataTable(id="queue", cursor_type="row")
+                queue.add_columns("#", "job", "status", "commit", "ref", "waiting")
+                yield queue
+                yield Static("history", classes="pane-title", id="history-title")
+                hist: DataTable[Any] = DataTable(id="history", cursor_type="row",
+                                                 zebra_stripes=True)
+                hist.add_columns("status", "job", "reason", "commit", "ref", "started",
+                                 "duration")
+                yield hist
+            yield LogPane(id="log-pane")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#history", DataTable).focus()
+        self.run_worker(self.reload(), group="project", exclusive=True)
+
+    def on_data_refreshed(self, _message: DataRefreshed) -> None:
+        self.run_worker(self.reload(), group="project", exclusive=True)
+
+    @property
+    def row(self) -> ProjectRow | None:
+        for r in self.dapp.rows:
+            if r.project.id == self.project.id:
+                return r
+        return None
+
+    async def reload(self) -> None:
+        """The running job and queue, and history's loaded pages, read again.
+        While Redis or the database is down the last data stays (the projects
+        screen's header says what is down)."""
+        try:
+            await self._reload()
+        except Exception:
+            log.warning("project %s: reload failed", self.project.name, exc_info=True)
+
+    async def _reload(self) -> None:
+        core = self.core
+        queue = await queued_jobs(core, self.project.id)
+        row = self.row
+        running = row.running if row and row.running and \
+            row.running.status is JobStatus.RUNNING else None
+        self.queue = ([running] if running else []) + queue
+        async with self._history_lock:  # never interleaved with a page load
+            limit = max(PAGE, len(self.history))
+            rows = await history(core, self.project.id, limit=limit + 1)
+            self.history, self.history_done = rows[:limit], len(rows) <= limit
+        self._render_tables()
+
+    async def load_more(self) -> None:
+        try:
+            await self._load_more()
+        except Exception as exc:
+            self.dapp.report_error("more history", exc)
+
+    async def _load_more(self) -> None:
+        async with self._history_lock:
+            if self.history_done or not self.history:
+                return
+            page = await history(self.core, self.project.id, before=self.history[-1].id,
+                                 limit=PAGE + 1)
+            self.history_done = len(page) <= PAGE
+            self.history.extend(page[:PAGE])
+        self._render_tables()
+
+    def _render_tables(self) -> None:
+        row = self.row
+        title = f"{self.project.name} · {self.project.path}"
+        if row and row.lock_owner:
+            title += f" · locked by {short_id(row.lock_owner)}"
+            if row.stale:
+                title += " (STALE)"
+        self.query_one("#project-title", Static).update(title)
+        queue = self.query_one("#queue", DataTable)
+        cursor = queue.cursor_row
+        queue.clear()
+        offset = 0 if self.queue and self.queue[0].status is JobStatus.RUNNING else 1
+        for i, job in enumerate(self.queue):
+            if job.status is JobStatus.RUNNING:
+                pos, wait = "▶", clock_duration(since(job.started_at))
+            else:
+                pos, wait = str(i + offset), clock_duration(since(job.queued_at))
+            queue.add_row(pos, short_id(job.id), job.status.value, commit(job), job.ref_name,
+                          wait, key=job.id)
+        if self.queue:
+            queue.move_cursor(row=min(cursor, len(self.queue) - 1), animate=False)
+        self.query_one("#queue-title", Static).update(f"queue · {len(self.queue)} job(s)")
+        hist = self.query_one("#history", DataTable)
+        cursor = hist.cursor_row
+        hist.clear()
+        for job in self.history:
+            hist.add_row(f"{GLYPH.get(job.status, '?')} {job.status.value}", short_id(job.id),
+                         job.reason or DASH, commit(job), job.ref_name,
+                         (job.started_at or job.queued_at or DASH)[5:19].replace("T", " "),
+                         duration(job_duration(job)), key=job.id)
+        if self.history:
+            hist.move_cursor(row=min(cursor, len(self.history) - 1), animate=False)
+        more = "" if self.history_done else " · m for more"
+        self.query_one("#history-title", Static).update(
+            f"history · {len(self.history)} shown{more}")
+        if self.selected_job is None:
+            first = self.queue[0] if self.queue else (self.history[0] if self.history else None)
+            if first is not None:
+                self._select(first)
+
+    def _select(self, job: Job) -> None:
+        self.selected_job = job
+        self.query_one(LogPane).show_job(job.id)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        jobs = self.queue if event.data_table.id == "queue" else self.history
+        key = event.row_key.value if event.row_key is not None else None
+        for job in jobs:
+            if job.id == key:
+                if event.data_table.has_focus:
+                    self._select(job)
+                break
+        if event.data_table.id == "history" and event.cursor_row >= len(self.history) - 1:
+            self.run_worker(self.load_more(), group="more", exclusive=True)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_log()
+
+    def on_descendant_focus(self, event: Any) -> None:
+        widget = getattr(event, "widget", None)
+        if isinstance(widget, DataTable) and widget.id in ("queue", "history"):
+            jobs = self.queue if widget.id == "queue" else self.history
+            if jobs and widget.cursor_row < len(jobs):
+                self._select(jobs[widget.cursor_row])
+
+    # -------------------------------------------------------------- actions
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_open_log(self) -> None:
+        from .log import LogScreen
+
+        if self.selected_job is not None:
+            self.app.push_screen(LogScreen(self.selected_job.id))
+
+    def action_unlock(self) -> None:
+        row = self.row
+        if row is not None:
+            ask_unlock(self.dapp, row)
+
+    def action_cancel(self) -> None:
+        if self.selected_job is not None:
+            ask_cancel(self.dapp, self.selected_job)
+
+    def action_redeploy(self) -> None:
+        if self.selected_job is not None:
+            ask_redeploy(self.dapp, self.selected_job)
+
+    def action_more(self) -> None:
+        self.run_worker(self.load_more(), group="more", exclusive=True)

@@ -1,0 +1,298 @@
+"""The home screen: one row per project, refreshed by the app's loop.
+
+TTL, heartbeat and elapsed columns tick every second between fetches (counted
+from the fetch), so the countdown moves even while nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Input
+from textual.widgets.data_table import ColumnKey
+
+from deployster.models import JobStatus
+from deployster.overview import ProjectRow
+
+from ..controls import ask_cancel, ask_redeploy, ask_unlock, heartbeat_text, ttl_left, ttl_text
+from ..format import DASH, GLYPH, ago, clock_duration, commit, short_id, since
+from ..messages import DataRefreshed
+from ..widgets.status_line import StatusLine
+from .base import CoreScreen
+
+COLUMNS: list[tuple[str, str]] = [
+    ("name", "project"), ("lock", "lock holder"), ("ttl", "TTL"), ("heartbeat", "heartbeat"),
+    ("running", "running"), ("queue", "queue"), ("last", "last"), ("path", "path"),
+]
+PATH_WIDTH = 40
+WIDTHS = {"lock": 17, "ttl": 8, "heartbeat": 14, "running": 20, "queue": 5, "last": 14}
+
+
+@lru_cache(maxsize=4096)
+def short_path(path: str) -> str:
+    home = os.path.expanduser("~")
+    if home != "/" and path.startswith(home + os.sep):
+        path = "~" + path[len(home):]
+    return path if len(path) <= PATH_WIDTH else "…" + path[-(PATH_WIDTH - 1):]
+
+_NONE_LAST = float("inf")
+
+SORT_KEYS: dict[str, Callable[[ProjectRow], Any]] = {
+    "name": lambda r: r.project.name.lower(),
+    "path": lambda r: r.project.path,
+    "lock": lambda r: (r.lock_owner is None, not r.stale, r.lock_owner or ""),
+    "ttl": lambda r: r.lock_ttl_ms if r.lock_ttl_ms is not None else _NONE_LAST,
+    "heartbeat": lambda r: -(r.heartbeat_age or 0) if r.lock_owner else _NONE_LAST,
+    "running": lambda r: -(since(r.running.started_at) or 0) if r.running else _NONE_LAST,
+    "queue": lambda r: -r.queue_length,
+    "last": lambda r: -(since(r.last.finished_at) or 0) if r.last else 0,
+}
+
+
+def row_facts(row: ProjectRow) -> tuple[object, ...]:
+    """What a row shows, less the clocks: when it changes, redraw the row now."""
+    running = row.running
+    return (row.project, row.lock_owner, row.stale, row.queue_length,
+            row.last.id if row.last else None,
+            (running.id, running.status) if running else None)
+
+
+def row_cells(row: ProjectRow, since_fetch: float) -> dict[str, Any]:
+    if row.lock_owner is None:
+        lock: Text | str = DASH
+    elif row.stale:
+        lock = Text.assemble(short_id(row.lock_owner) + " ", ("STALE", "bold reverse red"))
+    else:
+        lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
+    job = row.running
+    if job is not None and job.status is JobStatus.RUNNING:
+        elapsed = clock_duration(since(job.started_at))
+        running: Text | str = f"{job.ref_name} {commit(job)} {elapsed}"
+    else:
+        running = DASH
+    if row.last is None:
+        last: Text | str = DASH
+    else:
+        ok = row.last.status is JobStatus.COMPLETE
+        last = Text.assemble((GLYPH[row.last.status], "green" if ok else "red"),
+                             f" {ago(row.last.finished_at or row.last.started_at)}")
+    return {
+        "name": Text(row.project.name, style="bold"),
+        "path": short_path(row.project.path),
+        "lock": lock,
+        "ttl": ttl_text(row, since_fetch),
+        "heartbeat": heartbeat_text(row, since_fetch),
+        "running": running,
+        "queue": str(row.queue_length) if row.queue_length else "0",
+        "last": last,
+    }
+
+
+class ProjectsScreen(CoreScreen):
+    BINDINGS = [
+        Binding("enter", "open", "Open", id="projects.open"),
+        Binding("u", "unlock", "Unlock", id="projects.unlock"),
+        Binding("c", "cancel", "Cancel running", id="projects.cancel"),
+        Binding("r", "redeploy", "Redeploy last", id="projects.redeploy"),
+        Binding("slash", "filter", "Filter", key_display="/", id="projects.filter"),
+        Binding("s", "sort", "Sort", id="projects.sort"),
+        Binding("S", "reverse", "Reverse sort", key_display="S", show=False,
+                id="projects.reverse"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="projects.clear"),
+        Binding("ctrl+r", "refresh", "Refresh now", show=False, id="projects.refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+        self.sort_column = "name"
+        self.sort_reverse = False
+        self._keys: list[str] = []
+        self._shown: dict[str, ProjectRow] = {}
+        self._cells: dict[str, dict[str, Any]] = {}
+        self._facts: dict[str, tuple[object, ...]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status-line")
+        yield Input(placeholder="filter projects (name or path) — enter to keep, esc to clear",
+                    id="filter")
+        table: DataTable[Any] = DataTable(id="projects", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            # Fixed widths for the ticking columns: the layout never jumps.
+            table.add_column(label, key=key, width=WIDTHS.get(key))
+        yield table
+        yield Footer()
+
+    @property
+    def table(self) -> DataTable[Any]:
+        return self.query_one("#projects", DataTable)
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+        self.set_interval(1.0, self.render_rows)  # the clocks tick
+        self.table.focus()
+        self.render_rows()
+
+    def on_data_refreshed(self, _message: DataRefreshed) -> None:
+        # Changed facts (a lock taken, a job queued or finished) show at once;
+        # the clocks (TTL, heartbeat, ages) move with the one-second tick, so a
+        # burst of events costs fetches, not a repaint of every row each time.
+        self.render_rows(clocks=False)
+
+    # ---------------------------------------------------------------- render
+    def visible_rows(self) -> list[ProjectRow]:
+        rows = self.dapp.rows
+        if self.filter_text:
+            needle = self.filter_text.lower()
+            rows = [r for r in rows
+                    if needle in r.project.name.lower() or needle in r.project.path.lower()]
+        return sorted(rows, key=SORT_KEYS[self.sort_column], reverse=self.sort_reverse)
+
+    def render_rows(self, *, clocks: bool = True) -> None:
+        """Redraw what changed; with ``clocks`` false only rows whose facts changed."""
+        app = self.dapp
+        self.query_one(StatusLine).show(app.rows, app.health, app.wall_clock())
+        rows = self.visible_rows()
+        since_fetch = app.since_fetch()
+        table = self.table
+        keys = [str(r.project.id) for r in rows]
+        self._shown = {str(r.project.id): r for r in rows}
+        if keys == self._keys:
+            # Only cells whose text changed: an idle project costs no redraw.
+            for r in rows:
+                key = str(r.project.id)
+                facts = row_facts(r)
+                if not clocks and self._facts.get(key) == facts:
+                    continue
+                self._facts[key] = facts
+                cells = row_cells(r, since_fetch)
+                old = self._cells.get(key, {})
+                for column, value in cells.items():
+                    if old.get(column) != value:
+                        table.update_cell(key, column, value)
+                self._cells[key] = cells
+        else:
+            selected = self.selected_key()
+            table.clear()
+            self._cells = {}
+            for r in rows:
+                key = str(r.project.id)
+                self._facts[key] = row_facts(r)
+                cells = self._cells[key] = row_cells(r, since_fetch)
+                table.add_row(*(cells[k] for k, _ in COLUMNS), key=key)
+            self._keys = keys
+            if selected in keys:
+                table.move_cursor(row=keys.index(selected), animate=False)
+        self._label_columns()
+
+    def _label_columns(self) -> None:
+        table = self.table
+        arrow = "▼" if self.sort_reverse else "▲"
+        changed = False
+        for key, label in COLUMNS:
+            header = table.columns[ColumnKey(key)]
+            text = Text(f"{label} {arrow}" if key == self.sort_column else label)
+            if header.label != text:
+                header.label = text
+                changed = True
+        if changed:
+            table.refresh()
+
+    def selected_key(self) -> str | None:
+        table = self.table
+        if not self._keys or table.cursor_row >= len(self._keys):
+            return None
+        return self._keys[table.cursor_row]
+
+    def selected(self) -> ProjectRow | None:
+        key = self.selected_key()
+        return self._shown.get(key) if key else None
+
+    # -------------------------------------------------------------- actions
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        if key == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = key, False
+        self.render_rows()
+
+    def action_open(self) -> None:
+        from .project import ProjectScreen
+
+        row = self.selected()
+        if row is not None:
+            self.app.push_screen(ProjectScreen(row.project))
+
+    def action_unlock(self) -> None:
+        row = self.selected()
+        if row is not None:
+            ask_unlock(self.dapp, row)
+
+    def action_cancel(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if row.running is None or row.running.status.finished:
+            self.app.notify(f"nothing running in {row.project.name}; open it (enter) to cancel "
+                            "a queued job")
+            return
+        ask_cancel(self.dapp, row.running)
+
+    def action_redeploy(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if row.last is None:
+            self.app.notify(f"{row.project.name} has no past deploy to run again")
+            return
+        ask_redeploy(self.dapp, row.last)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.render_rows()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.table.focus()
+        if not event.value.strip():
+            event.input.display = False
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.filter_text = ""
+        self.table.focus()
+        self.render_rows()
+
+    def action_sort(self) -> None:
+        keys = [k for k, _ in COLUMNS]
+        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        self.sort_reverse = False
+        self.notify(f"sorted by {dict(COLUMNS)[self.sort_column]}", timeout=1.5)
+        self.render_rows()
+
+    def action_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self.render_rows()
+
+    def action_refresh(self) -> None:
+        self.dapp.request_refresh()
+
+
+__all__ = ["ProjectsScreen", "row_cells", "ttl_left"]

@@ -1,0 +1,476 @@
+"""The dashboard driven with Pilot against a real Redis and database.
+
+Each control is exercised end to end: what the modal shows, what the operator
+sees afterwards, and the state the core reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, Static
+
+from deployster import store
+from deployster.models import JobStatus
+from deployster.service import DeployRequest, Deployster
+from deployster.tui.app import make_app
+from deployster.tui.screens.confirm import ConfirmScreen
+from deployster.tui.screens.help import HelpScreen
+from deployster.tui.screens.log import LogScreen
+from deployster.tui.screens.project import ProjectScreen
+from deployster.tui.screens.projects import ProjectsScreen
+from deployster.tui.widgets.log_pane import LogPane
+from deployster.tui.widgets.status_line import StatusLine
+from tests.conftest import LiveServer, deploy_body, wait_for_status
+from tests.tui.conftest import table_text, wait_until
+
+SIZE = (180, 45)
+STALE_OWNER = "01JDZZZZZZZZZZZZZZZZZZZZF3"
+
+
+def confirm_text(app: object) -> str:
+    screen = app.screen  # type: ignore[attr-defined]
+    assert isinstance(screen, ConfirmScreen)
+    return "\n".join(str(s.render()) for s in screen.query(Static))
+
+
+def projects_table(app: object) -> DataTable[object]:
+    return app.screen.query_one("#projects", DataTable)  # type: ignore[attr-defined]
+
+
+async def test_projects_view_shows_each_project_and_the_header_counts(
+    core: Deployster, tmp_path: Path
+) -> None:
+    for name in ("my-app", "api", "worker"):
+        (tmp_path / name).mkdir()
+        await core.projects.add(str(tmp_path / name))
+    await core.lock.acquire((await core.projects.find("worker")).id, STALE_OWNER, 300_000)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 3, what="three rows")
+        rows = table_text(table)
+        assert [r.split(" | ")[0] for r in rows] == ["api", "my-app", "worker"]
+        worker = rows[2]
+        assert "01JD…ZZF3 STALE" in worker  # no live job holds it: visibly stale
+        assert re.search(r"\| (5m 00s|4m 5\ds) \|", worker), worker  # TTL
+        status = app.screen.query_one(StatusLine).text.plain
+        assert "3 projects · 1 running · 0 queued" in status
+        assert "redis ok" in status and "db ok" in status
+        api = await core.projects.find("api")
+        assert str(table.get_cell(str(api.id), "ttl")) == "—"  # not locked
+
+
+async def test_ttl_counts_down_every_second(core: Deployster, project_dir: Path) -> None:
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 120_000)
+    app = make_app(core, poll_interval=60)  # no fetch: the countdown is local
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        before = str(table.get_cell(str(project.id), "ttl"))
+        await asyncio.sleep(2.1)
+        await pilot.pause()
+        after = str(table.get_cell(str(project.id), "ttl"))
+        assert before != after
+        assert before.startswith(("2m 00s", "1m 59s", "1m 58s"))
+
+
+async def test_filter_and_sort(core: Deployster, tmp_path: Path) -> None:
+    for name in ("web", "api", "api-worker"):
+        (tmp_path / name).mkdir()
+        await core.projects.add(str(tmp_path / name))
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 3, what="three rows")
+        await pilot.press("slash")
+        assert app.screen.query_one("#filter", Input).has_focus
+        await pilot.press(*"api")
+        await wait_until(pilot, lambda: table.row_count == 2, what="the filter")
+        assert [r.split(" | ")[0] for r in table_text(table)] == ["api", "api-worker"]
+        await pilot.press("enter")  # keep the filter, back to the table
+        assert table.has_focus
+        await pilot.press("escape")  # clear it
+        await wait_until(pilot, lambda: table.row_count == 3, what="all rows again")
+        await pilot.press("S")  # reverse the sort (by name)
+        assert [r.split(" | ")[0] for r in table_text(table)] == ["web", "api-worker", "api"]
+        await pilot.click("#projects", offset=(2, 0))  # click the "project" header
+        await pilot.pause()
+        names = [r.split(" | ")[0] for r in table_text(table)]
+        assert names in (["api", "api-worker", "web"], ["web", "api-worker", "api"])
+
+
+async def test_unlock_releases_the_lock_and_records_an_audit_event(
+    core: Deployster, project_dir: Path
+) -> None:
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await pilot.press("u")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert STALE_OWNER in shown  # the holder, in full
+        assert "TTL" in shown and ("4m" in shown or "5m" in shown)
+        assert "STALE" in shown  # heartbeat
+        assert "no live job record" in shown  # whether the owning job still runs
+        assert "compare-and-set" in shown
+        await pilot.press("n")  # cancel first: nothing happens
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen), what="closed")
+        assert (await core.lock.state(project.id)).owner == STALE_OWNER
+        await pilot.press("u")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: "—" == str(table.get_cell(str(project.id), "lock")),
+                         what="the lock column to clear")
+    assert (await core.lock.state(project.id)).owner is None
+    events = await store.select_audit_events(core.db)
+    assert events[0]["action"] == "lock.release"
+    assert events[0]["job_id"] == STALE_OWNER
+    assert events[0]["detail"]["released"] is True
+    assert events[0]["actor"].startswith("tui:")
+
+
+async def test_unlock_never_deletes_a_newer_lock(core: Deployster, project_dir: Path) -> None:
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await pilot.press("u")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        # While the operator reads the modal, the lock passes to a newer job.
+        assert await core.lock.release(project.id, STALE_OWNER)
+        newer = "01JDNEWERNEWERNEWERNEWER00"
+        assert await core.lock.acquire(project.id, newer, 300_000)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: len(app._notifications) > 0, what="a notification")
+        assert any("no longer holds it" in n.message for n in app._notifications)
+    assert (await core.lock.state(project.id)).owner == newer
+
+
+async def test_cancel_a_queued_job_from_the_project_view(
+    core: Deployster, project_dir: Path
+) -> None:
+    project = await core.projects.add(str(project_dir))
+    # Nobody runs jobs here (no dispatcher), and the lock is held: it stays queued.
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    request = DeployRequest(str(project_dir), ["echo hi", "supervisorctl restart my-app--main"],
+                            "a1b2c3d4", "main")
+    queued = await core.submit(request, run_here=False)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        assert str(table.get_cell(str(project.id), "queue")) == "1"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        queue = app.screen.query_one("#queue", DataTable)
+        await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
+        row = table_text(queue)[0]
+        assert "a1b2c3d" in row and "main" in row and "queued" in row
+        queue.focus()
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert queued.job_id in shown and "removes the job from the queue" in shown
+        await pilot.press("y")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="closed")
+        await wait_until(pilot, lambda: queue.row_count == 0, what="the queue to empty")
+    job = await core.job(queued.job_id)
+    assert job is not None and job.status is JobStatus.FAILED and job.reason == "cancelled"
+    events = await store.select_audit_events(core.db)
+    assert events[0]["action"] == "job.cancel" and events[0]["job_id"] == queued.job_id
+
+
+async def _finished_deploy(server: LiveServer, core: Deployster, project_dir: Path,
+                           *commands: str) -> str:
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(project_dir, *commands))).json()
+        final = await wait_for_status(client, job["job_id"])
+        assert final["status"] == "complete", final
+    for _ in range(200):  # the history writer flushes about once a second
+        if await store.select_deployment(core.db, job["job_id"]):
+            break
+        await asyncio.sleep(0.05)
+    return str(job["job_id"])
+
+
+async def test_redeploy_queues_a_new_job_with_the_same_commands(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    old = await _finished_deploy(server, core, project_dir, "echo first-run")
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
+                         what="the last deploy")
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert old in shown and "echo first-run" in shown and "abc1234" in shown
+        await pilot.press("y")
+        await wait_until(pilot, lambda: any("redeploy of" in n.message
+                                            for n in app._notifications), what="queued")
+    events = await store.select_audit_events(core.db)
+    assert events[0]["action"] == "job.redeploy" and events[0]["detail"] == {"from": old}
+    new = await core.job(events[0]["job_id"])
+    assert new is not None and new.id != old
+    assert new.commands[0] == "echo first-run" and new.commit_hash == "abc1234"
+    async with server.client() as client:
+        final = await wait_for_status(client, new.id)
+    assert final["status"] == "complete" and "first-run" in str(final["logs"])
+
+
+async def test_log_follows_a_running_job_and_shows_history_of_finished_ones(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    script = "for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.4; done"
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1 and "running" in
+                         table_text(table)[0], what="the running job")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: "line-1" in pane.text, what="the first line")
+        assert "line-8" not in pane.text
+        title = str(app.screen.query_one("#log-title", Static).render())
+        assert "following" in title
+        await wait_until(pilot, lambda: "line-8" in pane.text, what="the last line")
+        await wait_until(pilot, lambda: "finished" in str(
+            app.screen.query_one("#log-title", Static).render()), what="the end")
+        # Full-screen log, and its keys.
+        await pilot.press("l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        full = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: "line-8" in full.text, what="the full log")
+        await pilot.press("w")
+        assert full.wrap and "wrap" in str(app.screen.query_one("#log-title", Static).render())
+        await pilot.press("f")
+        assert not full.follow
+        await pilot.press("g", "G", "escape")
+        assert isinstance(app.screen, ProjectScreen)
+    assert job["job_id"]
+
+
+async def test_follow_off_pauses_and_on_resumes_without_losing_lines(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    script = "for i in $(seq 1 12); do echo step-$i; sleep 0.3; done"
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
+    await asyncio.sleep(0.3)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(LogScreen(job["job_id"]))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: "step-1" in pane.text, what="output")
+        await pilot.press("f")  # pause
+        paused_at = pane.text
+        await asyncio.sleep(1.0)
+        await pilot.pause()
+        assert pane.text == paused_at
+        assert "paused" in str(app.screen.query_one("#log-title", Static).render())
+        await pilot.press("f")  # resume: catches up from the last id
+        await wait_until(pilot, lambda: "step-12" in pane.text, what="the end")
+        lines = [ln for ln in pane.text.splitlines() if ln.startswith("step-")]
+        assert lines == [f"step-{i}" for i in range(1, 13)]
+
+
+async def test_help_lists_every_key_and_q_quits(core: Deployster, project_dir: Path) -> None:
+    await core.projects.add(str(project_dir))
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        text = str(app.screen.query_one("#help-keys", Static).render())
+        for words in ("Unlock", "Cancel", "Redeploy", "Follow", "Wrap", "Filter", "Quit",
+                      "Top", "Bottom", "More history"):
+            assert words in text
+        await pilot.press("escape")
+        assert isinstance(app.screen, ProjectsScreen)
+        await pilot.press("q")
+    assert app.return_code == 0 or app.return_code is None
+
+
+async def test_every_action_is_in_the_command_palette(
+    core: Deployster, project_dir: Path
+) -> None:
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"unlock")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                         what="the unlock modal, from the palette")
+        await pilot.press("escape")
+
+
+def test_every_binding_has_a_description() -> None:
+    from deployster.tui.screens.help import binding_sections
+
+    for _, bindings in binding_sections():
+        for b in bindings:
+            assert b.description, b
+
+
+@pytest.mark.parametrize("lines", [1_000_000])
+async def test_a_million_line_log_shows_a_bounded_tail(
+    core: Deployster, project_dir: Path, lines: int
+) -> None:
+    from deployster.tui.widgets.log_pane import MAX_LINES
+
+    project = await core.projects.add(str(project_dir))
+    job_id = "01JDBIGBIGBIGBIGBIGBIGBIG0"
+    body = "".join(f"line {i:07d} of a very chatty build\n" for i in range(lines))
+    row = {"id": job_id, "project_id": project.id, "project": project.name,
+           "cd": project.path, "commands": '["yarn build"]', "commit_hash": "abc1234",
+           "ref_name": "main", "status": "complete", "log": body}
+    await _insert_history_row(core, row)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(LogScreen(job_id))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: f"line {lines - 1:07d}" in pane.text, what="the tail")
+        assert len(pane.lines) <= MAX_LINES
+        title = str(app.screen.query_one("#log-title", Static).render())
+        assert "showing the last" in title
+        await pilot.press("g")
+        await pilot.press("G")
+
+
+async def _insert_history_row(core: Deployster, data: dict[str, object]) -> None:
+    from deployster.models import Job
+
+    job = Job(id=str(data["id"]), project_id=int(str(data["project_id"])),
+              project=str(data["project"]), cd=str(data["cd"]), commands=["yarn build"],
+              commit_hash="abc1234", ref_name="main", status=JobStatus.COMPLETE,
+              queued_at="2026-01-01T00:00:00.000Z", started_at="2026-01-01T00:00:01.000Z",
+              finished_at="2026-01-01T00:05:00.000Z")
+    await store.upsert_deployments(core.db, [store.deployment_row(job, log=str(data["log"]))])
+
+
+async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -> None:
+    from deployster.models import Job
+
+    project = await core.projects.add(str(project_dir))
+    rows = []
+    for n in range(120):
+        job = Job(id=f"01JA{n:022d}", project_id=project.id, project=project.name,
+                  cd=project.path, commands=["yarn build"], commit_hash=f"{n:07x}",
+                  ref_name="main", status=JobStatus.COMPLETE,
+                  started_at="2026-01-01T00:00:00.000Z", finished_at="2026-01-01T00:01:00.000Z")
+        rows.append(store.deployment_row(job, log="ok\n"))
+    await store.upsert_deployments(core.db, rows)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        hist = app.screen.query_one("#history", DataTable)
+        await wait_until(pilot, lambda: hist.row_count == 50, what="the first page")
+        assert "m for more" in str(app.screen.query_one("#history-title", Static).render())
+        assert table_text(hist)[0].split(" | ")[1] == "01JA…0119"  # newest first
+        await pilot.press("m")
+        await wait_until(pilot, lambda: hist.row_count == 100, what="the second page")
+        await pilot.press("m")
+        await wait_until(pilot, lambda: hist.row_count == 120, what="the last page")
+        assert "m for more" not in str(app.screen.query_one("#history-title", Static).render())
+
+
+async def test_no_refresh_while_a_modal_is_open(core: Deployster, project_dir: Path) -> None:
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    app = make_app(core, poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await pilot.press("u")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        await pilot.pause(0.3)
+        before = app.refreshes
+        await asyncio.sleep(1.0)
+        assert app.refreshes == before  # what the operator confirms does not move
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.refreshes > before, what="refreshes again")
+        # At most 4 fetches a second, however often it is woken.
+        start, t0 = app.refreshes, asyncio.get_running_loop().time()
+        for _ in range(40):
+            app.request_refresh()
+            await asyncio.sleep(0.025)
+        elapsed = asyncio.get_running_loop().time() - t0
+        assert app.refreshes - start <= 4 * elapsed + 1
+
+
+async def test_cancel_the_running_job_from_the_projects_view(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(project_dir, "sleep 60"))).json()
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1 and "running" in
+                         table_text(table)[0], what="the running job")
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert job["job_id"] in shown and "stops the running job" in shown
+        await pilot.press("y")
+        await wait_until(pilot, lambda: table_text(table)[0].split(" | ")[1] == "—",
+                         what="the lock to be free")
+        assert "✘" in table_text(table)[0]  # the last deploy: failed
+    async with server.client() as client:
+        final = await wait_for_status(client, job["job_id"])
+    assert final["status"] == "failed" and final.get("reason") == "cancelled"
+
+
+async def test_redis_down_is_shown_and_the_dashboard_keeps_running(
+    core: Deployster, project_dir: Path
+) -> None:
+    from deployster.redis_conn import redis_from_url
+    from tests.conftest import free_port
+
+    await core.projects.add(str(project_dir))
+    app = make_app(core, poll_interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        working = core.redis
+        core.redis = redis_from_url(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
+        try:
+            status = app.screen.query_one(StatusLine)
+            await wait_until(pilot, lambda: "redis down" in status.text.plain,
+                             what="redis down in the header")
+            assert table.row_count == 1  # the last rows stay on screen
+            await pilot.press("enter")  # the project view opens; its reads fail quietly
+            await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="open")
+            await pilot.pause(0.5)
+            await pilot.press("escape")
+        finally:
+            await core.redis.aclose()
+            core.redis = working
+        await wait_until(pilot, lambda: "redis ok" in status.text.plain, what="redis ok again")

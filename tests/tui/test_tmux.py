@@ -1,0 +1,132 @@
+"""The dashboard in a real terminal: tmux runs ``deployster tui``, we type keys
+(send-keys) and read the screen (capture-pane). Skipped without tmux."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployster.settings import Settings
+from tests.conftest import REPO, STUB_BIN, TOKEN, deploy_body, free_port, settings_env
+from tests.test_cli import deployster
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+
+    def run(self, *args: str) -> str:
+        # -f /dev/null: no user config (it may fix the window size, say).
+        return subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+                              capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "dash")
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared:\n{self.screen()}")
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    t = Tmux(f"dst-{uuid.uuid4().hex[:8]}")
+    yield t
+    t.run("kill-server")
+
+
+def launch(tmux: Tmux, tmp_path: Path, env: dict[str, str], *args: str) -> Path:
+    rc_file = tmp_path / "tui.rc"
+    script = tmp_path / "run-tui.sh"
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    script.write_text(
+        # The terminal's own size, not one inherited from pytest's environment.
+        f"unset COLUMNS LINES\n{exports}cd {shlex.quote(str(REPO))}\n"
+        f"{shlex.quote(sys.executable)} -m deployster tui {' '.join(args)}\n"
+        f"echo $? > {shlex.quote(str(rc_file))}\nsleep 60\n"
+    )
+    tmux.run("new-session", "-d", "-s", "dash", "-x", "160", "-y", "40",
+             f"sh {shlex.quote(str(script))}")
+    tmux.run("resize-window", "-t", "dash", "-x", "160", "-y", "40")
+    return rc_file
+
+
+def wait_exit(rc_file: Path, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if rc_file.exists() and rc_file.read_text().strip():
+            return int(rc_file.read_text())
+        time.sleep(0.1)
+    raise AssertionError("the dashboard did not exit")
+
+
+def test_tui_shows_the_projects_and_q_quits(
+    tmux: Tmux, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    assert deployster(env, "project", "add", str(project_dir), "--name",
+                      "smoke-app").returncode == 0
+    rc_file = launch(tmux, tmp_path, {"TERM": "xterm-256color", **env})
+    screen = tmux.wait_for("smoke-app")
+    assert "1 projects" in screen and "redis ok" in screen
+    tmux.run("send-keys", "-t", "dash", "?")
+    tmux.wait_for("Keys")
+    tmux.run("send-keys", "-t", "dash", "Escape")
+    time.sleep(0.5)
+    tmux.run("send-keys", "-t", "dash", "q")
+    assert wait_exit(rc_file) == 0
+
+
+def test_tui_serve_runs_the_http_server_in_the_same_process(
+    tmux: Tmux, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    assert deployster(env, "project", "add", str(project_dir)).returncode == 0
+    port = free_port()
+    env = {"TERM": "xterm-256color", **env, "DEPLOYSTER_PORT": str(port),
+           "PATH": f"{STUB_BIN}:/usr/bin:/bin"}
+    rc_file = launch(tmux, tmp_path, env, "--serve")
+    tmux.wait_for("my-app")
+    url = f"http://127.0.0.1:{port}"
+    headers = {"x-deployster-token": TOKEN}
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    job = httpx.post(f"{url}/deploy", json=deploy_body(project_dir, "echo served"),
+                     headers=headers, timeout=10).json()
+    deadline = time.monotonic() + 30
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}/status/{job['job_id']}", headers=headers, timeout=5).json()
+        if status["status"] in ("complete", "failed"):
+            break
+        time.sleep(0.1)
+    assert status["status"] == "complete", status
+    tmux.wait_for("✔")  # the dashboard shows the finished deploy
+    tmux.run("send-keys", "-t", "dash", "q")
+    assert wait_exit(rc_file) == 0, tmux.screen() + (settings.data_dir / "tui.log").read_text()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=1)
