@@ -18,10 +18,3 @@ def parse_iso(value: str | None) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    a, b = parse_iso(start), parse_iso(end)
-    if a is None or b is None:
-        return None
-    return (b - a).total_seconds()

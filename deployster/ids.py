@@ -40,11 +40,3 @@ def new_job_id() -> str:
 
 def is_job_id(value: str) -> bool:
     return len(value) == 26 and all(c in _ALPHABET for c in value)
-
-
-def job_id_time(job_id: str) -> float:
-    """The creation time (epoch seconds) a ULID carries."""
-    ms = 0
-    for c in job_id[:10]:
-        ms = ms * 32 + _ALPHABET.index(c)
-    return ms / 1000.0

@@ -89,8 +89,3 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}events"
-
-    @property
-    def all_pattern(self) -> str:
-        """Glob matching every key but the locks (for cleanup in tests/tools)."""
-        return f"{self.prefix}*"

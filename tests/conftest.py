@@ -292,3 +292,13 @@ def deploy_body(cd: Path | str, *commands: str, commit: str = "abc1234",
         "commit_hash": commit,
         "ref_name": ref,
     }
+
+
+async def wait_for_file(path: Path, timeout: float = 20) -> str:
+    """The stripped content of ``path`` once a job has written it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} was not written in {timeout}s")

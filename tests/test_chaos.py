@@ -25,7 +25,13 @@ from deployster.logstream import read_full_log
 from deployster.models import JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.conftest import (
+    LiveServer,
+    deploy_body,
+    start_server,
+    wait_for_file,
+    wait_for_status,
+)
 
 # ----------------------------------------------------------------- helpers
 
@@ -45,15 +51,6 @@ async def wait_until_gone(pid: int, timeout: float = 15) -> bool:
             return True
         await asyncio.sleep(0.1)
     return pid_gone(pid)
-
-
-async def wait_for_file(path: Path, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{path} was not written in {timeout}s")
 
 
 async def wait_for_job(core: Deployster, job_id: str, states: set[JobStatus],

@@ -17,7 +17,14 @@ import pytest
 from deployster import store
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import REPO, LiveServer, deploy_body, settings_env, wait_for_status
+from tests.conftest import (
+    REPO,
+    LiveServer,
+    deploy_body,
+    settings_env,
+    wait_for_file,
+    wait_for_status,
+)
 
 QUEUED = "Another deployment is running; this job is queued."
 
@@ -56,15 +63,6 @@ async def wait_until_running(client: httpx.AsyncClient, job_id: str,
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} did not start in {timeout}s")
-
-
-async def wait_for_file(path: Path, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{path} was not written in {timeout}s")
 
 
 def alive(pid: int) -> bool:
