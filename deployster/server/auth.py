@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from quart import request
+from quart import g, request
 
+from ..access import ADMIN, Principal
 from .context import core
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -28,6 +29,12 @@ def require_token(func: F) -> F:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not token_ok(request.headers.get("x-deployster-token")):
             return UNAUTHORIZED
+        g.principal = ADMIN
         return await func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def principal() -> Principal:
+    """The caller of the current request (set by ``require_token``)."""
+    return cast(Principal, g.principal)
