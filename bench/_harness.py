@@ -218,6 +218,8 @@ class BenchEnv:
             "DEPLOYSTER_NAMESPACE": self.namespace,
             "DEPLOYSTER_REDIS_URL": self.redis_url,
             "DEPLOYSTER_DATABASE_URL": self.database_url,
+            # Benches queue thousands of jobs behind one held lock: no queue cap.
+            "DEPLOYSTER_MAX_QUEUE": "0",
             "PATH": f"{self.stub_bin}{os.pathsep}{os.environ.get('PATH', '')}",
             **extra,
         }

@@ -99,11 +99,46 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=cmd_project_show)
 
+    token = psub.add_parser(
+        "token", help="create or rotate a project's API token (printed once), or --revoke it"
+    )
+    token.add_argument("project", metavar="NAME|ID|PATH")
+    token.add_argument("--revoke", action="store_true",
+                       help="remove the project's token: it stops working at once")
+    token.set_defaults(handler=cmd_project_token)
+
     job = sub.add_parser("job", help="act on a deploy job")
     jsub = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
     cancel = jsub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_job_cancel)
+
+    deploy = sub.add_parser(
+        "deploy", help="CI client: ask a deployster server to deploy, stream the log, "
+                       "exit 0 complete / 1 failed / 2 error / 130 detached",
+        usage="deployster deploy [--url URL] [--token TOKEN] --cd DIR [--commit SHA] "
+              "[--ref REF] [--detach] [--timeout S] -- COMMAND...",
+    )
+    deploy.add_argument("--url",
+                        help="the server (DEPLOYSTER_URL, http://127.0.0.1:3259)")
+    deploy.add_argument("--token",
+                        help="the API token (better: DEPLOYSTER_TOKEN, kept out of ps and "
+                             "shell history)")
+    deploy.add_argument("--cd", metavar="DIR", help="the project directory on the server")
+    deploy.add_argument("--commit", metavar="SHA",
+                        help="the commit (GITHUB_SHA, else git rev-parse HEAD)")
+    deploy.add_argument("--ref", metavar="REF",
+                        help="the branch (GITHUB_REF_NAME, else the checked-out branch)")
+    deploy.add_argument("--detach", action="store_true",
+                        help="print the job id once accepted and exit 0 without waiting")
+    deploy.add_argument("--follow", metavar="JOB_ID",
+                        help="submit nothing: follow an existing job to its end")
+    deploy.add_argument("--timeout", type=_positive, metavar="S",
+                        help="stop waiting after S seconds (exit 2; the job keeps running)")
+    deploy.add_argument("commands", nargs="*", metavar="COMMAND",
+                        help="after '--': the commands, one argument each; the last must be "
+                             "'supervisorctl start|restart <program>'")
+    deploy.set_defaults(handler=cmd_deploy)
     return parser
 
 
@@ -143,6 +178,10 @@ def _print_project(project: Any, *, as_json: bool) -> None:
     print(f"lock TTL:  {project.lock_ttl:g}s")
     print(f"timeout:   {project.timeout:g}s")
     print(f"queue:     {project.queue_policy}")
+    if project.token_hash is not None:
+        print(f"token:     set (created {project.token_created_at})")
+    else:
+        print("token:     none")
     if not project.pipeline:
         print("stages:    none")
     for stage in project.pipeline:
@@ -286,6 +325,29 @@ def cmd_project_show(args: argparse.Namespace) -> int:
     return asyncio.run(_with_core(_settings(), body))
 
 
+def cmd_project_token(args: argparse.Namespace) -> int:
+    from . import tokens
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project)
+        if args.revoke:
+            if await tokens.revoke(core.projects, project):
+                print(f"revoked the token of project {project.name!r}: it no longer works")
+            else:
+                print(f"project {project.name!r} has no token; nothing to revoke")
+            return 0
+        token = await tokens.rotate(core.projects, project)
+        replaced = " and replaces the previous one, which no longer works" if (
+            project.token_hash is not None) else ""
+        print(token)
+        sys.stdout.flush()
+        print(f"deployster: the token of project {project.name!r} is shown only once{replaced}; "
+              "send it in the x-deployster-token header", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
 def cmd_job_cancel(args: argparse.Namespace) -> int:
     from .control import cancel_job
 
@@ -299,6 +361,17 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from . import client
+
+    return client.run(client.Options(
+        url=args.url or os.environ.get("DEPLOYSTER_URL") or client.DEFAULT_URL,
+        token=args.token or os.environ.get("DEPLOYSTER_TOKEN") or "", cd=args.cd,
+        commands=args.commands, commit=args.commit, ref=args.ref, detach=args.detach,
+        follow=args.follow, timeout=args.timeout,
+    ))
 
 
 # ----------------------------------------------------------------- entry
@@ -331,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
 def _exit_past_leaked_threads(code: int) -> int:
     """Exit even if a database connection thread was left open.
 
-    aiosqlite runs each connection in a non-daemon thread; one whose task was
-    cancelled mid-query (shutdown, a timed-out health check) is never closed,
-    and the interpreter would wait for it for ever after a clean shutdown.
-    Everything that matters is flushed by now, so leave without waiting.
+    aiosqlite runs its connection in a non-daemon thread, and the interpreter
+    waits for such threads at exit. The cause seen so far (a connection per
+    query, one of them cancelled mid-open) is gone: ``db._SQLiteDatabase``
+    holds one connection for the database's life. This stays as a net for a
+    path that fails before ``Deployster.close``: everything that matters is
+    flushed by now, so leave without waiting.
     """
     leftovers = [
         t for t in threading.enumerate()

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from . import store
+from .access import Principal
 from .errors import Conflict, NotFound
 from .models import Job, JobStatus, Reason
 from .recovery import end_orphan, runner_alive
@@ -17,17 +18,19 @@ from .service import Deployster
 
 
 async def cancel_job(
-    core: Deployster, job_id: str, *, actor: str = "admin", wait: float = 10.0
+    core: Deployster, job_id: str, *, actor: str = "admin", wait: float = 10.0,
+    principal: Principal | None = None,
 ) -> Job:
     """Cancel a queued or running job; returns its record afterwards.
 
     A queued job leaves the queue at once. A running job's runner is told to end
     its process group (SIGTERM, then SIGKILL after the grace period); if that
     runner is gone (crashed server) the job is ended here. Waits up to ``wait``
-    seconds for the end. A finished job raises ``Conflict`` (409).
+    seconds for the end. A finished job raises ``Conflict`` (409). A job of a
+    project ``principal`` may not see raises ``NotFound``, as an unknown one.
     """
     job = await core.job(job_id)
-    if job is None:
+    if job is None or (principal is not None and not principal.can_see(job.project_id)):
         raise NotFound(f"no job {job_id!r}")
     if job.status.finished:
         raise _already_finished(job)

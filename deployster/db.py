@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from databases import Database
+from databases.core import Connection
 
 from .clock import iso
 from .errors import ConfigError
@@ -73,6 +74,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE deployments ADD COLUMN superseded_by TEXT",
         ],
     ),
+    (
+        3,
+        "per-project tokens: only a SHA-256 of the token is stored",
+        [
+            "ALTER TABLE projects ADD COLUMN token_hash TEXT",
+            "ALTER TABLE projects ADD COLUMN token_created_at TEXT",
+            # NULLs do not collide in a unique index, on either backend.
+            "CREATE UNIQUE INDEX projects_token_hash ON projects (token_hash)",
+        ],
+    ),
 ]
 
 _DIALECT_WORDS = {
@@ -99,13 +110,40 @@ def normalise_url(url: str) -> str:
     )
 
 
+class _SQLiteDatabase(Database):
+    """SQLite through one aiosqlite connection (and thread) for the whole life.
+
+    ``databases`` opens a new aiosqlite connection, each with its own non-daemon
+    thread, whenever no query is in flight, and closes it afterwards. A task
+    cancelled while one was opening or closing (a shutdown, a timed-out health
+    check) left that thread running, and the interpreter then waited for it
+    for ever at exit. Holding one connection open for the database's life
+    closes that hole, and saves a thread start and a file open per query.
+    Queries still take turns on it (``databases`` serialises them per
+    connection), which is all one SQLite file allows for writes anyway.
+    """
+
+    _pinned: Connection | None = None
+
+    async def connect(self) -> None:
+        await super().connect()
+        self._pinned = self.connection()
+        await self._pinned.__aenter__()
+
+    async def disconnect(self) -> None:
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None:
+            await pinned.__aexit__(None, None, None)
+        await super().disconnect()
+
+
 async def connect_database(url: str) -> Database:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        database = Database(url, timeout=30)
+        database: Database = _SQLiteDatabase(url, timeout=30)
     elif url.startswith("postgresql://"):
         database = Database(url, min_size=1, max_size=10)
     else:

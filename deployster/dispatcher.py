@@ -19,6 +19,7 @@ from . import recovery
 from .events import decode
 from .history import HistoryWriter
 from .logstream import LogWriter
+from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
 from .procinfo import boot_id, hostname, process_identity
 from .redis_conn import REDIS_DOWN
@@ -139,11 +140,8 @@ class Dispatcher:
                 runner.stop(Reason.CANCELLED)
             return
         if kind in ("released", "enqueued", "finished") and isinstance(project, int):
-            # An enqueue whose own script already tried the claim (the API's deploys)
-            # needs no second try: the lock was held, or the enqueuer started the job.
-            if not (kind == "enqueued" and event.get("claim_attempted")):
-                await self.try_start(project)
-        if kind in ("started", "finished"):
+            await self.try_start(project)
+        if kind == "finished":
             self.history.notify()
 
     async def sweep(self) -> None:
@@ -180,10 +178,13 @@ class Dispatcher:
             log.error("claimed job %s has no record", job_id)
             return
         project = await core.projects.get(job.project_id)
-        async with LogWriter(
+        # Secrets out of logs: the writer's exit releases what the masker held
+        # back before the log is closed, so before the job's end is recorded.
+        masker = Masker(job_secrets(project.pipeline if project else (), core.settings.token))
+        async with MaskingWriter(LogWriter(
             core.redis, core.keys, job.id, cap_bytes=core.settings.log_cap_bytes,
             fence=job.fence,
-        ) as logw:
+        ), masker) as logw:
             if project is None:
                 logw.write(f"[deployster] project {job.project!r} no longer exists\n")
                 outcome = Outcome(JobStatus.FAILED, Reason.INVALID)

@@ -23,6 +23,10 @@ class DeploysterError(Exception):
     def to_dict(self) -> dict[str, str]:
         return {"error": self.message, "code": self.code}
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (e.g. Retry-After)."""
+        return {}
+
 
 class InvalidRequest(DeploysterError):
     code = "invalid_request"
@@ -34,6 +38,13 @@ class UnknownProject(DeploysterError):
     http_status = 404
 
 
+class Forbidden(DeploysterError):
+    """The caller is known but may not do this (a project token outside its project)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class NotFound(DeploysterError):
     code = "not_found"
     http_status = 404
@@ -42,6 +53,20 @@ class NotFound(DeploysterError):
 class Conflict(DeploysterError):
     code = "conflict"
     http_status = 409
+
+
+class QueueFull(DeploysterError):
+    """A project's queue is at its cap: the caller should retry later."""
+
+    code = "queue_full"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ConfigError(DeploysterError):

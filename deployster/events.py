@@ -1,9 +1,11 @@
-"""Events published on the ``events`` channel: how the dispatcher and the
-dashboard learn that something changed without polling.
+"""Events: how dispatchers and the dashboard learn that something changed
+without polling.
 
 Each message is a JSON object with ``type`` (enqueued, started, finished,
-released, projects) and, where it applies, ``project`` and ``job``. Lua scripts
-publish the same shape from inside Redis.
+released, cancel, projects) and, where it applies, ``project`` and ``job``. Lua
+scripts publish the same shape from inside Redis. Dispatchers listen on the
+``events`` channel only; what no dispatcher acts on goes to ``feed`` (see
+``Keys.feed``), and watchers read both.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ instances sharing one Redis.
 | deployster:runner:<id>      | string | a live dispatcher's identity, short TTL       |
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
-| deployster:events           | pubsub | JSON events: enqueued, started, finished, …   |
+| deployster:events           | pubsub | events a dispatcher acts on: released, finished… |
+| deployster:feed             | pubsub | events only a watcher needs: started, enqueued+started |
 """
 
 from __future__ import annotations
@@ -89,3 +90,9 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.prefix}events"
+
+    @property
+    def feed(self) -> str:
+        # Kept off ``events``: at hundreds of deploys a second a server parsing
+        # its own per-request events was a twentieth of its CPU.
+        return f"{self.prefix}feed"

@@ -1,10 +1,14 @@
 """A job's output as a Redis stream: one entry per chunk, any number of readers.
 
 The runner appends through a ``LogWriter``, which batches chunks (a flush every
-50 ms or 256 KiB, one pipeline per flush) so a chatty build costs a handful of
+50 ms or 256 KiB, one script call per flush) so a chatty build costs a handful of
 round trips, not one per line. Past the per-job byte cap the rest is dropped
 and a marker line says how much — never silently. Readers (the /status cursor,
-history, the dashboard) read by stream id and never consume anything.
+history, the dashboard, the log API) read by stream id and never consume anything.
+
+An entry's id is ``<byte offset>-1``: where its text starts in the job's whole
+log (see ``_APPEND``), so a stream id, an API log cursor and a byte position in
+the history copy are one and the same number.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ ENTRY_BYTES = 64 * 1024  # upper bound of one stream entry
 FLUSH_BYTES = 256 * 1024
 FLUSH_INTERVAL = 0.05
 # Backstop for the stream's length: the byte cap is what normally bounds it.
-MAXLEN = 100_000
+# Batching keeps a job to at most ~20 entries a second, so this is ~14 hours of
+# non-stop trickling output; trimming before that would make the history copy
+# start later than the byte cursors (offset N == byte N of the whole log).
+MAXLEN = 1_000_000
 
 
 def human_bytes(n: int) -> str:
@@ -37,17 +44,60 @@ def human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-# Append only while the job is still running under the writer's fence: a stale
-# runner (its job already ended by whoever took the lock over) writes nothing.
-# KEYS: job log. ARGV: fence, maxlen, chunk...
-_FENCED_APPEND = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'fence')
-if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
-for i = 3, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i])
+# Every entry's id is ``<offset>-1``: the byte offset of its first byte in the
+# job's whole log (the concatenation of every entry's ``d``, UTF-8), so an id is
+# also a cursor into the history copy of the log, byte for byte. (Sequence 1
+# because Redis refuses the id 0-0.) The offset is computed here, from the last
+# entry, so any number of writers (the runner, recovery's closing line) continue
+# one numbering without sharing state. Each entry also carries ``t``, the epoch
+# milliseconds it was written at.
+#
+# With a fence, append only while the job is still running under the writer's
+# fence: a stale runner (its job already ended by whoever took the lock over)
+# writes nothing.
+# KEYS: job record, job log. ARGV: fence ('' for none), maxlen, now_ms, chunk...
+# Returns 0 when fenced out, else 1 + the log's length in bytes.
+_APPEND = """
+if ARGV[1] ~= '' then
+  local st = redis.call('HMGET', KEYS[1], 'status', 'fence')
+  if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
 end
-return 1
+local offset = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if last then
+  offset = tonumber(string.match(last[1], '^(%d+)'))
+  local f = last[2]
+  for j = 1, #f, 2 do
+    if f[j] == 'd' then offset = offset + #f[j + 1] end
+  end
+end
+for i = 4, #ARGV do
+  local chunk = ARGV[i]
+  if #chunk > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-1', 'd', chunk, 't', ARGV[3])
+    offset = offset + #chunk
+  end
+end
+return 1 + offset
 """
+
+
+def entry_offset(entry_id: str) -> int:
+    """The byte offset an entry starts at (the ms part of its id)."""
+    return int(entry_id.split("-", 1)[0])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def append(redis: Redis, keys: Keys, job_id: str, *chunks: str) -> int:
+    """Append ``chunks`` unfenced (a closing line written by someone else than
+    the runner); returns the log's length in bytes afterwards."""
+    script = redis.register_script(_APPEND)
+    return int(await script(keys=[keys.job(job_id), keys.log(job_id)],
+                            args=["", MAXLEN, now_ms(), *chunks])) - 1
+
 
 # How long close() keeps retrying its last flush while Redis is unreachable.
 CLOSE_RETRY_FOR = 60.0
@@ -72,7 +122,7 @@ class LogWriter:
         self.written = 0
         self.dropped = 0
         self.stale = False
-        self._append = redis.register_script(_FENCED_APPEND)
+        self._append = redis.register_script(_APPEND)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer: list[str] = []
         self._buffered = 0
@@ -120,13 +170,9 @@ class LogWriter:
             try:
                 if self.stale:
                     return
-                if self.fence is None:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for chunk in chunks:
-                            pipe.xadd(self.key, {"d": chunk}, maxlen=MAXLEN, approximate=True)
-                        await pipe.execute()
-                elif not await self._append(
-                    keys=[self.job_key, self.key], args=[self.fence, MAXLEN, *chunks]
+                fence = "" if self.fence is None else self.fence
+                if not await self._append(
+                    keys=[self.job_key, self.key], args=[fence, MAXLEN, now_ms(), *chunks]
                 ):
                     self.stale = True
                     return

@@ -64,6 +64,10 @@ class Project:
     timeout: float = 3600.0
     queue_policy: str = "fifo"
     created_at: str = ""
+    # SHA-256 (hex) of the project's token, never the token; kept out of repr
+    # and to_dict so that it cannot reach a log line or an API reply.
+    token_hash: str | None = field(default=None, repr=False)
+    token_created_at: str | None = None
 
     def stage_for(self, ref_name: str) -> Stage | None:
         for stage in self.pipeline:
@@ -84,6 +88,8 @@ class Project:
             "timeout": self.timeout,
             "queue_policy": self.queue_policy,
             "created_at": self.created_at,
+            "token_set": self.token_hash is not None,
+            "token_created_at": self.token_created_at,
         }
 
 

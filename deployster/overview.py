@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from . import store
+from .access import Principal
 from .clock import parse_iso, utcnow
 from .events import decode
 from .logstream import read_log
@@ -105,6 +106,36 @@ async def project_rows(
     return rows
 
 
+def project_summary(row: ProjectRow) -> dict[str, Any]:
+    """A project for an API reader: its settings and stages with the variables'
+    names only (their values are secrets), its queue length and running job."""
+    p = row.project
+    return {
+        "id": p.id,
+        "name": p.name,
+        "path": p.path,
+        "lock_ttl": p.lock_ttl,
+        "timeout": p.timeout,
+        "queue_policy": p.queue_policy,
+        "stages": [
+            {"stage_name": s.stage_name, "git_branch": s.git_branch,
+             "variables": [v.key for v in s.environment_variables]}
+            for s in p.pipeline
+        ],
+        "queue_length": row.queue_length,
+        "running_job": row.lock_owner,
+    }
+
+
+async def project_summaries(
+    core: Deployster, principal: Principal | None = None
+) -> list[dict[str, Any]]:
+    """Every project ``principal`` may see (all for the admin), as ``project_summary``."""
+    rows = await project_rows(core, last={})  # no "last deployment": skip that query
+    return [project_summary(r) for r in rows
+            if principal is None or principal.can_see(r.project.id)]
+
+
 async def queued_jobs(core: Deployster, project_id: int) -> list[Job]:
     """The project's queue, in order."""
     return await core.jobs.get_many(await core.queue.queued_ids(project_id))
@@ -132,13 +163,31 @@ async def log_tail(core: Deployster, job_id: str, *, max_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)
+class LogChunk:
+    """One stream entry's text and when it was written (epoch ms; None when the
+    log came from history, which keeps the text only)."""
+
+    text: str
+    t: int | None
+
+
+@dataclass(frozen=True)
 class LogWindow:
     """The end of a job's log, bounded so a huge log never floods a reader."""
 
-    text: str
+    chunks: list[LogChunk]
     last_id: str  # stream id to follow from ("0-0" when the stream is empty or gone)
     live: bool  # read from the live stream (else from history)
     truncated: bool  # older output was left out
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+
+def _chunk(fields: dict[str, str]) -> LogChunk:
+    t = fields.get("t")
+    return LogChunk(fields.get("d", ""), int(t) if t and t.isdigit() else None)
 
 
 async def log_window(
@@ -147,7 +196,7 @@ async def log_window(
     """The last ``max_bytes`` of a job's log, read newest-first from the stream
     (so a million-line log costs only the window), else from history."""
     key = core.keys.log(job_id)
-    parts: list[str] = []
+    chunks: list[LogChunk] = []
     size = 0
     last_id: str | None = None
     upper = "+"
@@ -159,30 +208,48 @@ async def log_window(
         )
         for entry_id, fields in entries:
             last_id = last_id or entry_id
-            text = fields.get("d", "")
-            parts.append(text)
-            size += len(text)
+            chunk = _chunk(fields)
+            chunks.append(chunk)
+            size += len(chunk.text)
             if size >= max_bytes:
                 truncated = True
                 break
         if len(entries) < page or truncated:
-            if not truncated and len(entries) == page:
-                truncated = True
             break
         upper = f"({entries[-1][0]}"
     if last_id is not None:
-        text = "".join(reversed(parts))
-        if len(text) > max_bytes:
-            text, truncated = text[-max_bytes:], True
-        return LogWindow(text, last_id, True, truncated)
+        chunks.reverse()
+        if size > max_bytes:  # cut the oldest chunk so the window holds max_bytes
+            first = chunks[0]
+            chunks[0] = LogChunk(first.text[size - max_bytes:], first.t)
+        return LogWindow(chunks, last_id, True, truncated)
     full = await store.select_deployment_log(core.db, job_id) or ""
-    return LogWindow(full[-max_bytes:], "0-0", False, len(full) > max_bytes)
+    return LogWindow([LogChunk(full[-max_bytes:], None)], "0-0", False, len(full) > max_bytes)
+
+
+async def log_entries(
+    core: Deployster, job_id: str, *, after: str = "0-0", page: int = 1000
+) -> AsyncIterator[tuple[str, LogChunk]]:
+    """(stream id, chunk) for every entry of a job's live log after ``after``:
+    ``logstream.read_log`` with each entry's write time."""
+    key = core.keys.log(job_id)
+    start = f"({after}" if after != "0-0" else "-"
+    while True:
+        entries = cast(
+            list[tuple[str, dict[str, str]]],
+            await core.redis.xrange(key, min=start, max="+", count=page),
+        )
+        for entry_id, fields in entries:
+            yield entry_id, _chunk(fields)
+        if len(entries) < page:
+            return
+        start = f"({entries[-1][0]}"
 
 
 async def watch_events(core: Deployster) -> AsyncIterator[dict[str, Any]]:
-    """Decoded events from the events channel, for as long as the caller reads."""
+    """Decoded events (both channels), for as long as the caller reads."""
     pubsub = core.redis.pubsub()
-    await pubsub.subscribe(core.keys.events)
+    await pubsub.subscribe(core.keys.events, core.keys.feed)
     try:
         async for message in pubsub.listen():
             if message.get("type") == "message":

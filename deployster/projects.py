@@ -150,6 +150,7 @@ class ProjectRegistry:
         self.settings = settings
         self._version: str | None = None
         self._by_path: dict[str, Project] = {}
+        self._by_token: dict[str, Project] = {}  # token hash -> project
         self._checked = False
         self.event_driven = False
 
@@ -172,6 +173,7 @@ class ProjectRegistry:
         if version != self._version or version is None:
             projects = await store.select_projects(self.db)
             self._by_path = {p.path: p for p in projects}
+            self._by_token = {p.token_hash: p for p in projects if p.token_hash}
             self._version = version
 
     async def all(self) -> list[Project]:
@@ -282,6 +284,22 @@ class ProjectRegistry:
         updated = await store.select_project(self.db, project.id)
         assert updated is not None
         return updated
+
+    async def by_token_hash(self, token_hash: str) -> Project | None:
+        """The project whose token hashes to ``token_hash``, never a revoked one.
+
+        Always checks the version key (one Redis GET, no SQL unless a project
+        changed): a rotation or revocation bumps it before the CLI returns, so
+        the old token is refused by every process from then on, even one whose
+        'projects' event has not arrived yet.
+        """
+        await self._fresh(force=True)
+        return self._by_token.get(token_hash)
+
+    async def set_token_hash(self, project: Project, token_hash: str | None) -> None:
+        """Store (None: remove) a project's token hash and tell every process."""
+        await store.set_project_token(self.db, project.id, token_hash)
+        await self._bump()
 
     async def find(self, ref: str) -> Project:
         """A project by name, numeric id or path (the CLI's ``<name|id|path>``)."""

@@ -13,24 +13,31 @@ import json
 from dataclasses import dataclass
 from typing import cast
 
+from .autopipe import ScriptBatcher
 from .clock import iso
+from .errors import QueueFull
 from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
 
 # Every script below gets the same KEYS and ARGV head:
 #   KEYS: 1 lock, 2 queue, 3 fence, 4 queues, 5 running, 6 dirty, 7 events,
-#         8 current (last job claimed), 9 sigs (signature -> queued job), 10 job
+#         8 current (last job claimed), 9 sigs (signature -> queued job), 10 job,
+#         11 feed (events no dispatcher needs)
 #   ARGV: 1 job key prefix, 2 project id, 3 now (ISO UTC), 4 runner ('' = none)
 _LIB = """
 local K_LOCK, K_QUEUE, K_FENCE, K_QUEUES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_RUNNING, K_DIRTY, K_EVENTS, K_CURRENT, K_SIGS = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_FEED = KEYS[11]
 local PREFIX, PROJECT, NOW, RUNNER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-local function publish(kind, id, extra)
+-- Events a dispatcher must act on go to K_EVENTS; the rest (a job started, a
+-- job queued by a caller that already tried to start it) only to K_FEED, which
+-- watchers such as the dashboard read besides K_EVENTS.
+local function publish(kind, id, extra, feed_only)
   local event = {type=kind, project=tonumber(PROJECT), job=id}
   if extra then for k, v in pairs(extra) do event[k] = v end end
-  redis.call('PUBLISH', K_EVENTS, cjson.encode(event))
+  redis.call('PUBLISH', feed_only and K_FEED or K_EVENTS, cjson.encode(event))
 end
 
 -- End a job that is queued or running: status, reason, bookkeeping, event.
@@ -77,7 +84,7 @@ local function claim()
       redis.call('HSET', K_RUNNING, id, RUNNER)
       redis.call('HINCRBY', K_DIRTY, id, 1)
       if redis.call('LLEN', K_QUEUE) == 0 then redis.call('SREM', K_QUEUES, PROJECT) end
-      publish('started', id)
+      publish('started', id, nil, true)
       return id
     end
   end
@@ -85,16 +92,19 @@ end
 """
 
 # ARGV 5: job id, 6: queue policy, 7: signature, 8: the job's fields as one JSON
-# object (one argument to encode instead of ~40: a third of a request's cost).
-# Returns {started id or '', position, job id answering the request}.
+# object (one argument to encode instead of ~40: a third of a request's cost),
+# 9: queue cap (0: none).
+# Returns {started id or '', position, job id answering the request}; position
+# -1 (and no job id) when the queue is full and nothing was stored.
 _ENQUEUE = _LIB + """
-local id, policy, sig = ARGV[5], ARGV[6], ARGV[7]
+local id, policy, sig, cap = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[9])
 -- An identical request (same commit, ref, commands) still queued: that job answers.
 local same = redis.call('HGET', K_SIGS, sig)
 if same and redis.call('HGET', PREFIX .. same, 'status') == 'queued' then
   local pos = redis.call('LPOS', K_QUEUE, same)
   if pos then return {'', pos + 1, same} end
 end
+if cap > 0 and redis.call('LLEN', K_QUEUE) >= cap then return {'', -1, ''} end
 local fields = {}
 for k, v in pairs(cjson.decode(ARGV[8])) do
   fields[#fields + 1] = k
@@ -118,8 +128,8 @@ redis.call('SADD', K_QUEUES, PROJECT)
 -- Not marked dirty: history takes a job when it starts or ends (Redis, with its
 -- AOF, holds the queue; writing every queued request to SQL too doubled the
 -- cost of a deploy request).
--- claim_attempted: this script tried the claim itself, dispatchers need not.
-publish('enqueued', id, {claim_attempted=(RUNNER ~= '')})
+-- When this script tries the claim itself (RUNNER set), dispatchers need not.
+publish('enqueued', id, nil, RUNNER ~= '')
 local claimed = claim()
 -- The job was pushed last and a claim pops from the head: unless it was the one
 -- claimed, its place is the queue's length (O(1), where LPOS scans the list).
@@ -168,6 +178,10 @@ return status
 """
 
 
+# Seconds a client is told to wait when a queue is full: about one short deploy.
+QUEUE_FULL_RETRY_AFTER = 30
+
+
 @dataclass(frozen=True)
 class EnqueueResult:
     job_id: str  # the job answering the request (an identical queued one, if any)
@@ -190,7 +204,7 @@ class JobQueue:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._enqueue = redis.register_script(_ENQUEUE)
+        self._enqueue = ScriptBatcher(redis, _ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
         self._cancel = redis.register_script(_CANCEL)
@@ -200,14 +214,14 @@ class JobQueue:
         return [
             k.lock(project_id), k.queue(project_id), k.fence(project_id), k.queues,
             k.running, k.dirty, k.events, k.current(project_id), k.signatures(project_id),
-            k.job(job_id) if job_id else k.job("-"),
+            k.job(job_id) if job_id else k.job("-"), k.feed,
         ]
 
     def _args(self, project_id: int, runner: str | None) -> list[str | int]:
         return [self.keys.job_prefix, project_id, iso(), runner or ""]
 
     async def enqueue(
-        self, job: Job, *, runner: str | None, policy: str = "fifo"
+        self, job: Job, *, runner: str | None, policy: str = "fifo", cap: int = 0
     ) -> EnqueueResult:
         """Store ``job`` at the tail of its project's queue.
 
@@ -216,15 +230,23 @@ class JobQueue:
         for a dispatcher. A request identical to a still-queued job (same
         commit, ref and commands) is answered with that job instead; with the
         ``supersede`` policy older queued jobs for the same ref are replaced.
+        With ``cap`` jobs already waiting, ``QueueFull`` is raised and nothing stored.
         """
         job.status = JobStatus.QUEUED
         job.queued_at = job.queued_at or iso()
         signature = job.signature()
         fields = json.dumps({**job.to_redis(), "signature": signature})
-        claimed, position, answer = await self._enqueue(
-            keys=self._keys(job.project_id, job.id),
-            args=[*self._args(job.project_id, runner), job.id, policy, signature, fields],
+        # Sent in call order (no await before this): see ScriptBatcher.
+        claimed, position, answer = await self._enqueue.call(
+            self._keys(job.project_id, job.id),
+            [*self._args(job.project_id, runner), job.id, policy, signature, fields, cap],
         )
+        if int(position) < 0:
+            raise QueueFull(
+                f"project {job.project!r} already has {cap} deploys waiting (the cap, "
+                "DEPLOYSTER_MAX_QUEUE); nothing was queued, retry later",
+                retry_after=QUEUE_FULL_RETRY_AFTER,
+            )
         return EnqueueResult(answer, claimed or None, int(position), duplicate=answer != job.id)
 
     async def claim(self, project_id: int, runner: str) -> str | None:

@@ -20,6 +20,7 @@ import signal
 import time
 from typing import Any
 
+from . import logstream
 from .models import Job, JobStatus, Reason
 from .procinfo import boot_id, hostname, pid_alive, process_identity
 from .runner import kill_group
@@ -93,10 +94,9 @@ async def end_orphan(core: Deployster, job: Job, reason: str, runner: str | None
     notes = {Reason.INTERRUPTED.value: "the server running this job stopped",
              Reason.CANCELLED.value: "cancelled"}
     note = notes.get(str(reason), str(reason))
-    await core.redis.xadd(
-        core.keys.log(job.id),
-        {"d": f"\n[deployster] job ended: {note}"
-              f"{' (its processes were stopped)' if killed else ''}\n"},
+    await logstream.append(
+        core.redis, core.keys, job.id,
+        f"\n[deployster] job ended: {note}{' (its processes were stopped)' if killed else ''}\n",
     )
     result = await core.queue.finish(job, JobStatus.FAILED, reason=reason, runner=runner)
     if result.ended:

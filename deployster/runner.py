@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .envfile import render_env, write_env_file
-from .logstream import LogWriter
+from .masking import LogSink
 from .models import Job, JobStatus, Project, Reason
 
 READ_CHUNK = 64 * 1024
@@ -77,7 +77,7 @@ def kill_group(pgid: int, sig: int) -> bool:
 class Runner:
     """Runs one job; ``stop(reason)`` ends it early from any task."""
 
-    def __init__(self, job: Job, project: Project, log: LogWriter, *, kill_grace: float) -> None:
+    def __init__(self, job: Job, project: Project, log: LogSink, *, kill_grace: float) -> None:
         self.job = job
         self.project = project
         self.log = log

@@ -14,15 +14,16 @@ from typing import Any
 
 from databases import Database
 
-from . import store
+from . import store, tokens
+from .access import Principal
 from .db import connect_database
-from .errors import NotFound
+from .errors import Forbidden, NotFound
 from .ids import is_job_id, new_job_id
 from .jobs import JobRecords, StatusRead
 from .keys import Keys
 from .lock import DeployLock
 from .models import Job, JobStatus
-from .projects import ProjectRegistry
+from .projects import ProjectRegistry, normalise_path
 from .queue import EnqueueResult, JobQueue
 from .redis_conn import REDIS_DOWN, Redis, connect_redis
 from .settings import Settings
@@ -49,9 +50,6 @@ class Deployster:
         self.projects = ProjectRegistry(db, redis, self.keys, settings)
         # Identifies this process as the runner of the jobs it claims.
         self.runner_id = uuid.uuid4().hex[:12]
-        # Per project: a job id is taken and queued as one step, so concurrent
-        # requests reach the queue in id order (acceptance order == id order).
-        self._submit_locks: dict[int, asyncio.Lock] = {}
 
     @classmethod
     async def open(cls, settings: Settings) -> Deployster:
@@ -67,37 +65,73 @@ class Deployster:
         await self.redis.aclose()
         await self.db.disconnect()
 
+    # ------------------------------------------------------------------- auth
+    async def authenticate(self, sent: str | None) -> Principal | None:
+        """Who a request's token authenticates as (admin or one project); None: nobody."""
+        return await tokens.resolve(sent, admin_token=self.settings.token, registry=self.projects)
+
+    async def _check_scope(self, principal: Principal, cd: str) -> None:
+        """A project token deploys only to its own project's directory.
+
+        Checked before the project lookup, so a path that would self-register
+        under DEPLOYSTER_ALLOWED_ROOTS is refused as well, and nothing is stored.
+        """
+        assert principal.project_id is not None
+        own = await self.projects.get(principal.project_id)
+        if own is None or normalise_path(cd) != own.path:
+            raise Forbidden(
+                f"this token deploys only to project {principal.project!r}; "
+                "use that project's directory as 'cd' (nothing was queued)",
+                code="token_scope",
+            )
+
     # ----------------------------------------------------------------- deploy
     async def submit(
-        self, request: DeployRequest, *, run_here: bool = True, started_by: str = "admin"
+        self,
+        request: DeployRequest,
+        *,
+        run_here: bool = True,
+        started_by: str | None = None,
+        principal: Principal | None = None,
     ) -> EnqueueResult:
         """Validate and queue a deploy; with ``run_here`` a free lock starts it now.
 
         Nothing is stored unless every check passed. When the result's
         ``started`` is set the caller's dispatcher must run that job.
+        ``principal`` (the caller) limits a project token to its own project;
+        ``started_by`` defaults to its label ("admin" without one).
         """
-        check_commands(request.commands)
+        if principal is not None and not principal.is_admin:
+            await self._check_scope(principal, request.cd)
+        if started_by is None:
+            started_by = principal.label if principal is not None else "admin"
+        check_commands(
+            request.commands,
+            max_commands=self.settings.max_commands,
+            max_command_bytes=self.settings.max_command_bytes,
+        )
         project = await self.projects.for_deploy(request.cd)
         stage = project.stage_for(request.ref_name)
-        # Take the id and queue the job under the project's lock: ids are taken
-        # in order, so without it a later id could reach the queue first.
-        async with self._submit_locks.setdefault(project.id, asyncio.Lock()):
-            job = Job(
-                id=new_job_id(),
-                project_id=project.id,
-                project=project.name,
-                cd=project.path,
-                commands=list(request.commands),
-                commit_hash=request.commit_hash,
-                ref_name=request.ref_name,
-                stage=stage.stage_name if stage else None,
-                lock_ttl_ms=int(project.lock_ttl * 1000),
-                timeout=project.timeout,
-                started_by=started_by,
-            )
-            return await self.queue.enqueue(
-                job, runner=self.runner_id if run_here else None, policy=project.queue_policy
-            )
+        # No await between taking the id and queue.enqueue sending it: enqueues
+        # reach Redis in call order (see autopipe), so ids join a project's queue
+        # in id order and acceptance order == id order.
+        job = Job(
+            id=new_job_id(),
+            project_id=project.id,
+            project=project.name,
+            cd=project.path,
+            commands=list(request.commands),
+            commit_hash=request.commit_hash,
+            ref_name=request.ref_name,
+            stage=stage.stage_name if stage else None,
+            lock_ttl_ms=int(project.lock_ttl * 1000),
+            timeout=project.timeout,
+            started_by=started_by,
+        )
+        return await self.queue.enqueue(
+            job, runner=self.runner_id if run_here else None, policy=project.queue_policy,
+            cap=self.settings.max_queue,
+        )
 
     # ----------------------------------------------------------------- reads
     async def job(self, job_id: str) -> Job | None:
@@ -109,17 +143,27 @@ class Deployster:
             job = await store.select_deployment(self.db, job_id)
         return job
 
-    async def read_status(self, job_id: str) -> tuple[StatusRead, Job | None]:
-        """The /status read: status plus output since the previous call."""
+    async def read_status(
+        self, job_id: str, *, principal: Principal | None = None
+    ) -> tuple[StatusRead, Job | None]:
+        """The /status read: status plus output since the previous call.
+
+        A job ``principal`` may not see is reported exactly like an unknown one,
+        and its cursor is left where it was (the owner's reads lose nothing).
+        """
         if not is_job_id(job_id):
             raise NotFound(f"no job {job_id!r}")
+        if principal is not None and not principal.is_admin:
+            owner = await self.redis.hget(self.keys.job(job_id), "project_id")
+            if owner is not None and not principal.can_see(int(owner)):
+                raise NotFound(f"no job {job_id!r}")
         read = await self.jobs.read_status(job_id)
         if read is not None:
             job = await self.jobs.get(job_id) if read.status is JobStatus.QUEUED else None
             return read, job
         # Finished long ago: Redis let the record go, history has all of it.
         job = await store.select_deployment(self.db, job_id)
-        if job is None:
+        if job is None or (principal is not None and not principal.can_see(job.project_id)):
             raise NotFound(f"no job {job_id!r}")
         log = await store.select_deployment_log(self.db, job_id) or ""
         return StatusRead(job.status, job.reason, log, job.superseded_by), job

@@ -48,6 +48,11 @@ class Settings:
     # On SIGTERM, how long running jobs may go on before they are interrupted.
     shutdown_grace: float = 30.0
     max_body_bytes: int = 1024 * 1024
+    # Per deploy request: how many commands, and how long each may be (UTF-8 bytes).
+    max_commands: int = 100
+    max_command_bytes: int = 64 * 1024
+    # Jobs that may wait in one project's queue; past it a deploy gets 429 (0: no cap).
+    max_queue: int = 100
 
     # ------------------------------------------------------------------ loading
     @classmethod

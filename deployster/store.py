@@ -37,6 +37,8 @@ def _project_from_row(row: Any) -> Project:
         timeout=float(row["timeout"]),
         queue_policy=row["queue_policy"],
         created_at=row["created_at"],
+        token_hash=row["token_hash"],
+        token_created_at=row["token_created_at"],
     )
 
 
@@ -66,6 +68,17 @@ async def update_project(db: Database, project_id: int, **fields: Any) -> None:
     await db.execute(
         f"UPDATE projects SET {assignments}, updated_at = :now WHERE id = :id",
         {**sets, "now": iso(), "id": project_id},
+    )
+
+
+async def set_project_token(db: Database, project_id: int, token_hash: str | None) -> None:
+    """Store (or, with None, clear) the hash of a project's token."""
+    now = iso()
+    await db.execute(
+        "UPDATE projects SET token_hash = :hash, token_created_at = :created, "
+        "updated_at = :now WHERE id = :id",
+        {"hash": token_hash, "created": now if token_hash else None, "now": now,
+         "id": project_id},
     )
 
 
@@ -253,3 +266,9 @@ async def select_audit_events(db: Database, *, limit: int = 100) -> list[dict[st
         "SELECT * FROM audit_events ORDER BY id DESC LIMIT :limit", {"limit": limit}
     )
     return [{**dict(r._mapping), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+
+async def select_deployment_log_bytes(db: Database, job_id: str) -> int | None:
+    """The history log's size in bytes, without reading the log."""
+    value = await db.fetch_val("SELECT log_bytes FROM deployments WHERE id = :id", {"id": job_id})
+    return None if value is None else int(value)

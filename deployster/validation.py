@@ -18,10 +18,37 @@ _LAST_COMMAND = re.compile(
 )
 
 
-def check_commands(commands: list[str]) -> None:
+# Defaults of the settings max_commands and max_command_bytes.
+MAX_COMMANDS = 100
+MAX_COMMAND_BYTES = 64 * 1024
+
+
+def check_commands(
+    commands: list[str],
+    *,
+    max_commands: int = MAX_COMMANDS,
+    max_command_bytes: int = MAX_COMMAND_BYTES,
+) -> None:
     if not commands:
         raise InvalidRequest("'commands' must list at least one command", code="empty_commands")
+    if len(commands) > max_commands:
+        raise InvalidRequest(
+            f"too many commands: {len(commands)} given, at most {max_commands} are allowed "
+            "(DEPLOYSTER_MAX_COMMANDS); nothing was queued",
+            code="too_many_commands",
+        )
     for i, command in enumerate(commands, 1):
+        try:
+            size = len(command.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
+            raise InvalidRequest(f"command {i} is not valid Unicode text",
+                                 code="invalid_command") from None
+        if size > max_command_bytes:
+            raise InvalidRequest(
+                f"command {i} is {size} bytes long, at most {max_command_bytes} are allowed "
+                "(DEPLOYSTER_MAX_COMMAND_BYTES); nothing was queued",
+                code="command_too_long",
+            )
         if not command.strip():
             raise InvalidRequest(f"command {i} is empty", code="empty_command")
         if "\x00" in command:

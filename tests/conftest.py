@@ -256,14 +256,30 @@ def start_server(settings: Settings, log_path: Path, extra_env: dict[str, str] |
     raise RuntimeError(f"server did not come up:\n{server.log()}")
 
 
-@pytest.fixture
-def server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    """``deployster serve`` in a subprocess on a free port, sharing ``settings``."""
-    live = start_server(settings, tmp_path / "server.log")
+def serving(settings: Settings, tmp_path: Path, **env: str) -> Iterator[LiveServer]:
+    """A live server for a fixture (``yield from serving(...)``), stopped after."""
+    live = start_server(settings, tmp_path / "server.log", extra_env=env)
     try:
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """``deployster serve`` in a subprocess on a free port, sharing ``settings``."""
+    yield from serving(settings, tmp_path)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single ``deployster: error: …`` line of a failed command (exit 2)."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("deployster: error: ")
+    assert result.stdout == ""
+    return lines[0]
 
 
 # ------------------------------------------------------------------ helpers

@@ -6,6 +6,7 @@ mistake exactly one line on stderr, exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -13,10 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from deployster.access import TOKEN_PATTERN
 from deployster.settings import Settings
-from tests.conftest import REPO, free_port, settings_env
+from tests.conftest import REPO, LiveServer, free_port, one_line_error, settings_env
 
 
 @pytest.fixture
@@ -41,16 +44,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.stderr == ""
     return result.stdout
 
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The single ``deployster: error: …`` line of a failed command."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("deployster: error: ")
-    assert result.stdout == ""
-    return lines[0]
 
 
 def write_pipeline(path: Path, value: str = "https://api.example.com") -> Path:
@@ -146,6 +139,81 @@ def test_edit_changes_only_what_is_given(
     detail = json.loads(ok(deployster(env, "project", "show", "web", "--json")))
     assert [s["git_branch"] for s in detail["pipeline"]] == ["main", "develop"]
     assert detail["timeout"] == 5
+
+
+# -------------------------------------------------------------------- tokens
+
+
+def _token_lines(result: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+    """The token (the one stdout line) and the one-line note on stderr."""
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    out, err = result.stdout.splitlines(), result.stderr.splitlines()
+    assert len(out) == 1 and len(err) == 1, (result.stdout, result.stderr)
+    assert TOKEN_PATTERN.fullmatch(out[0]), out[0]
+    return out[0], err[0]
+
+
+def _database_bytes(settings: Settings) -> bytes:
+    assert settings.database_url and settings.database_url.startswith("sqlite:///")
+    path = Path(settings.database_url.removeprefix("sqlite:///"))
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_project_token_is_printed_once_and_only_its_hash_is_stored(
+    env: dict[str, str], settings: Settings, project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    assert "token:     none\n" in ok(deployster(env, "project", "show", "my-app"))
+
+    token, note = _token_lines(deployster(env, "project", "token", "my-app"))
+    assert "shown only once" in note and "replaces" not in note
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    stored = _database_bytes(settings)
+    assert token.encode() not in stored and token[4:].encode() not in stored
+    assert digest.encode() in stored
+
+    shown = ok(deployster(env, "project", "show", "my-app"))
+    assert "token:     set (created " in shown
+    assert token not in shown and digest not in shown
+    detail = json.loads(ok(deployster(env, "project", "show", "my-app", "--json")))
+    assert detail["token_set"] is True and digest not in json.dumps(detail)
+    listed = json.loads(ok(deployster(env, "project", "list", "--json")))
+    assert listed[0]["token_set"] is True and digest not in json.dumps(listed)
+
+    # Rotating (here by path) prints a new one and says the old one is replaced.
+    again, note = _token_lines(deployster(env, "project", "token", f"{project_dir}/"))
+    assert again != token and "replaces the previous one" in note
+    stored = _database_bytes(settings)
+    assert again.encode() not in stored
+
+    out = ok(deployster(env, "project", "token", "my-app", "--revoke"))
+    assert out == "revoked the token of project 'my-app': it no longer works\n"
+    assert "token:     none\n" in ok(deployster(env, "project", "show", "my-app"))
+    out = ok(deployster(env, "project", "token", "my-app", "--revoke"))
+    assert out == "project 'my-app' has no token; nothing to revoke\n"
+
+
+def test_project_token_of_an_unknown_project_is_one_line(env: dict[str, str]) -> None:
+    for args in (["ghost"], ["ghost", "--revoke"]):
+        line = one_line_error(deployster(env, "project", "token", *args))
+        assert "'ghost'" in line and "deployster project list" in line
+
+
+def test_a_rotated_token_stops_working_in_a_running_server(
+    env: dict[str, str], server: LiveServer, project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    old, _ = _token_lines(deployster(env, "project", "token", "my-app"))
+    unknown = f"{server.url}/status/01JD0000000000000000000000"
+    assert httpx.get(unknown, headers={"x-deployster-token": old}).status_code == 404
+    new, _ = _token_lines(deployster(env, "project", "token", "my-app"))
+    refused = httpx.get(unknown, headers={"x-deployster-token": old})
+    assert (refused.status_code, refused.json()) == (
+        403, {"error": "Unauthorized", "code": "unauthorized"})
+    assert httpx.get(unknown, headers={"x-deployster-token": new}).status_code == 404
+    ok(deployster(env, "project", "token", "my-app", "--revoke"))
+    assert httpx.get(unknown, headers={"x-deployster-token": new}).status_code == 403
 
 
 # -------------------------------------------------------------------- errors

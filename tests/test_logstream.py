@@ -143,3 +143,74 @@ async def test_reading_does_not_consume(core: Deployster) -> None:
     first = await read_full_log(core.redis, core.keys, job_id)
     second = await read_full_log(core.redis, core.keys, job_id)
     assert first == second == "kept\n"
+
+
+async def test_entry_ids_are_byte_offsets_and_entries_carry_a_time(core: Deployster) -> None:
+    """An entry's id is ``<offset of its first byte in the whole log>-1``; a second
+    writer (recovery's closing line) continues the numbering."""
+    from deployster import logstream
+
+    job_id = new_job_id()
+    before = logstream.now_ms()
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP) as log:
+        for part in ("héllo\n", "🐍 two\n", "three"):
+            log.write(part)
+            await log.flush()
+    end = await logstream.append(core.redis, core.keys, job_id, "\nclosing line\n", "")
+    full = "héllo\n🐍 two\nthree\nclosing line\n"
+    assert end == len(full.encode())
+    raw = await core.redis.xrange(core.keys.log(job_id))
+    offsets = [logstream.entry_offset(i) for i, _ in raw]
+    assert [i.split("-")[1] for i, _ in raw] == ["1"] * 4
+    data = full.encode()
+    for (_, fields), offset in zip(raw, offsets, strict=True):
+        assert data[offset:].startswith(fields["d"].encode())
+        assert before <= int(fields["t"]) <= logstream.now_ms()
+    assert offsets[0] == 0 and offsets[-1] == len("héllo\n🐍 two\nthree".encode())
+
+
+async def test_a_fenced_out_writer_appends_nothing(core: Deployster) -> None:
+    job_id = new_job_id()
+    await core.redis.hset(core.keys.job(job_id), mapping={"status": "running", "fence": "2"})
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP, fence=1) as stale:
+        stale.write("stale\n")
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP, fence=2) as log:
+        log.write("current\n")
+    assert stale.stale
+    assert await read_full_log(core.redis, core.keys, job_id) == "current\n"
+
+
+async def test_read_stream_from_any_byte_offset(core: Deployster) -> None:
+    """A cursor inside an entry slices it; inside a character skips to the next;
+    pages are bounded and ``next`` continues exactly."""
+    from deployster.logs import read_stream
+
+    job_id = new_job_id()
+    parts = ["día 1\n", "x" * 100, "ünï\n", "end"]
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP) as log:
+        for part in parts:
+            log.write(part)
+            await log.flush()
+    data = "".join(parts).encode()
+    key = core.keys.log(job_id)
+    for start in range(len(data) + 3):
+        got = await read_stream(core.redis, key, start)
+        assert got is not None and got.at_end and got.next == max(start, len(data))
+        boundary = start >= len(data) or data[start] & 0xC0 != 0x80
+        if boundary:
+            assert got.text.encode() == data[start:]
+        else:
+            assert data[start:].endswith(got.text.encode())
+            assert len(got.text.encode()) == len(data) - start - 1
+    # Small pages, concatenated, are the whole log.
+    cursor, texts = 0, []
+    while True:
+        page = await read_stream(core.redis, key, cursor, max_bytes=7)
+        assert page is not None
+        assert len(page.text.encode()) <= 7
+        texts.append(page.text)
+        cursor = page.next
+        if page.at_end:
+            break
+    assert "".join(texts).encode() == data
+    assert await read_stream(core.redis, core.keys.log(new_job_id()), 0) is None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from deployster.errors import QueueFull
 from deployster.ids import new_job_id
 from deployster.models import Job, JobStatus
 from deployster.service import Deployster
@@ -309,3 +310,76 @@ async def test_queued_jobs_survive_a_server_restart(
     assert (project_dir / "ran.log").read_text().splitlines() == [
         "queued-1", "queued-2", "queued-3"
     ]
+
+
+# ------------------------------------------------------------ batching and the cap
+
+
+async def test_concurrent_enqueues_reach_the_queue_in_call_order(core: Deployster) -> None:
+    # Calls made while a batch is in flight go out as one pipeline: the queue
+    # must still hold them in the order they were made, every one exactly once.
+    jobs = [make_job() for _ in range(300)]
+    results = await asyncio.gather(*(core.queue.enqueue(j, runner=None) for j in jobs))
+    assert [r.job_id for r in results] == [j.id for j in jobs]
+    assert [r.position for r in results] == list(range(1, 301))
+    assert await core.queue.queued_ids(PROJECT) == [j.id for j in jobs]
+
+
+async def test_enqueue_recovers_when_redis_forgets_its_scripts(core: Deployster) -> None:
+    first = make_job()
+    await core.queue.enqueue(first, runner=None)
+    await core.redis.script_flush()  # as after a Redis restart without persistence
+    second = make_job()
+    result = await core.queue.enqueue(second, runner=None)
+    assert result.position == 2
+    assert await core.queue.queued_ids(PROJECT) == [first.id, second.id]
+
+
+async def test_a_full_queue_refuses_and_stores_nothing(core: Deployster) -> None:
+    for _ in range(3):
+        await core.queue.enqueue(make_job(), runner=None, cap=3)
+    before = await core.queue.queued_ids(PROJECT)
+    extra = make_job()
+    try:
+        await core.queue.enqueue(extra, runner=None, cap=3)
+    except QueueFull as exc:
+        assert exc.http_status == 429 and exc.headers()["Retry-After"].isdigit()
+    else:
+        raise AssertionError("a fourth job entered a queue capped at 3")
+    assert await core.queue.queued_ids(PROJECT) == before
+    assert await core.jobs.get(extra.id) is None
+
+
+async def test_http_429_with_retry_after_when_the_queue_is_full(
+    core: Deployster, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    gate = tmp_path / "gate"
+    server = start_server(settings, tmp_path / "server.log", {"DEPLOYSTER_MAX_QUEUE": "2"})
+    try:
+        async with server.client() as client:
+            holder = (await client.post("/deploy", json=deploy_body(
+                project_dir, f"while [ ! -e {gate} ]; do sleep 0.05; done", commit="hold"
+            ))).json()
+            queued = [(await client.post("/deploy", json=deploy_body(
+                project_dir, "echo queued", commit=f"q{i}"))).json() for i in range(2)]
+            assert all(q.get("queued") for q in queued)
+            full = await client.post("/deploy", json=deploy_body(
+                project_dir, "echo over", commit="over"))
+            assert full.status_code == 429
+            assert full.json()["code"] == "queue_full" and "retry" in full.json()["error"]
+            assert int(full.headers["retry-after"]) > 0
+            # An identical request to a queued job is still answered by that job.
+            again = await client.post("/deploy", json=deploy_body(
+                project_dir, "echo queued", commit="q0"))
+            assert again.status_code == 200 and again.json()["job_id"] == queued[0]["job_id"]
+            gate.touch()
+            for job in (holder, *queued):
+                assert (await wait_for_status(client, job["job_id"]))["status"] == "complete"
+            # Room again: the queue accepts work once it drains.
+            later = await client.post("/deploy", json=deploy_body(
+                project_dir, "echo later", commit="later"))
+            assert later.status_code == 200
+            assert (await wait_for_status(client, later.json()["job_id"]))["status"] == "complete"
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -366,3 +367,26 @@ async def test_history_writer_copies_a_finished_job_with_its_full_log(
     for key in (core.keys.job(job.id), core.keys.log(job.id)):
         ttl = await core.redis.ttl(key)
         assert 0 < ttl <= retention, (key, ttl)
+
+
+async def test_cancelled_sqlite_queries_leave_no_thread_behind(sqlite_url: str) -> None:
+    # aiosqlite runs a connection in a non-daemon thread: one left running keeps
+    # the interpreter from exiting. Queries cancelled at every stage must not
+    # leave one behind once the database is closed.
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "connection_worker" in t.name}
+
+    before = workers()
+    db = await connect_database(sqlite_url)
+    for i in range(40):
+        task = asyncio.create_task(db.fetch_val("SELECT 1"))
+        await asyncio.sleep(0 if i % 2 else 0.0005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await db.fetch_val("SELECT 2") == 2  # still usable after the cancels
+    await db.disconnect()
+    for _ in range(100):
+        if not workers() - before:
+            break
+        await asyncio.sleep(0.02)
+    assert not workers() - before

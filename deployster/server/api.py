@@ -8,9 +8,9 @@ from quart import Blueprint, jsonify
 from quart_schema import document_response, validate_request
 
 from ..service import DeployRequest
-from .auth import require_token
+from .auth import principal, require_token
 from .context import core, dispatcher
-from .schemas import DeployAccepted, DeployBody, ErrorReply, StatusReply
+from .schemas import DeployAccepted, DeployBody, ErrorReply, StatusNotFound, StatusReply
 
 blueprint = Blueprint("api", __name__)
 
@@ -24,8 +24,13 @@ QUEUED_MESSAGE = "Another deployment is running; this job is queued."
 @document_response(ErrorReply, 403)
 @document_response(ErrorReply, 404)
 @document_response(ErrorReply, 422)
+@document_response(ErrorReply, 429)
 async def deploy(data: DeployBody) -> Any:
-    result = await core().submit(DeployRequest(**data.model_dump()))
+    """Queue a deploy; it starts at once when the project's lock is free.
+
+    The last command must be `supervisorctl start|restart <program>`.
+    """
+    result = await core().submit(DeployRequest(**data.model_dump()), principal=principal())
     if result.started:
         dispatcher().launch(result.started)
     # jsonify: a plain dict would make quart-schema build a pydantic TypeAdapter
@@ -38,9 +43,14 @@ async def deploy(data: DeployBody) -> Any:
 @blueprint.get("/status/<job_id>")
 @require_token
 @document_response(StatusReply, 200)
-@document_response(StatusReply, 404)
+@document_response(StatusNotFound, 404)
 async def status(job_id: str) -> Any:
-    read, job = await core().read_status(job_id)
+    """The seed's status read: status plus the output since the previous call.
+
+    Ended jobs report `complete` or `failed` (with `reason`); 404 is
+    `{"status": "not_found"}`.
+    """
+    read, job = await core().read_status(job_id, principal=principal())
     reply: dict[str, Any] = {"status": read.status.value, "logs": read.logs}
     if read.reason:
         reply["reason"] = read.reason

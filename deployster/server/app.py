@@ -11,8 +11,9 @@ from .. import __version__
 from ..dispatcher import Dispatcher
 from ..service import Deployster
 from ..settings import Settings
-from . import api, health, jobs
+from . import api, health, jobs, logs, projects
 from .errors import body_too_large, register_error_handlers
+from .openapi import SECURITY_SCHEMES, TOKEN_SCHEME, DeploysterOpenAPI
 
 # Bodies up to this size are read (and dropped) before a 413, so the client gets
 # the answer instead of a reset connection; beyond it Quart refuses outright.
@@ -38,10 +39,15 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
         swagger_ui_path="/docs",
         redoc_ui_path=None,
         scalar_ui_path=None,
+        security_schemes=SECURITY_SCHEMES,
+        security=[{TOKEN_SCHEME: []}],
+        openapi_provider_class=DeploysterOpenAPI,
     )
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(logs.blueprint)
+    app.register_blueprint(projects.blueprint)
     register_error_handlers(app)
 
     @app.before_request

@@ -1,15 +1,15 @@
-"""The seed's shared-secret check: header ``x-deployster-token``, constant time."""
+"""Token check: header ``x-deployster-token``, the admin token or a project's
+(issue #5), compared in constant time (see ``deployster.tokens``)."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
 from quart import g, request
 
-from ..access import ADMIN, Principal
+from ..access import Principal
 from .context import core
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -17,19 +17,17 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 UNAUTHORIZED = ({"error": "Unauthorized", "code": "unauthorized"}, 403)
 
 
-def token_ok(sent: str | None) -> bool:
-    expected = core().settings.token or ""
-    if not expected or sent is None:
-        return False
-    return hmac.compare_digest(sent.encode("utf-8"), expected.encode("utf-8"))
-
-
 def require_token(func: F) -> F:
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not token_ok(request.headers.get("x-deployster-token")):
+        caller = await core().authenticate(request.headers.get("x-deployster-token"))
+        if caller is None:
+            # Read the unread body first: answering with it still in the socket
+            # makes Hypercorn drop the connection, and a keep-alive client's next
+            # request on it fails ("server disconnected").
+            await request.get_data()
             return UNAUTHORIZED
-        g.principal = ADMIN
+        g.principal = caller
         return await func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

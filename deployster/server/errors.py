@@ -18,6 +18,8 @@ from ..redis_conn import REDIS_DOWN
 log = logging.getLogger("deployster.server")
 
 RedisError = (RedisConnectionError, RedisTimeoutError)
+# A backing service is down: clients (and the seed's curl loop) may retry soon.
+RETRY_SOON = {"Retry-After": "5"}
 
 
 def _describe_validation(exc: RequestSchemaValidationError) -> str:
@@ -47,7 +49,13 @@ def register_error_handlers(app: Quart) -> None:
     async def deployster_error(exc: DeploysterError) -> Any:
         if isinstance(exc, NotFound) and request.path.startswith("/status/"):
             return {"status": "not_found"}, 404  # the seed's shape
-        return exc.to_dict(), exc.http_status
+        return exc.to_dict(), exc.http_status, exc.headers()
+
+    @app.errorhandler(UnicodeDecodeError)
+    async def not_utf8(exc: UnicodeDecodeError) -> Any:
+        # Quart decodes a JSON body strictly before parsing it (found by schemathesis).
+        return {"error": "the request body is not valid JSON (not UTF-8)",
+                "code": "invalid_json"}, 400
 
     @app.errorhandler(RequestSchemaValidationError)
     async def validation_error(exc: RequestSchemaValidationError) -> Any:
@@ -76,14 +84,14 @@ def register_error_handlers(app: Quart) -> None:
     async def unexpected(exc: Exception) -> Any:
         if isinstance(exc, RedisError):
             return {"error": "Redis is unavailable; try again shortly",
-                    "code": "redis_unavailable"}, 503
+                    "code": "redis_unavailable"}, 503, RETRY_SOON
         if isinstance(exc, DATABASE_DOWN):
             log.warning("database error on %s %s: %s", request.method, request.path, exc)
             return {"error": "the database is unavailable; try again shortly",
-                    "code": "database_unavailable"}, 503
+                    "code": "database_unavailable"}, 503, RETRY_SOON
         if isinstance(exc, REDIS_DOWN):
             return {"error": "a backing service is unavailable; try again shortly",
-                    "code": "service_unavailable"}, 503
+                    "code": "service_unavailable"}, 503, RETRY_SOON
         log.exception("unhandled error on %s %s", request.method, request.path)
         return {"error": "internal error; the server log has the details",
                 "code": "internal_error"}, 500

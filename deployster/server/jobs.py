@@ -8,7 +8,7 @@ from quart import Blueprint
 from quart_schema import document_response
 
 from ..control import cancel_job
-from .auth import require_token
+from .auth import principal, require_token
 from .context import core
 from .schemas import ErrorReply, JobReply
 
@@ -22,5 +22,6 @@ blueprint = Blueprint("jobs", __name__)
 @document_response(ErrorReply, 409)
 async def cancel(job_id: str) -> Any:
     """Cancel a queued or running job; 409 once it has finished."""
-    job = await cancel_job(core(), job_id, actor="api:admin")
+    caller = principal()
+    job = await cancel_job(core(), job_id, actor=f"api:{caller.label}", principal=caller)
     return job.to_dict()

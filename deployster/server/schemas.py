@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -49,3 +51,125 @@ class JobReply(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     superseded_by: str | None = None
+
+
+# ------------------------------------------------ issue #5: reads of jobs and projects
+
+
+class StatusNotFound(BaseModel):
+    """The seed's 404 shape for ``/status``: no job (or not yours)."""
+
+    status: Literal["not_found"]
+
+
+class HealthReply(BaseModel):
+    """``ok`` or ``degraded``; ``redis``/``database`` are ``ok`` or ``down: <why>``."""
+
+    status: str
+    redis: str
+    database: str
+
+
+class JobRecord(JobReply):
+    """A job's record: live from Redis, from the SQL history once Redis let it go."""
+
+    project_id: int
+    cd: str
+    commands: list[str]
+    stage: str | None = None
+    exit_code: int | None = None
+    started_by: str | None = None
+    position: int | None = Field(
+        None, description="1-based place in the project's queue (queued jobs only)."
+    )
+    log_bytes: int | None = Field(
+        None, description="The log's size in bytes so far: the cursor of its end."
+    )
+
+
+class CursorQuery(BaseModel):
+    """Where to start reading a job's log."""
+
+    from_: int = Field(
+        0, alias="from", ge=0,
+        description="Byte offset into the job's whole log (UTF-8); 0 (the default) is "
+        "the beginning. Use the previous reply's 'next'.",
+    )
+
+
+class StreamHeaders(BaseModel):
+    last_event_id: int = Field(
+        0, ge=0, description="Resume after this event id (a cursor; the standard "
+        "SSE reconnect header). Takes precedence over 'from'.",
+    )
+
+
+class LogsReply(BaseModel):
+    """A page of a job's log (at most 1 MiB). Reading never consumes anything."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    job_id: str
+    status: str
+    reason: str | None = None
+    from_: int = Field(alias="from", description="The cursor asked for.")
+    next: int = Field(description="The cursor to ask for next (byte offset after 'logs').")
+    logs: str = Field(description="The log's text from 'from' to 'next'.")
+    finished: bool = Field(
+        description="The job has ended and 'next' is the end of its log: stop polling."
+    )
+
+
+class StageSummary(BaseModel):
+    stage_name: str
+    git_branch: str
+    variables: list[str] = Field(description="Variable names only; values are never sent.")
+
+
+class ProjectSummary(BaseModel):
+    id: int
+    name: str
+    path: str
+    lock_ttl: float
+    timeout: float
+    queue_policy: str
+    stages: list[StageSummary]
+    queue_length: int
+    running_job: str | None = Field(None, description="The job holding the lock, if any.")
+
+
+class ProjectsReply(BaseModel):
+    """The projects the token may see: every one for the admin token, else its own."""
+
+    projects: list[ProjectSummary]
+
+
+# ---------------------------------------------- the events of GET /jobs/<id>/stream
+# Each event's ``data`` is one line of JSON shaped as below.
+
+
+class StatusEvent(BaseModel):
+    """``event: status``: the job is queued (with its place) or running."""
+
+    status: Literal["queued", "running"]
+    position: int | None = Field(None, description="1-based place in the queue (queued only).")
+
+
+class LogEvent(BaseModel):
+    """``event: log`` (``id:`` = the cursor after this chunk): a chunk of the log."""
+
+    text: str
+
+
+class EndEvent(BaseModel):
+    """``event: end``: the job has ended and every log event was sent."""
+
+    job_id: str
+    status: str
+    reason: str | None
+    exit_code: int | None
+
+
+SSE_EVENTS: dict[str, type[BaseModel]] = {
+    "status": StatusEvent, "log": LogEvent, "end": EndEvent, "error": ErrorReply,
+}

@@ -32,7 +32,7 @@ import yaml
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import REPO, LiveServer, start_server
+from tests.conftest import REPO, LiveServer, serving
 
 GUIDE = REPO.parent / "shared" / "seed" / "README.queued-deployments.md"
 if not GUIDE.is_file():
@@ -274,22 +274,12 @@ def gate(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def gated_server(settings: Settings, tmp_path: Path, gate: Path) -> Iterator[LiveServer]:
-    live = start_server(settings, tmp_path / "server.log",
-                        extra_env={"DEPLOYSTER_STUB_YARN_GATE": str(gate)})
-    try:
-        yield live
-    finally:
-        live.stop()
+    yield from serving(settings, tmp_path, DEPLOYSTER_STUB_YARN_GATE=str(gate))
 
 
 @pytest.fixture
 def failing_yarn_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    live = start_server(settings, tmp_path / "server.log",
-                        extra_env={"DEPLOYSTER_STUB_YARN_FAIL": "1"})
-    try:
-        yield live
-    finally:
-        live.stop()
+    yield from serving(settings, tmp_path, DEPLOYSTER_STUB_YARN_FAIL="1")
 
 
 # ---------------------------------------------------------------------- tests

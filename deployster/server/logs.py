@@ -1,0 +1,192 @@
+"""Reading jobs (issue #5): ``GET /jobs/<id>``, ``/jobs/<id>/logs`` and
+``/jobs/<id>/stream`` (Server-Sent Events). Thin: the reads live in
+``deployster.logs``; a project token sees only its own project's jobs (any other
+id answers 404, exactly as an unknown one)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response, request
+from quart_schema import document_headers, document_querystring, document_response
+
+from ..access import Principal
+from ..errors import DeploysterError
+from ..logs import MAX_CURSOR, follow, job_record, read_logs, visible_job
+from ..models import Job, JobStatus
+from ..service import Deployster
+from .auth import principal, require_token
+from .context import core
+from .schemas import CursorQuery, ErrorReply, JobRecord, LogsReply, StreamHeaders
+
+log = logging.getLogger("deployster.server")
+
+blueprint = Blueprint("job_reads", __name__)
+
+# A comment line after this many seconds without an event keeps proxies and
+# clients from timing the connection out.
+KEEPALIVE = float(os.environ.get("DEPLOYSTER_SSE_KEEPALIVE", "15"))
+# How long one wait for new output blocks (XREAD BLOCK) before the job's status
+# is looked at again: the latency of status and end events.
+WAIT = 0.5
+# One log event carries at most this many bytes of text.
+EVENT_BYTES = 64 * 1024
+
+STREAM_DESCRIPTION = """\
+`text/event-stream`. Starts at the `Last-Event-ID` header, else `?from=`, else 0.
+
+Events:
+
+- `event: status` — `data: {"status": "queued"|"running", "position": <int, queued only>}`,
+  sent first and whenever the status or the queue position changes.
+- `event: log` — `id: <cursor after this chunk>`, `data: {"text": "<chunk>"}`: the
+  chunk is JSON-encoded on one `data:` line so it round-trips exactly (newlines
+  included). Concatenating every `text` gives the log byte for byte; reconnecting
+  with `Last-Event-ID` (or `?from=`) set to the last `id` resumes exactly after it.
+- `event: end` — `data: {"job_id", "status", "reason", "exit_code"}` after the last
+  log event of a finished job; the response then ends.
+- `event: error` — `data: {"error", "code"}` if Redis or the database failed
+  mid-stream; the response ends, reconnect with `Last-Event-ID` to resume.
+- `: keep-alive` comment lines after 15 s without an event.
+"""
+
+
+class InvalidCursor(DeploysterError):
+    code = "invalid_cursor"
+    http_status = 400
+
+
+def parse_cursor(raw: str | None, what: str) -> int:
+    """A non-negative integer byte offset; missing or empty means 0."""
+    if raw is None or raw == "":
+        return 0
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit():
+        raise InvalidCursor(f"{what} must be a non-negative integer byte offset, got {raw!r}")
+    try:
+        value = int(text)
+    except ValueError:  # more digits than Python parses
+        raise InvalidCursor(f"{what} is too large") from None
+    return min(value, MAX_CURSOR + 1)
+
+
+@blueprint.get("/jobs/<job_id>")
+@require_token
+@document_response(JobRecord, 200)
+@document_response(ErrorReply, 404)
+async def job(job_id: str) -> Any:
+    """A job's record.
+
+    Live from Redis while the job is queued or running (with its queue position),
+    from the SQL history once Redis has let it go.
+    """
+    return await job_record(core(), job_id, principal())
+
+
+@blueprint.get("/jobs/<job_id>/logs")
+@require_token
+@document_querystring(CursorQuery)
+@document_response(LogsReply, 200)
+@document_response(ErrorReply, 400)
+@document_response(ErrorReply, 404)
+async def logs(job_id: str) -> Any:
+    """A page of a job's log from a byte cursor.
+
+    Non-destructive (unlike `/status`, nothing is consumed): any number of readers.
+    Pages hold at most 1 MiB; ask again with `from` = the reply's `next` until
+    `finished` is true. A cursor past the end returns no text and `next` = `from`.
+    """
+    start = parse_cursor(request.args.get("from"), "'from'")
+    read = await read_logs(core(), job_id, start, principal=principal())
+    return {
+        "job_id": read.job.id,
+        "status": read.job.status.value,
+        "reason": read.job.reason,
+        "from": read.start,
+        "next": read.next,
+        "logs": read.text,
+        "finished": read.finished,
+    }
+
+
+def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def end_event(job: Job) -> bytes:
+    return sse("end", {"job_id": job.id, "status": job.status.value, "reason": job.reason,
+                       "exit_code": job.exit_code})
+
+
+async def events(
+    the_core: Deployster, job_id: str, start: int, who: Principal
+) -> AsyncIterator[bytes]:
+    last_sent = time.monotonic()
+    state: tuple[str, int | None] | None = None
+    try:
+        async for job, part in follow(the_core, job_id, start, block=min(WAIT, KEEPALIVE),
+                                      max_bytes=EVENT_BYTES, principal=who):
+            out: list[bytes] = []
+            if not job.status.finished:
+                position = (await the_core.queue_position(job)
+                            if job.status is JobStatus.QUEUED else None)
+                if (job.status.value, position) != state:
+                    state = (job.status.value, position)
+                    body: dict[str, Any] = {"status": job.status.value}
+                    if position is not None:
+                        body["position"] = position
+                    out.append(sse("status", body))
+            if part.text:
+                out.append(sse("log", {"text": part.text}, part.next))
+            if job.status.finished and part.at_end:
+                out.append(end_event(job))
+            now = time.monotonic()
+            if out:
+                last_sent = now
+                yield b"".join(out)
+            elif now - last_sent >= KEEPALIVE:
+                last_sent = now
+                yield b": keep-alive\n\n"
+    except Exception as exc:  # Redis or the database failed mid-stream
+        log.warning("stream of job %s ended early: %s: %s", job_id, type(exc).__name__, exc)
+        yield sse("error", {"error": "a backing service failed; reconnect with Last-Event-ID",
+                            "code": "service_unavailable"})
+
+
+@blueprint.get("/jobs/<job_id>/stream")
+@require_token
+@document_querystring(CursorQuery)
+@document_headers(StreamHeaders)
+@document_response(ErrorReply, 400)
+@document_response(ErrorReply, 404)
+async def stream(job_id: str) -> Any:
+    # The description (STREAM_DESCRIPTION) is appended below.
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        start = parse_cursor(header, "Last-Event-ID")
+    else:
+        start = parse_cursor(request.args.get("from"), "'from'")
+    the_core, who = core(), principal()
+    await visible_job(the_core, job_id, who)  # 404 now, not inside the stream
+    response = Response(
+        events(the_core, job_id, start, who),
+        status=200,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None  # as long as the job runs (Quart's default is 60 s)
+    return response
+
+
+stream.__doc__ = (
+    "Follow a job live: its log, status changes and end, as Server-Sent Events.\n\n"
+    + STREAM_DESCRIPTION
+)
+# The 200 reply is text/event-stream, not JSON (see ``openapi.DeploysterOpenAPI``).
+stream.deployster_event_stream = True  # type: ignore[attr-defined]

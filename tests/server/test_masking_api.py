@@ -1,0 +1,167 @@
+"""Secrets out of logs (issue #5), end to end: a served instance runs real
+commands that print a stage's values, the admin token and a project token in
+many forms; none of them reaches /status, the Redis stream or the SQL history."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+from deployster import store
+from deployster.logstream import read_full_log
+from deployster.masking import MASK
+from deployster.service import Deployster
+from tests.conftest import TOKEN, LiveServer, deploy_body, wait_for_status
+
+API_KEY = "Sup3r-s3cret/Value+42"
+PASSPHRASE = "open sesame $ecret's"
+PROJECT_TOKEN = "dps_" + "Zq8Lm3Nx7Pw2Rt5Vy9Bc4Df6Gh1Jk0Ms8Qa3We7U"
+PY = shlex.quote(sys.executable)
+
+PIPELINE = [
+    {"stage_name": "Production", "git_branch": "main", "environment_variables": [
+        {"key": "API_KEY", "value": API_KEY},
+        {"key": "PASSPHRASE", "value": PASSPHRASE},
+        {"key": "DEBUG", "value": "1"},  # too short to mask
+    ]},
+    {"stage_name": "Staging", "git_branch": "dev", "environment_variables": [
+        {"key": "STAGING_ONLY", "value": "staging-only-value"},
+    ]},
+]
+
+LOAD = "set -a; . ./.env; set +a; "
+COMMANDS = [
+    LOAD + 'echo "raw:$API_KEY:end"',
+    LOAD + 'printf %s "$API_KEY" | base64',
+    LOAD + 'printf "user:%s" "$API_KEY" | base64',
+    LOAD + 'printf %s "$API_KEY" | ' + PY + " -c 'import base64,sys; "
+    "print(base64.urlsafe_b64encode(sys.stdin.buffer.read()).decode())'",
+    LOAD + PY + " -c 'import os,urllib.parse as u; v=os.environ[\"API_KEY\"]; "
+    "print(\"q:\"+u.quote(v), \"s:\"+u.quote(v, safe=\"\"), \"p:\"+u.quote_plus(v))'",
+    LOAD + PY + " -c 'import os,json,shlex; v=os.environ[\"PASSPHRASE\"]; "
+    "print(\"sh:\"+shlex.quote(v)); print(\"js:\"+json.dumps(v))'",
+    LOAD + "bash -c 'printf \"q:%q\\n\" \"$1\"' _ \"$PASSPHRASE\"",
+    # Another stage's value (not in this job's .env) is a secret too.
+    LOAD + 'echo "staging-only-value" "debug=$DEBUG"',
+    # Split across two writes with a pause between: two stream entries.
+    LOAD + "printf 'split:%s' \"$(printf %s \"$API_KEY\" | cut -c1-9)\"; sleep 0.3; "
+    "printf '%s:end\\n' \"$(printf %s \"$API_KEY\" | cut -c10-)\"",
+    f"echo admin={TOKEN}",
+    f"echo project={PROJECT_TOKEN}; printf 'Bearer:%s' {PROJECT_TOKEN} | base64",
+    # The command itself holds the value: its header line is masked too.
+    f"echo header-check >/dev/null # {API_KEY}",
+]
+
+
+def leaked_forms() -> dict[str, str]:
+    raw = API_KEY.encode()
+    return {
+        "raw": API_KEY,
+        "b64": base64.b64encode(raw).decode(),
+        "b64 core": base64.b64encode(raw).decode()[:24],
+        "b64 user": base64.b64encode(b"user:" + raw).decode()[8:32],
+        "b64url": base64.urlsafe_b64encode(raw).decode()[:24],
+        "quote": quote(API_KEY),
+        "quote safe": quote(API_KEY, safe=""),
+        "quote_plus": quote_plus(API_KEY),
+        "passphrase": PASSPHRASE,
+        "shlex": shlex.quote(PASSPHRASE),
+        "json": json.dumps(PASSPHRASE),
+        "printf %q": "open\\ sesame\\ \\$ecret\\'s",
+        "staging": "staging-only-value",
+        "admin": TOKEN,
+        "project token": PROJECT_TOKEN,
+        "project token body": PROJECT_TOKEN[4:],
+        "project token b64": base64.b64encode(b"Bearer:" + PROJECT_TOKEN.encode()).decode()[12:60],
+        "first half": API_KEY[:9] + API_KEY[9:12],
+    }
+
+
+def assert_masked(where: str, log: str) -> None:
+    for name, form in leaked_forms().items():
+        assert form not in log, f"{name} ({form!r}) leaked into {where}:\n{log}"
+    expected_lines = [
+        f"raw:{MASK}:end",
+        f"split:{MASK}:end",
+        f"admin={MASK}",
+        f"project={MASK}",
+        f"q:{MASK} s:{MASK} p:{MASK}",
+        f"sh:{MASK}",
+        f'js:"{MASK}"',
+        f"q:{MASK}",
+        f"{MASK} debug=1",
+        f"$ echo header-check >/dev/null # {MASK}",
+    ]
+    for line in expected_lines:
+        assert line in log, f"{line!r} missing from {where}:\n{log}"
+    lines = log.splitlines()
+    # The standalone base64 lines are masked whole, padding included.
+    assert lines.count(MASK) >= 2, f"{where}:\n{log}"
+    assert "[deployster] job complete" in log
+
+
+async def wait_for_history_log(core: Deployster, job_id: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = await store.select_deployment_log(core.db, job_id)
+        if log and "job complete" in log:
+            return log
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the log of {job_id} did not reach the history in {timeout}s")
+
+
+async def test_secrets_never_reach_status_the_stream_or_history(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir), pipeline=PIPELINE)
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(project_dir, *COMMANDS))
+        assert reply.status_code == 200, reply.text
+        job_id = reply.json()["job_id"]
+        chunks: list[str] = []
+        deadline = time.monotonic() + 60
+        while True:
+            status = (await client.get(f"/status/{job_id}")).json()
+            chunks.append(status.get("logs", ""))
+            if status["status"] in ("complete", "failed") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        # The record shows the commands masked too (one of them holds the value).
+        record = (await client.get(f"/jobs/{job_id}")).json()
+        assert API_KEY not in json.dumps(record)
+        assert any(MASK in command for command in record["commands"])
+    status_log = "".join(chunks)
+    assert status["status"] == "complete", status_log
+    # The reply that first said "complete" carried the last lines, masked.
+    assert "job complete" in chunks[-1]
+    assert_masked("/status", status_log)
+
+    stream_log = await read_full_log(core.redis, core.keys, job_id)
+    assert stream_log == status_log
+    assert_masked("the Redis stream", stream_log)
+
+    history_log = await wait_for_history_log(core, job_id)
+    assert history_log == stream_log
+    assert_masked("the SQL history", history_log)
+
+
+async def test_a_job_without_secrets_is_logged_unchanged(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    text = "plain output, nothing secret: d k Z R 1 2 3"
+    body = deploy_body(project_dir, f"printf '%s\\n' '{text}'", "printf 'no newline d'")
+    async with server.client() as client:
+        job_id = (await client.post("/deploy", json=body)).json()["job_id"]
+        final = await wait_for_status(client, job_id)
+    assert final["status"] == "complete"
+    log = await read_full_log(core.redis, core.keys, job_id)
+    assert f"{text}\n" in log
+    assert "no newline d[3/3] $ supervisorctl" in log
+    assert MASK not in log

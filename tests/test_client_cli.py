@@ -1,0 +1,605 @@
+"""The CI client, ``deployster deploy`` (issue #5 point 7).
+
+The SSE parser and the resume logic are unit-tested; everything else runs the
+client as a real subprocess against ``deployster serve`` over real HTTP: exit 0
+complete, 1 failed, 2 usage/connection/HTTP error, 130 detached by Ctrl-C (the
+job is never cancelled by the client).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from deployster.client import ClientError, DeployClient, SSEParser, log_text
+from deployster.service import Deployster
+from tests.conftest import REPO, LiveServer, free_port, one_line_error
+
+RESTART = "supervisorctl restart my-app--main"
+README = (REPO / "README.md").read_text()
+
+
+# ------------------------------------------------------------- SSE parser
+
+
+def test_sse_parser_events_comments_multiline_data_and_ids() -> None:
+    parser = SSEParser()
+    events = parser.feed_text(
+        ": keep-alive\n"
+        "\n"
+        "event: log\nid: 12\ndata: {\"text\": \"a\\n\"}\n\n"
+        "event: status\r\ndata: {\"status\": \"queued\",\r\ndata:  \"position\": 2}\r\n\r\n"
+        "data:no-space\n\n"
+        "retry: 1500\n"
+        "event: end\ndata: {}\n"
+    )
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("log", '{"text": "a\\n"}', "12"),
+        ("status", '{"status": "queued",\n "position": 2}', None),
+        ("message", "no-space", None),
+    ]
+    assert events[1].json() == {"status": "queued", "position": 2}
+    assert parser.last_event_id == "12"  # the id to resume from outlives its event
+    assert parser.retry == 1.5
+    assert parser.feed("") is not None  # the last event is only complete at its blank line
+
+
+def test_log_text_accepts_json_objects_json_strings_and_raw_data() -> None:
+    parser = SSEParser()
+    a, b, c = parser.feed_text(
+        'event: log\ndata: {"text": "x\\ty\\n"}\n\n'
+        'event: log\ndata: "plain\\n"\n\n'
+        "event: log\ndata: raw line\n\n"
+    )
+    assert (log_text(a), log_text(b), log_text(c)) == ("x\ty\n", "plain\n", "raw line")
+
+
+def test_a_dropped_stream_resumes_from_the_last_event_id() -> None:
+    """The connection breaks mid-event (closed, then failing); each retry sends
+    Last-Event-ID, and what was half received is never taken for an event."""
+    seen: list[str | None] = []
+
+    class Broken(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'event: log\nid: 9\ndata: {"text": "lost'
+            raise httpx.ReadError("connection reset")
+
+    bodies: list[bytes | httpx.SyncByteStream] = [
+        b'event: status\ndata: {"status": "running"}\n\n'
+        b'event: log\nid: 6\ndata: {"text": "one\\n"}\n\nevent: log\nid: 1',  # cut mid-event
+        b"",  # connected, then closed at once
+        Broken(),
+        b'event: status\ndata: {"status": "running"}\n\n'
+        b'event: log\nid: 12\ndata: {"text": "two\\n"}\n\n'
+        b'event: end\ndata: {"status": "complete"}\n\n',
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        body = bodies[len(seen) - 1]
+        headers = {"content-type": "text/event-stream"}
+        if isinstance(body, bytes):
+            return httpx.Response(200, content=body, headers=headers)
+        return httpx.Response(200, stream=body, headers=headers)
+
+    with DeployClient("http://deployster.test", "t", transport=httpx.MockTransport(handler),
+                      max_backoff=0.01) as client:
+        events = list(client.events("J1"))
+    assert seen == [None, "6", "6", "6"]
+    assert [log_text(e) for e in events if e.event == "log"] == ["one\n", "two\n"]
+    assert [e.event for e in events] == ["status", "log", "status", "log", "end"]
+    assert events[-1].event == "end"
+
+
+def test_a_server_that_stays_away_is_a_clear_error_after_bounded_retries() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with DeployClient("http://deployster.test", "t", transport=httpx.MockTransport(handler),
+                      retries=3, max_backoff=0.01) as client:
+        with pytest.raises(ClientError, match="gave up after 3 retries"):
+            list(client.events("J1"))
+    assert calls == 4
+
+
+# --------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+async def registered(core: Deployster, project_dir: Path) -> Path:
+    await core.projects.add(str(project_dir))
+    return project_dir
+
+
+def client_env(server: LiveServer, **extra: str) -> dict[str, str]:
+    """The environment of a CI step: server and token in the environment, nothing
+    inherited that could point elsewhere."""
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    return {**inherited, "DEPLOYSTER_URL": server.url, "DEPLOYSTER_TOKEN": server.token,
+            **extra}
+
+
+def deploy_args(cd: Path | str, *commands: str) -> list[str]:
+    return ["deploy", "--cd", str(cd), "--commit", "abc1234", "--ref", "main", "--", *commands]
+
+
+def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deployster", *args], env=env, cwd=cwd or REPO,
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+class Running:
+    """A client process whose stdout and stderr are read as they come."""
+
+    def __init__(self, env: dict[str, str], *args: str, cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deployster", *args], env=env, cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._threads = [threading.Thread(target=self._pump, args=(s, d), daemon=True)
+                         for s, d in ((self.process.stdout, self.out),
+                                      (self.process.stderr, self.err))]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.append(line)
+
+    def wait_for(self, lines: list[str], text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(lines):
+                if text in line:
+                    return line
+            if self.process.poll() is not None and all(not t.is_alive() for t in self._threads):
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not seen; stdout={self.out!r} stderr={self.err!r}")
+
+    def finish(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout)
+        for t in self._threads:
+            t.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for r in started:
+        r.kill()
+
+
+def job(server: LiveServer, job_id: str) -> dict[str, object]:
+    reply = httpx.get(f"{server.url}/jobs/{job_id}", headers=server.headers, timeout=10)
+    assert reply.status_code == 200, reply.text
+    value = reply.json()
+    assert isinstance(value, dict)
+    return value
+
+
+def wait_finished(server: LiveServer, job_id: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = job(server, job_id)
+        if record["status"] in ("complete", "failed"):
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def full_log(server: LiveServer, job_id: str) -> str:
+    reply = httpx.get(f"{server.url}/jobs/{job_id}/logs", params={"from": 0},
+                      headers=server.headers, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["logs"])
+
+
+def job_id_of(stderr: str) -> str:
+    found = re.search(r"job (\S+) (?:started|queued|running|complete|failed)", stderr)
+    assert found, stderr
+    return found.group(1)
+
+
+def gate_command(gate: Path, message: str = "waiting for the gate") -> str:
+    return f"echo {message}; while [ ! -e {gate} ]; do sleep 0.05; done; echo gate-open"
+
+
+
+# ------------------------------------------------------------- outcomes
+
+
+async def test_a_complete_deploy_streams_the_exact_log_and_exits_0(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    result = run_cli(client_env(server), *deploy_args(registered, "echo hello", "printf 'no "
+                     "newline'", RESTART), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job_id = job_id_of(result.stderr)
+    assert "hello\n" in result.stdout and "supervisorctl: restart my-app--main" in result.stdout
+    # The log on stdout is the job's log, byte for byte (a trailing newline aside,
+    # added when the log's last line has none so the summary starts a line).
+    log = full_log(server, job_id)
+    assert result.stdout in (log, log + "\n")
+    assert f"deployster: job {job_id} started" in result.stderr
+    assert re.search(rf"deployster: job {job_id} complete in \d", result.stderr)
+    assert server.token not in result.stdout + result.stderr
+
+
+async def test_a_failing_command_exits_1_with_the_reason(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    result = run_cli(client_env(server), *deploy_args(registered, "echo before; exit 3",
+                                                      RESTART), cwd=tmp_path)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "before\n" in result.stdout
+    job_id = job_id_of(result.stderr)
+    summary = result.stderr.splitlines()[-1]
+    assert summary.startswith(f"deployster: job {job_id} failed: command_failed")
+    assert "exit code 3" in summary
+    assert job(server, job_id)["status"] == "failed"
+
+
+async def test_the_servers_422_is_exit_2_with_its_message(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    result = run_cli(client_env(server), *deploy_args(registered, "echo hi"), cwd=tmp_path)
+    line = one_line_error(result)
+    assert "422" in line and "supervisorctl" in line
+    assert result.stdout == ""
+
+
+async def test_a_wrong_token_is_exit_2_token_rejected_and_never_printed(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    env = client_env(server, DEPLOYSTER_TOKEN="wrong-secret-token")
+    result = run_cli(env, *deploy_args(registered, RESTART), cwd=tmp_path)
+    line = one_line_error(result)
+    assert "token rejected" in line and "wrong-secret-token" not in line
+
+
+def test_an_unreachable_server_is_exit_2_at_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{free_port()}", "DEPLOYSTER_TOKEN": "x"}
+    started = time.monotonic()
+    result = run_cli(env, *deploy_args("/srv/app", RESTART), cwd=tmp_path, timeout=30)
+    line = one_line_error(result)
+    assert "cannot reach the deployster server at http://127.0.0.1:" in line
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["deploy", "--commit", "a", "--ref", "main", "--", RESTART], "--cd DIR is required"),
+    (["deploy", "--cd", "/srv/app", "--commit", "a", "--ref", "main"], "no commands"),
+    (["deploy", "--url", "ftp://x", "--cd", "/srv/app", "--commit", "a", "--ref", "main", "--",
+      RESTART], "is not an http:// or https:// address"),
+    (["deploy", "--cd", "/srv/app", "--ref", "main", "--", RESTART], "no commit"),
+    (["deploy", "--cd", "/srv/app", "--commit", "a", "--", RESTART], "no branch"),
+])
+def test_usage_errors_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{free_port()}", "DEPLOYSTER_TOKEN": "x"}
+    # tmp_path is no git checkout, so nothing can fill in the commit or the branch
+    assert message in one_line_error(run_cli(env, *args, cwd=tmp_path))
+
+
+def test_a_missing_token_is_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    result = run_cli(env, *deploy_args("/srv/app", RESTART), cwd=tmp_path)
+    assert "no token: set DEPLOYSTER_TOKEN" in one_line_error(result)
+
+
+# --------------------------------------------------------- queue, detach
+
+
+async def test_a_queued_deploy_shows_its_position_then_streams_and_exits_0(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running]
+) -> None:
+    gate = tmp_path / "gate"
+    env = client_env(server)
+    first = run_cli(env, "deploy", "--detach", *deploy_args(registered, gate_command(gate),
+                                                            RESTART)[1:], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.strip()
+
+    second = Running(env, *deploy_args(registered, "echo second", RESTART), cwd=tmp_path)
+    running.append(second)
+    queued = second.wait_for(second.err, "queued")
+    assert "Another deployment is running" in queued
+    assert second.wait_for(second.err, "waiting: position 1 in the queue")
+    gate.touch()
+    assert second.finish() == 0, (second.out, second.err)
+    stdout = "".join(second.out)
+    assert "second\n" in stdout and "gate-open" not in stdout
+    assert wait_finished(server, first_id)["status"] == "complete"
+
+
+async def test_detach_prints_the_job_id_at_once_and_the_job_still_completes(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    result = run_cli(client_env(server), "deploy", "--detach",
+                     *deploy_args(registered, gate_command(gate), RESTART)[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert re.fullmatch(r"[0-9A-Z]{26}", job_id), result.stdout
+    assert job(server, job_id)["status"] in ("queued", "running")
+    assert "not waiting (--detach)" in result.stderr
+    gate.touch()
+    assert wait_finished(server, job_id)["status"] == "complete"
+
+    # --follow attaches to it afterwards: the whole log and its exit code.
+    follow = run_cli(client_env(server), "deploy", "--follow", job_id, cwd=tmp_path)
+    assert follow.returncode == 0, follow.stderr
+    assert "gate-open\n" in follow.stdout
+
+
+async def test_ctrl_c_detaches_with_130_and_does_not_cancel_the_job(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running]
+) -> None:
+    gate = tmp_path / "gate"
+    client = Running(client_env(server), *deploy_args(registered, gate_command(gate, "mid-job"),
+                                                      RESTART), cwd=tmp_path)
+    running.append(client)
+    client.wait_for(client.out, "mid-job")  # streaming
+    job_id = job_id_of("".join(client.err))
+    client.process.send_signal(signal.SIGINT)
+    assert client.finish() == 130
+    err = "".join(client.err)
+    assert "Traceback" not in err
+    assert f"detached: job {job_id} keeps running" in err
+    assert f"deployster deploy --follow {job_id}" in err
+    assert job(server, job_id)["status"] == "running"
+    gate.touch()
+    record = wait_finished(server, job_id)
+    assert record["status"] == "complete", record
+
+
+async def test_timeout_gives_up_with_2_and_leaves_the_job_running(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    started = time.monotonic()
+    result = run_cli(client_env(server), "deploy", "--timeout", "1.5",
+                     *deploy_args(registered, gate_command(gate), RESTART)[1:], cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 2, result.stderr
+    assert "gave up waiting for job" in result.stderr and "not cancelled" in result.stderr
+    job_id = job_id_of(result.stderr)
+    assert job(server, job_id)["status"] == "running"
+    gate.touch()
+    assert wait_finished(server, job_id)["status"] == "complete"
+
+
+# ------------------------------------------------------ env and git defaults
+
+
+async def test_url_token_sha_and_branch_come_from_the_ci_environment(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    env = client_env(server, GITHUB_SHA="f00dfeed" * 5, GITHUB_REF_NAME="release/1.2")
+    result = run_cli(env, "deploy", "--cd", str(registered), "--", RESTART, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = job(server, job_id_of(result.stderr))
+    assert record["commit_hash"] == "f00dfeed" * 5 and record["ref_name"] == "release/1.2"
+
+
+async def test_sha_and_branch_default_to_the_git_checkout(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    checkout = tmp_path / "checkout"
+    head = make_git_checkout(checkout, "feature-x")
+    result = run_cli(client_env(server), "deploy", "--cd", str(registered), "--", RESTART,
+                     cwd=checkout)
+    assert result.returncode == 0, result.stderr
+    record = job(server, job_id_of(result.stderr))
+    assert record["commit_hash"] == head and record["ref_name"] == "feature-x"
+
+
+def make_git_checkout(path: Path, branch: str) -> str:
+    """A fresh repository on ``branch`` with one commit; its sha."""
+    path.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", branch], cwd=path, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=path, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+# ------------------------------------------------------ resume, for real
+
+
+async def test_resuming_from_a_last_event_id_gives_the_rest_of_the_log(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    """Against the real server: the stream read whole, then resumed from a byte
+    offset inside the log (the ids are byte offsets) gives exactly the rest."""
+    script = "for i in $(seq 1 50); do echo line-$i; done"
+    result = run_cli(client_env(server), *deploy_args(registered, script, RESTART),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job_id = job_id_of(result.stderr)
+    with DeployClient(server.url, server.token) as client:
+        first = list(client.events(job_id))
+        whole = "".join(log_text(e) for e in first if e.event == "log")
+        assert whole == result.stdout == full_log(server, job_id)
+        assert first[-1].event == "end" and first[-1].json()["status"] == "complete"
+        last_id = [e.id for e in first if e.event == "log"][-1]
+        assert last_id == str(len(whole.encode()))
+        offset = whole.encode().index(b"line-25\n")
+        rest = list(client.events(job_id, last_event_id=str(offset)))
+        assert rest[-1].event == "end"
+        resumed = "".join(log_text(e) for e in rest if e.event == "log")
+        assert resumed.encode() == whole.encode()[offset:]
+        at_end = list(client.events(job_id, last_event_id=last_id))
+        assert [e.event for e in at_end] == ["end"]
+
+
+class CuttingProxy:
+    """A TCP proxy that cuts the first ``cuts`` connections after ``after`` bytes
+    of response: a stream dropped mid-way, as a flaky network would."""
+
+    def __init__(self, upstream_port: int, *, after: int, cuts: int = 1) -> None:
+        self.upstream_port, self.after, self.cuts = upstream_port, after, cuts
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.cut = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.upstream_port))
+        threading.Thread(target=self._copy, args=(conn, up, None), daemon=True).start()
+        self._copy(up, conn, self.after if self.cut < self.cuts else None)
+
+    def _copy(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) >= limit:
+                    # Only a streaming answer is cut; a short reply is let through.
+                    if b"text/event-stream" in data or sent:
+                        dst.sendall(data[: max(1, limit - sent)])
+                        self.cut += 1
+                        break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+async def test_a_stream_cut_mid_way_is_resumed_without_losing_or_repeating_a_byte(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, after=600, cuts=2)
+    try:
+        script = "for i in $(seq 1 80); do echo line-$i; sleep 0.01; done"
+        env = client_env(server, DEPLOYSTER_URL=f"http://127.0.0.1:{proxy.port}")
+        result = run_cli(env, *deploy_args(registered, script, RESTART), cwd=tmp_path)
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert proxy.cut >= 1, "the proxy never cut the stream: the test proved nothing"
+    assert result.stdout == full_log(server, job_id_of(result.stderr))
+    lines = [line for line in result.stdout.splitlines() if line.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 81)]
+
+
+# ---------------------------------------------------------------- README
+
+
+def make_git_clone(path: Path, origin: Path) -> None:
+    """Make ``path`` (empty) a clone with an upstream, so ``git pull`` succeeds."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "--bare", str(origin)], check=True)
+    subprocess.run([*git, "clone", "-q", str(origin), str(path)], check=True,
+                   capture_output=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "first"], cwd=path, check=True)
+    subprocess.run([*git, "push", "-q", "origin", "HEAD"], cwd=path, check=True,
+                   capture_output=True)
+    subprocess.run([*git, "branch", "-q", "--set-upstream-to", f"origin/{_branch(path)}"],
+                   cwd=path, check=True)
+
+
+def _branch(path: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=path, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def run_shell(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-ec", command], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _ci_client_step() -> dict[str, object]:
+    section = README[README.index("### GitHub Actions (deployster deploy)"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block
+    assert len(block.group(1).strip().splitlines()) == 3, "the step is three lines"
+    steps = yaml.safe_load(block.group(1))
+    assert isinstance(steps, list) and len(steps) == 1
+    step = steps[0]
+    assert isinstance(step, dict)
+    return step
+
+
+async def test_the_readme_github_actions_step_is_valid_yaml_and_works(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    step = _ci_client_step()
+    run = step["run"]
+    env = step["env"]
+    assert isinstance(run, str) and isinstance(env, dict)
+    assert env == {"DEPLOYSTER_URL": "${{ secrets.DEPLOYSTER_URL }}",
+                   "DEPLOYSTER_TOKEN": "${{ secrets.DEPLOYSTER_TOKEN }}"}
+    install = re.match(r'pip install "git\+https://[^"]+" && ', run)
+    assert install, "the step installs deployster from its git repository"
+    command = run[install.end():].replace("/var/www/my-app", str(registered))
+    assert "--token" not in command, "the token belongs in the environment, not in ps"
+    secrets = {"DEPLOYSTER_URL": server.url, "DEPLOYSTER_TOKEN": server.token}
+    step_env = {k: re.sub(r"\$\{\{ secrets\.(\w+) \}\}", lambda m: secrets[m.group(1)], v)
+                for k, v in env.items()}
+    # What GitHub sets for every step; this project dir is no git checkout.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    base |= {"GITHUB_SHA": "0123456789abcdef" * 2 + "01234567", "GITHUB_REF_NAME": "main",
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    make_git_clone(registered, tmp_path / "origin.git")  # the step runs "git pull" there
+    result = run_shell(command, env={**base, **step_env}, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "complete in" in result.stderr.splitlines()[-1]
