@@ -19,25 +19,48 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from deployster.tui.demo import DEMO_LOG, demo_app
+from deployster.tui.demo import RUNNING_JOB, demo_app, demo_log_chunks, demo_project_screen
 from deployster.tui.screens.log import LogScreen
 
 SIZE = (130, 32)
 
 
+async def _project(pilot: Pilot[Any]) -> None:
+    await pilot.app.push_screen(demo_project_screen())
+
+
 async def _log(pilot: Pilot[Any]) -> None:
-    await pilot.app.push_screen(LogScreen("01JDQ7M2X4Y9K3TB5R8W1FAF3", text=DEMO_LOG))
+    await pilot.app.push_screen(LogScreen(RUNNING_JOB, text=demo_log_chunks()))
 
 
+async def _log_search(pilot: Pilot[Any]) -> None:
+    await _log(pilot)
+    await pilot.pause()
+    await pilot.press("t", "slash", *"modules", "enter")
 
 
 SHOTS: dict[str, tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]]] = {
     "projects": (),
     "filter": ("slash", "w", "o", "r", "enter"),
-    "unlock-stale-lock": ("down", "down", "down", "u"),
+    "unlock-stale-lock": ("down",) * 9 + ("u",),  # worker, the last row: STALE
+    "project": _project,
     "log": _log,
+    "log-search-timestamps": _log_search,
     "keys": ("question_mark",),
 }
+
+
+async def settled(pilot: Pilot[Any], *, title: str, tries: int = 40) -> str:
+    """The screen once it stops changing: two renders 0.1 s apart agree (the
+    footer, say, recomposes a moment after focus moves)."""
+    last = ""
+    for _ in range(tries):
+        await pilot.pause(0.1)
+        svg = pilot.app.export_screenshot(title=title)
+        if svg == last:
+            return svg
+        last = svg
+    return last
 
 
 async def shoot(name: str, steps: tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]],
@@ -49,8 +72,7 @@ async def shoot(name: str, steps: tuple[str, ...] | Callable[[Pilot[Any]], Await
             await steps(pilot)
         else:
             await pilot.press(*steps)
-        await pilot.pause(0.3)
-        svg = app.export_screenshot(title=f"deployster · {name}")
+        svg = await settled(pilot, title=f"deployster · {name}")
     path = out / f"{name}.svg"
     path.write_text(svg)
     return path
@@ -59,7 +81,12 @@ async def shoot(name: str, steps: tuple[str, ...] | Callable[[Pilot[Any]], Await
 def to_png(svg: Path) -> Path | None:
     png = svg.with_suffix(".png")
     if shutil.which("rsvg-convert"):
-        subprocess.run(["rsvg-convert", "-o", str(png), str(svg)], check=True)
+        # rsvg draws Textual's non-breaking spaces zero-wide and stretches the
+        # rest of each run to fit (``textLength``): words run together. Plain
+        # spaces, preserved, keep every cell where the terminal had it.
+        text = svg.read_text().replace("&#160;", " ").replace(
+            "<svg ", '<svg xml:space="preserve" ', 1)
+        subprocess.run(["rsvg-convert", "-o", str(png)], input=text.encode(), check=True)
         return png
     try:
         import cairosvg  # optional

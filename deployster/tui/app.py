@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import getpass
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from .screens.projects import ProjectsScreen
 MAX_RATE = 4.0  # fetches per second, at most
 POLL_INTERVAL = 1.0  # seconds between fetches when nothing happens
 LAST_MAX_AGE = 60.0  # seconds the last finished deploys are reused without an event
+# The history writer copies a finished job to SQL about a second after its
+# ``finished`` event: the last deploys are queried on every fetch for this long.
+HISTORY_LAG = 3.0
 
 
 class DeploysterApp(App[None]):
@@ -70,12 +74,18 @@ class DeploysterApp(App[None]):
         self._wake = asyncio.Event()
         # The last finished deploys change only when a job finishes: they are
         # queried again after a ``finished`` event, and at least every minute.
-        self._last_known = False
-        self._last_at = 0.0
+        self._last_at = -LAST_MAX_AGE  # when they were last queried
+        self._requery_until = 0.0  # until then, query them on every fetch
+        self._frozen = False
 
     # ------------------------------------------------------------- lifecycle
+    def get_default_screen(self) -> ProjectsScreen:
+        # The home screen is the bottom of the stack: no blank default screen
+        # behind it, which Textual would count as a background to repaint (a
+        # full-screen repaint on every refresh).
+        return ProjectsScreen()
+
     def on_mount(self) -> None:
-        self.push_screen(ProjectsScreen())
         if self.live:
             self._wake.set()  # the first fetch right away
             self.run_worker(self._refresh_loop(), group="refresh", exclusive=True)
@@ -102,15 +112,22 @@ class DeploysterApp(App[None]):
             try:
                 async for event in watch_events(self.core):
                     if event.get("type") in (FINISHED, PROJECTS):
-                        self._last_known = False  # history changed: query it again
+                        self.history_changed()
                     self._wake.set()
             except Exception:  # Redis went away (the poll shows it): subscribe again
-                self._last_known = False
+                self.history_changed()
             await asyncio.sleep(1.0)
+
+    def history_changed(self) -> None:
+        """A job finished (or projects changed): the fetches of the next few
+        seconds query the last finished deploys again instead of reusing them
+        (until the history writer has surely copied the job)."""
+        self._requery_until = time.monotonic() + HISTORY_LAG
 
     async def refresh_data(self) -> None:
         """Fetch the overview once and tell every screen."""
-        reuse = self._last_known and time.monotonic() - self._last_at < LAST_MAX_AGE
+        now = time.monotonic()
+        reuse = now >= self._requery_until and now - self._last_at < LAST_MAX_AGE
         last = {r.project.id: r.last for r in self.rows if r.last} if reuse else None
         try:
             rows = await project_rows(self.core, last=last)
@@ -122,7 +139,13 @@ class DeploysterApp(App[None]):
             self.fetched_at = self.monotonic()
             self.health = {"redis": "ok", "database": "ok"}
             if last is None:
-                self._last_known, self._last_at = True, time.monotonic()
+                self._last_at = now
+            if not self._frozen:
+                # Everything loaded so far (Textual, the rows, the core) lives as
+                # long as the app: out of the collector's sight, a full collection
+                # no longer walks it and stalls a frame (the Instagram trick).
+                gc.freeze()
+                self._frozen = True
         self.refreshes += 1
         for screen in self.screen_stack:
             screen.post_message(DataRefreshed())

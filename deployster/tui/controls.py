@@ -42,7 +42,7 @@ def heartbeat_text(row: ProjectRow, since_fetch: float) -> Text:
     else:
         text = Text(duration(row.heartbeat_age + since_fetch))
     if row.stale:
-        text = Text.assemble(Text("STALE ", style="bold reverse red"), text)
+        text = Text.assemble(("STALE", "bold reverse red"), " ", text)
     return text
 
 

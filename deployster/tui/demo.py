@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, cast
 
 from deployster.clock import iso
 from deployster.models import Job, JobStatus, Project
-from deployster.overview import ProjectRow
+from deployster.overview import LogChunk, ProjectRow
 from deployster.service import Deployster
 
 from .format import set_clock
 
 if TYPE_CHECKING:
     from .app import DeploysterApp
+    from .screens.project import ProjectScreen
 
 NOW = datetime(2026, 3, 14, 12, 4, 31, tzinfo=UTC)
 
@@ -39,26 +40,54 @@ def demo_job(project: Project, job_id: str, *, status: JobStatus, commit: str,
 
 
 def demo_rows() -> list[ProjectRow]:
+    """Ten projects as a busy box has them: two deploying, one lock gone STALE
+    (its runner died), queues, recent failures and long-quiet projects."""
     api = Project(1, "api", "/srv/www/api")
     shop = Project(2, "my-app", "/srv/www/my-app")
     worker = Project(3, "worker", "/srv/www/worker")
     docs = Project(4, "docs", "/srv/www/docs")
-    running = demo_job(shop, "01JDQ7M2X4Y9K3TB5R8W1FAF3", status=JobStatus.RUNNING,
+    billing = Project(5, "billing", "/srv/www/billing")
+    blog = Project(6, "blog", "/srv/www/blog")
+    landing = Project(7, "landing", "/srv/www/landing")
+    payments = Project(8, "payments", "/srv/www/payments")
+    search = Project(9, "search", "/srv/www/search")
+    status = Project(10, "status-page", "/srv/www/status-page")
+    running = demo_job(shop, RUNNING_JOB, status=JobStatus.RUNNING,
                        commit="a1b2c3d4e5", started_ago=19)
-    running.extra["heartbeat"] = "0"
     stale = demo_job(worker, "01JCN0P4C7H2Z6WQ3V5D8E9A1", status=JobStatus.RUNNING,
                      commit="77e1f0a9", started_ago=420)
+    paying = demo_job(payments, "01JDQ7K9W2E5R8T1Y4U7I0O3P6", status=JobStatus.RUNNING,
+                      commit="3e4f5a6b", ref="v2.14.0", started_ago=130)
+
+    def done(project: Project, job_id: str, commit: str, ago: float, took: float,
+             reason: str | None = None) -> Job:
+        return demo_job(project, job_id, status=JobStatus.FAILED if reason
+                        else JobStatus.COMPLETE, commit=commit, started_ago=ago, took=took,
+                        reason=reason)
+
     return [
         ProjectRow(api, None, None, None, None, 0,
-                   demo_job(api, "01JD8VX1", status=JobStatus.FAILED, commit="5f4e3d2c",
-                            started_ago=3608, took=8, reason="command_failed")),
+                   done(api, "01JDQ3A1F8K2M5N9P3R6T0V4X7", "5f4e3d2c", 3608, 8,
+                        "command_failed")),
         ProjectRow(shop, running.id, 581_000, running, 0.4, 2,
-                   demo_job(shop, "01JDQ5E9", status=JobStatus.COMPLETE, commit="9c8d7e6f",
-                            started_ago=252, took=72)),
+                   done(shop, _HISTORY[0][0], "9c8d7e6f", 252, 72)),
         ProjectRow(worker, stale.id, 242_000, stale, 357.0, 1,
-                   demo_job(worker, "01JC9AB2", status=JobStatus.COMPLETE, commit="0a1b2c3d",
-                            started_ago=2 * 86400, took=41)),
+                   done(worker, "01JC9AB2Q4W6E8R0T2Y4U6I8O0", "0a1b2c3d", 2 * 86400, 41)),
         ProjectRow(docs, None, None, None, None, 0, None),
+        ProjectRow(billing, None, None, None, None, 0,
+                   done(billing, "01JDPW3E5R7T9Y1U3I5O7P9A1S", "8b7a6c5d", 21_700, 96)),
+        ProjectRow(blog, None, None, None, None, 0,
+                   done(blog, "01JD2K4M6N8P0Q2R4S6T8V0W2X", "c0ffee12", 12 * 86400, 33)),
+        ProjectRow(landing, None, None, None, None, 0,
+                   done(landing, "01JDQ6B3C5D7E9F1G3H5J7K9M1", "deadbe3f", 1_230, 14,
+                        "timed_out")),
+        ProjectRow(payments, paying.id, 470_000, paying, 1.2, 1,
+                   done(payments, "01JDNZ5X7C9V1B3N5M7Q9W1E3R", "2d3e4f5a", 88_000, 188)),
+        ProjectRow(search, None, None, None, None, 0,
+                   done(search, "01JDM1Q3W5E7R9T1Y3U5I7O9P1", "9a8b7c6d", 3 * 86400 + 4000,
+                        57)),
+        ProjectRow(status, None, None, None, None, 0,
+                   done(status, "01JCA7S9D1F3G5H7J9K1L3Z5X7", "4c5d6e7f", 41 * 86400, 12)),
     ]
 
 
@@ -87,6 +116,62 @@ DEMO_LOG = "".join(
 )
 
 
+RUNNING_JOB = "01JDQ7M2X4Y9K3TB5R8W1FAF3"
+
+
+def demo_log_chunks() -> list[LogChunk]:
+    """``DEMO_LOG`` as the stream has it: one chunk per line, each with the time
+    it was written (the running job started 19 s before ``NOW``)."""
+    start = int((NOW - timedelta(seconds=19)).timestamp() * 1000)
+    offsets = [0, 412, 415, 418, 430, 655, 702, 2240, 2251, 2688, 2910, 6104, 6120, 6121,
+               6123, 6130, 6342, 7015, 7920]
+    lines = DEMO_LOG.splitlines(keepends=True)
+    return [LogChunk(line, start + offsets[i] + i * 347)
+            for i, line in enumerate(lines)]
+
+
+_HISTORY = [
+    # (id, status, reason, commit, ref, started seconds ago, took seconds)
+    ("01JDQ5E9R2M8XW4T6B1NCK7H0P", JobStatus.COMPLETE, None, "9c8d7e6f", "main", 252, 72),
+    ("01JDPZK3V8D1QF5Y2HW6TN9BXA", JobStatus.FAILED, "command_failed", "4b3a2910", "main",
+     3_140, 23),
+    ("01JDPR7C2N6JT4XK8E1MZ5QVW3", JobStatus.COMPLETE, None, "e4f5a6b7", "feature/cart",
+     5_930, 81),
+    ("01JDNX0H5B9WQ2R7T3C8DK4MFJ", JobStatus.FAILED, "cancelled", "e4f5a6b7", "feature/cart",
+     6_400, 12),
+    ("01JDN4TZ8F3M6A1P9X2GV5KRH7", JobStatus.COMPLETE, None, "d1c2b3a4", "main", 14_520, 69),
+    ("01JDKQ2W7E4N8H5C1Y6BJ3TXM9", JobStatus.FAILED, "timed_out", "a9b8c7d6", "main",
+     40_211, 600),
+    ("01JDK9B6X3R1T8V4Q2N7MZ5HCE", JobStatus.COMPLETE, None, "f0e1d2c3", "main", 43_800, 74),
+    ("01JDHC5M1K8W2Z6D9T3QF4XNBR", JobStatus.FAILED, "superseded", "b2a39485", "main",
+     88_930, 0),
+    ("01JDH7YQ4C9N3X5B8R1WK6TMDE", JobStatus.COMPLETE, None, "c3b4a596", "main", 89_100, 77),
+    ("01JDF2R8T6M4H1K9V3ZB7XQNC5", JobStatus.COMPLETE, None, "7d6e5f40", "main", 172_300, 70),
+    ("01JDEWN3D7Q2X9C5J8T1HM4BRK", JobStatus.FAILED, "lock_lost", "7d6e5f40", "main",
+     173_010, 305),
+    ("01JDCB9V1H6R3M8W2X5KT7QZNF", JobStatus.COMPLETE, None, "1a2b3c4d", "main", 260_900, 66),
+]
+
+
+def demo_project() -> tuple[Project, list[Job], list[Job]]:
+    """my-app's project view: the running job and two queued behind it, and a
+    page of varied history (what an operator scrolls through on a real box)."""
+    shop = Project(2, "my-app", "/srv/www/my-app")
+    running = demo_job(shop, RUNNING_JOB, status=JobStatus.RUNNING, commit="a1b2c3d4e5",
+                       started_ago=19)
+    queue = [running]
+    for job_id, commit, ref, waited in (("01JDQ7N4G7A2B5C8D1E4F7H0J3", "e4f5a6b7", "main", 41),
+                                         ("01JDQ7P8H2K5M8N1P4Q7R0S3T6", "f6a7b8c9",
+                                          "feature/cart", 12)):
+        job = demo_job(shop, job_id, status=JobStatus.QUEUED, commit=commit, ref=ref)
+        job.queued_at = _at(waited)
+        queue.append(job)
+    history = [demo_job(shop, job_id, status=status, reason=reason, commit=commit, ref=ref,
+                        started_ago=ago, took=took)
+               for job_id, status, reason, commit, ref, ago, took in _HISTORY]
+    return shop, queue, history
+
+
 def demo_app(*, refresh_rows: bool = True) -> DeploysterApp:
     """The dashboard over the demo rows, frozen at ``NOW``, with no core behind it:
     it shows, it never acts (for snapshots and screenshots only)."""
@@ -99,3 +184,32 @@ def demo_app(*, refresh_rows: bool = True) -> DeploysterApp:
         app.rows = demo_rows()
         app.health = {"redis": "ok", "database": "ok"}
     return app
+
+
+FAILED_LOG = "".join(
+    [
+        "[1] $ git pull\n",
+        "Updating 0a1b2c3..4b3a291\n",
+        "[2] $ yarn install\n",
+        "success Already up-to-date.\n",
+        "[3] $ yarn build\n",
+        "vite v5.4.2 building for production...\n",
+        "src/pages/checkout.tsx(41,7): error TS2322: Type 'string' is not assignable to "
+        "type 'number'.\n",
+        "error Command failed with exit code 2.\n",
+        "[deployster] command 3 (yarn build) exited with code 2\n",
+    ]
+)
+
+
+def demo_project_screen() -> ProjectScreen:
+    """my-app's project view over the demo data (reads nothing)."""
+    from .screens.project import ProjectScreen
+
+    project, queue, history = demo_project()
+    start = int((NOW - timedelta(seconds=3140)).timestamp() * 1000)
+    failed = [LogChunk(line, start + i * 1900)
+              for i, line in enumerate(FAILED_LOG.splitlines(keepends=True))]
+    logs = {RUNNING_JOB: demo_log_chunks(), history[0].id: [LogChunk(DEMO_LOG, None)],
+            history[1].id: failed}
+    return ProjectScreen(project, queue=queue, history=history, logs=logs)

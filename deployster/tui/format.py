@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, tzinfo
 from functools import lru_cache
 
 from deployster.clock import parse_iso, utcnow
@@ -12,12 +12,15 @@ from deployster.models import Job, JobStatus
 DASH = "—"
 
 _clock: Callable[[], datetime] = utcnow
+_zone: tzinfo | None = None  # times of day are shown in this zone (None: the local one)
 
 
 def set_clock(clock: Callable[[], datetime] | None) -> None:
-    """Fix "now" for ages and elapsed times (snapshots, screenshots); None resets."""
-    global _clock
+    """Fix "now" for ages and elapsed times, and the zone for times of day, to
+    the clock's (snapshots, screenshots); None resets."""
+    global _clock, _zone
     _clock = clock or utcnow
+    _zone = clock().tzinfo if clock else None
 
 
 def now() -> datetime:
@@ -71,6 +74,12 @@ def ago(iso: str | None) -> str:
     return duration((now() - when).total_seconds()) + " ago"
 
 
+def local_time(iso: str | None) -> str:
+    """A time of day for a table: 03-14 12:04 in the operator's zone."""
+    when = _parse(iso) if iso else None
+    return DASH if when is None else f"{when.astimezone(_zone):%m-%d %H:%M}"
+
+
 def since(iso: str | None) -> float | None:
     when = _parse(iso) if iso else None
     return None if when is None else (now() - when).total_seconds()
@@ -95,6 +104,11 @@ GLYPH = {
 def status_text(job: Job) -> str:
     reason = f" {job.reason}" if job.reason else ""
     return f"{GLYPH.get(job.status, '?')} {job.status.value}{reason}"
+
+
+def outcome(job: Job) -> str:
+    """A history row's status: the reason says more than "failed" does."""
+    return f"{GLYPH.get(job.status, '?')} {job.reason or job.status.value}"
 
 
 def commit(job: Job) -> str:

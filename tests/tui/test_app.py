@@ -300,7 +300,8 @@ async def test_help_lists_every_key_and_q_quits(core: Deployster, project_dir: P
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         text = str(app.screen.query_one("#help-keys", Static).render())
         for words in ("Unlock", "Cancel", "Redeploy", "Follow", "Wrap", "Filter", "Quit",
-                      "Top", "Bottom", "More history"):
+                      "Top", "Bottom", "More history", "Timestamps", "Search", "Next match",
+                      "Previous match", "Sort"):
             assert words in text
         await pilot.press("escape")
         assert isinstance(app.screen, ProjectsScreen)
@@ -324,6 +325,21 @@ async def test_every_action_is_in_the_command_palette(
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen),
                          what="the unlock modal, from the palette")
         await pilot.press("escape")
+        # The log pane's actions too (a widget's bindings, not the screen's).
+        job_id = "01JDPALETTEPALETTEPALETTE0"
+        await _insert_history_row(core, {"id": job_id, "project_id": project.id,
+                                         "project": project.name, "cd": project.path,
+                                         "log": "one\n"})
+        app.push_screen(LogScreen(job_id))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        for name, check in (("timestamps", lambda: pane.timestamps),
+                            ("wrap", lambda: pane.wrap)):
+            await pilot.press("ctrl+p")
+            await pilot.press(*name)
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await wait_until(pilot, check, what=f"{name}, from the palette")
 
 
 def test_every_binding_has_a_description() -> None:
@@ -474,3 +490,111 @@ async def test_redis_down_is_shown_and_the_dashboard_keeps_running(
             await core.redis.aclose()
             core.redis = working
         await wait_until(pilot, lambda: "redis ok" in status.text.plain, what="redis ok again")
+
+
+def log_title(app: object) -> str:
+    return str(app.screen.query_one("#log-title", Static).render())  # type: ignore[attr-defined]
+
+
+async def test_log_search_timestamps_and_escape(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    from deployster.tui.screens.projects import ProjectsScreen as Home
+    from deployster.tui.widgets.log_view import LogView
+
+    await core.projects.add(str(project_dir))
+    # The command line is in the log too: it spells no "needle" itself.
+    script = ("e=eedle; echo alpha; echo n$e-one; sleep 0.3; echo beta; echo N$e-two; "
+              "echo gamma; echo n$e-three")
+    old = await _finished_deploy(server, core, project_dir, script)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(LogScreen(old))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        view = app.screen.query_one(LogView)
+        await wait_until(pilot, lambda: "needle-three" in pane.text, what="the log")
+        # Timestamps: each line's write time, from the stream (the t field).
+        await pilot.press("t")
+        assert pane.timestamps and "timestamps" in log_title(app)
+        line = view._row_text(view.lines.index("alpha"), 0, None).plain
+        assert re.match(r"\d\d:\d\d:\d\d\.\d\d\d alpha$", line), line
+        await pilot.press("t")
+        assert not pane.timestamps
+        # Search: case-insensitive, every match marked, n/N move and wrap around.
+        await pilot.press("slash", *"needle", "enter")
+        assert view.has_focus
+        assert [view.lines[m - view.first] for m in view.matches] == [
+            "needle-one", "Needle-two", "needle-three"]
+        assert "/needle 1 of 3" in log_title(app)
+        assert not pane.follow  # a search stops following: the match stays put
+        await pilot.press("n")
+        assert "/needle 2 of 3" in log_title(app)
+        await pilot.press("n", "n")
+        assert "/needle 1 of 3" in log_title(app)  # wrapped around
+        await pilot.press("N")
+        assert "/needle 3 of 3" in log_title(app)
+        # A capital makes it case-sensitive (smart case, as in k9s and less).
+        await pilot.press("slash")
+        await pilot.press(*["backspace"] * 6, *"Needle", "enter")
+        assert "/Needle 1 of 1" in log_title(app)
+        await pilot.press("slash")
+        await pilot.press(*["backspace"] * 6, *"zebra", "enter")
+        assert "/zebra no match" in log_title(app)
+        # Escape clears the search first, then goes back.
+        await pilot.press("escape")
+        assert view.pattern is None and "/zebra" not in log_title(app)
+        assert isinstance(app.screen, LogScreen)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, Home), what="back home")
+
+
+async def test_a_log_from_history_has_no_timestamps_and_says_so(
+    core: Deployster, project_dir: Path
+) -> None:
+    project = await core.projects.add(str(project_dir))
+    job_id = "01JDHISTHISTHISTHISTHIST00"
+    await _insert_history_row(core, {"id": job_id, "project_id": project.id,
+                                     "project": project.name, "cd": project.path,
+                                     "log": "one\ntwo\n"})
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(LogScreen(job_id))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: pane.text == "one\ntwo", what="the history log")
+        await pilot.press("t")
+        assert "no timestamps (history)" in log_title(app)
+
+
+async def test_wrap_keeps_every_character_and_search_finds_a_wrapped_match(
+    core: Deployster, project_dir: Path
+) -> None:
+    from deployster.tui.widgets.log_view import LogView
+
+    project = await core.projects.add(str(project_dir))
+    job_id = "01JDWRAPWRAPWRAPWRAPWRAP00"
+    long_line = "x" * 300 + "NEEDLE" + "y" * 100
+    await _insert_history_row(core, {"id": job_id, "project_id": project.id,
+                                     "project": project.name, "cd": project.path,
+                                     "log": "".join(f"line {i}\n" for i in range(200))
+                                     + long_line + "\nlast\n"})
+    app = make_app(core)
+    async with app.run_test(size=(80, 20)) as pilot:
+        app.push_screen(LogScreen(job_id))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        view = app.screen.query_one(LogView)
+        await wait_until(pilot, lambda: "last" in view.lines, what="the log")
+        await pilot.press("w")
+        assert view.wrap and view.virtual_size.height > len(view.lines)
+        index = view.lines.index(long_line)
+        rows = [r for r in view._rows if r[0] == index]
+        pieces = []
+        for n, (_, start) in enumerate(rows):
+            end = rows[n + 1][1] if n + 1 < len(rows) else None
+            pieces.append(view._row_text(index, start, end).plain)
+        assert "".join(pieces) == long_line and len(pieces) > 1
+        await pilot.press("slash", *"NEEDLE", "enter")
+        assert "1 of 1" in log_title(app)
+        first_row = view.row_of(index)
+        assert view.scroll_offset.y <= first_row < view.scroll_offset.y + view.size.height

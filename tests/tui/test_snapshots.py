@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from deployster.tui.demo import DEMO_LOG, demo_app
+from deployster.tui.demo import RUNNING_JOB, demo_app, demo_log_chunks, demo_project_screen
 from deployster.tui.format import set_clock
 from deployster.tui.screens.log import LogScreen
 
@@ -28,12 +28,20 @@ def frozen_clock() -> Iterator[None]:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
+    """No blinking cursor, and wait until two renders 0.05 s apart agree: the
+    footer recomposes a moment after focus moves, later on a busy machine."""
     await pilot.pause()
     for screen in pilot.app.screen_stack:
         for widget in screen.query("*"):
             if hasattr(widget, "cursor_blink"):
                 widget.cursor_blink = False
-    await pilot.pause()
+    last = ""
+    for _ in range(40):
+        await pilot.pause(0.05)
+        svg = pilot.app.export_screenshot()
+        if svg == last:
+            return
+        last = svg
 
 
 class TestProjectsView:
@@ -51,7 +59,25 @@ class TestProjectsView:
 class TestUnlockModal:
     def test_unlock_modal_on_a_stale_lock(self, snap_compare: Compare) -> None:
         async def run_before(pilot: Pilot[Any]) -> None:
-            await pilot.press("down", "down", "down", "u")  # worker: held by a STALE job
+            await pilot.press(*["down"] * 9, "u")  # worker (the last row): a STALE lock
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
+class TestProjectView:
+    def test_project_view(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen())
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+    def test_project_view_a_failed_job_selected(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen())
+            await pilot.pause()
+            await pilot.press("tab", "down")  # history, its second row: command_failed
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
@@ -60,7 +86,16 @@ class TestUnlockModal:
 class TestLogView:
     def test_log_view(self, snap_compare: Compare) -> None:
         async def run_before(pilot: Pilot[Any]) -> None:
-            await pilot.app.push_screen(LogScreen("01JDQ7M2X4Y9K3TB5R8W1FAF3", text=DEMO_LOG))
+            await pilot.app.push_screen(LogScreen(RUNNING_JOB, text=demo_log_chunks()))
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+    def test_log_view_search_and_timestamps(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(LogScreen(RUNNING_JOB, text=demo_log_chunks()))
+            await pilot.pause()
+            await pilot.press("t", "slash", *"my-app", "enter", "n")
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployster.embedded_redis import stop_embedded_redis
 from deployster.settings import Settings
 from tests.conftest import REPO, STUB_BIN, TOKEN, deploy_body, free_port, settings_env
 from tests.test_cli import deployster
@@ -52,13 +53,14 @@ def tmux() -> Iterator[Tmux]:
     t.run("kill-server")
 
 
-def launch(tmux: Tmux, tmp_path: Path, env: dict[str, str], *args: str) -> Path:
+def launch(tmux: Tmux, tmp_path: Path, env: dict[str, str], *args: str,
+           unset: tuple[str, ...] = ()) -> Path:
     rc_file = tmp_path / "tui.rc"
     script = tmp_path / "run-tui.sh"
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     script.write_text(
         # The terminal's own size, not one inherited from pytest's environment.
-        f"unset COLUMNS LINES\n{exports}cd {shlex.quote(str(REPO))}\n"
+        f"unset COLUMNS LINES {' '.join(unset)}\n{exports}cd {shlex.quote(str(REPO))}\n"
         f"{shlex.quote(sys.executable)} -m deployster tui {' '.join(args)}\n"
         f"echo $? > {shlex.quote(str(rc_file))}\nsleep 60\n"
     )
@@ -130,3 +132,26 @@ def test_tui_serve_runs_the_http_server_in_the_same_process(
     assert wait_exit(rc_file) == 0, tmux.screen() + (settings.data_dir / "tui.log").read_text()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/healthz", timeout=1)
+
+
+def test_tui_starts_the_embedded_redis_when_none_is_configured(
+    tmux: Tmux, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    """Out of the box (no Redis URL): the dashboard starts the embedded Redis in
+    the data dir, the one the server would start or has started."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in settings_env(settings).items()
+           if k not in ("DEPLOYSTER_REDIS_URL", "DEPLOYSTER_DATABASE_URL")}
+    env["DEPLOYSTER_DATA_DIR"] = str(data_dir)
+    assert deployster(env, "project", "add", str(project_dir), "--name",
+                      "embedded-app").returncode == 0
+    try:
+        rc_file = launch(tmux, tmp_path, {"TERM": "xterm-256color", **env},
+                         unset=("DEPLOYSTER_REDIS_URL", "DEPLOYSTER_DATABASE_URL"))
+        screen = tmux.wait_for("embedded-app")
+        assert "redis ok" in screen and "db ok" in screen
+        assert list(data_dir.glob("**/*.sock")), "no embedded Redis socket in the data dir"
+        tmux.run("send-keys", "-t", "dash", "q")
+        assert wait_exit(rc_file) == 0
+    finally:
+        stop_embedded_redis(data_dir)

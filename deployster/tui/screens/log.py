@@ -1,19 +1,23 @@
-"""A job's log, full screen: follow (f), wrap (w), top/bottom (g/G)."""
+"""A job's log, full screen: follow (f), wrap (w), timestamps (t), search (/, n, N),
+top/bottom (g/G)."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, RichLog
+from textual.widgets import Footer
+
+from deployster.overview import LogChunk
 
 from ..widgets.log_pane import LogPane
+from ..widgets.log_view import LogView
 from .base import CoreScreen
 
 
 class LogScreen(CoreScreen):
     BINDINGS = [Binding("escape", "back", "Back", id="log.back")]
 
-    def __init__(self, job_id: str, *, text: str | None = None) -> None:
+    def __init__(self, job_id: str, *, text: str | list[LogChunk] | None = None) -> None:
         super().__init__()
         self.job_id = job_id
         self.text = text  # given: show it instead of reading the job's log
@@ -28,7 +32,7 @@ class LogScreen(CoreScreen):
             pane.show_job(self.job_id)
         else:
             pane.show_text(self.job_id, self.text)
-        pane.query_one(RichLog).focus()
+        pane.query_one(LogView).focus()
 
     def action_back(self) -> None:
         self.app.pop_screen()

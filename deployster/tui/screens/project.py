@@ -6,21 +6,32 @@ import asyncio
 import logging
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Static
 
 from deployster.models import Job, JobStatus, Project
-from deployster.overview import ProjectRow, history, queued_jobs
+from deployster.overview import LogChunk, ProjectRow, history, queued_jobs
 
 from ..controls import ask_cancel, ask_redeploy, ask_unlock
-from ..format import DASH, GLYPH, clock_duration, commit, duration, job_duration, short_id, since
+from ..format import (
+    clock_duration,
+    commit,
+    duration,
+    job_duration,
+    local_time,
+    outcome,
+    short_id,
+    since,
+)
 from ..messages import DataRefreshed
 from ..widgets.log_pane import LogPane
 from .base import CoreScreen
 
 PAGE = 50
+OUTCOME_STYLE = {JobStatus.COMPLETE: "green", JobStatus.FAILED: "red"}
 log = logging.getLogger("deployster.tui")
 
 
@@ -34,12 +45,19 @@ class ProjectScreen(CoreScreen):
         Binding("m", "more", "More history", id="project.more"),
     ]
 
-    def __init__(self, project: Project) -> None:
+    def __init__(
+        self, project: Project, *, queue: list[Job] | None = None,
+        history: list[Job] | None = None, logs: dict[str, list[LogChunk]] | None = None,
+    ) -> None:
+        """With ``queue``, ``history`` and ``logs`` given, shows them as they are
+        and reads nothing (demo data, snapshots)."""
         super().__init__()
         self.project = project
-        self.queue: list[Job] = []
-        self.history: list[Job] = []
-        self.history_done = False
+        self.fixed = logs is not None
+        self.queue: list[Job] = queue or []
+        self.history: list[Job] = history or []
+        self.history_done = self.fixed
+        self.logs = logs or {}
         self.selected_job: Job | None = None
         self._history_lock = asyncio.Lock()
 
@@ -54,18 +72,21 @@ class ProjectScreen(CoreScreen):
                 yield Static("history", classes="pane-title", id="history-title")
                 hist: DataTable[Any] = DataTable(id="history", cursor_type="row",
                                                  zebra_stripes=True)
-                hist.add_columns("status", "job", "reason", "commit", "ref", "started",
-                                 "duration")
+                hist.add_columns("status", "job", "commit", "ref", "started", "duration")
                 yield hist
             yield LogPane(id="log-pane")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#history", DataTable).focus()
-        self.run_worker(self.reload(), group="project", exclusive=True)
+        if self.fixed:
+            self._render_tables()
+        else:
+            self.run_worker(self.reload(), group="project", exclusive=True)
 
     def on_data_refreshed(self, _message: DataRefreshed) -> None:
-        self.run_worker(self.reload(), group="project", exclusive=True)
+        if not self.fixed:
+            self.run_worker(self.reload(), group="project", exclusive=True)
 
     @property
     def row(self) -> ProjectRow | None:
@@ -138,9 +159,9 @@ class ProjectScreen(CoreScreen):
         cursor = hist.cursor_row
         hist.clear()
         for job in self.history:
-            hist.add_row(f"{GLYPH.get(job.status, '?')} {job.status.value}", short_id(job.id),
-                         job.reason or DASH, commit(job), job.ref_name,
-                         (job.started_at or job.queued_at or DASH)[5:19].replace("T", " "),
+            hist.add_row(Text(outcome(job), style=OUTCOME_STYLE.get(job.status, "")),
+                         short_id(job.id), commit(job), job.ref_name,
+                         local_time(job.started_at or job.queued_at),
                          duration(job_duration(job)), key=job.id)
         if self.history:
             hist.move_cursor(row=min(cursor, len(self.history) - 1), animate=False)
@@ -148,13 +169,22 @@ class ProjectScreen(CoreScreen):
         self.query_one("#history-title", Static).update(
             f"history · {len(self.history)} shown{more}")
         if self.selected_job is None:
-            first = self.queue[0] if self.queue else (self.history[0] if self.history else None)
-            if first is not None:
-                self._select(first)
+            # The running (else next) job first: what the operator came to watch.
+            if self.queue:
+                queue.focus()
+                self._select(self.queue[0])
+            elif self.history:
+                self._select(self.history[0])
 
     def _select(self, job: Job) -> None:
         self.selected_job = job
-        self.query_one(LogPane).show_job(job.id)
+        pane = self.query_one(LogPane)
+        if self.fixed:
+            if pane.job_id != job.id:
+                pane.show_text(job.id, self.logs.get(job.id, []),
+                               live=job.status is JobStatus.RUNNING)
+        else:
+            pane.show_job(job.id)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         jobs = self.queue if event.data_table.id == "queue" else self.history
@@ -164,7 +194,8 @@ class ProjectScreen(CoreScreen):
                 if event.data_table.has_focus:
                     self._select(job)
                 break
-        if event.data_table.id == "history" and event.cursor_row >= len(self.history) - 1:
+        if event.data_table.id == "history" and event.cursor_row >= len(self.history) - 1 \
+                and not self.history_done:
             self.run_worker(self.load_more(), group="more", exclusive=True)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -173,7 +204,9 @@ class ProjectScreen(CoreScreen):
 
     def on_descendant_focus(self, event: Any) -> None:
         widget = getattr(event, "widget", None)
-        if isinstance(widget, DataTable) and widget.id in ("queue", "history"):
+        # has_focus: a focus event can arrive after focus moved on (mount).
+        if isinstance(widget, DataTable) and widget.id in ("queue", "history") \
+                and widget.has_focus:
             jobs = self.queue if widget.id == "queue" else self.history
             if jobs and widget.cursor_row < len(jobs):
                 self._select(jobs[widget.cursor_row])
@@ -185,8 +218,10 @@ class ProjectScreen(CoreScreen):
     def action_open_log(self) -> None:
         from .log import LogScreen
 
-        if self.selected_job is not None:
-            self.app.push_screen(LogScreen(self.selected_job.id))
+        job = self.selected_job
+        if job is not None:
+            self.app.push_screen(LogScreen(job.id, text=self.logs.get(job.id, [])
+                                           if self.fixed else None))
 
     def action_unlock(self) -> None:
         row = self.row

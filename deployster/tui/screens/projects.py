@@ -23,6 +23,7 @@ from deployster.overview import ProjectRow
 from ..controls import ask_cancel, ask_redeploy, ask_unlock, heartbeat_text, ttl_left, ttl_text
 from ..format import DASH, GLYPH, ago, clock_duration, commit, short_id, since
 from ..messages import DataRefreshed
+from ..widgets.projects_table import ProjectsTable
 from ..widgets.status_line import StatusLine
 from .base import CoreScreen
 
@@ -31,7 +32,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("running", "running"), ("queue", "queue"), ("last", "last"), ("path", "path"),
 ]
 PATH_WIDTH = 40
-WIDTHS = {"lock": 17, "ttl": 8, "heartbeat": 14, "running": 20, "queue": 5, "last": 14}
+WIDTHS = {"lock": 17, "ttl": 8, "heartbeat": 12, "running": 22, "queue": 5, "last": 14}
 
 
 @lru_cache(maxsize=4096)
@@ -63,6 +64,15 @@ def row_facts(row: ProjectRow) -> tuple[object, ...]:
             (running.id, running.status) if running else None)
 
 
+def ticking(row: ProjectRow) -> bool:
+    """Whether a row's clocks move by the second: a lock (TTL, heartbeat), a
+    running job (elapsed) or a deploy less than an hour ago (its age)."""
+    if row.lock_owner is not None or row.running is not None:
+        return True
+    last = row.last
+    return last is not None and (since(last.finished_at or last.started_at) or 0) < 3600
+
+
 def row_cells(row: ProjectRow, since_fetch: float) -> dict[str, Any]:
     if row.lock_owner is None:
         lock: Text | str = DASH
@@ -72,8 +82,9 @@ def row_cells(row: ProjectRow, since_fetch: float) -> dict[str, Any]:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
     job = row.running
     if job is not None and job.status is JobStatus.RUNNING:
+        # Elapsed first: a long ref name is what gets cut, not the clock.
         elapsed = clock_duration(since(job.started_at))
-        running: Text | str = f"{job.ref_name} {commit(job)} {elapsed}"
+        running: Text | str = f"{elapsed} {commit(job)} {job.ref_name}"
     else:
         running = DASH
     if row.last is None:
@@ -117,12 +128,13 @@ class ProjectsScreen(CoreScreen):
         self._shown: dict[str, ProjectRow] = {}
         self._cells: dict[str, dict[str, Any]] = {}
         self._facts: dict[str, tuple[object, ...]] = {}
+        self._tick = 0
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status-line")
         yield Input(placeholder="filter projects (name or path) — enter to keep, esc to clear",
                     id="filter")
-        table: DataTable[Any] = DataTable(id="projects", cursor_type="row", zebra_stripes=True)
+        table = ProjectsTable(id="projects", cursor_type="row", zebra_stripes=True)
         for key, label in COLUMNS:
             # Fixed widths for the ticking columns: the layout never jumps.
             table.add_column(label, key=key, width=WIDTHS.get(key))
@@ -130,12 +142,12 @@ class ProjectsScreen(CoreScreen):
         yield Footer()
 
     @property
-    def table(self) -> DataTable[Any]:
-        return self.query_one("#projects", DataTable)
+    def table(self) -> ProjectsTable:
+        return self.query_one("#projects", ProjectsTable)
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
-        self.set_interval(1.0, self.render_rows)  # the clocks tick
+        self.clock = self.set_interval(1.0, self.render_rows)  # the clocks tick
         self.table.focus()
         self.render_rows()
 
@@ -155,8 +167,11 @@ class ProjectsScreen(CoreScreen):
         return sorted(rows, key=SORT_KEYS[self.sort_column], reverse=self.sort_reverse)
 
     def render_rows(self, *, clocks: bool = True) -> None:
-        """Redraw what changed; with ``clocks`` false only rows whose facts changed."""
+        """Redraw what changed: rows whose facts changed, and with ``clocks`` the
+        rows whose clocks tick (every row once a minute, for the older ages)."""
         app = self.dapp
+        self._tick += clocks
+        everything = clocks and self._tick % 60 == 1
         self.query_one(StatusLine).show(app.rows, app.health, app.wall_clock())
         rows = self.visible_rows()
         since_fetch = app.since_fetch()
@@ -168,7 +183,8 @@ class ProjectsScreen(CoreScreen):
             for r in rows:
                 key = str(r.project.id)
                 facts = row_facts(r)
-                if not clocks and self._facts.get(key) == facts:
+                if self._facts.get(key) == facts and not (
+                        everything or (clocks and ticking(r))):
                     continue
                 self._facts[key] = facts
                 cells = row_cells(r, since_fetch)
@@ -202,7 +218,7 @@ class ProjectsScreen(CoreScreen):
                 header.label = text
                 changed = True
         if changed:
-            table.refresh()
+            table.invalidate()
 
     def selected_key(self) -> str | None:
         table = self.table

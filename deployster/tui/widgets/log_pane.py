@@ -1,32 +1,36 @@
 """A job's log: a bounded tail window, followed live while the job runs.
 
 Only the last ``MAX_LINES`` lines (read from at most ``MAX_BYTES`` of the end of
-the log) are ever held, so a million-line log costs what a small one does; the
-pane's title says when older output was left out. Following reads the stream
-from the last id seen (``read_log(after=…)``); pausing it (``f``) stops reading,
-and resuming continues where it stopped, so nothing is lost.
+the log) are ever held, and the view renders only the rows on screen, so a
+million-line log costs what a small one does; the pane's title says when older
+output was left out. Following reads the stream from the last id seen
+(``log_entries(after=…)``); pausing it (``f``) stops reading, and resuming
+continues where it stopped, so nothing is lost.
+
+The keys are k9s's: ``f`` follow, ``w`` wrap, ``t`` timestamps (each stream
+entry's write time), ``/`` search with ``n``/``N`` to the next/previous match,
+``g``/``G`` top/bottom.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import RichLog, Static
+from textual.widgets import Input, Static
 
-from deployster.logstream import read_log
-from deployster.overview import log_window
+from deployster.overview import LogChunk, log_entries, log_window
 
 from ..format import short_id
+from .log_view import LogView
 
 if TYPE_CHECKING:
     from ..app import DeploysterApp
 
-MAX_LINES = 5_000
+MAX_LINES = 50_000
 MAX_BYTES = 1024 * 1024
 FOLLOW_INTERVAL = 0.25
 
@@ -35,60 +39,82 @@ class LogPane(Vertical):
     BINDINGS = [
         Binding("f", "toggle_follow", "Follow", id="log.follow"),
         Binding("w", "toggle_wrap", "Wrap", id="log.wrap"),
+        Binding("t", "toggle_timestamps", "Timestamps", id="log.timestamps"),
+        Binding("slash", "search", "Search", key_display="/", id="log.search"),
+        Binding("n", "next_match", "Next match", id="log.next"),
+        Binding("N", "previous_match", "Previous match", key_display="N", show=False,
+                id="log.previous"),
         Binding("g", "top", "Top", id="log.top"),
         Binding("G", "bottom", "Bottom", key_display="G", id="log.bottom"),
+        Binding("escape", "clear_search", "Clear search", id="log.clear"),
     ]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.job_id: str | None = None
         self.follow = True
-        self.wrap = False
         self.live = False  # the job is still running: there may be more
         self.truncated = False
         self.last_id = "0-0"
-        self.lines: deque[str] = deque(maxlen=MAX_LINES)
+        self.query_text = ""
         self._partial = ""
-        self._dropped = False
+        self._partial_t: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("no job selected", id="log-title", classes="pane-title")
-        yield RichLog(max_lines=MAX_LINES, wrap=False, markup=False, highlight=False,
-                      auto_scroll=True, id="log")
+        yield Input(placeholder="search the log — enter to find, n/N next/previous, "
+                    "esc to clear", id="log-search")
+        view = LogView(max_lines=MAX_LINES, id="log")
+        view.tz = self.dapp.wall_clock().tzinfo  # times of day as the header's clock
+        yield view
 
     @property
     def dapp(self) -> DeploysterApp:
         return cast("DeploysterApp", self.app)
 
     @property
-    def log_widget(self) -> RichLog:
-        return self.query_one("#log", RichLog)
+    def log_view(self) -> LogView:
+        return self.query_one("#log", LogView)
+
+    @property
+    def wrap(self) -> bool:
+        return self.log_view.wrap
+
+    @property
+    def timestamps(self) -> bool:
+        return self.log_view.timestamps
+
+    @property
+    def lines(self) -> list[str]:
+        return self.log_view.lines
 
     @property
     def text(self) -> str:
-        """What the pane holds (the visible window), for tests and screenshots."""
+        """What the pane holds (the window), for tests and screenshots."""
         return "\n".join([*self.lines, *([self._partial] if self._partial else [])])
 
     def show_job(self, job_id: str | None) -> None:
         if job_id == self.job_id:
             return
         self.job_id = job_id
-        self.lines.clear()
-        self._partial = ""
-        self.log_widget.clear()
+        self.truncated = False
+        self._partial, self._partial_t = "", None
+        self.log_view.clear()
         self.workers.cancel_group(self, "log")
         if job_id is None:
             self._retitle()
             return
         self.run_worker(self._load(job_id), group="log", exclusive=True)
 
-    def show_text(self, job_id: str, text: str) -> None:
-        """Show a finished job's log given as text (demo data, snapshots)."""
+    def show_text(self, job_id: str, text: str | list[LogChunk], *, live: bool = False) -> None:
+        """Show a job's log given as text or chunks (demo data, snapshots); ``live``
+        only says so in the title: nothing is read."""
         self.show_job(None)
         self.job_id = job_id
-        self.live = False
-        self._append(text, final=True)
+        self.live = live
+        self._append(text if isinstance(text, list) else [LogChunk(text, None)], final=True)
         self._retitle()
+        self.live = False
 
     async def _load(self, job_id: str) -> None:
         try:
@@ -108,7 +134,7 @@ class LogPane(Vertical):
         self.truncated = window.truncated
         self.last_id = window.last_id
         self.live = window.live and job is not None and not job.status.finished
-        self._append(window.text, final=not self.live)
+        self._append(window.chunks, final=not self.live)
         self._retitle()
         while self.live:
             if self.follow:
@@ -117,69 +143,149 @@ class LogPane(Vertical):
 
     async def _poll(self, job_id: str) -> None:
         core = self.dapp.core
-        chunks: list[str] = []
-        async for entry_id, text in read_log(core.redis, core.keys, job_id, after=self.last_id):
+        chunks: list[LogChunk] = []
+        size = 0
+        async for entry_id, chunk in log_entries(core, job_id, after=self.last_id):
             self.last_id = entry_id
-            chunks.append(text)
-            if sum(map(len, chunks)) > MAX_BYTES:
-                chunks = ["".join(chunks)[-MAX_BYTES:]]
+            chunks.append(chunk)
+            size += len(chunk.text)
+            while size > MAX_BYTES and len(chunks) > 1:  # a burst: keep its end only
+                size -= len(chunks.pop(0).text)
                 self.truncated = True
         job = await core.job(job_id)
         if job is None or job.status.finished:
             self.live = False
         if chunks or not self.live:
-            self._append("".join(chunks), final=not self.live)
+            self._append(chunks, final=not self.live)
             self._retitle()
 
-    def _append(self, text: str, *, final: bool) -> None:
-        """Write complete lines; hold a trailing partial line until it ends."""
-        combined = self._partial + text
-        new = combined.split("\n")
-        self._partial = "" if final else new.pop()
-        if final and new and new[-1] == "":
-            new.pop()
-        if len(new) + len(self.lines) > MAX_LINES:
+    def _append(self, chunks: list[LogChunk], *, final: bool) -> None:
+        """Write complete lines, each with the time its first byte was written;
+        hold a trailing partial line until it ends."""
+        lines: list[str] = []
+        stamps: list[int | None] = []
+        partial, partial_t = self._partial, self._partial_t
+        for chunk in chunks:
+            pieces = chunk.text.split("\n")
+            for piece in pieces[:-1]:
+                lines.append(partial + piece)
+                stamps.append(partial_t if partial else chunk.t)
+                partial, partial_t = "", None
+            if pieces[-1]:
+                if not partial:
+                    partial_t = chunk.t
+                partial += pieces[-1]
+        if final and partial:
+            lines.append(partial)
+            stamps.append(partial_t)
+            partial, partial_t = "", None
+        self._partial, self._partial_t = partial, partial_t
+        if self.log_view.append(lines, stamps):
             self.truncated = True
-        new = new[-MAX_LINES:]
-        if not new:
-            return
-        self.lines.extend(new)
-        self.log_widget.write("\n".join(new), scroll_end=self.follow)
 
     def _retitle(self) -> None:
+        view = self.log_view
         if self.job_id is None:
             title = "no job selected"
         else:
             state = ("following" if self.follow else "paused (f to follow)") if self.live \
                 else "finished"
             title = f"log · {short_id(self.job_id)} · {state}"
-            if self.wrap:
+            if view.wrap:
                 title += " · wrap"
+            if view.timestamps:
+                title += " · timestamps" if view.has_stamps else " · no timestamps (history)"
+            if view.pattern is not None:
+                where = "no match" if not view.matches else (
+                    f"{(view.current or 0) + 1} of {len(view.matches)}"
+                    if view.current is not None else f"{len(view.matches)} lines")
+                title += f" · /{self.query_text} {where}"
             if self.truncated:
-                title += f" · showing the last {len(self.lines):,} lines only"
+                title += f" · showing the last {len(view.lines):,} lines only"
         self.query_one("#log-title", Static).update(title)
 
     # --------------------------------------------------------------- actions
+    def _pause(self) -> None:
+        if self.follow:
+            self.action_toggle_follow()
+
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow
-        self.log_widget.auto_scroll = self.follow
+        view = self.log_view
+        view.auto_scroll = self.follow
         if self.follow:
-            self.log_widget.scroll_end(animate=False)
+            view.scroll_end(animate=False, immediate=True, x_axis=False)
         self._retitle()
 
     def action_toggle_wrap(self) -> None:
-        self.wrap = not self.wrap
-        log = self.log_widget
-        log.wrap = self.wrap
-        log.clear()
-        if self.lines:
-            log.write("\n".join(self.lines), scroll_end=self.follow)
+        self.log_view.set_wrap(not self.log_view.wrap)
+        self._retitle()
+
+    def action_toggle_timestamps(self) -> None:
+        self.log_view.set_timestamps(not self.log_view.timestamps)
         self._retitle()
 
     def action_top(self) -> None:
-        if self.follow:
-            self.action_toggle_follow()
-        self.log_widget.scroll_home(animate=False)
+        self._pause()
+        self.log_view.scroll_home(animate=False, immediate=True)
 
     def action_bottom(self) -> None:
-        self.log_widget.scroll_end(animate=False)
+        self.log_view.scroll_end(animate=False, immediate=True)
+
+    def action_search(self) -> None:
+        box = self.query_one("#log-search", Input)
+        box.display = True
+        box.value = self.query_text
+        box.focus()
+        self.refresh_bindings()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "log-search":
+            return
+        event.stop()
+        self.query_text = event.value.strip()
+        if not self.query_text:
+            self.action_clear_search()
+            return
+        event.input.display = False
+        view = self.log_view
+        view.focus()
+        if view.search(self.query_text):
+            self._pause()  # the match stays where the operator is looking
+            view.go_to_match(view.current or 0)
+        self._retitle()
+        self.refresh_bindings()
+
+    def action_next_match(self) -> None:
+        self._step(1)
+
+    def action_previous_match(self) -> None:
+        self._step(-1)
+
+    def _step(self, step: int) -> None:
+        view = self.log_view
+        if view.pattern is None:
+            self.notify("no search: press / first", timeout=2)
+            return
+        self._pause()
+        if not view.next_match(step):
+            self.notify(f"no match for {self.query_text!r}", timeout=2)
+        self._retitle()
+
+    @property
+    def searching(self) -> bool:
+        boxes = self.query("#log-search")
+        return bool(boxes and boxes.first().display) or self.log_view.pattern is not None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Nothing to clear: escape goes on to the screen (back) and the footer
+        # shows that instead.
+        return self.searching if action == "clear_search" else True
+
+    def action_clear_search(self) -> None:
+        self.query_one("#log-search", Input).display = False
+        self.query_text = ""
+        self.log_view.search("")
+        self.log_view.focus()
+        self._retitle()
+        self.refresh_bindings()
