@@ -53,6 +53,8 @@ class Settings:
     max_command_bytes: int = 64 * 1024
     # Jobs that may wait in one project's queue; past it a deploy gets 429 (0: no cap).
     max_queue: int = 100
+    # Seconds without an event before an SSE stream sends a keep-alive comment.
+    sse_keepalive: float = 15.0
 
     # ------------------------------------------------------------------ loading
     @classmethod

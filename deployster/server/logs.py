@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +15,11 @@ from quart import Blueprint, Response, request
 from quart_schema import document_headers, document_querystring, document_response
 
 from ..access import Principal
+from ..db import DATABASE_DOWN
 from ..errors import DeploysterError
 from ..logs import MAX_CURSOR, follow, job_record, read_logs, visible_job
 from ..models import Job, JobStatus
+from ..redis_conn import REDIS_DOWN
 from ..service import Deployster
 from .auth import principal, require_token
 from .context import core
@@ -28,12 +29,10 @@ log = logging.getLogger("deployster.server")
 
 blueprint = Blueprint("job_reads", __name__)
 
-# A comment line after this many seconds without an event keeps proxies and
-# clients from timing the connection out.
-KEEPALIVE = float(os.environ.get("DEPLOYSTER_SSE_KEEPALIVE", "15"))
 # How long one wait for new output blocks (XREAD BLOCK) before the job's status
 # is looked at again: the latency of status and end events.
 WAIT = 0.5
+BACKEND_DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, *DATABASE_DOWN)
 # One log event carries at most this many bytes of text.
 EVENT_BYTES = 64 * 1024
 
@@ -127,10 +126,13 @@ def end_event(job: Job) -> bytes:
 async def events(
     the_core: Deployster, job_id: str, start: int, who: Principal
 ) -> AsyncIterator[bytes]:
+    # A comment after this long without an event keeps proxies and clients
+    # from timing the connection out.
+    keepalive = the_core.settings.sse_keepalive
     last_sent = time.monotonic()
     state: tuple[str, int | None] | None = None
     try:
-        async for job, part in follow(the_core, job_id, start, block=min(WAIT, KEEPALIVE),
+        async for job, part in follow(the_core, job_id, start, block=min(WAIT, keepalive),
                                       max_bytes=EVENT_BYTES, principal=who):
             out: list[bytes] = []
             if not job.status.finished:
@@ -150,13 +152,17 @@ async def events(
             if out:
                 last_sent = now
                 yield b"".join(out)
-            elif now - last_sent >= KEEPALIVE:
+            elif now - last_sent >= keepalive:
                 last_sent = now
                 yield b": keep-alive\n\n"
-    except Exception as exc:  # Redis or the database failed mid-stream
+    except BACKEND_DOWN as exc:  # the headers are sent: say it in-band
         log.warning("stream of job %s ended early: %s: %s", job_id, type(exc).__name__, exc)
         yield sse("error", {"error": "a backing service failed; reconnect with Last-Event-ID",
                             "code": "service_unavailable"})
+    except Exception:
+        log.exception("stream of job %s failed", job_id)
+        yield sse("error", {"error": "internal error; the server log has the details",
+                            "code": "internal_error"})
 
 
 @blueprint.get("/jobs/<job_id>/stream")
