@@ -4,8 +4,14 @@ It posts a deploy, shows the queue position while the job waits, streams the log
 live (``GET /jobs/<id>/stream``, Server-Sent Events, resumed with
 ``Last-Event-ID`` when the connection drops) and turns the outcome into an exit
 code: 0 complete, 1 failed, 2 when it cannot tell (usage, connection, HTTP
-errors, ``--timeout``), 130 when Ctrl-C detaches it. The job itself is never
-cancelled by the client.
+errors, ``--timeout``), 130 when Ctrl-C (SIGINT) detaches it, 143 when SIGTERM
+does (GitHub Actions cancelling a run sends SIGINT, then SIGTERM). The job
+itself is never cancelled by the client.
+
+Blips are waited out, for ``--retry-for`` seconds (60 by default): ``POST
+/deploy`` is retried while the server cannot take it (connection refused, 429
+queue full, 502/503) honouring ``Retry-After``, and a dropped stream is resumed
+from ``Last-Event-ID`` (a server restart included).
 
 Only httpx here: no Quart, no Textual, no Redis.
 """
@@ -14,11 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import IO, Any
 
 import httpx
@@ -31,7 +39,15 @@ TOKEN_HEADER = "x-deployster-token"
 EXIT_COMPLETE = 0
 EXIT_FAILED = 1
 EXIT_ERROR = 2
-EXIT_DETACHED = 130
+EXIT_DETACHED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM: detached too
+
+DEFAULT_RETRY_FOR = 60.0  # seconds a blip (server restart, Redis down, queue full) is waited out
+# POST /deploy answers retried: nothing was queued (429 queue_full, 503 backend
+# down) or the request never reached the server (502 from a reverse proxy).
+RETRY_STATUSES = (429, 502, 503)
+# A stream that stayed up this long was healthy: a later drop starts a new outage.
+HEALTHY_AFTER = 5.0
 
 
 class ClientError(DeploysterError):
@@ -42,6 +58,10 @@ class ClientError(DeploysterError):
 
 class WaitExpired(Exception):
     """``--timeout`` ran out (the job itself is left alone)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: detach like Ctrl-C, exit 143."""
 
 
 # ------------------------------------------------------------------ SSE
@@ -162,24 +182,92 @@ def http_error(response: httpx.Response, what: str) -> ClientError:
                        code=f"http_{status}")
 
 
+def sse_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """The lines of an event stream: split on CRLF, LF or CR only (the SSE rule).
+
+    Not ``httpx``'s ``iter_lines``: like ``str.splitlines`` it also splits on
+    U+0085, U+2028 and U+2029, which JSON leaves unescaped inside a log event."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        start = 0
+        size = len(buffer)
+        while True:
+            lf, cr = buffer.find(b"\n", start), buffer.find(b"\r", start)
+            if lf < 0 and cr < 0:
+                break
+            if cr >= 0 and (lf < 0 or cr < lf):
+                if cr + 1 == size:
+                    break  # CR at the end: an LF may follow in the next chunk
+                end, after = cr, cr + (2 if buffer[cr + 1:cr + 2] == b"\n" else 1)
+            else:
+                end, after = lf, lf + 1
+            yield buffer[start:end].decode("utf-8", "replace")
+            start = after
+        buffer = buffer[start:]
+    if buffer:
+        yield buffer.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def check_url(url: str) -> tuple[str, str]:
+    """The server's base URL (no trailing slash; a path prefix kept) and the
+    same without any ``user:password@`` for messages; a ``ClientError`` when it
+    is no usable http(s) address."""
+    base = url.strip().rstrip("/")
+    try:
+        parsed = httpx.URL(base)
+        if any(c.isspace() for c in base):
+            raise ValueError("it contains whitespace")
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError("it must start with http:// or https://")
+        if not parsed.host:
+            raise ValueError("it has no host")
+        if parsed.query or parsed.fragment:
+            raise ValueError("a ?query or #fragment has no place in it")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ValueError("its port is out of range")
+    except (httpx.InvalidURL, ValueError) as exc:
+        said = repr(url) if "@" not in url else "(not shown: it holds a user:password)"
+        raise ClientError(f"--url/DEPLOYSTER_URL {said} is not an http:// or https:// "
+                          f"address of the server: {exc}") from None
+    shown = str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else base
+    return base, shown
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (a delay; an HTTP date is ignored)."""
+    value = response.headers.get("retry-after", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 3600 else None
+
+
+def _backoff(attempt: int, cap: float) -> float:
+    return float(min(cap, 0.5 * 2 ** (attempt - 1)))
+
+
 class DeployClient:
-    """A small synchronous client for the deployster HTTP API."""
+    """A small synchronous client for the deployster HTTP API.
+
+    ``url`` may carry a path prefix (a reverse proxy serving deployster under
+    ``https://host/deployster/``): every request goes below it. ``retry_for``
+    bounds how long one outage is waited out; ``notify`` gets a sentence each
+    time the client starts waiting and when it is back."""
 
     def __init__(self, url: str, token: str, *, connect_timeout: float = 10.0,
-                 read_timeout: float = 60.0, retries: int = 10, max_backoff: float = 8.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
-        try:
-            parsed = httpx.URL(self.url)
-            if not parsed.host:
-                raise httpx.InvalidURL("no host")
-        except httpx.InvalidURL as exc:
-            raise ClientError(f"--url is not a valid address: {exc}") from None
-        # What messages show: never a user:password embedded in the URL.
-        self.shown_url = str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else self.url
+                 read_timeout: float = 60.0, retry_for: float = DEFAULT_RETRY_FOR,
+                 max_backoff: float = 8.0, transport: httpx.BaseTransport | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
+        self.url, self.shown_url = check_url(url)
         self.read_timeout = read_timeout
-        self.retries = retries
+        self.retry_for = retry_for
         self.max_backoff = max_backoff
+        self.notify = notify or (lambda text: None)
+        # True from sending POST /deploy until its answer is in: an interruption
+        # then cannot tell whether a job was queued.
+        self.posting = False
         self._http = httpx.Client(
             base_url=self.url, headers={TOKEN_HEADER: token},
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -200,29 +288,85 @@ class DeployClient:
                            f"{_describe(exc)}", code="unreachable")
 
     def submit(self, cd: str, commands: Sequence[str], commit_hash: str,
-               ref_name: str) -> dict[str, Any]:
+               ref_name: str, *, deadline: float | None = None) -> dict[str, Any]:
         """``POST /deploy``: the reply, ``{"job_id", "queued"?, "message"?}``.
 
-        Not retried: a request that reached the server may have queued a job."""
+        Retried, for ``retry_for`` seconds (and never past ``deadline``), only
+        while nothing can have been queued: the connection was refused (the
+        request never left), or the server answered 429 (queue full), 502 or
+        503 (a backend down); ``Retry-After`` is honoured. Any other 4xx is
+        final at once. A connection lost after the request was sent is not
+        retried: the deploy may have been queued."""
         body = {"cd": cd, "commands": list(commands), "commit_hash": commit_hash,
                 "ref_name": ref_name}
-        try:
-            response = self._http.post("/deploy", json=body)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        if response.status_code != 200:
-            raise http_error(response, "submitting the deploy")
-        reply = _json_object(response, "submitting the deploy")
-        if not isinstance(reply.get("job_id"), str):
-            raise ClientError("the server's reply to POST /deploy has no job_id")
-        return reply
+        started = time.monotonic()
+        give_up = started + self.retry_for
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.posting = True
+            try:
+                response = self._http.post("/deploy", json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self.posting = False  # the request never reached the server
+                problem, wait, error = (f"cannot connect ({_describe(exc)})", None,
+                                        self._unreachable(exc))
+            except httpx.HTTPError as exc:
+                raise ClientError(
+                    f"lost the connection to {self.shown_url} while submitting the deploy "
+                    f"({_describe(exc)}): it may or may not have been queued; look for it "
+                    "in the dashboard or GET /jobs before deploying again",
+                    code="unreachable") from None
+            else:
+                self.posting = False
+                if response.status_code == 200:
+                    reply = _json_object(response, "submitting the deploy")
+                    if not isinstance(reply.get("job_id"), str):
+                        raise ClientError("the server's reply to POST /deploy has no job_id")
+                    if attempt > 1:
+                        self.notify("the server took the deploy")
+                    return reply
+                if response.status_code not in RETRY_STATUSES:
+                    raise http_error(response, "submitting the deploy")
+                error = http_error(response, "submitting the deploy")
+                problem = f"the server answered {response.status_code}: {_error_text(response)}"
+                wait = _retry_after(response)
+            now = time.monotonic()
+            # The server's Retry-After is a floor; our own backoff shrinks to
+            # fit a last attempt at the end of the budget.
+            pause = wait if wait is not None else min(_backoff(attempt, self.max_backoff),
+                                                      give_up - now)
+            if pause <= 0 or now + pause > give_up:
+                waited = f" (retried for {now - started:.0f}s)" if attempt > 1 else ""
+                if wait is not None and now + pause > started + self.retry_for:
+                    waited += f"; it asks to retry after {wait:g}s, past --retry-for"
+                raise ClientError(f"{error.message}{waited}", code=error.code)
+            self.notify(f"{problem}; nothing was queued, retrying POST /deploy in {pause:.3g}s")
+            time.sleep(pause)
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """``GET /jobs/<id>``: the job record."""
-        try:
-            response = self._http.get(f"/jobs/{job_id}")
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        """``GET /jobs/<id>``: the job record (a read: retried like the stream,
+        for ``retry_for`` seconds, while the server is unreachable or answers 5xx)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.get(f"/jobs/{job_id}")
+            except httpx.HTTPError as exc:
+                error, wait = self._unreachable(exc), None
+            else:
+                if response.status_code < 500 and response.status_code != 429:
+                    break
+                error, wait = http_error(response, f"reading job {job_id}"), _retry_after(response)
+            now = time.monotonic()
+            pause = wait if wait is not None else _backoff(attempt, self.max_backoff)
+            if now + pause > started + self.retry_for:
+                raise error
+            self.notify(f"{error.message}; retrying in {pause:.3g}s")
+            time.sleep(pause)
         if response.status_code == 404:
             raise ClientError(f"job {job_id} not found on {self.shown_url}",
                               code="not_found")
@@ -232,10 +376,16 @@ class DeployClient:
 
     def events(self, job_id: str, *, last_event_id: str | None = None,
                deadline: float | None = None) -> Iterator[SSEEvent]:
-        """The job's events until ``end``; a dropped stream is resumed where it
-        stopped (``Last-Event-ID``), with backoff, ``retries`` times in a row."""
+        """The job's events until ``end``.
+
+        A dropped stream (network, proxy, a server restart, a 5xx) is resumed
+        where it stopped (``Last-Event-ID``), with backoff, for ``retry_for``
+        seconds from the drop; the server's in-band ``error`` events are not
+        passed on (the stream then ends and is resumed)."""
         parser = SSEParser(last_event_id=last_event_id)
-        failures = 0
+        outage: float | None = None  # when the current run of failures began
+        lost = False  # "lost the stream" said, "reconnected" not yet
+        attempt = 0
         last_problem = "the stream ended early"
         while True:
             parser.discard()  # what a broken connection left half-received is not an event
@@ -245,6 +395,7 @@ class DeployClient:
             read = self.read_timeout
             if deadline is not None:
                 read = max(0.05, min(read, deadline - time.monotonic()))
+            connected: float | None = None
             try:
                 with self._http.stream("GET", f"/jobs/{job_id}/stream", headers=headers,
                                        timeout=httpx.Timeout(read, connect=self._connect)
@@ -261,29 +412,49 @@ class DeployClient:
                         response.read()
                         raise http_error(response, f"streaming job {job_id}")
                     else:
-                        for line in response.iter_lines():
+                        connected = time.monotonic()
+                        for line in sse_lines(response.iter_bytes()):
                             event = parser.feed(line)
                             if event is None:
                                 continue
-                            failures = 0
+                            if event.event == "error":
+                                value = event.json()
+                                last_problem = "the server reported: " + (
+                                    str(value.get("error")) if isinstance(value, dict)
+                                    else event.data)
+                                continue
+                            if lost:
+                                lost = False
+                                self.notify(f"reconnected to the stream of job {job_id}")
+                            if event.event in ("log", "end"):  # progress: the outage is over
+                                outage, attempt = None, 0
                             yield event
                             if event.event == "end":
                                 return
                         last_problem = "the stream ended before the job did"
             except httpx.HTTPError as exc:
                 last_problem = _describe(exc)
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise WaitExpired
-            failures += 1
-            if failures > self.retries:
+            if outage is None or (connected is not None and now - connected >= HEALTHY_AFTER):
+                outage, attempt = now, 0  # a new outage (not the same one going on)
+                if not lost:
+                    lost = True
+                    self.notify(f"lost the stream of job {job_id} ({last_problem}); "
+                                f"reconnecting for up to {self.retry_for:g}s")
+            attempt += 1
+            if now - outage >= self.retry_for:
                 raise ClientError(
-                    f"lost the connection to {self.shown_url} ({last_problem}); gave up after "
-                    f"{self.retries} retries. Job {job_id} keeps running on the server.",
-                    code="unreachable")
-            pause = parser.retry if parser.retry is not None else 0.5 * 2 ** (failures - 1)
-            pause = min(pause, self.max_backoff)
+                    f"lost the connection to {self.shown_url} ({last_problem}); gave up "
+                    f"reconnecting after {now - outage:.0f}s (--retry-for {self.retry_for:g}). "
+                    f"Job {job_id} keeps running on the server: follow it with "
+                    f"deployster deploy --follow {job_id}", code="unreachable")
+            pause = parser.retry if parser.retry is not None else _backoff(attempt,
+                                                                         self.max_backoff)
+            pause = min(pause, self.max_backoff, max(0.0, outage + self.retry_for - now))
             if deadline is not None:
-                pause = max(0.0, min(pause, deadline - time.monotonic()))
+                pause = max(0.0, min(pause, deadline - now))
             time.sleep(pause)
 
     @property
@@ -355,13 +526,16 @@ class Options:
     detach: bool = False
     follow: str | None = None
     timeout: float | None = None
+    retry_for: float = DEFAULT_RETRY_FOR
 
 
 class Display:
     """What the user sees: the log on stdout byte for byte, the rest on stderr.
 
     On a terminal the queue position is one line updated in place; elsewhere
-    (CI) a plain line each time the position changes."""
+    (CI) a plain line each time the position changes. A closed stdout (``|
+    head -1``) or stderr is no error: what would go there is dropped and the
+    job is still followed to its end, for the exit code."""
 
     def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None) -> None:
         self.out = out or sys.stdout
@@ -370,10 +544,16 @@ class Display:
         self._pending = False  # an updating line is on screen
         self._position: int | None = None
         self._at_line_start = True
+        self.out_closed = False
+        self.err_closed = False
 
     def note(self, text: str) -> None:
         self._clear()
-        print(f"deployster: {text}", file=self.err, flush=True)
+        self._err(f"deployster: {text}\n")
+
+    def line(self, text: str) -> None:
+        """One line of stdout (the job id with ``--detach``)."""
+        self.log(f"{text}\n")
 
     def position(self, position: int) -> None:
         if position == self._position:
@@ -381,36 +561,68 @@ class Display:
         self._position = position
         text = f"deployster: waiting: position {position} in the queue"
         if self.tty:
-            self.err.write(f"\r\033[K{text}")
-            self.err.flush()
-            self._pending = True
+            self._err(f"\r\033[K{text}")
+            self._pending = not self.err_closed
         else:
-            print(text, file=self.err, flush=True)
+            self._err(f"{text}\n")
 
     def log(self, text: str) -> None:
         if not text:
             return
         self._clear()
-        buffer = getattr(self.out, "buffer", None)
-        if buffer is not None:
-            self.out.flush()
-            buffer.write(text.encode("utf-8", "surrogateescape"))
-            buffer.flush()
-        else:
-            self.out.write(text)
-            self.out.flush()
         self._at_line_start = text.endswith("\n")
+        if self.out_closed:
+            return
+        try:
+            buffer = getattr(self.out, "buffer", None)
+            if buffer is not None:
+                self.out.flush()
+                buffer.write(text.encode("utf-8", "surrogateescape"))
+                buffer.flush()
+            else:
+                self.out.write(text)
+                self.out.flush()
+        except BrokenPipeError:
+            self.out_closed = True
+            _silence(self.out)
+            self.note("stdout was closed: the rest of the log is not shown; still following "
+                      "the job for its outcome")
 
     def end_of_log(self) -> None:
         """Keep the summary off the last log line when that line has no newline."""
         if not self._at_line_start:
             self.log("\n")
 
+    def _err(self, text: str) -> None:
+        if self.err_closed:
+            return
+        try:
+            self.err.write(text)
+            self.err.flush()
+        except BrokenPipeError:
+            self.err_closed = True
+            _silence(self.err)
+
     def _clear(self) -> None:
         if self._pending:
-            self.err.write("\r\033[K")
-            self.err.flush()
             self._pending = False
+            self._err("\r\033[K")
+
+
+def _silence(stream: IO[str]) -> None:
+    """Point a closed pipe's descriptor at /dev/null, so that the interpreter's
+    last flush of what is still buffered cannot fail at exit."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -427,59 +639,126 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
+def clean_token(token: str) -> str:
+    """The token as sent: surrounding whitespace dropped (a CI secret saved with
+    its trailing newline is common); anything else that cannot go in a header
+    is a usage error, reported without echoing the token."""
+    token = token.strip()
+    if not token:
+        raise ClientError("no token: set DEPLOYSTER_TOKEN (or pass --token)")
+    if any(not ("!" <= c <= "~") for c in token):
+        raise ClientError("the token contains spaces, line breaks or non-ASCII characters: "
+                          "check the DEPLOYSTER_TOKEN secret (it must be the token alone)")
+    return token
+
+
+def _check_request(options: Options) -> None:
+    """What the server would refuse anyway, said before anything is sent.
+
+    ``--cd`` is a directory on the server: it need not exist where the client runs."""
+    if not options.cd or not options.cd.strip():
+        raise ClientError("--cd DIR is required: the project directory on the server")
+    if not options.commands:
+        raise ClientError("no commands: put them after '--', one argument each, e.g. "
+                          "-- \"git pull\" \"supervisorctl restart my-app\"")
+    for number, command in enumerate(options.commands, 1):
+        if not command.strip():
+            raise ClientError(f"command {number} of {len(options.commands)} is empty: each "
+                              "argument after '--' is one command")
+
+
+@dataclass
+class _State:
+    client: DeployClient | None = None
+    job_id: str = ""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def run(options: Options, display: Display | None = None) -> int:
-    """``deployster deploy``: submit (or ``--follow``) and wait; the exit code."""
+    """``deployster deploy``: submit (or ``--follow``) and wait; the exit code.
+
+    SIGINT (Ctrl-C) and SIGTERM detach: the job keeps running, the way to follow
+    it is printed, and the exit code is 130 or 143."""
     display = display or Display()
+    state = _State()
+    handlers: dict[signal.Signals, Any] = {}
+    try:
+        handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        handlers.clear()
+    try:
+        return _run(options, display, state)
+    except KeyboardInterrupt as exc:
+        for signum in handlers:  # a second signal is not a traceback
+            signal.signal(signum, signal.SIG_IGN)
+        return _detached(display, state, terminated=isinstance(exc, Terminated))
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _detached(display: Display, state: _State, *, terminated: bool) -> int:
+    display._clear()
+    display.end_of_log()
+    code = EXIT_TERMINATED if terminated else EXIT_DETACHED
+    client = state.client
+    if state.job_id:
+        url = client.shown_url if client else "$DEPLOYSTER_URL"
+        display.note(f"detached: job {state.job_id} keeps running; follow it with: "
+                     f"deployster deploy --follow {state.job_id}  (or: curl -H "
+                     f"\"x-deployster-token: $DEPLOYSTER_TOKEN\" {url}/jobs/{state.job_id})")
+    elif client is not None and client.posting:
+        display.note("interrupted while the server was answering POST /deploy: the deploy "
+                     "may or may not have been queued; look for it in the dashboard or "
+                     "GET /jobs before deploying again")
+    else:
+        display.note("interrupted before the deploy was submitted: nothing was queued")
+    return code
+
+
+def _run(options: Options, display: Display, state: _State) -> int:
     started = time.monotonic()
     deadline = started + options.timeout if options.timeout else None
-    if not options.url.startswith(("http://", "https://")):
-        raise ClientError(f"--url {options.url!r} is not an http:// or https:// address")
-    if not options.token:
-        raise ClientError("no token: set DEPLOYSTER_TOKEN (or pass --token)")
-    if options.follow:
-        job_id = options.follow
-    else:
-        if not options.cd:
-            raise ClientError("--cd DIR is required: the project directory on the server")
-        if not options.commands:
-            raise ClientError("no commands: put them after '--', one argument each, e.g. "
-                              "-- \"git pull\" \"supervisorctl restart my-app\"")
+    check_url(options.url)
+    token = clean_token(options.token)
+    commit = ref = ""
+    if not options.follow:
+        _check_request(options)
         commit, ref = resolve_commit(options.commit), resolve_ref(options.ref)
-    with DeployClient(options.url, options.token) as client:
-        job_id = options.follow or ""
+    with DeployClient(options.url, token, retry_for=options.retry_for,
+                      notify=display.note) as client:
+        state.client = client
+        state.job_id = options.follow or ""
         try:
             if not options.follow:
                 assert options.cd is not None
-                reply = client.submit(options.cd, options.commands, commit, ref)
-                job_id = reply["job_id"]
+                reply = client.submit(options.cd, options.commands, commit, ref,
+                                      deadline=deadline)
+                state.job_id = reply["job_id"]
                 if options.detach:
-                    print(job_id, file=display.out, flush=True)
-                    state = "queued" if reply.get("queued") else "started"
-                    display.note(f"job {job_id} {state}; not waiting (--detach)")
+                    display.line(state.job_id)
+                    what = "queued" if reply.get("queued") else "started"
+                    display.note(f"job {state.job_id} {what}; not waiting (--detach)")
                     return EXIT_COMPLETE
                 if reply.get("queued"):
-                    display.note(f"job {job_id} queued: "
+                    display.note(f"job {state.job_id} queued: "
                                  f"{reply.get('message') or 'another deployment is running'}")
                 else:
-                    display.note(f"job {job_id} started")
+                    display.note(f"job {state.job_id} started")
             else:
-                record = client.job(job_id)
-                display.note(f"following job {job_id} ({record.get('status')})")
-            return _follow(client, job_id, display, deadline, started)
-        except KeyboardInterrupt:
-            display._clear()
-            if not job_id:
-                print("deployster: interrupted before the server answered: the deploy may "
-                      "or may not have been accepted", file=display.err, flush=True)
-                return EXIT_DETACHED
-            print(f"deployster: detached: job {job_id} keeps running; follow it with: "
-                  f"deployster deploy --follow {job_id}  (or: curl -H "
-                  f"\"x-deployster-token: $DEPLOYSTER_TOKEN\" {client.shown_url}/jobs/{job_id})",
-                  file=display.err, flush=True)
-            return EXIT_DETACHED
+                record = client.job(state.job_id)
+                display.note(f"following job {state.job_id} ({record.get('status')})")
+            return _follow(client, state.job_id, display, deadline, started)
         except WaitExpired:
             display.end_of_log()
-            raise ClientError(f"gave up waiting for job {job_id} after --timeout "
+            if not state.job_id:
+                raise ClientError(f"gave up submitting the deploy after --timeout "
+                                  f"{options.timeout:g}s", code="timeout") from None
+            raise ClientError(f"gave up waiting for job {state.job_id} after --timeout "
                               f"{options.timeout:g}s; it keeps running on the server "
                               "(not cancelled)", code="timeout") from None
 

@@ -33,6 +33,8 @@ FLUSH_INTERVAL = 0.05
 # non-stop trickling output; trimming before that would make the history copy
 # start later than the byte cursors (offset N == byte N of the whole log).
 MAXLEN = 1_000_000
+# What a NUL in a job's output is logged as (as undecodable bytes are).
+NUL_REPLACEMENT = "\ufffd"
 
 
 def human_bytes(n: int) -> str:
@@ -145,6 +147,11 @@ class LogWriter:
     def write(self, text: str) -> None:
         if not text:
             return
+        if "\x00" in text:
+            # PostgreSQL text cannot hold NUL: one job printing it made every
+            # history batch fail, for all jobs, forever (issue #5 review). Done
+            # here, so the stream and the history copy stay byte for byte alike.
+            text = text.replace("\x00", NUL_REPLACEMENT)
         size = len(text.encode("utf-8", "surrogatepass"))
         room = self.cap_bytes - self.written - self._buffered
         if room <= 0:

@@ -15,11 +15,12 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .envfile import render_env, write_env_file
 from .masking import LogSink
 from .models import Job, JobStatus, Project, Reason
+from .settings import ENV_PREFIX, Settings
 
 READ_CHUNK = 64 * 1024
 # After the shell exits, how long to keep reading output that a background
@@ -27,8 +28,14 @@ READ_CHUNK = 64 * 1024
 DRAIN_AFTER_EXIT = 1.0
 # How often to look whether the shell exited while a child keeps its pipe open.
 EXIT_POLL = 0.05
-# Variables a deploy command must not inherit from the server.
-_SCRUBBED_ENV = ("DEPLOYSTER_TOKEN",)
+# Variables a deploy command must not inherit from the server: its own
+# configuration. Not only the admin token: DEPLOYSTER_REDIS_URL and
+# DEPLOYSTER_DATABASE_URL may carry passwords, which are no stage secret the
+# masker knows, so a command running ``env`` printed them into the log as is
+# (issue #5 review). Other DEPLOYSTER_* variables (not settings) pass on.
+_SCRUBBED_ENV = frozenset(
+    {f"{ENV_PREFIX}{f.name.upper()}" for f in fields(Settings)} | {f"{ENV_PREFIX}CONFIG"}
+)
 
 
 @dataclass(frozen=True)

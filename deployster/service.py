@@ -22,12 +22,12 @@ from .ids import is_job_id, new_job_id
 from .jobs import JobRecords, StatusRead
 from .keys import Keys
 from .lock import DeployLock
-from .models import Job, JobStatus
+from .models import Job, JobStatus, Project
 from .projects import ProjectRegistry, normalise_path
 from .queue import EnqueueResult, JobQueue
 from .redis_conn import REDIS_DOWN, Redis, connect_redis
 from .settings import Settings
-from .validation import check_commands
+from .validation import check_commands, check_text_fields
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,15 @@ class Deployster:
         """Who a request's token authenticates as (admin or one project); None: nobody."""
         return await tokens.resolve(sent, admin_token=self.settings.token, registry=self.projects)
 
-    async def _check_scope(self, principal: Principal, cd: str) -> None:
-        """A project token deploys only to its own project's directory.
+    async def _check_scope(self, principal: Principal, cd: str) -> Project:
+        """A project token deploys only to its own project's directory; returns
+        that project.
 
         Checked before the project lookup, so a path that would self-register
         under DEPLOYSTER_ALLOWED_ROOTS is refused as well, and nothing is stored.
+        The caller deploys to the project returned, never to ``cd`` resolved a
+        second time: a symlink in ``cd`` swapped between two resolutions (the
+        token's own commands can do that) must not land the job elsewhere.
         """
         assert principal.project_id is not None
         own = await self.projects.get(principal.project_id)
@@ -84,6 +88,7 @@ class Deployster:
                 "use that project's directory as 'cd' (nothing was queued)",
                 code="token_scope",
             )
+        return own
 
     # ----------------------------------------------------------------- deploy
     async def submit(
@@ -101,8 +106,11 @@ class Deployster:
         ``principal`` (the caller) limits a project token to its own project;
         ``started_by`` defaults to its label ("admin" without one).
         """
+        check_text_fields(cd=request.cd, commit_hash=request.commit_hash,
+                          ref_name=request.ref_name)
+        own: Project | None = None
         if principal is not None and not principal.is_admin:
-            await self._check_scope(principal, request.cd)
+            own = await self._check_scope(principal, request.cd)
         if started_by is None:
             started_by = principal.label if principal is not None else "admin"
         check_commands(
@@ -110,7 +118,7 @@ class Deployster:
             max_commands=self.settings.max_commands,
             max_command_bytes=self.settings.max_command_bytes,
         )
-        project = await self.projects.for_deploy(request.cd)
+        project = own if own is not None else await self.projects.for_deploy(request.cd)
         stage = project.stage_for(request.ref_name)
         # No await between taking the id and queue.enqueue sending it: enqueues
         # reach Redis in call order (see autopipe), so ids join a project's queue

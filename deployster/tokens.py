@@ -7,7 +7,8 @@ guess, so there is nothing for a slow password hash to protect.
 
 Resolving a sent token never leaks its secret part through timing:
 
-- the admin token (``DEPLOYSTER_TOKEN``) is compared with ``hmac.compare_digest``;
+- the admin token (``DEPLOYSTER_TOKEN``) is compared with ``hmac.compare_digest``
+  on SHA-256 digests (equal lengths, so not even its length leaks);
 - a project token is looked up by its SHA-256. The lookup's timing depends
   only on that digest, which tells nothing about the token that would match
   (finding one is a preimage search); the stored digest found is then
@@ -65,9 +66,15 @@ async def revoke(registry: ProjectRegistry, project: Project) -> bool:
 
 
 def is_admin_token(sent: str, admin_token: str | None) -> bool:
+    """Constant time in the secret, its length included: ``compare_digest`` on
+    the raw strings returns at once when the lengths differ, which tells a
+    prober the admin token's length; the SHA-256 digests always have 32 bytes."""
     if not admin_token:
         return False
-    return hmac.compare_digest(sent.encode("utf-8"), admin_token.encode("utf-8"))
+    return hmac.compare_digest(
+        hashlib.sha256(sent.encode("utf-8", "surrogatepass")).digest(),
+        hashlib.sha256(admin_token.encode("utf-8", "surrogatepass")).digest(),
+    )
 
 
 async def resolve(

@@ -59,3 +59,21 @@ def check_commands(
             f"'supervisorctl restart <program>', got {commands[-1]!r}; nothing was queued",
             code="invalid_last_command",
         )
+
+
+def check_text_fields(**fields: str) -> None:
+    """``cd``, ``commit_hash`` and ``ref_name`` are text every store can hold.
+
+    JSON may carry a lone surrogate ("\\ud800"), which no UTF-8 encoder takes
+    (a 500 at the first path lookup or Redis write), and NUL, which PostgreSQL
+    text refuses (the job's history row could never be written). Both were
+    accepted before the issue #5 review; now a 422 and nothing is stored.
+    """
+    for name, value in fields.items():
+        code = "invalid_cd" if name == "cd" else "invalid_field"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"'{name}' is not valid Unicode text", code=code) from None
+        if "\x00" in value:
+            raise InvalidRequest(f"'{name}' must not contain NUL bytes", code=code)

@@ -48,6 +48,9 @@ SHOTS: dict[str, tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]]] = {
     "log-search-timestamps": _log_search,
     "keys": ("question_mark",),
 }
+# The same views on an 80x24 terminal (the compact layout).
+SMALL = (80, 24)
+SMALL_SHOTS = ("projects", "project", "unlock-stale-lock")
 
 
 async def settled(pilot: Pilot[Any], *, title: str, tries: int = 40) -> str:
@@ -64,9 +67,9 @@ async def settled(pilot: Pilot[Any], *, title: str, tries: int = 40) -> str:
 
 
 async def shoot(name: str, steps: tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]],
-                out: Path) -> Path:
+                out: Path, *, size: tuple[int, int] = SIZE) -> Path:
     app = demo_app()
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=size) as pilot:
         await pilot.pause()
         if callable(steps):
             await steps(pilot)
@@ -100,6 +103,10 @@ async def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, steps in SHOTS.items():
         svg = await shoot(name, steps, out)
+        png = to_png(svg)
+        print(f"wrote {svg}" + (f" and {png.name}" if png else ""))
+    for name in SMALL_SHOTS:
+        svg = await shoot(f"{name}-80x24", SHOTS[name], out, size=SMALL)
         png = to_png(svg)
         print(f"wrote {svg}" + (f" and {png.name}" if png else ""))
 

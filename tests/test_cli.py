@@ -277,6 +277,8 @@ def test_adding_the_same_directory_twice(env: dict[str, str], project_dir: Path)
         (["project", "add", "/tmp", "--lock-ttl", "abc"], "'abc' is not a number of seconds"),
         (["project", "add", "/tmp", "--lock-ttl", "-1"], "must be a positive number"),
         (["project", "add", "/tmp", "--timeout", "0"], "must be a positive number"),
+        (["project", "add", "/tmp", "--lock-ttl", "nan"], "must be a positive number"),
+        (["project", "add", "/tmp", "--timeout", "inf"], "must be a positive number"),
         (["project", "lst"], "invalid choice: 'lst'"),
         (["serve", "--port", "http"], "'http' is not a port number"),
     ],

@@ -8,12 +8,15 @@ job is never cancelled by the client).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +26,11 @@ import httpx
 import pytest
 import yaml
 
-from deployster.client import ClientError, DeployClient, SSEParser, log_text
+from deployster.client import ClientError, DeployClient, SSEParser, log_text, sse_lines
+from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.service import Deployster
-from tests.conftest import REPO, LiveServer, free_port, one_line_error
+from deployster.settings import Settings
+from tests.conftest import REPO, LiveServer, free_port, one_line_error, start_server
 
 RESTART = "supervisorctl restart my-app--main"
 README = (REPO / "README.md").read_text()
@@ -103,19 +108,34 @@ def test_a_dropped_stream_resumes_from_the_last_event_id() -> None:
     assert events[-1].event == "end"
 
 
-def test_a_server_that_stays_away_is_a_clear_error_after_bounded_retries() -> None:
+def test_a_server_that_stays_away_is_a_clear_error_after_a_bounded_time() -> None:
     calls = 0
+    notes: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
         raise httpx.ConnectError("connection refused", request=request)
 
+    started = time.monotonic()
     with DeployClient("http://deployster.test", "t", transport=httpx.MockTransport(handler),
-                      retries=3, max_backoff=0.01) as client:
-        with pytest.raises(ClientError, match="gave up after 3 retries"):
+                      retry_for=0.5, max_backoff=0.05, notify=notes.append) as client:
+        with pytest.raises(ClientError, match=r"gave up reconnecting after \d+s "
+                                              r"\(--retry-for 0.5\).*--follow J1"):
             list(client.events("J1"))
-    assert calls == 4
+    assert 0.5 <= time.monotonic() - started < 3
+    assert calls > 2
+    assert notes == ["lost the stream of job J1 (connection refused (ConnectError)); "
+                     "reconnecting for up to 0.5s"]
+
+
+def test_sse_lines_split_on_cr_and_lf_only() -> None:
+    """U+2028, U+0085 and friends stay inside a line (JSON leaves them raw);
+    CR, LF and CRLF end one, even split across chunks."""
+    chunks = [b'data: {"text": "a\xe2\x80\xa8b\xc2\x85c\x0cd"}\r', b"\n",
+              b"event: x\r", b"data: y\rdata: z", b"\n\n"]
+    assert list(sse_lines(iter(chunks))) == [
+        'data: {"text": "a\u2028b\x85c\x0cd"}', "event: x", "data: y", "data: z", ""]
 
 
 # --------------------------------------------------------------- helpers
@@ -145,6 +165,14 @@ def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None,
     return subprocess.run(
         [sys.executable, "-m", "deployster", *args], env=env, cwd=cwd or REPO,
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def run_cli_bytes(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``run_cli`` with stdout and stderr as bytes, as written."""
+    return subprocess.run(
+        [sys.executable, "-m", "deployster", *args], env=env, cwd=cwd,
+        capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
     )
 
 
@@ -220,10 +248,17 @@ def wait_finished(server: LiveServer, job_id: str, timeout: float = 30) -> dict[
 
 
 def full_log(server: LiveServer, job_id: str) -> str:
-    reply = httpx.get(f"{server.url}/jobs/{job_id}/logs", params={"from": 0},
-                      headers=server.headers, timeout=10)
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["logs"])
+    """The job's whole log through ``GET /jobs/<id>/logs``, page after page."""
+    parts, cursor = [], 0
+    while True:
+        reply = httpx.get(f"{server.url}/jobs/{job_id}/logs", params={"from": cursor},
+                          headers=server.headers, timeout=30)
+        assert reply.status_code == 200, reply.text
+        page = reply.json()
+        parts.append(str(page["logs"]))
+        if page["next"] == cursor:
+            return "".join(parts)
+        cursor = page["next"]
 
 
 def job_id_of(stderr: str) -> str:
@@ -291,8 +326,10 @@ async def test_a_wrong_token_is_exit_2_token_rejected_and_never_printed(
 
 def test_an_unreachable_server_is_exit_2_at_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
-    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{free_port()}", "DEPLOYSTER_TOKEN": "x"}
+    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{free_port()}", "DEPLOYSTER_TOKEN": "x",
+            "DEPLOYSTER_RETRY_FOR": "0"}
     started = time.monotonic()
+    # --cd is a path on the server: /srv/app need not exist here.
     result = run_cli(env, *deploy_args("/srv/app", RESTART), cwd=tmp_path, timeout=30)
     line = one_line_error(result)
     assert "cannot reach the deployster server at http://127.0.0.1:" in line
@@ -306,6 +343,23 @@ def test_an_unreachable_server_is_exit_2_at_once(tmp_path: Path) -> None:
       RESTART], "is not an http:// or https:// address"),
     (["deploy", "--cd", "/srv/app", "--ref", "main", "--", RESTART], "no commit"),
     (["deploy", "--cd", "/srv/app", "--commit", "a", "--", RESTART], "no branch"),
+    (["deploy", "--url", "localhost:3259", "--cd", "/x", "--", RESTART], "must start with http"),
+    (["deploy", "--url", "http://", "--cd", "/x", "--", RESTART], "it has no host"),
+    (["deploy", "--url", "http://h:99999", "--cd", "/x", "--", RESTART], "port is out of range"),
+    (["deploy", "--url", "http://u:secret@h:x/", "--cd", "/x", "--", RESTART],
+     "(not shown: it holds a user:password)"),
+    (["deploy", "--timeout", "-1", "--cd", "/x", "--", RESTART], "must be a positive number"),
+    (["deploy", "--timeout", "soon", "--cd", "/x", "--", RESTART], "'soon' is not a number"),
+    (["deploy", "--timeout", "nan", "--cd", "/x", "--", RESTART], "must be a positive number"),
+    (["deploy", "--retry-for", "-3", "--cd", "/x", "--", RESTART], "non-negative number"),
+    (["deploy", "--cd", "/x", "--commit", "a", "--ref", "main", "--", "", RESTART],
+     "command 1 of 2 is empty"),
+    (["deploy", "--cd", "/x", "--commit", "a", "--ref", "main", "--", "echo", "  "],
+     "command 2 of 2 is empty"),
+    (["deploy", "--cd", "  ", "--commit", "a", "--ref", "main", "--", RESTART],
+     "--cd DIR is required"),
+    (["deploy", "echo hi", "--cd", "/x", RESTART], "put the commands after '--'"),
+    (["deploy", "--cd", "/x", "--nope", "--", RESTART], "unrecognized arguments: --nope"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(
     tmp_path: Path, args: list[str], message: str
@@ -320,6 +374,42 @@ def test_a_missing_token_is_exit_2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
     result = run_cli(env, *deploy_args("/srv/app", RESTART), cwd=tmp_path)
     assert "no token: set DEPLOYSTER_TOKEN" in one_line_error(result)
+    result = run_cli(env | {"DEPLOYSTER_TOKEN": " \n"}, *deploy_args("/srv/app", RESTART),
+                     cwd=tmp_path)
+    assert "no token: set DEPLOYSTER_TOKEN" in one_line_error(result)
+
+
+@pytest.mark.parametrize("token", ["two\nlines", "with space", "caf\u00e9"])
+def test_a_token_that_cannot_be_a_header_is_one_line_and_never_shown(
+    tmp_path: Path, token: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{free_port()}", "DEPLOYSTER_TOKEN": token}
+    line = one_line_error(run_cli(env, *deploy_args("/srv/app", RESTART), cwd=tmp_path))
+    assert "the token contains spaces, line breaks or non-ASCII" in line
+    assert token not in line
+
+
+async def test_a_ci_secret_with_a_trailing_newline_and_a_url_with_a_slash_work(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    env = client_env(server, DEPLOYSTER_TOKEN=f"{server.token}\r\n",
+                     DEPLOYSTER_URL=f" {server.url}/\n")
+    result = run_cli(env, *deploy_args(registered, "echo ok", RESTART), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\nok\n" in result.stdout
+
+
+def test_help_lists_the_environment_and_the_exit_codes(tmp_path: Path) -> None:
+    result = run_cli(dict(os.environ), "deploy", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    text = result.stdout
+    for needle in ("DEPLOYSTER_URL", "DEPLOYSTER_TOKEN", "DEPLOYSTER_RETRY_FOR", "GITHUB_SHA",
+                   "GITHUB_REF_NAME", "--retry-for", "--follow JOB_ID"):
+        assert needle in text, needle
+    codes = text[text.index("exit codes:"):]
+    for code in ("0 ", "1 ", "2 ", "130 ", "143 "):
+        assert f"\n  {code}" in codes, code
 
 
 # --------------------------------------------------------- queue, detach
@@ -603,3 +693,428 @@ async def test_the_readme_github_actions_step_is_valid_yaml_and_works(
     result = run_shell(command, env={**base, **step_env}, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "complete in" in result.stderr.splitlines()[-1]
+
+
+# ------------------------------------------------- a server that restarts
+
+
+def port_of(server: LiveServer) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+async def test_a_server_killed_mid_job_and_restarted_ends_the_client_with_the_outcome(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running],
+    settings: Settings,
+) -> None:
+    """kill -9 of the server while the client streams: the client waits, resumes
+    on the restarted server (Last-Event-ID), and recovery's `interrupted` is its
+    exit 1, with every byte of the log once."""
+    gate = tmp_path / "gate"
+    client = Running(client_env(server), *deploy_args(
+        registered, "echo one; echo two", gate_command(gate, "mid-job"), RESTART), cwd=tmp_path)
+    running.append(client)
+    client.wait_for(client.out, "mid-job")
+    job_id = job_id_of("".join(client.err))
+    server.stop(signal.SIGKILL)
+    client.wait_for(client.err, f"lost the stream of job {job_id}")
+    await asyncio.sleep(1)  # nothing listens: the client keeps trying
+    again = start_server(settings, tmp_path / "server2.log", port=port_of(server))
+    try:
+        code = client.finish(60)
+        err = "".join(client.err)
+        assert code == 1, err
+        assert "Traceback" not in err
+        assert f"reconnected to the stream of job {job_id}" in err
+        assert f"deployster: job {job_id} failed: interrupted" in err
+        log = full_log(again, job_id)
+        assert "".join(client.out) in (log, log + "\n")
+        assert "".join(client.out).count("mid-job\n") == 1
+    finally:
+        gate.touch()
+        again.stop()
+
+
+async def test_a_queued_job_outlives_a_server_restart_and_the_client_sees_it_through(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running],
+    settings: Settings,
+) -> None:
+    """SIGTERM to the server while the followed job waits in the queue: the
+    running job ends interrupted, the queued one stays in Redis and runs on the
+    new server; the client follows it there and exits 0 with exactly its log."""
+    gate = tmp_path / "gate"
+    env = client_env(server)
+    first = run_cli(env, "deploy", "--detach", *deploy_args(registered, gate_command(gate),
+                                                            RESTART)[1:], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.strip()
+    second = Running(env, *deploy_args(registered, "echo second", RESTART), cwd=tmp_path)
+    running.append(second)
+    second.wait_for(second.err, "waiting: position 1 in the queue")
+    server.stop(signal.SIGTERM)
+    again = start_server(settings, tmp_path / "server2.log", port=port_of(server))
+    try:
+        code = second.finish(60)
+        err = "".join(second.err)
+        assert code == 0, err
+        assert "Traceback" not in err
+        second_id = job_id_of(err)
+        out = "".join(second.out)
+        assert out == full_log(again, second_id)
+        assert "second\n" in out and "gate-open" not in out
+        record = wait_finished(again, first_id)
+        assert (record["status"], record["reason"]) == ("failed", "interrupted"), record
+    finally:
+        gate.touch()
+        again.stop()
+
+
+async def test_a_server_that_does_not_come_back_is_exit_2_after_retry_for(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running],
+) -> None:
+    gate = tmp_path / "gate"
+    try:
+        client = Running(client_env(server, DEPLOYSTER_RETRY_FOR="2"), *deploy_args(
+            registered, gate_command(gate, "mid-job"), RESTART), cwd=tmp_path)
+        running.append(client)
+        client.wait_for(client.out, "mid-job")
+        job_id = job_id_of("".join(client.err))
+        server.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        assert client.finish(30) == 2
+        assert 2 <= time.monotonic() - killed < 15
+        err = "".join(client.err)
+        assert "Traceback" not in err
+        last = err.splitlines()[-1]
+        assert last.startswith("deployster: error: lost the connection to http://127.0.0.1:")
+        assert "(--retry-for 2)" in last and f"deployster deploy --follow {job_id}" in last
+    finally:
+        gate.touch()  # the orphaned job's shell loop ends
+
+
+async def test_post_waits_out_a_server_that_is_not_up_yet(
+    settings: Settings, registered: Path, tmp_path: Path, running: list[Running],
+) -> None:
+    """Connection refused: the request never reached a server, so it is retried."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{port}", "DEPLOYSTER_TOKEN": settings.token or ""}
+    client = Running(env, *deploy_args(registered, "echo hi", RESTART), cwd=tmp_path)
+    running.append(client)
+    client.wait_for(client.err, "nothing was queued, retrying POST /deploy in")
+    live = start_server(settings, tmp_path / "server.log", port=port)
+    try:
+        code = client.finish(60)
+        err = "".join(client.err)
+        assert code == 0, err
+        assert "the server took the deploy" in err and "Traceback" not in err
+        assert "hi\n" in "".join(client.out)
+    finally:
+        live.stop()
+
+
+# ------------------------------------------------------ 503, 429, retries
+
+
+@pytest.fixture
+def own_redis_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dst-", dir="/tmp"))  # a short unix socket path
+    try:
+        yield path
+    finally:
+        stop_embedded_redis(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_503_redis_down_is_retried_after_retry_after_then_deploys(
+    settings: Settings, project_dir: Path, tmp_path: Path, own_redis_dir: Path,
+    running: list[Running],
+) -> None:
+    url = ensure_embedded_redis(own_redis_dir)
+    outage = settings.with_overrides(redis_url=url)
+    setup = await Deployster.open(outage)
+    try:
+        await setup.projects.add(str(project_dir))
+    finally:
+        await setup.close()
+    live = start_server(outage, tmp_path / "server.log")
+    try:
+        stop_embedded_redis(own_redis_dir)
+        # Retry-After (5 s) is past --retry-for 3: a clear error at once, nothing queued.
+        started = time.monotonic()
+        result = run_cli(client_env(live, DEPLOYSTER_RETRY_FOR="3"),
+                         *deploy_args(project_dir, "echo hi", RESTART), cwd=tmp_path)
+        line = one_line_error(result)
+        assert "the server answered 503 while submitting the deploy" in line
+        assert "unavailable" in line and "retry after 5s, past --retry-for" in line
+        assert time.monotonic() - started < 10
+
+        client = Running(client_env(live, DEPLOYSTER_RETRY_FOR="40"),
+                         *deploy_args(project_dir, "echo after-the-outage", RESTART),
+                         cwd=tmp_path)
+        running.append(client)
+        notice = client.wait_for(client.err, "retrying POST /deploy in 5s")
+        assert "the server answered 503" in notice and "nothing was queued" in notice
+        ensure_embedded_redis(own_redis_dir)
+        code = client.finish(60)
+        err = "".join(client.err)
+        assert code == 0, err
+        assert "the server took the deploy" in err
+        assert "after-the-outage\n" in "".join(client.out)
+    finally:
+        live.stop()
+
+
+async def test_429_queue_full_honours_retry_after_then_deploys_or_gives_up(
+    settings: Settings, registered: Path, tmp_path: Path, running: list[Running],
+) -> None:
+    """DEPLOYSTER_MAX_QUEUE=1, one job running, one waiting: the next POST is 429
+    with Retry-After 30. Past --retry-for it is exit 2 with the server's message
+    at once; within it the client waits, says so, and deploys."""
+    live = start_server(settings, tmp_path / "server.log", extra_env={"DEPLOYSTER_MAX_QUEUE": "1"})
+    gate = tmp_path / "gate"
+    try:
+        env = client_env(live)
+        for script in (gate_command(gate), "echo queued"):
+            held = run_cli(env, "deploy", "--detach", *deploy_args(registered, script,
+                                                                   RESTART)[1:], cwd=tmp_path)
+            assert held.returncode == 0, held.stderr
+        started = time.monotonic()
+        result = run_cli(client_env(live, DEPLOYSTER_RETRY_FOR="5"),
+                         *deploy_args(registered, "echo third", RESTART), cwd=tmp_path)
+        line = one_line_error(result)
+        assert "the server answered 429 while submitting the deploy" in line
+        assert "DEPLOYSTER_MAX_QUEUE" in line and "retry after 30s, past --retry-for" in line
+        assert time.monotonic() - started < 10
+
+        client = Running(client_env(live), *deploy_args(registered, "echo third", RESTART),
+                         cwd=tmp_path)
+        running.append(client)
+        client.wait_for(client.err, "the server answered 429")
+        assert "retrying POST /deploy in 30s" in "".join(client.err)
+        gate.touch()  # the queue drains; the retry after 30 s gets in
+        code = client.finish(90)
+        err = "".join(client.err)
+        assert code == 0, err
+        assert "third\n" in "".join(client.out)
+    finally:
+        gate.touch()
+        live.stop()
+
+
+# ------------------------------------------------------------- signals
+
+
+async def test_sigterm_detaches_with_143_and_does_not_cancel_the_job(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running]
+) -> None:
+    """GitHub Actions cancels a run with SIGINT, then SIGTERM: both detach."""
+    gate = tmp_path / "gate"
+    client = Running(client_env(server), *deploy_args(registered, gate_command(gate, "mid-job"),
+                                                      RESTART), cwd=tmp_path)
+    running.append(client)
+    client.wait_for(client.out, "mid-job")
+    job_id = job_id_of("".join(client.err))
+    client.process.send_signal(signal.SIGTERM)
+    assert client.finish() == 143
+    err = "".join(client.err)
+    assert "Traceback" not in err
+    assert f"detached: job {job_id} keeps running; follow it with: " \
+           f"deployster deploy --follow {job_id}" in err
+    assert job(server, job_id)["status"] == "running"
+    gate.touch()
+    assert wait_finished(server, job_id)["status"] == "complete"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_before_the_server_answered_says_the_deploy_may_be_queued(
+    tmp_path: Path, running: list[Running], sig: int, code: int
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+    env |= {"DEPLOYSTER_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+            "DEPLOYSTER_TOKEN": "x"}
+    try:
+        client = Running(env, *deploy_args("/srv/app", RESTART), cwd=tmp_path)
+        running.append(client)
+        deadline = time.monotonic() + 20
+        while not held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        client.process.send_signal(sig)
+        assert client.finish(20) == code
+        err = "".join(client.err)
+        assert "Traceback" not in err
+        assert err.strip().splitlines() == [
+            "deployster: interrupted while the server was answering POST /deploy: the deploy "
+            "may or may not have been queued; look for it in the dashboard or GET /jobs "
+            "before deploying again"]
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+# ------------------------------------------------------- output fidelity
+
+
+async def test_binary_huge_and_carriage_return_output_reaches_stdout_exactly(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    """Non-UTF-8 bytes (as the server stores them), NUL, U+0085/U+2028 (line
+    breaks to str.splitlines), CR progress bars, a 1 MB line, a log of several
+    1 MiB pages and output without a final newline: stdout is the job's log."""
+    commands = [
+        r"printf 'bin:\377\376\000 nel:\302\205 ls:\342\200\250 end\n'",
+        r"printf 'progress 10%%\rprogress 50%%\rprogress 100%%\r\n'",
+        r"head -c 1000000 /dev/zero | tr '\000' x; echo",
+        "yes 'éèà — a multibyte line' | head -n 60000",
+        "printf 'no final newline'",
+        RESTART,
+    ]
+    result = run_cli_bytes(client_env(server), *deploy_args(registered, *commands),
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job_id = job_id_of(result.stderr.decode())
+    log = full_log(server, job_id).encode("utf-8")
+    assert len(log) > 2 * 1024 * 1024
+    assert result.stdout in (log, log + b"\n")
+    # The server logs undecodable bytes (and NUL) as U+FFFD; the rest passes as is.
+    assert b"bin:\xef\xbf\xbd\xef\xbf\xbd" in result.stdout
+    assert b" nel:\xc2\x85 ls:\xe2\x80\xa8 end\n" in result.stdout
+    assert b"progress 10%\rprogress 50%\rprogress 100%\r\n" in result.stdout
+    assert b"x" * 1000000 + b"\n" in result.stdout
+    assert b"no final newline" in result.stdout
+
+
+@pytest.mark.parametrize("stderr", ["2>err.txt", "2>&1"])
+async def test_stdout_closed_early_is_no_traceback_and_the_job_completes(
+    server: LiveServer, registered: Path, tmp_path: Path, stderr: str
+) -> None:
+    script = "echo first; sleep 0.5; for i in $(seq 1 20000); do echo line-$i; done"
+    args = " ".join(f"'{a}'" for a in deploy_args(registered, script, RESTART))
+    command = (f"'{sys.executable}' -m deployster {args} {stderr} | head -1 > head.txt; "
+               'echo "${PIPESTATUS[0]}" > rc.txt')
+    result = run_shell(command, client_env(server), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "rc.txt").read_text().strip() == "0"
+    assert len((tmp_path / "head.txt").read_text().splitlines()) == 1
+    if stderr == "2>err.txt":
+        err = (tmp_path / "err.txt").read_text()
+        assert "Traceback" not in err and "Exception ignored" not in err
+        assert "stdout was closed" in err
+        job_id = job_id_of(err)
+        assert re.search(rf"deployster: job {job_id} complete in", err)
+        assert job(server, job_id)["status"] == "complete"
+
+
+# ------------------------------------------------------- behind a proxy
+
+
+class PrefixProxy:
+    """A reverse proxy serving deployster under ``/deployster/``: the prefix is
+    stripped; a request outside it is sent where the server answers 404."""
+
+    PREFIX = b"/deployster/"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.paths: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._copy, args=(conn, up, True), daemon=True).start()
+            threading.Thread(target=self._copy, args=(up, conn, False), daemon=True).start()
+
+    def _rewrite(self, match: re.Match[bytes]) -> bytes:
+        path = match.group(2)
+        self.paths.append(path.decode())
+        if path.startswith(self.PREFIX):
+            path = path[len(self.PREFIX) - 1:]
+        else:
+            path = b"/outside-the-prefix" + path
+        return match.group(1) + b" " + path + b" HTTP/1.1\r"
+
+    def _copy(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests:
+                    data = re.sub(rb"(?m)^([A-Z]+) (/\S*) HTTP/1\.1\r$", self._rewrite, data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+async def test_a_url_with_a_path_prefix_sends_every_request_below_it(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    proxy = PrefixProxy(port_of(server))
+    try:
+        env = client_env(server, DEPLOYSTER_URL=f"http://127.0.0.1:{proxy.port}/deployster/")
+        result = run_cli(env, *deploy_args(registered, "echo via-proxy", RESTART), cwd=tmp_path)
+    finally:
+        proxy.close()
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    job_id = job_id_of(result.stderr)
+    assert "via-proxy\n" in result.stdout
+    assert proxy.paths[0] == "/deployster/deploy"
+    assert f"/deployster/jobs/{job_id}/stream" in proxy.paths
+    assert all(p.startswith("/deployster/") for p in proxy.paths), proxy.paths
+
+
+def test_the_readme_documents_the_exit_codes_retry_for_and_the_proxy_prefix() -> None:
+    section = README[README.index("### GitHub Actions (deployster deploy)"):
+                     README.index("### GitHub Actions (curl + jq)")]
+    for code in ("0", "1", "2", "130", "143"):
+        assert f"\n| {code} |" in section, code
+    for needle in ("--retry-for", "DEPLOYSTER_RETRY_FOR", "Retry-After", "Last-Event-ID",
+                   "https://host/deployster/", "SIGTERM", "| head -1"):
+        assert needle in section, needle
+
+
+async def test_follow_waits_for_a_server_that_is_restarting(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running],
+    settings: Settings,
+) -> None:
+    done = run_cli(client_env(server), *deploy_args(registered, "echo followed", RESTART),
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    job_id = job_id_of(done.stderr)
+    server.stop(signal.SIGTERM)
+    client = Running(client_env(server), "deploy", "--follow", job_id, cwd=tmp_path)
+    running.append(client)
+    client.wait_for(client.err, "cannot reach the deployster server")
+    again = start_server(settings, tmp_path / "server2.log", port=port_of(server))
+    try:
+        code = client.finish(60)
+        assert code == 0, client.err
+        assert "".join(client.out) == done.stdout
+    finally:
+        again.stop()

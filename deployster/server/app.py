@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from quart import Quart, request
+from quart.json.provider import DefaultJSONProvider
 from quart_schema import Info, QuartSchema
+from werkzeug.exceptions import RequestTimeout
 
 from .. import __version__
 from ..dispatcher import Dispatcher
@@ -18,6 +21,21 @@ from .openapi import SECURITY_SCHEMES, TOKEN_SCHEME, DeploysterOpenAPI
 # Bodies up to this size are read (and dropped) before a 413, so the client gets
 # the answer instead of a reset connection; beyond it Quart refuses outright.
 DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+class NotTooDeep(DefaultJSONProvider):
+    """Mixed into quart-schema's provider: JSON nested too deeply is invalid JSON (400).
+
+    ``[[[[…]]]]`` a few thousand levels deep fits in the body limit and made the
+    decoder raise RecursionError, which Quart does not treat as a parse error:
+    a 500 with a traceback (issue #5 review). As a ValueError it is a 400.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
@@ -43,6 +61,8 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
         security=[{TOKEN_SCHEME: []}],
         openapi_provider_class=DeploysterOpenAPI,
     )
+    # After QuartSchema, which installs its own provider (pydantic-aware dumps).
+    app.json = type("JSONProvider", (NotTooDeep, type(app.json)), {})(app)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
@@ -50,15 +70,39 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     app.register_blueprint(projects.blueprint)
     register_error_handlers(app)
 
+    app.config["DEPLOYSTER_MAX_BODY_BYTES"] = settings.max_body_bytes
+
     @app.before_request
     async def limit_body() -> Any:
         if request.method not in ("POST", "PUT", "PATCH"):
             return None
+        limit = settings.max_body_bytes
         length = request.content_length
-        if length is None or length > settings.max_body_bytes:
-            data = await request.get_data()
-            if len(data) > settings.max_body_bytes:
-                return body_too_large(settings.max_body_bytes)
+        if length is not None and length <= limit:
+            return None
+        # No Content-Length (chunked) or too long: read the body in parts and
+        # keep at most ``limit`` bytes. Awaiting it whole held up to DRAIN_LIMIT
+        # (64 MiB) in memory per request, before the token was even looked at
+        # (issue #5 review); parts read are dropped as they come.
+        kept: list[bytes] = []
+        total = 0
+        try:
+            # Quart's BODY_TIMEOUT, as ``get_data`` applies it: a trickle ends.
+            async with asyncio.timeout(app.config["BODY_TIMEOUT"]):
+                async for part in request.body:  # over MAX_CONTENT_LENGTH: 413
+                    total += len(part)
+                    if total > DRAIN_LIMIT:
+                        break  # stop listening; the connection closes after the 413
+                    if total <= limit:
+                        kept.append(part)
+        except TimeoutError:
+            raise RequestTimeout() from None
+        if total > limit:
+            return body_too_large(limit)
+        # Small enough after all (a chunked upload): hand the handler the body.
+        body = request.body_class(total, app.config["MAX_CONTENT_LENGTH"])
+        body.set_result(b"".join(kept))
+        request.body = body
         return None
 
     @app.before_serving

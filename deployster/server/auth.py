@@ -20,7 +20,11 @@ UNAUTHORIZED = ({"error": "Unauthorized", "code": "unauthorized"}, 403)
 def require_token(func: F) -> F:
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        caller = await core().authenticate(request.headers.get("x-deployster-token"))
+        sent = request.headers.getlist("x-deployster-token")
+        # Exactly one token: with several, which one counts would depend on who
+        # reads the headers (a proxy may check the last, we took the first), so
+        # an ambiguous request authenticates as nobody (issue #5 review).
+        caller = await core().authenticate(sent[0]) if len(sent) == 1 else None
         if caller is None:
             # Read the unread body first: answering with it still in the socket
             # makes Hypercorn drop the connection, and a keep-alive client's next

@@ -67,7 +67,10 @@ def register_error_handlers(app: Quart) -> None:
         if code == 400:
             return {"error": "the request body is not valid JSON", "code": "invalid_json"}, 400
         if code == 413:
-            return body_too_large(app.config.get("MAX_CONTENT_LENGTH"))
+            # The configured limit, not Quart's backstop (DRAIN_LIMIT): a body
+            # over 64 MiB was told "larger than 67108864 bytes" (issue #5 review).
+            return body_too_large(app.config.get("DEPLOYSTER_MAX_BODY_BYTES",
+                                                 app.config.get("MAX_CONTENT_LENGTH")))
         if code == 415:
             return {"error": "send the body as JSON with 'Content-Type: application/json'",
                     "code": "unsupported_media_type"}, 415

@@ -50,7 +50,8 @@ Events:
 - `event: end` — `data: {"job_id", "status", "reason", "exit_code"}` after the last
   log event of a finished job; the response then ends.
 - `event: error` — `data: {"error", "code"}` if Redis or the database failed
-  mid-stream; the response ends, reconnect with `Last-Event-ID` to resume.
+  mid-stream (the response ends, reconnect with `Last-Event-ID` to resume), or
+  with code `unauthorized` once the project token was revoked or rotated.
 - `: keep-alive` comment lines after 15 s without an event.
 """
 
@@ -123,8 +124,23 @@ def end_event(job: Job) -> bytes:
                        "exit_code": job.exit_code})
 
 
+REVOKED = sse("error", {"error": "Unauthorized: the token was revoked or rotated",
+                        "code": "unauthorized"})
+
+
+async def still_valid(the_core: Deployster, token: str | None, who: Principal) -> bool:
+    """Whether a project token still authenticates as ``who`` (one Redis GET
+    while no project changed). A stream lasts as long as its job: without
+    this, one opened before a revocation went on for the rest of the job
+    (issue #5 review: a revoked token stops at once)."""
+    if who.is_admin:
+        return True  # the admin token changes only with a restart
+    caller = await the_core.authenticate(token)
+    return caller is not None and caller.project_id == who.project_id
+
+
 async def events(
-    the_core: Deployster, job_id: str, start: int, who: Principal
+    the_core: Deployster, job_id: str, start: int, who: Principal, token: str | None = None
 ) -> AsyncIterator[bytes]:
     # A comment after this long without an event keeps proxies and clients
     # from timing the connection out.
@@ -134,6 +150,9 @@ async def events(
     try:
         async for job, part in follow(the_core, job_id, start, block=min(WAIT, keepalive),
                                       max_bytes=EVENT_BYTES, principal=who):
+            if not await still_valid(the_core, token, who):
+                yield REVOKED
+                return
             out: list[bytes] = []
             if not job.status.finished:
                 position = (await the_core.queue_position(job)
@@ -181,7 +200,7 @@ async def stream(job_id: str) -> Any:
     the_core, who = core(), principal()
     await visible_job(the_core, job_id, who)  # 404 now, not inside the stream
     response = Response(
-        events(the_core, job_id, start, who),
+        events(the_core, job_id, start, who, request.headers.get("x-deployster-token")),
         status=200,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -9,10 +9,11 @@ from rich.text import Text
 
 from deployster.control import cancel_job, redeploy, release_lock
 from deployster.models import Job, JobStatus
-from deployster.overview import ProjectRow
+from deployster.overview import ProjectRow, project_rows
 
 from .format import DASH, ago, commit, duration, short_id, since
 from .screens.confirm import ConfirmScreen
+from .widgets.status_line import OLD_DATA
 
 if TYPE_CHECKING:
     from .app import DeploysterApp
@@ -59,12 +60,34 @@ def owner_state(row: ProjectRow) -> Text:
 
 
 def ask_unlock(app: DeploysterApp, row: ProjectRow) -> None:
+    """Read the lock again, then ask: the holder, TTL and heartbeat in the modal
+    are what they are now, not what the last fetch saw (no fetch runs while a
+    modal such as ``?`` is open, so that can be many seconds old)."""
+    if app.live:
+        app.run_worker(_ask_unlock(app, row), group="control")
+    else:
+        _ask_unlock_now(app, row, app.since_fetch())
+
+
+async def _ask_unlock(app: DeploysterApp, row: ProjectRow) -> None:
+    since_fetch = app.since_fetch()
+    try:
+        rows = await project_rows(app.core, last={})  # locks and jobs only: no SQL
+    except Exception:  # Redis down: the last rows, with a warning saying how old
+        pass
+    else:
+        fresh = next((r for r in rows if r.project.id == row.project.id), None)
+        if fresh is not None:
+            row, since_fetch = fresh, 0.0
+    _ask_unlock_now(app, row, since_fetch)
+
+
+def _ask_unlock_now(app: DeploysterApp, row: ProjectRow, since_fetch: float) -> None:
     owner = row.lock_owner
     name = row.project.name
     if owner is None:
         app.notify(f"{name} is not locked: nothing to release")
         return
-    since_fetch = app.since_fetch()
     facts: list[tuple[str, Text | str]] = [
         ("project", f"{name} ({row.project.path})"),
         ("holder", owner),
@@ -77,6 +100,11 @@ def ask_unlock(app: DeploysterApp, row: ProjectRow) -> None:
     if row.running is not None and row.running.status is JobStatus.RUNNING and not row.stale:
         warning = ("The holder is alive and renewing its lock. Releasing it ends that job "
                    "(lock_lost) and lets the next one start.")
+    if since_fetch > OLD_DATA:
+        down = ", ".join(f"{k} {v}" for k, v in app.health.items() if v != "ok")
+        old = (f"These facts are {duration(since_fetch)} old ({down or 'no fresh read'}): "
+               "the TTL and heartbeat may have moved since.")
+        warning = old if warning is None else f"{old}\n{warning}"
     consequence = (f"y releases the lock only if {short_id(owner)} still holds it "
                    "(compare-and-set: a newer lock is never deleted), records an audit "
                    "event and wakes the queue so the next job starts.")

@@ -482,9 +482,15 @@ async def test_redis_down_is_shown_and_the_dashboard_keeps_running(
             await wait_until(pilot, lambda: "redis down" in status.text.plain,
                              what="redis down in the header")
             assert table.row_count == 1  # the last rows stay on screen
+            # The rows on screen are old, and the header says how old.
+            await wait_until(pilot, lambda: "data from" in status.text.plain,
+                             what="the age of the data in the header")
             await pilot.press("enter")  # the project view opens; its reads fail quietly
             await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="open")
-            await pilot.pause(0.5)
+            # ... and its title says Redis is down (it has no header of its own).
+            title = app.screen.query_one("#project-title", Static)
+            await wait_until(pilot, lambda: "redis down" in str(title.render()),
+                             what="redis down in the project title")
             await pilot.press("escape")
         finally:
             await core.redis.aclose()
@@ -598,3 +604,122 @@ async def test_wrap_keeps_every_character_and_search_finds_a_wrapped_match(
         assert "1 of 1" in log_title(app)
         first_row = view.row_of(index)
         assert view.scroll_offset.y <= first_row < view.scroll_offset.y + view.size.height
+
+
+async def test_leaving_a_log_while_it_streams_never_crashes(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    """Escape from a project whose log is followed: the pane's children go
+    before the pane and its worker, and a chunk arriving in between used to end
+    the dashboard with a NoMatches traceback."""
+    await core.projects.add(str(project_dir))
+    script = "for i in $(seq 1 100); do echo out-$i; sleep 0.05; done; sleep 30"
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(LogScreen(job["job_id"]))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: "out-2" in pane.text, what="output")
+        # What a screen's removal does first: the pane's children go.
+        await pane.query_one("#log").remove()
+        await pane.query_one("#log-title").remove()
+        await asyncio.sleep(1.0)  # more output arrives for the follower
+        await pilot.pause()
+        assert app.is_running and app.return_code is None
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen), what="back")
+        assert app.is_running
+
+
+async def test_a_queued_jobs_log_says_so_and_follows_once_it_runs(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    async with server.client() as client:
+        await client.post("/deploy", json=deploy_body(project_dir, "sleep 2"))
+        second = (await client.post("/deploy", json=deploy_body(
+            project_dir, "echo second-output"))).json()
+    assert second.get("queued")
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(LogScreen(second["job_id"]))
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: "queued: no output yet" in log_title(app),
+                         what="queued in the title")  # not "finished"
+        await wait_until(pilot, lambda: "second-output" in pane.text, timeout=20,
+                         what="its output once it ran")
+        await wait_until(pilot, lambda: "finished" in log_title(app), what="the end")
+
+
+async def test_the_selection_stays_on_its_job_when_history_grows(
+    core: Deployster, project_dir: Path
+) -> None:
+    """A job landing at the top of history must not move the cursor (and so the
+    job c and r act on) to another job."""
+    project = await core.projects.add(str(project_dir))
+    base = {"project_id": project.id, "project": project.name, "cd": project.path,
+            "log": "x\n"}
+    for i in range(3):
+        await _insert_history_row(core, {**base, "id": f"01JD{i:022d}"})
+    app = make_app(core, poll_interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: projects_table(app).row_count == 1, what="the row")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="open")
+        screen = app.screen
+        assert isinstance(screen, ProjectScreen)
+        hist = screen.query_one("#history", DataTable)
+        await wait_until(pilot, lambda: hist.row_count == 3, what="history")
+        hist.focus()
+        await pilot.press("down")
+        await wait_until(pilot, lambda: screen.selected_job is not None and
+                         screen.selected_job.id == f"01JD{1:022d}", what="the second job")
+        await _insert_history_row(core, {**base, "id": f"01JD{9:022d}"})  # a newer one
+        await wait_until(pilot, lambda: hist.row_count == 4, what="the new job")
+        await pilot.pause(0.3)
+        assert screen.selected_job is not None
+        assert screen.selected_job.id == f"01JD{1:022d}"
+        assert hist.cursor_row == 2
+
+
+async def test_the_unlock_modal_reads_the_lock_again(
+    core: Deployster, project_dir: Path
+) -> None:
+    """No fetch runs while a modal (say ?) is open: the unlock modal must not
+    show that old holder, TTL and heartbeat as if they were current."""
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    app = make_app(core, poll_interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1 and "STALE" in
+                         table_text(table)[0], what="the locked row")
+        newer = "01JDNEWERNEWERNEWERNEWER00"
+        assert await core.lock.release(project.id, STALE_OWNER)
+        assert await core.lock.acquire(project.id, newer, 120_000)
+        await pilot.press("u")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert newer in shown and STALE_OWNER not in shown
+        assert re.search(r"TTL\s+(2m 00s|1m 5\ds)", shown), shown
+
+
+@pytest.mark.parametrize("modal", ["help", "confirm"])
+async def test_q_quits_from_a_modal_too(core: Deployster, project_dir: Path, modal: str) -> None:
+    """Modals hide the app's bindings: q must still quit (a confirmation is
+    left undone), as the keys list's "everywhere" section promises."""
+    project = await core.projects.add(str(project_dir))
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: projects_table(app).row_count == 1, what="the row")
+        await pilot.press("question_mark" if modal == "help" else "u")
+        kind = HelpScreen if modal == "help" else ConfirmScreen
+        await wait_until(pilot, lambda: isinstance(app.screen, kind), what="the modal")
+        await pilot.press("q")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to quit")
+    assert app.return_code in (0, None)
+    assert (await core.lock.state(project.id)).owner == STALE_OWNER  # nothing released

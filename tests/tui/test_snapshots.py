@@ -99,3 +99,27 @@ class TestLogView:
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
+class TestSmallTerminal:
+    """80x24: the compact projects table, the log under the project's tables,
+    the unlock modal without padding; ? and q first in the key bar."""
+
+    SMALL = (80, 24)
+
+    def test_projects_view_80x24(self, snap_compare: Compare) -> None:
+        assert snap_compare(demo_app(), terminal_size=self.SMALL, run_before=settle)
+
+    def test_project_view_80x24(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen())
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=self.SMALL, run_before=run_before)
+
+    def test_unlock_modal_80x24(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.press(*["down"] * 9, "u")  # worker (the last row): a STALE lock
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=self.SMALL, run_before=run_before)

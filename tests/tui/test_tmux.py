@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ def tmux() -> Iterator[Tmux]:
 
 
 def launch(tmux: Tmux, tmp_path: Path, env: dict[str, str], *args: str,
-           unset: tuple[str, ...] = ()) -> Path:
+           unset: tuple[str, ...] = (), size: tuple[int, int] = (160, 40)) -> Path:
     rc_file = tmp_path / "tui.rc"
     script = tmp_path / "run-tui.sh"
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
@@ -64,9 +65,10 @@ def launch(tmux: Tmux, tmp_path: Path, env: dict[str, str], *args: str,
         f"{shlex.quote(sys.executable)} -m deployster tui {' '.join(args)}\n"
         f"echo $? > {shlex.quote(str(rc_file))}\nsleep 60\n"
     )
-    tmux.run("new-session", "-d", "-s", "dash", "-x", "160", "-y", "40",
+    width, height = str(size[0]), str(size[1])
+    tmux.run("new-session", "-d", "-s", "dash", "-x", width, "-y", height,
              f"sh {shlex.quote(str(script))}")
-    tmux.run("resize-window", "-t", "dash", "-x", "160", "-y", "40")
+    tmux.run("resize-window", "-t", "dash", "-x", width, "-y", height)
     return rc_file
 
 
@@ -87,7 +89,7 @@ def test_tui_shows_the_projects_and_q_quits(
                       "smoke-app").returncode == 0
     rc_file = launch(tmux, tmp_path, {"TERM": "xterm-256color", **env})
     screen = tmux.wait_for("smoke-app")
-    assert "1 projects" in screen and "redis ok" in screen
+    assert "1 project ·" in screen and "redis ok" in screen
     tmux.run("send-keys", "-t", "dash", "?")
     tmux.wait_for("Keys")
     tmux.run("send-keys", "-t", "dash", "Escape")
@@ -155,3 +157,58 @@ def test_tui_starts_the_embedded_redis_when_none_is_configured(
         assert wait_exit(rc_file) == 0
     finally:
         stop_embedded_redis(data_dir)
+
+
+def test_an_80x24_terminal_shows_what_an_operator_acts_on(
+    tmux: Tmux, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    """On the smallest usual terminal nothing the operator needs before u, c or
+    r is cut off: the holder, TTL, heartbeat (STALE), queue and last outcome in
+    the table, Redis's state in the header, ? and q in the key bar; the project
+    view's title has the lock's TTL and heartbeat; the unlock modal's facts and
+    both buttons fit; q leaves and the terminal is given back."""
+    import asyncio
+
+    from deployster.service import Deployster
+
+    env = settings_env(settings)
+    long_name = "a-project-with-a-rather-long-name"
+    assert deployster(env, "project", "add", str(project_dir), "--name",
+                      long_name).returncode == 0
+
+    async def lock_it() -> None:
+        core = await Deployster.open(settings)
+        try:
+            project = await core.projects.find(long_name)
+            await core.lock.acquire(project.id, "01JDZZZZZZZZZZZZZZZZZZZZF3", 300_000)
+        finally:
+            await core.close()
+
+    asyncio.run(lock_it())
+    rc_file = launch(tmux, tmp_path, {"TERM": "xterm-256color", **env}, size=(80, 24))
+    tmux.wait_for("STALE")
+    screen = tmux.wait_for("? Keys q Quit")  # the key bar composes a moment later
+    lines = screen.rstrip("\n").splitlines()
+    header = next(line for line in lines if "heartbeat" in line)
+    for column in ("holder", "TTL", "heartbeat", "queue", "last"):
+        assert column in header, screen
+    row = next(line for line in lines if "a-project-w" in line)
+    assert "01JD…ZZF3" in row and re.search(r"[45]m \d\ds", row), screen  # holder, TTL
+    assert "redis ok" in lines[0], screen
+    assert lines[-1].startswith("? Keys q Quit"), screen
+    tmux.run("send-keys", "-t", "dash", "Enter")
+    tmux.wait_for("lock 01JD…ZZF3 · TTL ")
+    screen = tmux.wait_for("? Keys q Quit esc Back")
+    assert "STALE" in screen.splitlines()[0], screen
+    assert screen.rstrip("\n").splitlines()[-1].startswith("? Keys q Quit esc Back"), screen
+    tmux.run("send-keys", "-t", "dash", "u")
+    screen = tmux.wait_for("Release (y)")
+    for fact in ("Release a-project", "holder", "TTL", "STALE", "queued",
+                 "compare-and-set", "No (n / esc)"):
+        assert fact in screen, screen
+    tmux.run("send-keys", "-t", "dash", "n")
+    time.sleep(0.5)
+    tmux.run("send-keys", "-t", "dash", "q")
+    assert wait_exit(rc_file) == 0
+    flags = tmux.run("display", "-p", "-t", "dash", "#{alternate_on} #{mouse_any_flag}")
+    assert flags.split() == ["0", "0"]  # out of the alternate screen, mouse released

@@ -13,10 +13,16 @@ from textual.widgets import Button, Static
 class ConfirmScreen(ModalScreen[bool]):
     """Dismisses with True on ``y``, False on ``n`` or escape."""
 
+    # A 24-line terminal: no padding, one-line buttons, so that every fact and
+    # both buttons fit on screen.
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+
     BINDINGS = [
         Binding("y", "confirm", "Yes, do it", id="confirm.yes"),
         Binding("n", "cancel", "No", id="confirm.no"),
         Binding("escape", "cancel", "Cancel", id="confirm.escape"),
+        # A modal hides the app's keys: q quits here too (nothing is done).
+        Binding("q", "app.quit", "Quit", id="confirm.quit"),
     ]
 
     def __init__(
@@ -37,6 +43,7 @@ class ConfirmScreen(ModalScreen[bool]):
             body.append(f"{label:<{width}}  ", style="bold")
             body.append(value if isinstance(value, Text) else Text(str(value)))
             body.append("\n")
+        body.rstrip()
         with Vertical(id="confirm-dialog"):
             yield Static(self.title_text, id="confirm-title")
             yield Static(body, id="confirm-facts")

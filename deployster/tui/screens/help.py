@@ -34,7 +34,8 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [
         Binding("escape", "dismiss", "Close", id="help.close"),
         Binding("question_mark", "dismiss", "Close", key_display="?", id="help.close2"),
-        Binding("q", "dismiss", "Close", id="help.close3"),
+        # q quits, as the "everywhere" section says (a modal hides the app's keys).
+        Binding("q", "app.quit", "Quit", id="help.quit"),
     ]
 
     def compose(self) -> ComposeResult:

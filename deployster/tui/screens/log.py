@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer
 
 from deployster.overview import LogChunk
 
+from ..widgets.footer import KeysFooter
 from ..widgets.log_pane import LogPane
 from ..widgets.log_view import LogView
 from .base import CoreScreen
@@ -24,7 +24,7 @@ class LogScreen(CoreScreen):
 
     def compose(self) -> ComposeResult:
         yield LogPane(id="log-pane")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         pane = self.query_one(LogPane)

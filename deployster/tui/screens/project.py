@@ -10,12 +10,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Static
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable, Static
 
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow, history, queued_jobs
 
-from ..controls import ask_cancel, ask_redeploy, ask_unlock
+from ..controls import ask_cancel, ask_redeploy, ask_unlock, heartbeat_text, ttl_text
 from ..format import (
     clock_duration,
     commit,
@@ -27,15 +28,25 @@ from ..format import (
     since,
 )
 from ..messages import DataRefreshed
+from ..widgets.footer import KeysFooter
 from ..widgets.log_pane import LogPane
 from .base import CoreScreen
 
 PAGE = 50
+REF_WIDTH = 20
+NAME_WIDTH = 20  # in the title: the lock's facts after it must fit 80 columns
 OUTCOME_STYLE = {JobStatus.COMPLETE: "green", JobStatus.FAILED: "red"}
 log = logging.getLogger("deployster.tui")
 
 
+def ref(job: Job) -> str:
+    """A branch name, clipped: a long one must not push the clocks off screen."""
+    return job.ref_name if len(job.ref_name) <= REF_WIDTH else job.ref_name[:REF_WIDTH - 1] + "…"
+
+
 class ProjectScreen(CoreScreen):
+    # Narrow terminals: the log goes under the tables instead of beside them.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (104, "-wide")]
     BINDINGS = [
         Binding("escape", "back", "Back", id="project.back"),
         Binding("l", "open_log", "Full log", id="project.log"),
@@ -67,24 +78,26 @@ class ProjectScreen(CoreScreen):
             with Vertical(id="project-left"):
                 yield Static("queue", classes="pane-title", id="queue-title")
                 queue: DataTable[Any] = DataTable(id="queue", cursor_type="row")
-                queue.add_columns("#", "job", "status", "commit", "ref", "waiting")
+                queue.add_columns("#", "job", "status", "commit", "waiting", "ref")
                 yield queue
                 yield Static("history", classes="pane-title", id="history-title")
                 hist: DataTable[Any] = DataTable(id="history", cursor_type="row",
                                                  zebra_stripes=True)
-                hist.add_columns("status", "job", "commit", "ref", "started", "duration")
+                hist.add_columns("status", "job", "commit", "started", "duration", "ref")
                 yield hist
             yield LogPane(id="log-pane")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#history", DataTable).focus()
+        self._render_title()
         if self.fixed:
             self._render_tables()
         else:
             self.run_worker(self.reload(), group="project", exclusive=True)
 
     def on_data_refreshed(self, _message: DataRefreshed) -> None:
+        self._render_title()  # the lock's TTL and heartbeat, what is down: no reads
         if not self.fixed:
             self.run_worker(self.reload(), group="project", exclusive=True)
 
@@ -134,15 +147,9 @@ class ProjectScreen(CoreScreen):
         self._render_tables()
 
     def _render_tables(self) -> None:
-        row = self.row
-        title = f"{self.project.name} · {self.project.path}"
-        if row and row.lock_owner:
-            title += f" · locked by {short_id(row.lock_owner)}"
-            if row.stale:
-                title += " (STALE)"
-        self.query_one("#project-title", Static).update(title)
+        self._render_title()
         queue = self.query_one("#queue", DataTable)
-        cursor = queue.cursor_row
+        cursor, key = queue.cursor_row, _key_at_cursor(queue)
         queue.clear()
         offset = 0 if self.queue and self.queue[0].status is JobStatus.RUNNING else 1
         for i, job in enumerate(self.queue):
@@ -150,21 +157,21 @@ class ProjectScreen(CoreScreen):
                 pos, wait = "▶", clock_duration(since(job.started_at))
             else:
                 pos, wait = str(i + offset), clock_duration(since(job.queued_at))
-            queue.add_row(pos, short_id(job.id), job.status.value, commit(job), job.ref_name,
-                          wait, key=job.id)
+            queue.add_row(pos, short_id(job.id), job.status.value, commit(job), wait,
+                          ref(job), key=job.id)
         if self.queue:
-            queue.move_cursor(row=min(cursor, len(self.queue) - 1), animate=False)
+            queue.move_cursor(row=_row_of(self.queue, key, cursor), animate=False)
         self.query_one("#queue-title", Static).update(f"queue · {len(self.queue)} job(s)")
         hist = self.query_one("#history", DataTable)
-        cursor = hist.cursor_row
+        cursor, key = hist.cursor_row, _key_at_cursor(hist)
         hist.clear()
         for job in self.history:
             hist.add_row(Text(outcome(job), style=OUTCOME_STYLE.get(job.status, "")),
-                         short_id(job.id), commit(job), job.ref_name,
+                         short_id(job.id), commit(job),
                          local_time(job.started_at or job.queued_at),
-                         duration(job_duration(job)), key=job.id)
+                         duration(job_duration(job)), ref(job), key=job.id)
         if self.history:
-            hist.move_cursor(row=min(cursor, len(self.history) - 1), animate=False)
+            hist.move_cursor(row=_row_of(self.history, key, cursor), animate=False)
         more = "" if self.history_done else " · m for more"
         self.query_one("#history-title", Static).update(
             f"history · {len(self.history)} shown{more}")
@@ -175,6 +182,29 @@ class ProjectScreen(CoreScreen):
                 self._select(self.queue[0])
             elif self.history:
                 self._select(self.history[0])
+
+    def _render_title(self) -> None:
+        """Name, lock (holder, TTL, heartbeat) and what is down: the facts to
+        know before u, c or r, in the order an 80-column line keeps them."""
+        app = self.dapp
+        row = self.row
+        name = self.project.name
+        title = Text(name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 1] + "…",
+                     style="bold")
+        down = [f"{label} {state}" for label, key in (("redis", "redis"), ("db", "database"))
+                if (state := app.health.get(key, "ok")) not in ("ok", "…")]
+        if down:
+            title.append(f" · {' · '.join(down)} · data from {duration(app.since_fetch())} ago",
+                         style="bold red")
+        if row and row.lock_owner:
+            since_fetch = app.since_fetch()
+            title.append(f" · lock {short_id(row.lock_owner)} · TTL "
+                         f"{ttl_text(row, since_fetch)} · heartbeat ")
+            title.append(heartbeat_text(row, since_fetch))
+        elif row:
+            title.append(" · not locked")
+        title.append(f" · {self.project.path}")
+        self.query_one("#project-title", Static).update(title)
 
     def _select(self, job: Job) -> None:
         self.selected_job = job
@@ -238,3 +268,20 @@ class ProjectScreen(CoreScreen):
 
     def action_more(self) -> None:
         self.run_worker(self.load_more(), group="more", exclusive=True)
+
+
+def _key_at_cursor(table: DataTable[Any]) -> str | None:
+    """The job id under the table's cursor, if any."""
+    if not 0 <= table.cursor_row < table.row_count:
+        return None
+    return table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
+
+
+def _row_of(jobs: list[Job], key: str | None, cursor: int) -> int:
+    """Where the cursor goes after a reload: on the same job (new jobs at the
+    top of history must not move the operator's selection to another job),
+    else at the same row."""
+    for i, job in enumerate(jobs):
+        if job.id == key:
+            return i
+    return min(cursor, len(jobs) - 1)

@@ -14,7 +14,8 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input
+from textual.events import Resize
+from textual.widgets import DataTable, Input
 from textual.widgets.data_table import ColumnKey
 
 from deployster.models import JobStatus
@@ -23,6 +24,7 @@ from deployster.overview import ProjectRow
 from ..controls import ask_cancel, ask_redeploy, ask_unlock, heartbeat_text, ttl_left, ttl_text
 from ..format import DASH, GLYPH, ago, clock_duration, commit, short_id, since
 from ..messages import DataRefreshed
+from ..widgets.footer import KeysFooter
 from ..widgets.projects_table import ProjectsTable
 from ..widgets.status_line import StatusLine
 from .base import CoreScreen
@@ -32,7 +34,20 @@ COLUMNS: list[tuple[str, str]] = [
     ("running", "running"), ("queue", "queue"), ("last", "last"), ("path", "path"),
 ]
 PATH_WIDTH = 40
+NAME_WIDTH = 20  # longer names end in "…": they must not push the lock columns away
 WIDTHS = {"lock": 17, "ttl": 8, "heartbeat": 12, "running": 22, "queue": 5, "last": 14}
+# Under ``COMPACT_BELOW`` columns (an 80x24 terminal) the facts an operator acts
+# on come first and narrower: the holder's id only (STALE shows in heartbeat),
+# the queue and the last outcome before what is running; elapsed time and
+# commit only, ages without "ago". The path, last, is what scrolls off.
+COMPACT_BELOW = 104
+COMPACT_COLUMNS: list[tuple[str, str]] = [
+    ("name", "project"), ("lock", "holder"), ("ttl", "TTL"), ("heartbeat", "heartbeat"),
+    ("queue", "queue"), ("last", "last"), ("running", "running"), ("path", "path"),
+]
+COMPACT_NAME_WIDTH = 12
+COMPACT_WIDTHS = {"lock": 10, "ttl": 7, "heartbeat": 12, "queue": 5, "last": 10,
+                  "running": 12}
 
 
 @lru_cache(maxsize=4096)
@@ -73,9 +88,15 @@ def ticking(row: ProjectRow) -> bool:
     return last is not None and (since(last.finished_at or last.started_at) or 0) < 3600
 
 
-def row_cells(row: ProjectRow, since_fetch: float) -> dict[str, Any]:
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> dict[str, Any]:
     if row.lock_owner is None:
         lock: Text | str = DASH
+    elif compact:
+        lock = Text(short_id(row.lock_owner), style="bold red" if row.stale else "")
     elif row.stale:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("STALE", "bold reverse red"))
     else:
@@ -84,17 +105,20 @@ def row_cells(row: ProjectRow, since_fetch: float) -> dict[str, Any]:
     if job is not None and job.status is JobStatus.RUNNING:
         # Elapsed first: a long ref name is what gets cut, not the clock.
         elapsed = clock_duration(since(job.started_at))
-        running: Text | str = f"{elapsed} {commit(job)} {job.ref_name}"
+        running: Text | str = f"{elapsed} {commit(job)}" if compact else \
+            f"{elapsed} {commit(job)} {job.ref_name}"
     else:
         running = DASH
     if row.last is None:
         last: Text | str = DASH
     else:
         ok = row.last.status is JobStatus.COMPLETE
+        when = ago(row.last.finished_at or row.last.started_at)
         last = Text.assemble((GLYPH[row.last.status], "green" if ok else "red"),
-                             f" {ago(row.last.finished_at or row.last.started_at)}")
+                             f" {when.removesuffix(' ago') if compact else when}")
+    name = _clip(row.project.name, COMPACT_NAME_WIDTH if compact else NAME_WIDTH)
     return {
-        "name": Text(row.project.name, style="bold"),
+        "name": Text(name, style="bold"),
         "path": short_path(row.project.path),
         "lock": lock,
         "ttl": ttl_text(row, since_fetch),
@@ -129,17 +153,36 @@ class ProjectsScreen(CoreScreen):
         self._cells: dict[str, dict[str, Any]] = {}
         self._facts: dict[str, tuple[object, ...]] = {}
         self._tick = 0
+        self.compact = False  # the narrow layout (set from the screen's width)
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status-line")
         yield Input(placeholder="filter projects (name or path) — enter to keep, esc to clear",
                     id="filter")
         table = ProjectsTable(id="projects", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            # Fixed widths for the ticking columns: the layout never jumps.
-            table.add_column(label, key=key, width=WIDTHS.get(key))
+        self._add_columns(table)
         yield table
-        yield Footer()
+        yield KeysFooter()
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        return COMPACT_COLUMNS if self.compact else COLUMNS
+
+    def _add_columns(self, table: ProjectsTable) -> None:
+        widths = COMPACT_WIDTHS if self.compact else WIDTHS
+        for key, label in self.columns:
+            # Fixed widths for the ticking columns: the layout never jumps.
+            table.add_column(label, key=key, width=widths.get(key))
+
+    def on_resize(self, event: Resize) -> None:
+        compact = event.size.width < COMPACT_BELOW
+        if compact != self.compact:
+            self.compact = compact
+            table = self.table
+            table.clear(columns=True)
+            self._add_columns(table)
+            self._keys, self._cells, self._facts = [], {}, {}
+            self.render_rows()
 
     @property
     def table(self) -> ProjectsTable:
@@ -172,7 +215,8 @@ class ProjectsScreen(CoreScreen):
         app = self.dapp
         self._tick += clocks
         everything = clocks and self._tick % 60 == 1
-        self.query_one(StatusLine).show(app.rows, app.health, app.wall_clock())
+        self.query_one(StatusLine).show(app.rows, app.health, app.wall_clock(),
+                                        app.since_fetch())
         rows = self.visible_rows()
         since_fetch = app.since_fetch()
         table = self.table
@@ -187,7 +231,7 @@ class ProjectsScreen(CoreScreen):
                         everything or (clocks and ticking(r))):
                     continue
                 self._facts[key] = facts
-                cells = row_cells(r, since_fetch)
+                cells = row_cells(r, since_fetch, compact=self.compact)
                 old = self._cells.get(key, {})
                 for column, value in cells.items():
                     if old.get(column) != value:
@@ -200,8 +244,9 @@ class ProjectsScreen(CoreScreen):
             for r in rows:
                 key = str(r.project.id)
                 self._facts[key] = row_facts(r)
-                cells = self._cells[key] = row_cells(r, since_fetch)
-                table.add_row(*(cells[k] for k, _ in COLUMNS), key=key)
+                cells = self._cells[key] = row_cells(r, since_fetch,
+                                                     compact=self.compact)
+                table.add_row(*(cells[k] for k, _ in self.columns), key=key)
             self._keys = keys
             if selected in keys:
                 table.move_cursor(row=keys.index(selected), animate=False)
@@ -211,7 +256,7 @@ class ProjectsScreen(CoreScreen):
         table = self.table
         arrow = "▼" if self.sort_reverse else "▲"
         changed = False
-        for key, label in COLUMNS:
+        for key, label in self.columns:
             header = table.columns[ColumnKey(key)]
             text = Text(f"{label} {arrow}" if key == self.sort_column else label)
             if header.label != text:

@@ -22,6 +22,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input, Static
 
+from deployster.models import JobStatus
 from deployster.overview import LogChunk, log_entries, log_window
 
 from ..format import short_id
@@ -54,6 +55,7 @@ class LogPane(Vertical):
         self.job_id: str | None = None
         self.follow = True
         self.live = False  # the job is still running: there may be more
+        self.queued = False  # the job waits in its queue: no output yet
         self.truncated = False
         self.last_id = "0-0"
         self.query_text = ""
@@ -98,13 +100,16 @@ class LogPane(Vertical):
             return
         self.job_id = job_id
         self.truncated = False
+        self.queued = False
         self._partial, self._partial_t = "", None
         self.log_view.clear()
         self.workers.cancel_group(self, "log")
         if job_id is None:
             self._retitle()
             return
-        self.run_worker(self._load(job_id), group="log", exclusive=True)
+        async def load() -> None:  # made when the worker runs: a worker replaced
+            await self._load(job_id)  # before it started leaves no coroutine unawaited
+        self.run_worker(load, group="log", exclusive=True)  # type: ignore[arg-type]  # textual's WorkType infers Never here
 
     def show_text(self, job_id: str, text: str | list[LogChunk], *, live: bool = False) -> None:
         """Show a job's log given as text or chunks (demo data, snapshots); ``live``
@@ -122,7 +127,12 @@ class LogPane(Vertical):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis or the database down: say so, keep the UI
-            self.query_one("#log-title", Static).update(
+            titles = self.query("#log-title")
+            if not titles:
+                # The pane is being taken down with its screen (escape while
+                # following): its children went first. Nothing left to tell.
+                return
+            titles.first(Static).update(
                 f"log · {short_id(job_id)} · unavailable: {type(exc).__name__} "
                 "(select the job again to retry)")
             self.job_id = None
@@ -133,7 +143,9 @@ class LogPane(Vertical):
         job = await core.job(job_id)
         self.truncated = window.truncated
         self.last_id = window.last_id
-        self.live = window.live and job is not None and not job.status.finished
+        # A queued job has no stream yet: it is followed too, until it has run.
+        self.live = job is not None and not job.status.finished
+        self.queued = job is not None and job.status is JobStatus.QUEUED
         self._append(window.chunks, final=not self.live)
         self._retitle()
         while self.live:
@@ -155,7 +167,9 @@ class LogPane(Vertical):
         job = await core.job(job_id)
         if job is None or job.status.finished:
             self.live = False
-        if chunks or not self.live:
+        queued = job is not None and job.status is JobStatus.QUEUED
+        if chunks or not self.live or queued != self.queued:
+            self.queued = queued
             self._append(chunks, final=not self.live)
             self._retitle()
 
@@ -188,8 +202,12 @@ class LogPane(Vertical):
         if self.job_id is None:
             title = "no job selected"
         else:
-            state = ("following" if self.follow else "paused (f to follow)") if self.live \
-                else "finished"
+            if not self.live:
+                state = "finished"
+            elif self.queued:
+                state = "queued: no output yet"
+            else:
+                state = "following" if self.follow else "paused (f to follow)"
             title = f"log · {short_id(self.job_id)} · {state}"
             if view.wrap:
                 title += " · wrap"

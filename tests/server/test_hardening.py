@@ -1,0 +1,375 @@
+"""Attacks on the hardened API (issue #5 review), over real HTTP against
+``deployster serve``: real Redis, real database, no mocks. Each test is the
+regression test of a defect the review found."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployster import store, tokens
+from deployster.models import Project
+from deployster.service import Deployster
+from deployster.settings import Settings
+from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+
+UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def app(core: Deployster, project_dir: Path) -> Project:
+    return await core.projects.add(str(project_dir))
+
+
+@pytest.fixture
+async def other(core: Deployster, tmp_path: Path) -> Project:
+    path = tmp_path / "other-app"
+    path.mkdir()
+    return await core.projects.add(str(path))
+
+
+async def nothing_stored(core: Deployster) -> None:
+    assert await core.redis.keys(f"{core.keys.prefix}job:*") == []
+    assert await core.redis.keys(f"{core.keys.prefix}queue:*") == []
+    assert await store.select_deployments(core.db) == []
+
+
+def no_traceback(server: LiveServer) -> None:
+    log = server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log
+
+
+# ------------------------------------------------------- child environment
+
+
+async def test_commands_do_not_inherit_the_servers_settings(
+    server: LiveServer, app: Project
+) -> None:
+    # DEPLOYSTER_REDIS_URL / DEPLOYSTER_DATABASE_URL may hold passwords that no
+    # masker knows: `env` in a deploy printed them into the log.
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(app.path, "env"))
+        final = await wait_for_status(client, reply.json()["job_id"])
+    assert final["status"] == "complete", final
+    logs = str(final["logs"])
+    assert f"DEPLOYSTER_JOB_ID={reply.json()['job_id']}" in logs  # the job's own do pass
+    for name in ("DEPLOYSTER_REDIS_URL", "DEPLOYSTER_DATABASE_URL", "DEPLOYSTER_TOKEN",
+                 "DEPLOYSTER_DATA_DIR", "DEPLOYSTER_NAMESPACE"):
+        assert f"{name}=" not in logs, name
+    assert not server.settings.redis_url or server.settings.redis_url not in logs
+
+
+# ------------------------------------------------------------------ tokens
+
+
+async def test_a_request_with_several_token_headers_is_refused(
+    server: LiveServer, core: Deployster, app: Project, other: Project
+) -> None:
+    # The first header used to win: "good, bad" passed, "bad, good" did not,
+    # and two project tokens acted as the first one's project.
+    app_token = await tokens.rotate(core.projects, app)
+    other_token = await tokens.rotate(core.projects, other)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for pair in ((server.token, "wrong"), ("wrong", server.token),
+                     (server.token, server.token), (app_token, other_token),
+                     (app_token, app_token)):
+            headers = [("x-deployster-token", pair[0]), ("x-deployster-token", pair[1])]
+            reply = await client.get("/projects", headers=headers)
+            assert reply.status_code == 403 and reply.json() == UNAUTHORIZED, pair
+            reply = await client.post("/deploy", headers=headers,
+                                      json=deploy_body(app.path, "echo x"))
+            assert reply.status_code == 403 and reply.json() == UNAUTHORIZED, pair
+        # One header is still enough.
+        reply = await client.get("/projects", headers={"x-deployster-token": app_token})
+        assert reply.status_code == 200
+        assert [p["name"] for p in reply.json()["projects"]] == ["my-app"]
+    await nothing_stored(core)
+
+
+def raw_request(server: LiveServer, request: bytes) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+async def test_odd_token_headers_never_reach_a_500(server: LiveServer) -> None:
+    token = server.token.encode()
+    cases = [
+        b"\xc3\xa9" + token,  # non-ASCII (latin-1 decoded by the server)
+        token + b"\xff",
+        token[:-1],  # a prefix and an extension of the admin token
+        token + b"x",
+        b"a\x01b\x7f",
+        b"x" * 20000,  # long, under Hypercorn's header limit
+    ]
+    for value in cases:
+        reply = await asyncio.to_thread(raw_request, server, (
+            b"GET /projects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"x-deployster-token: " + value + b"\r\n\r\n"))
+        assert reply.startswith(b"HTTP/1.1 403"), (value[:20], reply[:200])
+        assert reply.endswith(b'{"code":"unauthorized","error":"Unauthorized"}\n')
+    reply = await asyncio.to_thread(raw_request, server, (
+        b"GET /projects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"x-deployster-token: " + b"x" * 200_000 + b"\r\n\r\n"))
+    assert reply.startswith(b"HTTP/1.1 431")  # Hypercorn's own limit, no traceback
+    no_traceback(server)
+
+
+def test_admin_token_comparison_does_not_depend_on_its_length() -> None:
+    # Compared as SHA-256 digests: equal lengths whatever was sent.
+    assert tokens.is_admin_token("s3cret-admin", "s3cret-admin")
+    for sent in ("", "s3cret-admi", "s3cret-admin ", "S3cret-admin", "\udcff"):
+        assert not tokens.is_admin_token(sent, "s3cret-admin")
+    assert not tokens.is_admin_token("anything", None)
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def send_chunked(server: LiveServer, total: int, *, token: str | None = None,
+                 payload: bytes | None = None) -> bytes:
+    """POST /deploy with Transfer-Encoding: chunked (no Content-Length)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (b"POST /deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n")
+    if token is not None:
+        head += b"x-deployster-token: " + token.encode() + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + b"\r\n")
+        try:
+            if payload is not None:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(payload), payload))
+            else:
+                block = b" " * 65536
+                sent = 0
+                while sent < total:
+                    part = block[: min(len(block), total - sent)]
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+                    sent += len(part)
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the end: the answer is still there to read
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+    return out
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_chunked_bodies_over_the_limit_are_413_and_never_held_whole(
+    server: LiveServer, core: Deployster, app: Project
+) -> None:
+    expected = b'"error":"the request body is larger than 1048576 bytes"'
+    # Just over the limit, with and without a token.
+    for token in (server.token, None, "wrong"):
+        reply = await asyncio.to_thread(send_chunked, server, MIB + 1, token=token)
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert expected in reply
+    # Past Quart's backstop (64 MiB): the message names the configured limit.
+    reply = await asyncio.to_thread(send_chunked, server, 65 * MIB)
+    assert reply.startswith(b"HTTP/1.1 413") and expected in reply, reply[:300]
+    # Unauthenticated uploads of 40 MiB each, four at once: read and dropped as
+    # they come, not buffered whole (the server used to hold every one of them).
+    before = peak_rss(server.process.pid)
+    replies = await asyncio.gather(*(asyncio.to_thread(send_chunked, server, 40 * MIB)
+                                     for _ in range(4)))
+    assert all(r.startswith(b"HTTP/1.1 413") for r in replies)
+    grown = peak_rss(server.process.pid) - before
+    assert grown < 40 * MIB, f"peak RSS grew by {grown / MIB:.0f} MiB"
+    await nothing_stored(core)
+    no_traceback(server)
+
+
+async def test_a_small_chunked_body_still_deploys(
+    server: LiveServer, app: Project
+) -> None:
+    payload = json.dumps(deploy_body(app.path, "echo chunked-ok")).encode()
+    reply = await asyncio.to_thread(send_chunked, server, 0, token=server.token,
+                                    payload=payload)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    job_id = json.loads(reply.split(b"\r\n\r\n", 1)[1])["job_id"]
+    async with server.client() as client:
+        final = await wait_for_status(client, job_id)
+    assert final["status"] == "complete" and "chunked-ok\n" in str(final["logs"])
+
+
+# ------------------------------------------------------------- odd bodies
+
+
+async def test_json_nested_too_deeply_is_400_not_500(server: LiveServer, core: Deployster,
+                                                     app: Project) -> None:
+    async with server.client() as client:
+        for body in (b"[" * 100_000 + b"]" * 100_000,
+                     b'{"cd": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
+            reply = await client.post("/deploy", content=body,
+                                      headers={"content-type": "application/json"})
+            assert reply.status_code == 400, reply.text
+            assert reply.json()["code"] == "invalid_json"
+    await nothing_stored(core)
+    no_traceback(server)
+
+
+async def test_lone_surrogates_and_nul_in_the_fields_are_422(
+    server: LiveServer, core: Deployster, app: Project
+) -> None:
+    # Lone surrogates were a 500 (UTF-8 encoding in realpath or in Redis);
+    # NUL in commit_hash / ref_name was stored, and PostgreSQL refuses it.
+    app_token = await tokens.rotate(core.projects, app)
+    cases = {"cd": (app.path + "/\ud800", app.path + "\x00"),
+             "commit_hash": ("abc\udfff", "abc\x00"), "ref_name": ("main\ud800", "main\x00")}
+    for token in (server.token, app_token):
+        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                     headers={"x-deployster-token": token}) as client:
+            for field, values in cases.items():
+                for value in values:
+                    body = deploy_body(app.path, "echo x")
+                    body[field] = value
+                    reply = await client.post(
+                        "/deploy", content=json.dumps(body),
+                        headers={"content-type": "application/json"})
+                    assert reply.status_code == 422, (field, repr(value), reply.text)
+                    error = reply.json()
+                    assert field in error["error"], error
+                    assert error["code"] == ("invalid_cd" if field == "cd" else "invalid_field")
+    await nothing_stored(core)
+    no_traceback(server)
+
+
+async def test_nul_in_the_output_does_not_stop_the_history(
+    settings: Settings, any_database_url: str, project_dir: Path, tmp_path: Path
+) -> None:
+    # PostgreSQL text cannot hold NUL: one job printing it made every history
+    # batch fail, so no job after it ever reached SQL. Logged as U+FFFD.
+    live_settings = dataclasses.replace(settings, database_url=any_database_url)
+    the_core = await Deployster.open(live_settings)
+    live = start_server(live_settings, tmp_path / "nul.log")
+    try:
+        app = await the_core.projects.add(str(project_dir))
+        async with live.client() as client:
+            ids = []
+            for command in ("printf 'a\\000b\\n'", "echo after"):
+                reply = await client.post("/deploy", json=deploy_body(app.path, command))
+                ids.append(reply.json()["job_id"])
+                final = await wait_for_status(client, ids[-1])
+                assert final["status"] == "complete"
+            page = (await client.get(f"/jobs/{ids[0]}/logs")).json()
+            assert "a\ufffdb\n" in page["logs"] and "\x00" not in page["logs"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = {r.id: r for r in await store.select_deployments(the_core.db)}
+            if all(i in rows and rows[i].status.finished for i in ids):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"history never got both jobs:\n{live.log()}")
+        history = await store.select_deployment_log(the_core.db, ids[0]) or ""
+        assert history.encode() == page["logs"].encode()  # byte for byte, same cursors
+        assert "Traceback" not in live.log()
+    finally:
+        live.stop()
+        await the_core.close()
+
+
+# ------------------------------------------------------------------ scope
+
+FLIPPER = """
+import os, sys, time
+link, a, b = sys.argv[1:4]
+tmp = link + ".tmp"
+end = time.monotonic() + float(sys.argv[4])
+while time.monotonic() < end:
+    for target in (a, b):
+        try:
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+        except FileExistsError:
+            os.unlink(tmp)
+"""
+
+
+async def test_a_symlink_swapped_during_the_request_cannot_move_a_token_deploy(
+    server: LiveServer, core: Deployster, app: Project, other: Project
+) -> None:
+    # The scope check resolved 'cd' and the project lookup resolved it again:
+    # a symlink flipped in between (the token's own commands can do that) put
+    # the job in another project, with that project's stage and secrets.
+    app_token = await tokens.rotate(core.projects, app)
+    link = Path(app.path) / "link"
+    link.symlink_to(".")
+    flipper = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FLIPPER, str(link), ".", "../other-app", "20")
+    accepted: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                     headers={"x-deployster-token": app_token}) as client:
+            for _ in range(300):
+                reply = await client.post("/deploy", json=deploy_body(str(link), "true"))
+                if reply.status_code == 200:
+                    accepted.append(reply.json()["job_id"])
+                else:
+                    assert reply.status_code in (403, 429), reply.text
+    finally:
+        flipper.kill()
+        await flipper.wait()
+    assert accepted
+    jobs = [await core.job(job_id) for job_id in accepted]
+    assert {j.project_id for j in jobs if j is not None} == {app.id}
+    assert await core.queue.length(other.id) == 0
+
+
+async def test_a_revoked_token_stops_its_open_stream_at_once(
+    server: LiveServer, core: Deployster, app: Project
+) -> None:
+    # A stream lasts as long as its job: one opened before the revocation (or
+    # rotation) used to go on receiving the log until the job ended.
+    for change in ("revoke", "rotate"):
+        project = await core.projects.find(app.name)
+        app_token = await tokens.rotate(core.projects, project)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                     headers={"x-deployster-token": app_token}) as client:
+            script = "for i in $(seq 1 100); do echo tick-$i; sleep 0.1; done"
+            job_id = (await client.post("/deploy", json=deploy_body(app.path, script))).json()[
+                "job_id"]
+            lines: list[str] = []
+            changed_at: float | None = None
+            async with client.stream("GET", f"/jobs/{job_id}/stream") as stream:
+                async for line in stream.aiter_lines():
+                    lines.append(line)
+                    if changed_at is None and "tick-3" in line:
+                        project = await core.projects.find(app.name)
+                        if change == "revoke":
+                            await tokens.revoke(core.projects, project)
+                        else:
+                            await tokens.rotate(core.projects, project)
+                        changed_at = time.monotonic()
+            assert changed_at is not None
+            assert time.monotonic() - changed_at < 3, "the stream went on"
+            lines = [line for line in lines if line]
+            assert lines[-2:] == ["event: error", 'data: {"error": "Unauthorized: the token was '
+                                  'revoked or rotated", "code": "unauthorized"}'], lines[-4:]
+            assert not any("tick-100" in line for line in lines)
+        async with server.client() as admin:
+            await admin.post(f"/jobs/{job_id}/cancel")
+    no_traceback(server)
