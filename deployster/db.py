@@ -243,3 +243,21 @@ def database_down_errors() -> tuple[type[BaseException], ...]:
 
 
 DATABASE_DOWN = database_down_errors()
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from asyncpg.exceptions._base import DataError  # not the class 22 one
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return ()
+    return (DataError,)
+
+
+# asyncpg's client-side "invalid input for query argument" (a value out of range)
+# subclasses InterfaceError, which DATABASE_DOWN counts as an outage.
+_INPUT_ERRORS = _input_errors()
+
+
+def is_database_down(exc: BaseException) -> bool:
+    """An outage (retry later), as opposed to a statement the database refuses."""
+    return isinstance(exc, DATABASE_DOWN) and not isinstance(exc, _INPUT_ERRORS)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from typing import Any, cast
 
 from . import store
-from .db import DATABASE_DOWN
+from .db import DATABASE_DOWN, is_database_down
 from .logstream import read_full_log
 from .redis_conn import REDIS_DOWN
 from .service import Deployster
@@ -36,6 +36,10 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, REDIS_DOWN) or is_database_down(exc)
 
 
 class HistoryWriter:
@@ -101,7 +105,15 @@ class HistoryWriter:
             if job.status.finished:
                 text = await read_full_log(core.redis, core.keys, job_id)
             rows.append(store.deployment_row(job, log=text))
-        await store.upsert_deployments(core.db, rows)
+        try:
+            await store.upsert_deployments(core.db, rows)
+        except Exception as exc:
+            if _is_outage(exc):
+                raise
+            # A row the database refuses: write the others anyway.
+            log.warning("history: batch refused (%s: %s); writing row by row",
+                        type(exc).__name__, exc)
+            await self._write_each(rows)
         retention = max(1, int(core.settings.retention))
         async with core.redis.pipeline(transaction=False) as pipe:  # one round trip
             for job_id, version in batch:
@@ -114,3 +126,32 @@ class HistoryWriter:
                 )
             await pipe.execute()
         return len(batch)
+
+    async def _write_each(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` one at a time, so one bad row cannot hold back the
+        history of every later job (the batch would be retried for ever).
+
+        A refused row is written again with its log replaced by a note (the log
+        is what odd bytes usually come from); refused again, it is logged and
+        left out, and the job stays readable from Redis until its retention.
+        """
+        for row in rows:
+            try:
+                await store.upsert_deployments(self.core.db, [row])
+                continue
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise
+                error = f"{type(exc).__name__}: {exc}"
+            if row.get("log") is not None:
+                note = f"[deployster] the log could not be stored in the history ({error})\n"
+                try:
+                    await store.upsert_deployments(
+                        self.core.db, [{**row, "log": note, "log_bytes": len(note.encode())}])
+                    log.error("history: job %s stored without its log (%s)", row["id"], error)
+                    continue
+                except Exception as exc:
+                    if _is_outage(exc):
+                        raise
+                    error = f"{type(exc).__name__}: {exc}"
+            log.error("history: job %s cannot be stored, left out (%s)", row["id"], error)

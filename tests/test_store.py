@@ -369,6 +369,50 @@ async def test_history_writer_copies_a_finished_job_with_its_full_log(
         assert 0 < ttl <= retention, (key, ttl)
 
 
+async def test_a_row_the_database_refuses_does_not_hold_back_the_others(
+    core_any: Deployster, project_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = core_any
+    project = await core.projects.add(str(project_dir))
+    good, bad, later = (make_job(project.id, cd=project.path, project=project.name,
+                                 commit_hash=f"c{i}") for i in range(3))
+    for job in (good, bad, later):
+        await core.queue.enqueue(job, runner=None)
+        await core.redis.hincrby(core.keys.dirty, job.id, 1)
+    # An exit code no INTEGER column holds: both databases refuse the row.
+    await core.redis.hset(core.keys.job(bad.id), "exit_code", str(2**70))
+
+    history = HistoryWriter(core)
+    assert await history.flush() == 3
+    assert await history.flush() == 0  # settled: no batch retried for ever
+    for job in (good, later):
+        assert await store.select_deployment(core.db, job.id) is not None
+    assert await store.select_deployment(core.db, bad.id) is None
+    assert f"job {bad.id} cannot be stored" in caplog.text
+
+
+async def test_a_log_postgresql_refuses_is_replaced_by_a_note(
+    core_any: Deployster, project_dir: Path
+) -> None:
+    core = core_any
+    if not core.db.url.dialect.startswith("postgres"):
+        pytest.skip("SQLite stores NUL in text; PostgreSQL refuses it")
+    project = await core.projects.add(str(project_dir))
+    job = make_job(project.id, cd=project.path, project=project.name)
+    await core.queue.enqueue(job, runner=core.runner_id)
+    running = await core.jobs.get(job.id)
+    assert running is not None
+    # Written past LogWriter (which turns NUL into U+FFFD), as an older server might have.
+    await core.redis.xadd(core.keys.log(job.id), {"d": "bad \x00 byte\n"}, id="0-1")
+    await core.queue.finish(running, JobStatus.COMPLETE, exit_code=0)
+
+    assert await HistoryWriter(core).flush() == 1
+    row = await store.select_deployment(core.db, job.id)
+    assert row is not None and row.status is JobStatus.COMPLETE
+    log = await store.select_deployment_log(core.db, job.id)
+    assert log is not None and "the log could not be stored" in log
+
+
 async def test_cancelled_sqlite_queries_leave_no_thread_behind(sqlite_url: str) -> None:
     # aiosqlite runs a connection in a non-daemon thread: one left running keeps
     # the interpreter from exiting. Queries cancelled at every stage must not
