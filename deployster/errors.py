@@ -55,18 +55,24 @@ class Conflict(DeploysterError):
     http_status = 409
 
 
-class QueueFull(DeploysterError):
-    """A project's queue is at its cap: the caller should retry later."""
+class TooBusy(DeploysterError):
+    """A cap is reached: the caller should retry after ``retry_after`` seconds."""
 
-    code = "queue_full"
+    code = "too_busy"
     http_status = 429
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class QueueFull(TooBusy):
+    """A project's queue is at its cap."""
+
+    code = "queue_full"
 
 
 class ConfigError(DeploysterError):

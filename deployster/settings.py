@@ -55,6 +55,8 @@ class Settings:
     max_queue: int = 100
     # Seconds without an event before an SSE stream sends a keep-alive comment.
     sse_keepalive: float = 15.0
+    # Live log streams one server serves at once (each holds a Redis connection).
+    max_streams: int = 200
 
     # ------------------------------------------------------------------ loading
     @classmethod

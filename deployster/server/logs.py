@@ -8,15 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 from quart_schema import document_headers, document_querystring, document_response
 
 from ..access import Principal
 from ..db import DATABASE_DOWN
-from ..errors import DeploysterError
+from ..errors import DeploysterError, TooBusy
 from ..logs import MAX_CURSOR, follow, job_record, read_logs, visible_job
 from ..models import Job, JobStatus
 from ..redis_conn import REDIS_DOWN
@@ -139,6 +139,26 @@ async def still_valid(the_core: Deployster, token: str | None, who: Principal) -
     return caller is not None and caller.project_id == who.project_id
 
 
+STREAMS_RETRY_AFTER = 5
+
+
+class StreamSlots:
+    """Counts the live streams of this app: each one holds a Redis connection
+    (its blocking reads), so their number is capped."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    async def hold(self, stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        self.open += 1
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            self.open -= 1
+            await stream.aclose()
+
+
 async def events(
     the_core: Deployster, job_id: str, start: int, who: Principal, token: str | None = None
 ) -> AsyncIterator[bytes]:
@@ -190,6 +210,7 @@ async def events(
 @document_headers(StreamHeaders)
 @document_response(ErrorReply, 400)
 @document_response(ErrorReply, 404)
+@document_response(ErrorReply, 429)
 async def stream(job_id: str) -> Any:
     # The description (STREAM_DESCRIPTION) is appended below.
     header = request.headers.get("Last-Event-ID")
@@ -199,8 +220,14 @@ async def stream(job_id: str) -> Any:
         start = parse_cursor(request.args.get("from"), "'from'")
     the_core, who = core(), principal()
     await visible_job(the_core, job_id, who)  # 404 now, not inside the stream
+    slots = current_app.extensions.setdefault("deployster.streams", StreamSlots())
+    if slots.open >= the_core.settings.max_streams:
+        raise TooBusy(
+            f"this server already serves {slots.open} live streams (DEPLOYSTER_MAX_STREAMS); "
+            "retry shortly, or poll /jobs/<id>/logs", retry_after=STREAMS_RETRY_AFTER,
+            code="too_many_streams")
     response = Response(
-        events(the_core, job_id, start, who, request.headers.get("x-deployster-token")),
+        slots.hold(events(the_core, job_id, start, who, request.headers.get("x-deployster-token"))),
         status=200,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -395,3 +395,35 @@ async def test_projects_list_shape_without_variable_values(
         "queue_length": 0,
         "running_job": job_id,
     }
+
+
+async def test_live_streams_are_capped_with_429_and_retry_after(
+    settings: Settings, tmp_path: Path, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    gate = tmp_path / "gate"
+    for live in serving(settings, tmp_path, DEPLOYSTER_MAX_STREAMS="1"):
+        async with live.client() as client:
+            job = await deploy(client, project_dir,
+                               f"echo up; while [ ! -e {gate} ]; do sleep 0.05; done")
+            async with client.stream("GET", f"/jobs/{job}/stream") as first:
+                assert first.status_code == 200
+                async for line in first.aiter_lines():  # the stream is being served
+                    if line.startswith("event:"):
+                        break
+                second = await client.get(f"/jobs/{job}/stream")
+                assert second.status_code == 429
+                assert second.json()["code"] == "too_many_streams"
+                assert int(second.headers["retry-after"]) > 0
+            # The first one closed: its slot is free again (once the server
+            # noticed the disconnect).
+            gate.touch()
+            deadline = time.monotonic() + 10
+            while True:
+                async with client.stream("GET", f"/jobs/{job}/stream") as again:
+                    if again.status_code == 200:
+                        text = (await again.aread()).decode()
+                        break
+                assert time.monotonic() < deadline, "a closed stream's slot was never freed"
+                await asyncio.sleep(0.1)
+            assert "event: end" in text and '"status": "complete"' in text
