@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 
 from deployster.control import cancel_job, redeploy, release_lock
-from deployster.models import Job, JobStatus
+from deployster.masking import Masker, job_secrets
+from deployster.models import Job, JobStatus, Project
 from deployster.overview import ProjectRow, project_rows
 
 from .format import DASH, ago, commit, duration, short_id, since
@@ -131,7 +132,13 @@ async def _unlock(app: DeploysterApp, project_id: int, owner: str, name: str) ->
     app.request_refresh()
 
 
-def ask_cancel(app: DeploysterApp, job: Job) -> None:
+def shown_commands(app: DeploysterApp, job: Job, project: Project) -> str:
+    """The job's commands for a modal, secrets masked as in its log."""
+    masker = Masker(job_secrets(project.pipeline, app.core.settings.token))
+    return " && ".join(masker.mask(c) for c in job.commands)
+
+
+def ask_cancel(app: DeploysterApp, job: Job, project: Project) -> None:
     if job.status.finished:
         app.notify(f"job {short_id(job.id)} has already finished ({job.status.value})",
                    severity="warning")
@@ -150,7 +157,7 @@ def ask_cancel(app: DeploysterApp, job: Job) -> None:
         ("status", job.status.value),
         ("commit", f"{commit(job)} on {job.ref_name}"),
         when,
-        ("commands", " && ".join(job.commands)),
+        ("commands", shown_commands(app, job, project)),
     ]
 
     def done(confirmed: bool | None) -> None:
@@ -172,13 +179,13 @@ async def _cancel(app: DeploysterApp, job_id: str) -> None:
     app.request_refresh()
 
 
-def ask_redeploy(app: DeploysterApp, job: Job) -> None:
+def ask_redeploy(app: DeploysterApp, job: Job, project: Project) -> None:
     facts: list[tuple[str, Text | str]] = [
         ("from job", job.id),
         ("project", job.project),
         ("commit", f"{commit(job)} on {job.ref_name}"),
         ("ran", ago(job.started_at or job.queued_at)),
-        ("commands", " && ".join(job.commands) or DASH),
+        ("commands", shown_commands(app, job, project) or DASH),
     ]
     consequence = ("y queues a new job with the same commands, commit and ref; it starts "
                    "when the project's lock is free.")

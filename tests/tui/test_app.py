@@ -206,8 +206,11 @@ async def _finished_deploy(server: LiveServer, core: Deployster, project_dir: Pa
 async def test_redeploy_queues_a_new_job_with_the_same_commands(
     server: LiveServer, core: Deployster, project_dir: Path
 ) -> None:
-    await core.projects.add(str(project_dir))
-    old = await _finished_deploy(server, core, project_dir, "echo first-run")
+    secret = "hunter2-secret"
+    await core.projects.add(str(project_dir), pipeline=[{
+        "stage_name": "Production", "git_branch": "main",
+        "environment_variables": [{"key": "API_KEY", "value": secret}]}])
+    old = await _finished_deploy(server, core, project_dir, f"echo first-run # {secret}")
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -217,6 +220,7 @@ async def test_redeploy_queues_a_new_job_with_the_same_commands(
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
         shown = confirm_text(app)
         assert old in shown and "echo first-run" in shown and "abc1234" in shown
+        assert secret not in shown and "# ***" in shown  # masked, as in the log
         await pilot.press("y")
         await wait_until(pilot, lambda: any("redeploy of" in n.message
                                             for n in app._notifications), what="queued")
@@ -224,7 +228,8 @@ async def test_redeploy_queues_a_new_job_with_the_same_commands(
     assert events[0]["action"] == "job.redeploy" and events[0]["detail"] == {"from": old}
     new = await core.job(events[0]["job_id"])
     assert new is not None and new.id != old
-    assert new.commands[0] == "echo first-run" and new.commit_hash == "abc1234"
+    # The redeploy runs the commands as sent, not as shown.
+    assert new.commands[0] == f"echo first-run # {secret}" and new.commit_hash == "abc1234"
     async with server.client() as client:
         final = await wait_for_status(client, new.id)
     assert final["status"] == "complete" and "first-run" in str(final["logs"])

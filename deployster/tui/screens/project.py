@@ -260,11 +260,11 @@ class ProjectScreen(CoreScreen):
 
     def action_cancel(self) -> None:
         if self.selected_job is not None:
-            ask_cancel(self.dapp, self.selected_job)
+            ask_cancel(self.dapp, self.selected_job, self.project)
 
     def action_redeploy(self) -> None:
         if self.selected_job is not None:
-            ask_redeploy(self.dapp, self.selected_job)
+            ask_redeploy(self.dapp, self.selected_job, self.project)
 
     def action_more(self) -> None:
         self.run_worker(self.load_more(), group="more", exclusive=True)

@@ -308,7 +308,7 @@ class ProjectsScreen(CoreScreen):
             self.app.notify(f"nothing running in {row.project.name}; open it (enter) to cancel "
                             "a queued job")
             return
-        ask_cancel(self.dapp, row.running)
+        ask_cancel(self.dapp, row.running, row.project)
 
     def action_redeploy(self) -> None:
         row = self.selected()
@@ -317,7 +317,7 @@ class ProjectsScreen(CoreScreen):
         if row.last is None:
             self.app.notify(f"{row.project.name} has no past deploy to run again")
             return
-        ask_redeploy(self.dapp, row.last)
+        ask_redeploy(self.dapp, row.last, row.project)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
