@@ -408,10 +408,13 @@ async def test_live_streams_are_capped_with_429_and_retry_after(
                                f"echo up; while [ ! -e {gate} ]; do sleep 0.05; done")
             async with client.stream("GET", f"/jobs/{job}/stream") as first:
                 assert first.status_code == 200
-                async for line in first.aiter_lines():  # the stream is being served
-                    if line.startswith("event:"):
-                        break
-                second = await client.get(f"/jobs/{job}/stream")
+                # Read up to the first event, keeping the iterator referenced:
+                # a dropped one is finalised, which closes the connection.
+                lines = first.aiter_lines()
+                while not (await anext(lines)).startswith("event:"):
+                    pass
+                async with asyncio.timeout(10):  # a 200 here would never end
+                    second = await client.get(f"/jobs/{job}/stream")
                 assert second.status_code == 429
                 assert second.json()["code"] == "too_many_streams"
                 assert int(second.headers["retry-after"]) > 0
@@ -422,7 +425,8 @@ async def test_live_streams_are_capped_with_429_and_retry_after(
             while True:
                 async with client.stream("GET", f"/jobs/{job}/stream") as again:
                     if again.status_code == 200:
-                        text = (await again.aread()).decode()
+                        async with asyncio.timeout(20):
+                            text = (await again.aread()).decode()
                         break
                 assert time.monotonic() < deadline, "a closed stream's slot was never freed"
                 await asyncio.sleep(0.1)
