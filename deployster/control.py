@@ -29,8 +29,8 @@ async def cancel_job(
     seconds for the end. A finished job raises ``Conflict`` (409). A job of a
     project ``principal`` may not see raises ``NotFound``, as an unknown one.
     """
-    job = await core.job(job_id)
-    if job is None or (principal is not None and not principal.can_see(job.project_id)):
+    job = await core.visible_job(job_id, principal)
+    if job is None:
         raise NotFound(f"no job {job_id!r}")
     if job.status.finished:
         raise _already_finished(job)

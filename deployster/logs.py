@@ -135,8 +135,8 @@ async def read_slice(core: Deployster, job: Job, start: int, *,
 async def visible_job(core: Deployster, job_id: str, principal: Principal | None) -> Job:
     """The job's record if it exists and ``principal`` may see it; else NotFound,
     the same for both (a project token cannot probe other projects' ids)."""
-    job = await core.job(job_id)
-    if job is None or (principal is not None and not principal.can_see(job.project_id)):
+    job = await core.visible_job(job_id, principal)
+    if job is None:
         raise NotFound(f"no job {job_id}")
     return job
 

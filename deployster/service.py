@@ -151,6 +151,14 @@ class Deployster:
             job = await store.select_deployment(self.db, job_id)
         return job
 
+    async def visible_job(self, job_id: str, principal: Principal | None) -> Job | None:
+        """The job if it exists and ``principal`` may see it, else None: to a
+        project token another project's job and an unknown id look the same."""
+        job = await self.job(job_id)
+        if job is None or (principal is not None and not principal.can_see(job.project_id)):
+            return None
+        return job
+
     async def read_status(
         self, job_id: str, *, principal: Principal | None = None
     ) -> tuple[StatusRead, Job | None]:

@@ -271,6 +271,13 @@ def gate_command(gate: Path, message: str = "waiting for the gate") -> str:
     return f"echo {message}; while [ ! -e {gate} ]; do sleep 0.05; done; echo gate-open"
 
 
+def detach_gated(env: dict[str, str], cd: Path, gate: Path, *, cwd: Path) -> str:
+    """Start a job that holds the project's lock until ``gate`` exists; its id."""
+    first = run_cli(env, "deploy", "--detach",
+                    *deploy_args(cd, gate_command(gate), RESTART)[1:], cwd=cwd)
+    assert first.returncode == 0, first.stderr
+    return first.stdout.strip()
+
 
 # ------------------------------------------------------------- outcomes
 
@@ -420,10 +427,7 @@ async def test_a_queued_deploy_shows_its_position_then_streams_and_exits_0(
 ) -> None:
     gate = tmp_path / "gate"
     env = client_env(server)
-    first = run_cli(env, "deploy", "--detach", *deploy_args(registered, gate_command(gate),
-                                                            RESTART)[1:], cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    first_id = first.stdout.strip()
+    first_id = detach_gated(env, registered, gate, cwd=tmp_path)
 
     second = Running(env, *deploy_args(registered, "echo second", RESTART), cwd=tmp_path)
     running.append(second)
@@ -743,10 +747,7 @@ async def test_a_queued_job_outlives_a_server_restart_and_the_client_sees_it_thr
     new server; the client follows it there and exits 0 with exactly its log."""
     gate = tmp_path / "gate"
     env = client_env(server)
-    first = run_cli(env, "deploy", "--detach", *deploy_args(registered, gate_command(gate),
-                                                            RESTART)[1:], cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    first_id = first.stdout.strip()
+    first_id = detach_gated(env, registered, gate, cwd=tmp_path)
     second = Running(env, *deploy_args(registered, "echo second", RESTART), cwd=tmp_path)
     running.append(second)
     second.wait_for(second.err, "waiting: position 1 in the queue")

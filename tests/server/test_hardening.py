@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from deployster import store, tokens
 from deployster.models import Project
@@ -23,18 +22,6 @@ from tests.conftest import LiveServer, deploy_body, start_server, wait_for_statu
 
 UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-async def app(core: Deployster, project_dir: Path) -> Project:
-    return await core.projects.add(str(project_dir))
-
-
-@pytest.fixture
-async def other(core: Deployster, tmp_path: Path) -> Project:
-    path = tmp_path / "other-app"
-    path.mkdir()
-    return await core.projects.add(str(path))
 
 
 async def nothing_stored(core: Deployster) -> None:

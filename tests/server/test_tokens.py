@@ -26,18 +26,6 @@ UNKNOWN_ID = "01JD0000000000000000000000"
 
 
 @pytest.fixture
-async def app(core: Deployster, project_dir: Path) -> Project:
-    return await core.projects.add(str(project_dir))
-
-
-@pytest.fixture
-async def other(core: Deployster, tmp_path: Path) -> Project:
-    path = tmp_path / "other-app"
-    path.mkdir()
-    return await core.projects.add(str(path))
-
-
-@pytest.fixture
 async def app_token(core: Deployster, app: Project) -> str:
     return await tokens.rotate(core.projects, app)
 

@@ -1,0 +1,22 @@
+"""Fixtures shared by the server tests: two registered projects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployster.models import Project
+from deployster.service import Deployster
+
+
+@pytest.fixture
+async def app(core: Deployster, project_dir: Path) -> Project:
+    return await core.projects.add(str(project_dir))
+
+
+@pytest.fixture
+async def other(core: Deployster, tmp_path: Path) -> Project:
+    path = tmp_path / "other-app"
+    path.mkdir()
+    return await core.projects.add(str(path))
