@@ -158,7 +158,7 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int) -> N
                 await pilot.pause()
                 return time.process_time() - c0
 
-            # Steady state first: a cold one asks for SQL for a few seconds after.
+            # Steady state first: a cold one (after a history event) queries SQL.
             warm = [await measure(False) for _ in range(refreshes)]
             cold = [await measure(True) for _ in range(refreshes)]
             # The very first, as at start-up: new connections, no cached projects.

@@ -2,10 +2,10 @@
 without polling.
 
 Each message is a JSON object with ``type`` (enqueued, started, finished,
-released, cancel, projects) and, where it applies, ``project`` and ``job``. Lua
-scripts publish the same shape from inside Redis. Dispatchers listen on the
-``events`` channel only; what no dispatcher acts on goes to ``feed`` (see
-``Keys.feed``), and watchers read both.
+released, cancel, projects, history) and, where it applies, ``project`` and
+``job``. Lua scripts publish the same shape from inside Redis. Dispatchers
+listen on the ``events`` channel only; what no dispatcher acts on goes to
+``feed`` (see ``Keys.feed``), and watchers read both.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ STARTED = "started"
 FINISHED = "finished"
 RELEASED = "released"
 PROJECTS = "projects"
+# Finished jobs reached the SQL history (on ``feed``): readers of the history
+# query it again now rather than guessing when the writer will be done.
+HISTORY = "history"
 
 
 def encode(kind: str, project: int | None = None, job: str | None = None) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any, cast
 
-from . import store
+from . import events, store
 from .db import DATABASE_DOWN, is_database_down
 from .logstream import read_full_log
 from .redis_conn import REDIS_DOWN
@@ -115,15 +115,19 @@ class HistoryWriter:
                         type(exc).__name__, exc)
             await self._write_each(rows)
         retention = max(1, int(core.settings.retention))
+        any_finished = False
         async with core.redis.pipeline(transaction=False) as pipe:  # one round trip
             for job_id, version in batch:
                 job = jobs.get(job_id)
                 finished = "1" if job is not None and job.status.finished else "0"
+                any_finished |= finished == "1"
                 await self._settle(
                     keys=[core.keys.dirty, core.keys.job(job_id), core.keys.log(job_id)],
                     args=[job_id, version, retention, finished],
                     client=pipe,
                 )
+            if any_finished:  # the dashboard's "last deploy" can be read again
+                pipe.publish(core.keys.feed, events.encode(events.HISTORY))
             await pipe.execute()
         return len(batch)
 

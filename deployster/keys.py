@@ -20,7 +20,7 @@ instances sharing one Redis.
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
 | deployster:events           | pubsub | events a dispatcher acts on: released, finished… |
-| deployster:feed             | pubsub | events only a watcher needs: started, enqueued+started |
+| deployster:feed             | pubsub | for watchers only: started, enqueued+started, history |
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from databases import Database
 
 from deployster import store
 from deployster.db import MIGRATIONS, connect_database, migrate
+from deployster.events import HISTORY, decode
 from deployster.history import HistoryWriter
 from deployster.ids import new_job_id
 from deployster.logstream import LogWriter
@@ -353,7 +354,21 @@ async def test_history_writer_copies_a_finished_job_with_its_full_log(
 
     finished = await core.queue.finish(running, JobStatus.COMPLETE, exit_code=0)
     assert finished.ended
-    assert await history.flush() == 1
+    pubsub = core.redis.pubsub()
+    await pubsub.subscribe(core.keys.feed)
+    try:
+        assert await history.flush() == 1
+        # Watchers (the dashboard's "last deploy") learn the history moved.
+        seen = []
+        for _ in range(50):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message:
+                seen.append(decode(message["data"]))
+                if seen[-1].get("type") == HISTORY:
+                    break
+        assert {"type": HISTORY} in seen
+    finally:
+        await pubsub.aclose()
     assert await history.flush() == 0  # nothing left dirty
 
     row = await store.select_deployment(core.db, job.id)

@@ -23,7 +23,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
 
-from deployster.events import FINISHED, PROJECTS
+from deployster.events import HISTORY, PROJECTS
 from deployster.overview import ProjectRow, project_rows, watch_events
 from deployster.service import Deployster
 
@@ -35,9 +35,6 @@ from .screens.projects import ProjectsScreen
 MAX_RATE = 4.0  # fetches per second, at most
 POLL_INTERVAL = 1.0  # seconds between fetches when nothing happens
 LAST_MAX_AGE = 60.0  # seconds the last finished deploys are reused without an event
-# The history writer copies a finished job to SQL about a second after its
-# ``finished`` event: the last deploys are queried on every fetch for this long.
-HISTORY_LAG = 3.0
 
 
 class DeploysterApp(App[None]):
@@ -72,10 +69,11 @@ class DeploysterApp(App[None]):
         self.health: dict[str, str] = {"redis": "…", "database": "…"}
         self.refreshes = 0
         self._wake = asyncio.Event()
-        # The last finished deploys change only when a job finishes: they are
-        # queried again after a ``finished`` event, and at least every minute.
+        # The last finished deploys change only when the history writer has
+        # copied a job to SQL: they are queried again after its ``history``
+        # event (or a projects change), and at least every minute.
         self._last_at = -LAST_MAX_AGE  # when they were last queried
-        self._requery_until = 0.0  # until then, query them on every fetch
+        self._last_stale = True  # the next fetch queries them
         self._frozen = False
 
     # ------------------------------------------------------------- lifecycle
@@ -111,27 +109,31 @@ class DeploysterApp(App[None]):
         while True:
             try:
                 async for event in watch_events(self.core):
-                    if event.get("type") in (FINISHED, PROJECTS):
+                    if event.get("type") in (HISTORY, PROJECTS):
                         self.history_changed()
                     self._wake.set()
             except Exception:  # Redis went away (the poll shows it): subscribe again
-                self.history_changed()
+                self.history_changed()  # events may have been missed meanwhile
             await asyncio.sleep(1.0)
 
     def history_changed(self) -> None:
-        """A job finished (or projects changed): the fetches of the next few
-        seconds query the last finished deploys again instead of reusing them
-        (until the history writer has surely copied the job)."""
-        self._requery_until = time.monotonic() + HISTORY_LAG
+        """The SQL history moved (or projects changed): the next fetch queries
+        the last finished deploys again instead of reusing them."""
+        self._last_stale = True
 
     async def refresh_data(self) -> None:
         """Fetch the overview once and tell every screen."""
         now = time.monotonic()
-        reuse = now >= self._requery_until and now - self._last_at < LAST_MAX_AGE
+        reuse = not self._last_stale and now - self._last_at < LAST_MAX_AGE
         last = {r.project.id: r.last for r in self.rows if r.last} if reuse else None
+        # Cleared before the query: an event landing while it runs marks the
+        # result stale again, so the next fetch cannot miss that write.
+        self._last_stale = False
         try:
             rows = await project_rows(self.core, last=last)
         except Exception:  # any outage: keep the last rows, say what is down
+            if last is None:
+                self._last_stale = True
             self.health = {k: v for k, v in (await self.core.health()).items()
                            if k in ("redis", "database")}
         else:

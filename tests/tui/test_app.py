@@ -463,7 +463,11 @@ async def test_cancel_the_running_job_from_the_projects_view(
         await pilot.press("y")
         await wait_until(pilot, lambda: table_text(table)[0].split(" | ")[1] == "—",
                          what="the lock to be free")
-        assert "✘" in table_text(table)[0]  # the last deploy: failed
+        # The last deploy comes from SQL, which the history writer fills a
+        # moment after the lock is free; its ``history`` event brings it in
+        # (without it the dashboard would reuse the old value for a minute).
+        await wait_until(pilot, lambda: "✘" in table_text(table)[0],
+                         what="the last deploy: failed")
     async with server.client() as client:
         final = await wait_for_status(client, job["job_id"])
     assert final["status"] == "failed" and final.get("reason") == "cancelled"
