@@ -25,6 +25,7 @@ from tests.conftest import (
     wait_for_file,
     wait_for_status,
 )
+from tests.server.conftest import history_row
 
 QUEUED = "Another deployment is running; this job is queued."
 
@@ -85,18 +86,6 @@ async def wait_gone(pid: int, timeout: float = 15) -> None:
         await asyncio.sleep(0.05)
     raise AssertionError(f"process {pid} still alive after {timeout}s")
 
-
-async def history_row(core: Deployster, job_id: str, status: str,
-                      timeout: float = 10) -> Any:
-    """The SQL history row once it shows ``status`` (the writer runs every ~second)."""
-    deadline = time.monotonic() + timeout
-    row = None
-    while time.monotonic() < deadline:
-        row = await store.select_deployment(core.db, job_id)
-        if row is not None and row.status.value == status:
-            return row
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"history of {job_id} is {row!r}, expected {status}")
 
 
 async def cancel_events(core: Deployster, job_id: str) -> list[dict[str, Any]]:

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from deployster import store
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.conftest import LiveServer, deploy_body, serving, wait_for_status
+from tests.server.conftest import history_log
 
 UNKNOWN = "01JD0000000000000000000000"
 SECRET = "s3cr3t-value-never-sent"
@@ -42,16 +42,6 @@ async def deploy(client: httpx.AsyncClient, cd: Path, *commands: str) -> str:
     assert reply.status_code == 200, reply.text
     return str(reply.json()["job_id"])
 
-
-async def history_log(core: Deployster, job_id: str, timeout: float = 20) -> str:
-    """The log as the SQL history holds it, once the history writer copied it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = await store.select_deployment_log(core.db, job_id)
-        if log is not None:
-            return log
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the log of {job_id} did not reach the history in {timeout}s")
 
 
 async def forget_in_redis(core: Deployster, job_id: str) -> None:

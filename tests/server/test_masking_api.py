@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-from deployster import store
 from deployster.logstream import read_full_log
 from deployster.masking import MASK
 from deployster.service import Deployster
 from tests.conftest import TOKEN, LiveServer, deploy_body, wait_for_status
+from tests.server.conftest import history_log
 
 API_KEY = "Sup3r-s3cret/Value+42"
 PASSPHRASE = "open sesame $ecret's"
@@ -106,16 +106,6 @@ def assert_masked(where: str, log: str) -> None:
     assert "[deployster] job complete" in log
 
 
-async def wait_for_history_log(core: Deployster, job_id: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = await store.select_deployment_log(core.db, job_id)
-        if log and "job complete" in log:
-            return log
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the log of {job_id} did not reach the history in {timeout}s")
-
-
 async def test_secrets_never_reach_status_the_stream_or_history(
     server: LiveServer, core: Deployster, project_dir: Path
 ) -> None:
@@ -146,9 +136,10 @@ async def test_secrets_never_reach_status_the_stream_or_history(
     assert stream_log == status_log
     assert_masked("the Redis stream", stream_log)
 
-    history_log = await wait_for_history_log(core, job_id)
-    assert history_log == stream_log
-    assert_masked("the SQL history", history_log)
+    stored = await history_log(core, job_id)
+    assert "job complete" in stored
+    assert stored == stream_log
+    assert_masked("the SQL history", stored)
 
 
 async def test_a_job_without_secrets_is_logged_unchanged(

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,10 +14,11 @@ import pytest
 
 from deployster import store, tokens
 from deployster.access import ADMIN, TOKEN_PATTERN, Principal
-from deployster.models import Job, Project
+from deployster.models import Project
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.server.conftest import history_row
 
 UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
 UNKNOWN_ID = "01JD0000000000000000000000"
@@ -35,16 +34,6 @@ def as_token(server: LiveServer, token: str) -> httpx.AsyncClient:
         base_url=server.url, headers={"x-deployster-token": token}, timeout=30
     )
 
-
-async def history_row(core: Deployster, job_id: str, timeout: float = 20) -> Job:
-    """The job's SQL row once the history writer has recorded its end."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = await store.select_deployment(core.db, job_id)
-        if job is not None and job.status.finished:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not reach the history in {timeout}s")
 
 
 async def nothing_stored(core: Deployster) -> None:
