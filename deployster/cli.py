@@ -42,6 +42,26 @@ def _wait_seconds(*, positive: bool) -> Callable[[str], float]:
     return parse
 
 
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of days")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
 DEPLOY_EPILOG = """\
 environment:
   DEPLOYSTER_URL         the server (--url); e.g. https://host/deployster behind a proxy
@@ -152,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = jsub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_job_cancel)
+
+    hist = sub.add_parser("history", help="maintain the SQL history")
+    hsub = hist.add_subparsers(dest="history_command", metavar="ACTION", required=True)
+    prune = hsub.add_parser(
+        "prune", help="delete old finished deploys (and their logs) from the history",
+        description="Delete finished deploys requested more than DAYS days ago, keeping "
+                    "each project's KEEP newest finished ones. Queued and running jobs "
+                    "are never touched. With DEPLOYSTER_HISTORY_DAYS set, the server does "
+                    "this every hour.")
+    prune.add_argument("--days", type=_days, default=None,
+                       help="age in days (default: DEPLOYSTER_HISTORY_DAYS)")
+    prune.add_argument("--keep", type=_count, default=None, metavar="N",
+                       help="finished deploys kept per project whatever their age "
+                            "(default: DEPLOYSTER_HISTORY_KEEP, 20)")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="only count what would be deleted")
+    prune.set_defaults(handler=cmd_history_prune)
 
     deploy = sub.add_parser(
         "deploy", help="CI client: ask a deployster server to deploy, stream the log, "
@@ -418,6 +455,30 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_history_prune(args: argparse.Namespace) -> int:
+    from . import events
+    from .pruning import DAY, prune_history
+
+    settings = _settings()
+    days = args.days if args.days is not None else settings.history_days
+    if not days:
+        raise DeploysterError("give --days N (or set DEPLOYSTER_HISTORY_DAYS): how old a "
+                              "finished deploy must be to go")
+    keep = args.keep if args.keep is not None else settings.history_keep
+
+    async def body(core: Deployster) -> int:
+        result = await prune_history(core.db, older_than=days * DAY, keep=keep,
+                                     dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {result.deleted} finished deploy(s) requested more than {days:g} "
+              f"day(s) ago; each project keeps its {keep} newest")
+        if result.deleted and not args.dry_run:  # a running dashboard reads it again
+            await core.redis.publish(core.keys.feed, events.encode(events.HISTORY))
+        return 0
+
+    return asyncio.run(_with_core(settings, body))
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -16,12 +16,14 @@ from typing import Any, cast
 from . import events, store
 from .db import DATABASE_DOWN, is_database_down
 from .logstream import read_full_log
+from .pruning import DAY, prune_history
 from .redis_conn import REDIS_DOWN
 from .service import Deployster
 
 log = logging.getLogger("deployster.history")
 
 BATCH = 200
+PRUNE_EVERY = 3600.0  # seconds between history prunes (when DEPLOYSTER_HISTORY_DAYS is set)
 _OUTAGE: tuple[type[BaseException], ...] = (*REDIS_DOWN, *DATABASE_DOWN)
 
 # KEYS: dirty job log. ARGV: job_id version retention_s finished(0/1)
@@ -49,6 +51,7 @@ class HistoryWriter:
         self._wake = asyncio.Event()
         self._stopping = False
         self._settle = core.redis.register_script(_SETTLE)
+        self._next_prune = 0.0  # loop time of the next prune: the first pass does one
 
     def notify(self) -> None:
         self._wake.set()
@@ -73,6 +76,7 @@ class HistoryWriter:
             try:
                 while await self.flush() >= BATCH:
                     pass
+                await self._prune_when_due()
                 if failing:
                     log.warning("history: writing again")
                 failing = False
@@ -87,6 +91,21 @@ class HistoryWriter:
             except Exception:
                 log.exception("history: unexpected error; will retry")
                 failing = True
+
+    async def _prune_when_due(self) -> None:
+        """Trim the SQL history once an hour, from the same loop that writes it
+        (so on SQLite the two never contend for the file)."""
+        settings = self.core.settings
+        now = asyncio.get_running_loop().time()
+        if settings.history_days <= 0 or now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        result = await prune_history(self.core.db, older_than=settings.history_days * DAY,
+                                     keep=settings.history_keep)
+        if result.deleted:
+            log.info("history: pruned %d deployments older than %g days",
+                     result.deleted, settings.history_days)
+            await self.core.redis.publish(self.core.keys.feed, events.encode(events.HISTORY))
 
     async def flush(self) -> int:
         """Write up to one batch of changed jobs to SQL; returns how many."""

@@ -38,5 +38,11 @@ def new_job_id() -> str:
         return _encode(ms, 10) + _encode(_last_rand, 16)
 
 
+def first_id_at(seconds: float) -> str:
+    """The smallest job id a job created at ``seconds`` (epoch) can have: every
+    id below it belongs to an earlier millisecond."""
+    return _encode(max(0, int(seconds * 1000)), 10) + "0" * 16
+
+
 def is_job_id(value: str) -> bool:
     return len(value) == 26 and all(c in _ALPHABET for c in value)

@@ -8,6 +8,7 @@ checked-in config.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -57,6 +58,11 @@ class Settings:
     sse_keepalive: float = 15.0
     # Live log streams one server serves at once (each holds a Redis connection).
     max_streams: int = 200
+    # SQL history: finished deploys requested more than this many days ago are
+    # deleted (hourly, by the server), except each project's ``history_keep``
+    # newest. 0 keeps everything.
+    history_days: float = 0.0
+    history_keep: int = 20
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -118,14 +124,22 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "data_dir":
             return Path(os.path.expanduser(str(value)))
         if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
+            number: int | float = int(value)
+        elif kind == "float":
+            number = float(value)
+        else:
+            return value
     except (TypeError, ValueError):
         raise ConfigError(
             f"{ENV_PREFIX}{name.upper()}={value!r} is not a valid {kind}"
         ) from None
-    return value
+    # Every number here is a size, a count or a duration: nan, inf or a
+    # negative value is a typo, never a setting.
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={value!r} must be a finite number, 0 or more"
+        )
+    return number
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

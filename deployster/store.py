@@ -241,6 +241,47 @@ async def select_last_finished(db: Database) -> dict[int, Job]:
     return {int(r["project_id"]): _job_from_row(r) for r in rows}
 
 
+# ----------------------------------------------------------------- pruning
+
+_FINISHED = "status IN ('complete', 'failed')"
+
+
+async def select_deployment_project_ids(db: Database) -> list[int]:
+    """Every project id the history has rows for (removed projects too)."""
+    rows = await db.fetch_all("SELECT DISTINCT project_id FROM deployments")
+    return sorted(int(r["project_id"]) for r in rows)
+
+
+async def select_nth_newest_finished(db: Database, project_id: int, n: int) -> str | None:
+    """The id of the project's ``n``-th newest finished deployment (1-based)."""
+    return await db.fetch_val(
+        f"SELECT id FROM deployments WHERE project_id = :p AND {_FINISHED} "
+        "ORDER BY id DESC LIMIT 1 OFFSET :offset", {"p": project_id, "offset": n - 1})
+
+
+async def select_finished_ids_before(
+    db: Database, project_id: int, before: str, *, limit: int
+) -> list[str]:
+    """Oldest first: the project's finished deployments with ids below ``before``."""
+    rows = await db.fetch_all(
+        f"SELECT id FROM deployments WHERE project_id = :p AND {_FINISHED} AND id < :before "
+        "ORDER BY id LIMIT :limit", {"p": project_id, "before": before, "limit": limit})
+    return [str(r["id"]) for r in rows]
+
+
+async def count_finished_before(db: Database, project_id: int, before: str) -> int:
+    return int(await db.fetch_val(
+        f"SELECT COUNT(*) FROM deployments WHERE project_id = :p AND {_FINISHED} "
+        "AND id < :before", {"p": project_id, "before": before}) or 0)
+
+
+async def delete_finished_through(db: Database, project_id: int, last: str) -> None:
+    """Delete the project's finished deployments with ids up to ``last``."""
+    await db.execute(
+        f"DELETE FROM deployments WHERE project_id = :p AND {_FINISHED} AND id <= :last",
+        {"p": project_id, "last": last})
+
+
 # ------------------------------------------------------------------- audit
 
 

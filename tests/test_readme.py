@@ -4,9 +4,12 @@ two set-up commands (install + serve, install + test)."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+
+from deployster.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -36,3 +39,11 @@ def test_readme_carries_the_seed_examples_unchanged() -> None:
     # The workflow's steps are the seed's, line for line (comments aside).
     steps = workflow[workflow.index("      - name: Trigger deploy") :]
     assert any(steps in block for block in readme_blocks)
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = README[README.index("## Configuration"):]
+    table = table[:table.index("\n## ")]
+    missing = [f.name for f in fields(Settings)
+               if f"`DEPLOYSTER_{f.name.upper()}`" not in table]
+    assert missing == [], f"settings the README does not document: {missing}"
