@@ -24,6 +24,9 @@ PROJECTS = "projects"
 # Finished jobs reached the SQL history (on ``feed``): readers of the history
 # query it again now rather than guessing when the writer will be done.
 HISTORY = "history"
+# Not published: ``overview.watch_events`` says it once it listens, so a
+# watcher re-reads what changed before (no event will tell it).
+SUBSCRIBED = "subscribed"
 
 
 def encode(kind: str, project: int | None = None, job: str | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any, cast
 from . import store
 from .access import Principal
 from .clock import parse_iso, utcnow
-from .events import decode
+from .events import SUBSCRIBED, decode
 from .logstream import read_log
 from .models import Job, JobStatus, Project
 from .service import Deployster
@@ -247,12 +247,21 @@ async def log_entries(
 
 
 async def watch_events(core: Deployster) -> AsyncIterator[dict[str, Any]]:
-    """Decoded events (both channels), for as long as the caller reads."""
+    """Decoded events (both channels), for as long as the caller reads.
+
+    First comes ``{"type": "subscribed"}`` once both channels are listened to:
+    whatever changed before that has no event, so the caller reads again."""
     pubsub = core.redis.pubsub()
     await pubsub.subscribe(core.keys.events, core.keys.feed)
+    confirmations = 0
     try:
         async for message in pubsub.listen():
-            if message.get("type") == "message":
+            kind = message.get("type")
+            if kind == "message":
                 yield decode(message["data"])
+            elif kind == "subscribe":
+                confirmations += 1
+                if confirmations == 2:
+                    yield {"type": SUBSCRIBED}
     finally:
         await pubsub.aclose()

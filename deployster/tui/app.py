@@ -23,7 +23,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
 
-from deployster.events import HISTORY, PROJECTS
+from deployster.events import HISTORY, PROJECTS, SUBSCRIBED
 from deployster.overview import ProjectRow, project_rows, watch_events
 from deployster.service import Deployster
 
@@ -109,7 +109,7 @@ class DeploysterApp(App[None]):
         while True:
             try:
                 async for event in watch_events(self.core):
-                    if event.get("type") in (HISTORY, PROJECTS):
+                    if event.get("type") in (HISTORY, PROJECTS, SUBSCRIBED):
                         self.history_changed()
                     self._wake.set()
             except Exception:  # Redis went away (the poll shows it): subscribe again
