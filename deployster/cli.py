@@ -17,29 +17,14 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from . import __version__
+from . import __version__, client
 from .errors import DeploysterError
 from .projects import QUEUE_POLICIES
 from .redis_conn import REDIS_DOWN
 from .service import Deployster
 from .settings import Settings
-
-
-def _wait_seconds(*, positive: bool) -> Callable[[str], float]:
-    """A finite number of seconds: > 0, or >= 0 when ``positive`` is false."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: must be a {'positive' if positive else 'non-negative'} number "
-                "of seconds")
-        return value
-    return parse
 
 
 def _days(text: str) -> float:
@@ -60,40 +45,6 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
     return value
-
-
-DEPLOY_EPILOG = """\
-environment:
-  DEPLOYSTER_URL         the server (--url); e.g. https://host/deployster behind a proxy
-  DEPLOYSTER_TOKEN       the API token (--token); a trailing newline is ignored
-  DEPLOYSTER_RETRY_FOR   --retry-for
-  GITHUB_SHA             the commit when --commit is not given
-  GITHUB_REF_NAME        the branch when --ref is not given
-
-exit codes:
-  0    the deploy completed (with --detach: the server accepted it)
-  1    the deploy failed (command failed, cancelled, timed out, interrupted, ...)
-  2    outcome unknown: usage error, server unreachable past --retry-for, HTTP
-       error (403 token rejected, 422 the server's message, 429/503 past
-       --retry-for), or --timeout expired; the job, if any, keeps running
-  130  SIGINT (Ctrl-C): detached, the job keeps running
-  143  SIGTERM (e.g. a cancelled GitHub Actions run): detached, the job keeps running
-
-A dropped stream (a server restart included) is resumed where it stopped; POST
-/deploy is retried only while nothing can have been queued (connection
-refused, 429, 502, 503), honouring Retry-After.
-
-example:
-  deployster deploy --cd /var/www/my-app -- "git pull" "supervisorctl restart my-app"
-"""
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """A usage error of ``parser``: one ``deployster: error:`` line, exit 2 (CI logs)."""
-    def error(message: str) -> NoReturn:
-        parser.exit(2, f"deployster: error: {message} (see 'deployster {parser.prog.split()[-1]}"
-                       f" --help')\n")
-    parser.error = error  # type: ignore[method-assign]
 
 
 def _port(text: str) -> int:
@@ -130,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pipeline", type=Path, metavar="FILE.json",
                        help="pipeline stages: a JSON list of {stage_name, git_branch, "
                             "environment_variables}")
-        p.add_argument("--lock-ttl", type=_wait_seconds(positive=True), metavar="S",
+        p.add_argument("--lock-ttl", type=client.seconds(positive=True), metavar="S",
                        help="lock TTL in seconds (renewed while a job runs; default 600)")
-        p.add_argument("--timeout", type=_wait_seconds(positive=True), metavar="S",
+        p.add_argument("--timeout", type=client.seconds(positive=True), metavar="S",
                        help="a job running longer than this is stopped (default 3600)")
         p.add_argument("--queue-policy", choices=QUEUE_POLICIES,
                        help="fifo (default): every request runs in order; supersede: a new "
@@ -193,43 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser(
         "deploy", help="CI client: ask a deployster server to deploy, stream the log, "
                        "exit 0 complete / 1 failed / 2 error / 130, 143 detached",
-        usage="deployster deploy [--url URL] [--token TOKEN] --cd DIR [--commit SHA]\n"
-              "                         [--ref REF] [--detach] [--timeout S] [--retry-for S]"
-              " -- COMMAND...\n"
-              "       deployster deploy --follow JOB_ID [--timeout S] [--retry-for S]",
-        description="Ask a deployster server to deploy: post the deploy, wait in the "
-                    "project's queue, stream the job's log to stdout as it is produced "
-                    "(messages go to stderr) and exit with the outcome. Nothing here ever "
-                    "cancels the job.",
-        epilog=DEPLOY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _one_line_errors(deploy)
-    deploy.add_argument("--url",
-                        help="the server, with its path prefix behind a reverse proxy "
-                             "(DEPLOYSTER_URL, else http://127.0.0.1:3259)")
-    deploy.add_argument("--token",
-                        help="the API token (better: DEPLOYSTER_TOKEN, kept out of ps and "
-                             "shell history; surrounding whitespace is ignored)")
-    deploy.add_argument("--cd", metavar="DIR",
-                        help="the project directory on the server (need not exist here)")
-    deploy.add_argument("--commit", metavar="SHA",
-                        help="the commit (GITHUB_SHA, else git rev-parse HEAD)")
-    deploy.add_argument("--ref", metavar="REF",
-                        help="the branch (GITHUB_REF_NAME, else the checked-out branch)")
-    deploy.add_argument("--detach", action="store_true",
-                        help="print the job id once accepted and exit 0 without waiting")
-    deploy.add_argument("--follow", metavar="JOB_ID",
-                        help="submit nothing: follow an existing job to its end")
-    deploy.add_argument("--timeout", type=_wait_seconds(positive=True), metavar="S",
-                        help="stop waiting after S seconds (exit 2; the job keeps running)")
-    deploy.add_argument("--retry-for", type=_wait_seconds(positive=False), metavar="S",
-                        help="wait out a server restart, Redis down or a full queue for up "
-                             "to S seconds before exit 2 (DEPLOYSTER_RETRY_FOR, default 60; "
-                             "0: no retries)")
-    deploy.add_argument("commands", nargs="*", metavar="COMMAND",
-                        help="after '--': the commands, one argument each; the last must be "
-                             "'supervisorctl start|restart <program>'")
-    deploy.set_defaults(handler=cmd_deploy)
+        **client.parser_texts("deployster deploy"))
+    client.one_line_errors(deploy)
+    client.add_arguments(deploy)
+    deploy.set_defaults(handler=cmd_deploy, parser=deploy)
     return parser
 
 
@@ -482,21 +400,10 @@ def cmd_history_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from . import client
-
-    retry_for = args.retry_for
-    if retry_for is None:
-        raw = os.environ.get("DEPLOYSTER_RETRY_FOR", "").strip()
-        try:
-            retry_for = _wait_seconds(positive=False)(raw) if raw else client.DEFAULT_RETRY_FOR
-        except argparse.ArgumentTypeError as exc:
-            raise DeploysterError(f"DEPLOYSTER_RETRY_FOR={exc}") from None
-    return client.run(client.Options(
-        url=args.url or os.environ.get("DEPLOYSTER_URL", "").strip() or client.DEFAULT_URL,
-        token=args.token or os.environ.get("DEPLOYSTER_TOKEN") or "", cd=args.cd,
-        commands=args.commands, commit=args.commit, ref=args.ref, detach=args.detach,
-        follow=args.follow, timeout=args.timeout, retry_for=retry_for,
-    ))
+    try:
+        return client.run(client.options_from(args))
+    except client.ClientError as exc:
+        raise DeploysterError(exc.message, code=exc.code) from None
 
 
 # ----------------------------------------------------------------- entry
@@ -507,8 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # what parse_args does, but a deploy step's error stays one line
         if getattr(args, "command", None) == "deploy":
-            parser.exit(2, f"deployster: error: unrecognized arguments: {' '.join(extra)}; "
-                           "put the commands after '--' (see 'deployster deploy --help')\n")
+            client.unrecognized(args.parser, extra)
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.command == "serve" else logging.WARNING,

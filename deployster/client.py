@@ -13,25 +13,33 @@ Blips are waited out, for ``--retry-for`` seconds (60 by default): ``POST
 queue full, 502/503) honouring ``Retry-After``, and a dropped stream is resumed
 from ``Last-Event-ID`` (a server restart included).
 
-Only httpx here: no Quart, no Textual, no Redis.
+This file is also a program of its own: the server hands it out at ``GET
+/client``, so a CI job runs ``python3 deployster-client --cd … -- …`` with
+nothing installed. Hence the Python standard library only (no httpx, no other
+deployster module) and nothing newer than Python 3.8; a test holds it to both.
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import http.client
 import json
+import math
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO, Any
-
-import httpx
-
-from .errors import DeploysterError
+from typing import IO, Any, NoReturn
 
 DEFAULT_URL = "http://127.0.0.1:3259"
 TOKEN_HEADER = "x-deployster-token"
@@ -50,10 +58,13 @@ RETRY_STATUSES = (429, 502, 503)
 HEALTHY_AFTER = 5.0
 
 
-class ClientError(DeploysterError):
+class ClientError(Exception):
     """The client cannot tell how the deploy went: exit 2 with this message."""
 
-    code = "client_error"
+    def __init__(self, message: str, *, code: str = "client_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 class WaitExpired(Exception):
@@ -160,7 +171,157 @@ def log_text(event: SSEEvent) -> str:
 # ---------------------------------------------------------------- client
 
 
-def _error_text(response: httpx.Response) -> str:
+class TransportError(Exception):
+    """The HTTP exchange broke. ``sent`` is False when the connection could not
+    even be made (refused, DNS, TLS, proxy): the server never saw the request."""
+
+    def __init__(self, cause: BaseException, *, sent: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.sent = sent
+
+
+_BROKEN = (OSError, http.client.HTTPException)
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    headers: Any  # an email.message.Message: case-insensitive ``get``
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ``ValueError`` when it is none."""
+        return json.loads(self.text)
+
+
+class Stream:
+    """An answer whose body is read as it arrives (the event stream)."""
+
+    def __init__(self, raw: http.client.HTTPResponse) -> None:
+        self.raw = raw
+        self.status = raw.status
+
+    def read_all(self) -> Response:
+        try:
+            body = self.raw.read()
+        except _BROKEN as exc:
+            raise TransportError(exc, sent=True) from None
+        return Response(self.raw.status, self.raw.reason, self.raw.headers, body)
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self.raw.read1(65536)
+            except _BROKEN as exc:
+                raise TransportError(exc, sent=True) from None
+            if not chunk:
+                return
+            yield chunk
+
+
+class Http:
+    """HTTP/1.1 over ``http.client``, one connection per request (a CI job makes
+    a handful). Honours ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` and a
+    ``user:password@`` in the URL (basic auth, for a proxy in front); never
+    follows redirects. The connect timeout is separate from the read timeout, so
+    a server that is down is noticed in seconds while a quiet stream may wait."""
+
+    def __init__(self, base: str, headers: dict[str, str], *, connect_timeout: float,
+                 read_timeout: float) -> None:
+        parts = urllib.parse.urlsplit(base)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.headers = {"user-agent": "deployster-client", "connection": "close", **headers}
+        if parts.username is not None:
+            pair = (f"{urllib.parse.unquote(parts.username)}:"
+                    f"{urllib.parse.unquote(parts.password or '')}")
+            self.headers["authorization"] = "Basic " + base64.b64encode(
+                pair.encode()).decode("ascii")
+        self.proxy = _proxy_for(parts.scheme, self.host)
+        self._tls = ssl.create_default_context() if self.https else None
+
+    def _target(self, path: str) -> str:
+        target = self.prefix + path
+        if self.proxy is not None and not self.https:  # a plain proxy takes the whole URL
+            netloc = f"[{self.host}]" if ":" in self.host else self.host
+            target = f"http://{netloc}:{self.port}{target}"
+        return target
+
+    def _connection(self) -> http.client.HTTPConnection:
+        timeout = self.connect_timeout
+        if self.proxy is not None:
+            host, port, auth = self.proxy
+            if self._tls is not None:  # CONNECT through the proxy, then TLS to the server
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    host, port, timeout=timeout, context=self._tls)
+                conn.set_tunnel(self.host, self.port, headers=auth)
+                return conn
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            return conn
+        if self._tls is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self._tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    @contextmanager
+    def open(self, method: str, path: str, *, body: bytes | None = None,
+             headers: dict[str, str] | None = None,
+             read_timeout: float | None = None) -> Iterator[Stream]:
+        conn = self._connection()
+        try:
+            try:
+                conn.connect()
+            except _BROKEN as exc:
+                raise TransportError(exc, sent=False) from None
+            if conn.sock is not None:
+                conn.sock.settimeout(read_timeout or self.read_timeout)
+            all_headers = {**self.headers, **(headers or {})}
+            if self.proxy is not None and not self.https and self.proxy[2]:
+                all_headers.update(self.proxy[2])
+            try:
+                conn.request(method, self._target(path), body=body, headers=all_headers)
+                raw = conn.getresponse()
+            except _BROKEN as exc:
+                raise TransportError(exc, sent=True) from None
+            yield Stream(raw)
+        finally:
+            conn.close()
+
+    def request(self, method: str, path: str, *, json_body: Any = None) -> Response:
+        body = None if json_body is None else json.dumps(json_body).encode()
+        headers = {"content-type": "application/json"} if body is not None else {}
+        with self.open(method, path, body=body, headers=headers) as stream:
+            return stream.read_all()
+
+
+def _proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
+    """The proxy the environment names for this URL, as (host, port, headers)."""
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if not parts.hostname:
+        return None
+    headers = {}
+    if parts.username is not None:
+        pair = (f"{urllib.parse.unquote(parts.username)}:"
+                f"{urllib.parse.unquote(parts.password or '')}")
+        headers["proxy-authorization"] = "Basic " + base64.b64encode(
+            pair.encode()).decode("ascii")
+    return parts.hostname, parts.port or 80, headers
+
+
+def _error_text(response: Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -170,11 +331,11 @@ def _error_text(response: httpx.Response) -> str:
             if isinstance(body.get(key), str) and body[key]:
                 return str(body[key])
     text = response.text.strip().splitlines()
-    return text[0][:200] if text else response.reason_phrase
+    return text[0][:200] if text else response.reason
 
 
-def http_error(response: httpx.Response, what: str) -> ClientError:
-    status = response.status_code
+def http_error(response: Response, what: str) -> ClientError:
+    status = response.status
     if status == 403:
         return ClientError(f"token rejected by the server (403) while {what}: "
                            "check DEPLOYSTER_TOKEN", code="unauthorized")
@@ -185,8 +346,8 @@ def http_error(response: httpx.Response, what: str) -> ClientError:
 def sse_lines(chunks: Iterator[bytes]) -> Iterator[str]:
     """The lines of an event stream: split on CRLF, LF or CR only (the SSE rule).
 
-    Not ``httpx``'s ``iter_lines``: like ``str.splitlines`` it also splits on
-    U+0085, U+2028 and U+2029, which JSON leaves unescaped inside a log event."""
+    Not ``str.splitlines``: it also splits on U+0085, U+2028 and U+2029, which
+    JSON leaves unescaped inside a log event."""
     buffer = b""
     for chunk in chunks:
         buffer += chunk
@@ -215,28 +376,35 @@ def check_url(url: str) -> tuple[str, str]:
     is no usable http(s) address."""
     base = url.strip().rstrip("/")
     try:
-        parsed = httpx.URL(base)
         if any(c.isspace() for c in base):
             raise ValueError("it contains whitespace")
+        parsed = urllib.parse.urlsplit(base)
         if parsed.scheme not in ("http", "https"):
             raise ValueError("it must start with http:// or https://")
-        if not parsed.host:
+        if not parsed.hostname:
             raise ValueError("it has no host")
-        if parsed.query or parsed.fragment:
+        if parsed.query or parsed.fragment or "?" in base or "#" in base:
             raise ValueError("a ?query or #fragment has no place in it")
-        if parsed.port is not None and not 0 < parsed.port < 65536:
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError("its port is out of range (1-65535) or no number") from None
+        if port is not None and not 0 < port < 65536:
             raise ValueError("its port is out of range")
-    except (httpx.InvalidURL, ValueError) as exc:
+    except ValueError as exc:
         said = repr(url) if "@" not in url else "(not shown: it holds a user:password)"
         raise ClientError(f"--url/DEPLOYSTER_URL {said} is not an http:// or https:// "
                           f"address of the server: {exc}") from None
-    shown = str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else base
+    shown = base
+    if "@" in parsed.netloc:
+        netloc = parsed.netloc.rsplit("@", 1)[1]
+        shown = urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
     return base, shown
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Response) -> float | None:
     """``Retry-After`` in seconds (a delay; an HTTP date is ignored)."""
-    value = response.headers.get("retry-after", "").strip()
+    value = (response.headers.get("retry-after") or "").strip()
     try:
         seconds = float(value)
     except ValueError:
@@ -258,9 +426,10 @@ class DeployClient:
 
     def __init__(self, url: str, token: str, *, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, retry_for: float = DEFAULT_RETRY_FOR,
-                 max_backoff: float = 8.0, transport: httpx.BaseTransport | None = None,
+                 max_backoff: float = 8.0, prog: str = "deployster deploy",
                  notify: Callable[[str], None] | None = None) -> None:
         self.url, self.shown_url = check_url(url)
+        self.prog = prog  # how the user runs this client, for "follow it with" hints
         self.read_timeout = read_timeout
         self.retry_for = retry_for
         self.max_backoff = max_backoff
@@ -268,14 +437,11 @@ class DeployClient:
         # True from sending POST /deploy until its answer is in: an interruption
         # then cannot tell whether a job was queued.
         self.posting = False
-        self._http = httpx.Client(
-            base_url=self.url, headers={TOKEN_HEADER: token},
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            transport=transport, follow_redirects=False,
-        )
+        self._http = Http(self.url, {TOKEN_HEADER: token}, connect_timeout=connect_timeout,
+                          read_timeout=read_timeout)
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to release (a connection per request); kept for ``with``."""
 
     def __enter__(self) -> DeployClient:
         return self
@@ -308,30 +474,30 @@ class DeployClient:
             attempt += 1
             self.posting = True
             try:
-                response = self._http.post("/deploy", json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                response = self._http.request("POST", "/deploy", json_body=body)
+            except TransportError as exc:
+                if exc.sent:
+                    raise ClientError(
+                        f"lost the connection to {self.shown_url} while submitting the "
+                        f"deploy ({_describe(exc)}): it may or may not have been queued; "
+                        "look for it in the dashboard or GET /jobs before deploying again",
+                        code="unreachable") from None
                 self.posting = False  # the request never reached the server
                 problem, wait, error = (f"cannot connect ({_describe(exc)})", None,
                                         self._unreachable(exc))
-            except httpx.HTTPError as exc:
-                raise ClientError(
-                    f"lost the connection to {self.shown_url} while submitting the deploy "
-                    f"({_describe(exc)}): it may or may not have been queued; look for it "
-                    "in the dashboard or GET /jobs before deploying again",
-                    code="unreachable") from None
             else:
                 self.posting = False
-                if response.status_code == 200:
+                if response.status == 200:
                     reply = _json_object(response, "submitting the deploy")
                     if not isinstance(reply.get("job_id"), str):
                         raise ClientError("the server's reply to POST /deploy has no job_id")
                     if attempt > 1:
                         self.notify("the server took the deploy")
                     return reply
-                if response.status_code not in RETRY_STATUSES:
+                if response.status not in RETRY_STATUSES:
                     raise http_error(response, "submitting the deploy")
                 error = http_error(response, "submitting the deploy")
-                problem = f"the server answered {response.status_code}: {_error_text(response)}"
+                problem = f"the server answered {response.status}: {_error_text(response)}"
                 wait = _retry_after(response)
             now = time.monotonic()
             # The server's Retry-After is a floor; our own backoff shrinks to
@@ -354,11 +520,11 @@ class DeployClient:
         while True:
             attempt += 1
             try:
-                response = self._http.get(f"/jobs/{job_id}")
-            except httpx.HTTPError as exc:
+                response = self._http.request("GET", f"/jobs/{_segment(job_id)}")
+            except TransportError as exc:
                 error, wait = self._unreachable(exc), None
             else:
-                if response.status_code < 500 and response.status_code != 429:
+                if response.status < 500 and response.status != 429:
                     break
                 error, wait = http_error(response, f"reading job {job_id}"), _retry_after(response)
             now = time.monotonic()
@@ -367,10 +533,10 @@ class DeployClient:
                 raise error
             self.notify(f"{error.message}; retrying in {pause:.3g}s")
             time.sleep(pause)
-        if response.status_code == 404:
+        if response.status == 404:
             raise ClientError(f"job {job_id} not found on {self.shown_url}",
                               code="not_found")
-        if response.status_code != 200:
+        if response.status != 200:
             raise http_error(response, f"reading job {job_id}")
         return _json_object(response, f"reading job {job_id}")
 
@@ -397,23 +563,19 @@ class DeployClient:
                 read = max(0.05, min(read, deadline - time.monotonic()))
             connected: float | None = None
             try:
-                with self._http.stream("GET", f"/jobs/{job_id}/stream", headers=headers,
-                                       timeout=httpx.Timeout(read, connect=self._connect)
-                                       ) as response:
-                    if response.status_code == 404:
-                        response.read()
+                with self._http.open("GET", f"/jobs/{_segment(job_id)}/stream",
+                                     headers=headers, read_timeout=read) as stream:
+                    if stream.status == 404:
                         raise ClientError(f"job {job_id} not found on {self.shown_url}: "
-                                          f"{_error_text(response)}", code="not_found")
-                    if response.status_code >= 500:
-                        response.read()
-                        last_problem = f"the server answered {response.status_code}: " \
-                                       f"{_error_text(response)}"
-                    elif response.status_code != 200:
-                        response.read()
-                        raise http_error(response, f"streaming job {job_id}")
+                                          f"{_error_text(stream.read_all())}", code="not_found")
+                    if stream.status >= 500:
+                        last_problem = f"the server answered {stream.status}: " \
+                                       f"{_error_text(stream.read_all())}"
+                    elif stream.status != 200:
+                        raise http_error(stream.read_all(), f"streaming job {job_id}")
                     else:
                         connected = time.monotonic()
-                        for line in sse_lines(response.iter_bytes()):
+                        for line in sse_lines(stream.chunks()):
                             event = parser.feed(line)
                             if event is None:
                                 continue
@@ -432,7 +594,7 @@ class DeployClient:
                             if event.event == "end":
                                 return
                         last_problem = "the stream ended before the job did"
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 last_problem = _describe(exc)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -449,7 +611,7 @@ class DeployClient:
                     f"lost the connection to {self.shown_url} ({last_problem}); gave up "
                     f"reconnecting after {now - outage:.0f}s (--retry-for {self.retry_for:g}). "
                     f"Job {job_id} keeps running on the server: follow it with "
-                    f"deployster deploy --follow {job_id}", code="unreachable")
+                    f"{self.prog} --follow {job_id}", code="unreachable")
             pause = parser.retry if parser.retry is not None else _backoff(attempt,
                                                                          self.max_backoff)
             pause = min(pause, self.max_backoff, max(0.0, outage + self.retry_for - now))
@@ -457,12 +619,14 @@ class DeployClient:
                 pause = max(0.0, min(pause, deadline - now))
             time.sleep(pause)
 
-    @property
-    def _connect(self) -> float | None:
-        return self._http.timeout.connect
 
 
-def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+def _segment(value: str) -> str:
+    """``value`` as one path segment (a job id typed by hand may hold anything)."""
+    return urllib.parse.quote(value, safe="")
+
+
+def _json_object(response: Response, what: str) -> dict[str, Any]:
     try:
         value = response.json()
     except ValueError:
@@ -472,11 +636,16 @@ def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     return value
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip()
+def _describe(exc: BaseException) -> str:
+    """What broke, in a few words: ``Connection refused (ConnectionRefusedError)``."""
+    if isinstance(exc, TransportError):
+        exc = exc.cause
     name = type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"timed out ({name})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message} ({name})"
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
     return f"{text} ({name})" if text else name
 
 
@@ -527,6 +696,7 @@ class Options:
     follow: str | None = None
     timeout: float | None = None
     retry_for: float = DEFAULT_RETRY_FOR
+    prog: str = "deployster deploy"  # how the user runs this client (for hints)
 
 
 class Display:
@@ -671,6 +841,7 @@ def _check_request(options: Options) -> None:
 class _State:
     client: DeployClient | None = None
     job_id: str = ""
+    prog: str = "deployster deploy"
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -683,7 +854,7 @@ def run(options: Options, display: Display | None = None) -> int:
     SIGINT (Ctrl-C) and SIGTERM detach: the job keeps running, the way to follow
     it is printed, and the exit code is 130 or 143."""
     display = display or Display()
-    state = _State()
+    state = _State(prog=options.prog)
     handlers: dict[signal.Signals, Any] = {}
     try:
         handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
@@ -709,7 +880,7 @@ def _detached(display: Display, state: _State, *, terminated: bool) -> int:
     if state.job_id:
         url = client.shown_url if client else "$DEPLOYSTER_URL"
         display.note(f"detached: job {state.job_id} keeps running; follow it with: "
-                     f"deployster deploy --follow {state.job_id}  (or: curl -H "
+                     f"{state.prog} --follow {state.job_id}  (or: curl -H "
                      f"\"x-deployster-token: $DEPLOYSTER_TOKEN\" {url}/jobs/{state.job_id})")
     elif client is not None and client.posting:
         display.note("interrupted while the server was answering POST /deploy: the deploy "
@@ -729,7 +900,7 @@ def _run(options: Options, display: Display, state: _State) -> int:
     if not options.follow:
         _check_request(options)
         commit, ref = resolve_commit(options.commit), resolve_ref(options.ref)
-    with DeployClient(options.url, token, retry_for=options.retry_for,
+    with DeployClient(options.url, token, retry_for=options.retry_for, prog=options.prog,
                       notify=display.note) as client:
         state.client = client
         state.job_id = options.follow or ""
@@ -795,3 +966,143 @@ def _summary(end: dict[str, Any], job_id: str, display: Display, started: float)
     detail = f", exit code {end['exit_code']}" if end.get("exit_code") is not None else ""
     display.note(f"job {job_id} {status or 'failed'}: {reason}{detail} after {took}")
     return EXIT_FAILED
+
+
+# ------------------------------------------------------- the command line
+# Shared by ``deployster deploy`` (cli.py) and this file run on its own.
+
+USAGE = """\
+{prog} [--url URL] [--token TOKEN] --cd DIR [--commit SHA] [--ref REF]
+       {pad} [--detach] [--timeout S] [--retry-for S] -- COMMAND...
+       {prog} --follow JOB_ID [--timeout S] [--retry-for S]"""
+
+DESCRIPTION = ("Ask a deployster server to deploy: post the deploy, wait in the project's "
+               "queue, stream the job's log to stdout as it is produced (messages go to "
+               "stderr) and exit with the outcome. Nothing here ever cancels the job.")
+
+EPILOG = """\
+environment:
+  DEPLOYSTER_URL         the server (--url); e.g. https://host/deployster behind a proxy
+  DEPLOYSTER_TOKEN       the API token (--token); a trailing newline is ignored
+  DEPLOYSTER_RETRY_FOR   --retry-for
+  GITHUB_SHA             the commit when --commit is not given
+  GITHUB_REF_NAME        the branch when --ref is not given
+  HTTPS_PROXY, NO_PROXY  a proxy on the way to the server
+
+exit codes:
+  0    the deploy completed (with --detach: the server accepted it)
+  1    the deploy failed (command failed, cancelled, timed out, interrupted, ...)
+  2    outcome unknown: usage error, server unreachable past --retry-for, HTTP
+       error (403 token rejected, 422 the server's message, 429/503 past
+       --retry-for), or --timeout expired; the job, if any, keeps running
+  130  SIGINT (Ctrl-C): detached, the job keeps running
+  143  SIGTERM (e.g. a cancelled GitHub Actions run): detached, the job keeps running
+
+A dropped stream (a server restart included) is resumed where it stopped; POST
+/deploy is retried only while nothing can have been queued (connection
+refused, 429, 502, 503), honouring Retry-After.
+
+example:
+  {prog} --cd /var/www/my-app -- "git pull" "supervisorctl restart my-app"
+"""
+
+
+def seconds(*, positive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 (or >= 0 when
+    ``positive`` is false)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: must be a {'positive' if positive else 'non-negative'} number "
+                "of seconds")
+        return value
+    return parse
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """A usage error of ``parser``: one ``deployster: error:`` line, exit 2 (CI logs)."""
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"deployster: error: {message} (see '{parser.prog} --help')\n")
+    parser.error = error  # type: ignore[method-assign]
+
+
+def parser_texts(prog: str) -> dict[str, Any]:
+    """usage, description and epilog of the deploy command run as ``prog``."""
+    return {"usage": USAGE.format(prog=prog, pad=" " * len(prog)),
+            "description": DESCRIPTION, "epilog": EPILOG.format(prog=prog),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url",
+                        help="the server, with its path prefix behind a reverse proxy "
+                             "(DEPLOYSTER_URL, else http://127.0.0.1:3259)")
+    parser.add_argument("--token",
+                        help="the API token (better: DEPLOYSTER_TOKEN, kept out of ps and "
+                             "shell history; surrounding whitespace is ignored)")
+    parser.add_argument("--cd", metavar="DIR",
+                        help="the project directory on the server (need not exist here)")
+    parser.add_argument("--commit", metavar="SHA",
+                        help="the commit (GITHUB_SHA, else git rev-parse HEAD)")
+    parser.add_argument("--ref", metavar="REF",
+                        help="the branch (GITHUB_REF_NAME, else the checked-out branch)")
+    parser.add_argument("--detach", action="store_true",
+                        help="print the job id once accepted and exit 0 without waiting")
+    parser.add_argument("--follow", metavar="JOB_ID",
+                        help="submit nothing: follow an existing job to its end")
+    parser.add_argument("--timeout", type=seconds(positive=True), metavar="S",
+                        help="stop waiting after S seconds (exit 2; the job keeps running)")
+    parser.add_argument("--retry-for", type=seconds(positive=False), metavar="S",
+                        help="wait out a server restart, Redis down or a full queue for up "
+                             "to S seconds before exit 2 (DEPLOYSTER_RETRY_FOR, default 60; "
+                             "0: no retries)")
+    parser.add_argument("commands", nargs="*", metavar="COMMAND",
+                        help="after '--': the commands, one argument each; the last must be "
+                             "'supervisorctl start|restart <program>'")
+
+
+def options_from(args: argparse.Namespace, prog: str = "deployster deploy") -> Options:
+    """The parsed arguments, with the environment's defaults filled in."""
+    retry_for = args.retry_for
+    if retry_for is None:
+        raw = os.environ.get("DEPLOYSTER_RETRY_FOR", "").strip()
+        try:
+            retry_for = seconds(positive=False)(raw) if raw else DEFAULT_RETRY_FOR
+        except argparse.ArgumentTypeError as exc:
+            raise ClientError(f"DEPLOYSTER_RETRY_FOR={exc}") from None
+    return Options(
+        url=args.url or os.environ.get("DEPLOYSTER_URL", "").strip() or DEFAULT_URL,
+        token=args.token or os.environ.get("DEPLOYSTER_TOKEN") or "", cd=args.cd,
+        commands=args.commands, commit=args.commit, ref=args.ref, detach=args.detach,
+        follow=args.follow, timeout=args.timeout, retry_for=retry_for, prog=prog,
+    )
+
+
+def unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> NoReturn:
+    parser.exit(2, f"deployster: error: unrecognized arguments: {' '.join(extra)}; put the "
+                   f"commands after '--' (see '{parser.prog} --help')\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """This file run on its own (``python3 deployster-client --cd DIR -- …``)."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = f"python3 {script}" if script not in ("", "-", "-c") else "python3 deployster-client"
+    parser = argparse.ArgumentParser(prog=prog, **parser_texts(prog))
+    one_line_errors(parser)
+    add_arguments(parser)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        unrecognized(parser, extra)
+    try:
+        return run(options_from(args, prog))
+    except ClientError as exc:
+        print(f"deployster: error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

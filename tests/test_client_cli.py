@@ -14,6 +14,8 @@ import re
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from deployster import client
 from deployster.client import ClientError, DeployClient, SSEParser, log_text, sse_lines
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.service import Deployster
@@ -71,62 +74,161 @@ def test_log_text_accepts_json_objects_json_strings_and_raw_data() -> None:
     assert (log_text(a), log_text(b), log_text(c)) == ("x\ty\n", "plain\n", "raw line")
 
 
+class ScriptedServer:
+    """A real HTTP server on a port that answers each connection with the next
+    scripted reply, then closes it: ``bytes`` are sent as they are, ``RESET``
+    after them resets the connection (an RST, as a dying proxy sends)."""
+
+    RESET = b"<reset>"
+
+    def __init__(self, replies: list[bytes], tls: ssl.SSLContext | None = None) -> None:
+        self.replies = replies
+        self.requests: list[dict[str, str]] = []
+        self.tls = tls
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for reply in self.replies:
+            conn, _ = self.sock.accept()
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):
+                    conn.close()  # the client refused our certificate: next reply
+                    continue
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+                headers = {k.strip().lower(): v.strip()
+                           for k, _, v in (line.partition(":") for line in lines[1:])}
+                self.requests.append({"request": lines[0], **headers})
+                reset = reply.endswith(self.RESET)
+                conn.sendall(reply[:-len(self.RESET)] if reset else reply)
+                if reset:
+                    time.sleep(0.05)  # the bytes go out first
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def sse_reply(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"connection: close\r\n\r\n" + body)
+
+
 def test_a_dropped_stream_resumes_from_the_last_event_id() -> None:
-    """The connection breaks mid-event (closed, then failing); each retry sends
+    """The connection breaks mid-event (closed, then reset); each retry sends
     Last-Event-ID, and what was half received is never taken for an event."""
-    seen: list[str | None] = []
-
-    class Broken(httpx.SyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            yield b'event: log\nid: 9\ndata: {"text": "lost'
-            raise httpx.ReadError("connection reset")
-
-    bodies: list[bytes | httpx.SyncByteStream] = [
-        b'event: status\ndata: {"status": "running"}\n\n'
-        b'event: log\nid: 6\ndata: {"text": "one\\n"}\n\nevent: log\nid: 1',  # cut mid-event
-        b"",  # connected, then closed at once
-        Broken(),
-        b'event: status\ndata: {"status": "running"}\n\n'
-        b'event: log\nid: 12\ndata: {"text": "two\\n"}\n\n'
-        b'event: end\ndata: {"status": "complete"}\n\n',
-    ]
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("last-event-id"))
-        body = bodies[len(seen) - 1]
-        headers = {"content-type": "text/event-stream"}
-        if isinstance(body, bytes):
-            return httpx.Response(200, content=body, headers=headers)
-        return httpx.Response(200, stream=body, headers=headers)
-
-    with DeployClient("http://deployster.test", "t", transport=httpx.MockTransport(handler),
-                      max_backoff=0.01) as client:
-        events = list(client.events("J1"))
-    assert seen == [None, "6", "6", "6"]
+    server = ScriptedServer([
+        sse_reply(b'event: status\ndata: {"status": "running"}\n\n'
+                  b'event: log\nid: 6\ndata: {"text": "one\\n"}\n\nevent: log\nid: 1'),
+        sse_reply(b""),  # connected, then closed at once
+        sse_reply(b'event: log\nid: 9\ndata: {"text": "lost') + ScriptedServer.RESET,
+        sse_reply(b'event: status\ndata: {"status": "running"}\n\n'
+                  b'event: log\nid: 12\ndata: {"text": "two\\n"}\n\n'
+                  b'event: end\ndata: {"status": "complete"}\n\n'),
+    ])
+    try:
+        with DeployClient(server.url, "t0k3n", max_backoff=0.01) as client:
+            events = list(client.events("J1"))
+    finally:
+        server.close()
+    assert [r["request"] for r in server.requests] == ["GET /jobs/J1/stream HTTP/1.1"] * 4
+    assert [r.get("last-event-id") for r in server.requests] == [None, "6", "6", "6"]
+    assert all(r["x-deployster-token"] == "t0k3n" for r in server.requests)
     assert [log_text(e) for e in events if e.event == "log"] == ["one\n", "two\n"]
     assert [e.event for e in events] == ["status", "log", "status", "log", "end"]
-    assert events[-1].event == "end"
 
 
 def test_a_server_that_stays_away_is_a_clear_error_after_a_bounded_time() -> None:
-    calls = 0
     notes: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        raise httpx.ConnectError("connection refused", request=request)
-
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    with DeployClient("http://deployster.test", "t", transport=httpx.MockTransport(handler),
-                      retry_for=0.5, max_backoff=0.05, notify=notes.append) as client:
+    with DeployClient(url, "t", retry_for=0.5, max_backoff=0.05,
+                      notify=notes.append) as client:
         with pytest.raises(ClientError, match=r"gave up reconnecting after \d+s "
                                               r"\(--retry-for 0.5\).*--follow J1"):
             list(client.events("J1"))
     assert 0.5 <= time.monotonic() - started < 3
-    assert calls > 2
-    assert notes == ["lost the stream of job J1 (connection refused (ConnectError)); "
-                     "reconnecting for up to 0.5s"]
+    assert notes == ["lost the stream of job J1 (Connection refused "
+                     "(ConnectionRefusedError)); reconnecting for up to 0.5s"]
+
+
+def test_the_client_goes_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY: the request goes to the proxy with the whole URL; HTTPS_PROXY:
+    a CONNECT with the proxy's credentials; NO_PROXY: straight to the server."""
+    job = b'{"job_id": "J1", "status": "running"}'
+    proxy = ScriptedServer([
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(job)).encode() + b"\r\n\r\n" + job,
+        b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n",
+    ])
+    host = proxy.url.removeprefix("http://")
+    monkeypatch.setenv("HTTP_PROXY", f"http://{host}")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://u:p%40ss@{host}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        with DeployClient("http://deployster.invalid:3259/pre", "t", retry_for=0) as plain:
+            assert plain.job("J1")["status"] == "running"
+        with DeployClient("https://deployster.invalid", "t", retry_for=0) as tls:
+            with pytest.raises(ClientError, match=r"cannot reach.*407"):
+                tls.job("J1")
+    finally:
+        proxy.close()
+    first, second = proxy.requests
+    assert first["request"] == "GET http://deployster.invalid:3259/pre/jobs/J1 HTTP/1.1"
+    assert first["x-deployster-token"] == "t"
+    assert second["request"].startswith("CONNECT deployster.invalid:443 HTTP/1.")
+    assert second["proxy-authorization"] == "Basic dTpwQHNz"  # u:p@ss
+    assert "x-deployster-token" not in second  # the token only ever goes inside TLS
+
+    monkeypatch.setenv("NO_PROXY", "deployster.invalid")
+    with DeployClient("http://deployster.invalid:3259", "t", retry_for=0) as direct:
+        with pytest.raises(ClientError, match="cannot reach the deployster server"):
+            direct.job("J1")  # no proxy: the name does not resolve
+
+
+def test_https_checks_the_certificate_and_trusts_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate the system does not trust is a clear error (never silently
+    accepted); named in SSL_CERT_FILE (a private CA), it is trusted."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    job = b'{"job_id": "J1", "status": "complete"}'
+    server = ScriptedServer([
+        b"",  # the first client hangs up in the handshake
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(job)).encode() + b"\r\n\r\n" + job,
+    ], tls=context)
+    for name in ("HTTPS_PROXY", "https_proxy", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with DeployClient(server.url, "t", retry_for=0) as untrusted:
+            with pytest.raises(ClientError, match="TLS certificate not trusted"):
+                untrusted.job("J1")
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with DeployClient(server.url, "t", retry_for=0) as trusted:
+            assert trusted.job("J1")["status"] == "complete"
+    finally:
+        server.close()
+    assert server.requests[-1]["x-deployster-token"] == "t"
 
 
 def test_sse_lines_split_on_cr_and_lf_only() -> None:
@@ -682,21 +784,62 @@ async def test_the_readme_github_actions_step_is_valid_yaml_and_works(
     assert isinstance(run, str) and isinstance(env, dict)
     assert env == {"DEPLOYSTER_URL": "${{ secrets.DEPLOYSTER_URL }}",
                    "DEPLOYSTER_TOKEN": "${{ secrets.DEPLOYSTER_TOKEN }}"}
-    install = re.match(r'pip install "git\+https://[^"]+" && ', run)
-    assert install, "the step installs deployster from its git repository"
-    command = run[install.end():].replace("/var/www/my-app", str(registered))
-    assert "--token" not in command, "the token belongs in the environment, not in ps"
+    fetch = re.match(r'curl -fsSL "\$DEPLOYSTER_URL/client" -o deployster-client && ', run)
+    assert fetch, "the step fetches the client from the server"
+    assert "--token" not in run, "the token belongs in the environment, not in ps"
+    command = run.replace("/var/www/my-app", str(registered))
     secrets = {"DEPLOYSTER_URL": server.url, "DEPLOYSTER_TOKEN": server.token}
     step_env = {k: re.sub(r"\$\{\{ secrets\.(\w+) \}\}", lambda m: secrets[m.group(1)], v)
                 for k, v in env.items()}
+    # A runner's python3 with nothing installed: this one started with -I -S
+    # sees no site-packages at all, so the served file must need none.
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+    (bare / "python3").chmod(0o755)
     # What GitHub sets for every step; this project dir is no git checkout.
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
     base |= {"GITHUB_SHA": "0123456789abcdef" * 2 + "01234567", "GITHUB_REF_NAME": "main",
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+             "PATH": f"{bare}{os.pathsep}{os.environ['PATH']}"}
     make_git_clone(registered, tmp_path / "origin.git")  # the step runs "git pull" there
-    result = run_shell(command, env={**base, **step_env}, cwd=tmp_path)
+    workdir = tmp_path / "ci"
+    workdir.mkdir()
+    result = run_shell(command, env={**base, **step_env}, cwd=workdir)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "complete in" in result.stderr.splitlines()[-1]
+    assert (workdir / "deployster-client").read_bytes() == Path(client.__file__).read_bytes()
+
+
+def test_the_server_hands_out_the_client_without_a_token(server: LiveServer) -> None:
+    reply = httpx.get(f"{server.url}/client", timeout=10)  # no token header
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "text/x-python; charset=utf-8"
+    assert reply.headers["cache-control"] == "no-cache"
+    assert reply.content == Path(client.__file__).read_bytes()
+
+
+def test_the_standalone_client_reports_mistakes_in_one_line(tmp_path: Path) -> None:
+    """Run as a file by a bare python3 (no site-packages): a usage error is one
+    line naming how it was run, and --help works."""
+    script = tmp_path / "deployster-client"
+    script.write_bytes(Path(client.__file__).read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
+
+    def bare(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-I", "-S", str(script), *args], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    helped = bare("--help")
+    assert helped.returncode == 0 and "python3 deployster-client --follow JOB_ID" in helped.stdout
+    wrong = one_line_error(bare("--cd", "/x", "--nope", "--", RESTART))
+    assert "unrecognized arguments: --nope" in wrong
+    assert "see 'python3 deployster-client --help'" in wrong
+    no_token = one_line_error(bare("--cd", "/x", "--", RESTART))
+    assert "no token: set DEPLOYSTER_TOKEN" in no_token
+    down = bare("--url", f"http://127.0.0.1:{free_port()}", "--token", "t", "--retry-for", "0",
+                "--commit", "abc", "--ref", "main", "--cd", "/x", "--", RESTART)
+    assert "cannot reach the deployster server" in one_line_error(down)
 
 
 # ------------------------------------------------- a server that restarts

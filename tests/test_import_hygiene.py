@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 
@@ -81,3 +82,40 @@ def test_the_dashboard_imports_no_web_framework() -> None:
             "deployster.tui.widgets.log_pane"} <= set(modules)
     assert set(TUI) <= loaded
     assert loaded & set(WEB) == set()
+
+
+# ------------------------------------------- the CI client, served as a file
+
+CLIENT = REPO / "deployster" / "client.py"
+
+
+def test_the_ci_client_imports_the_standard_library_only() -> None:
+    """``GET /client`` hands out this one file: it must run on a CI runner's
+    bare python3, so no third-party package and no other deployster module."""
+    import ast
+
+    tree = ast.parse(CLIENT.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import in client.py: line {node.lineno}"
+            imported.add((node.module or "").split(".")[0])
+    assert imported, "the check found no imports at all"
+    outside = sorted(imported - set(sys.stdlib_module_names) - {"__future__"})
+    assert outside == [], f"client.py imports {outside}"
+
+
+def test_the_ci_client_runs_on_python_3_8() -> None:
+    """GitHub's and most VPSes' python3 is older than ours (ubuntu-22.04: 3.10,
+    Debian 11: 3.9): vermin finds any construct newer than 3.8."""
+    # Annotations are not evaluated (``from __future__ import annotations``), so
+    # ``X | None`` in them is fine on 3.8; everything else counts.
+    vermin = Path(sys.executable).with_name("vermin")
+    result = subprocess.run(
+        [str(vermin), "--target=3.8-", "--violations", "--no-tips", str(CLIENT)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Minimum required versions" in result.stdout  # it did analyse the file

@@ -14,7 +14,7 @@ from .. import __version__
 from ..dispatcher import Dispatcher
 from ..service import Deployster
 from ..settings import Settings
-from . import api, health, jobs, logs, projects
+from . import api, client_script, health, jobs, logs, projects
 from .errors import body_too_large, register_error_handlers
 from .openapi import SECURITY_SCHEMES, TOKEN_SCHEME, DeploysterOpenAPI
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     app.json = type("JSONProvider", (NotTooDeep, type(app.json)), {})(app)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(client_script.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(logs.blueprint)
     app.register_blueprint(projects.blueprint)

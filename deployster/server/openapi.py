@@ -63,6 +63,12 @@ class DeploysterOpenAPI(OpenAPIProvider):
 
     def _complete(self, operation: dict[str, Any], func: Any) -> None:
         responses = operation["responses"]
+        media_type = getattr(func, "deployster_media_type", None)
+        if media_type:  # a file served as is: no JSON, no backend behind it
+            responses.clear()
+            responses[200] = {"description": "The file.",
+                              "content": {media_type: {"schema": {"type": "string"}}}}
+            return
         extra = dict(_COMMON)
         if operation.get("security") != []:  # [] marks a route without a token
             extra.update(_PROTECTED)

@@ -190,7 +190,10 @@ async def test_openapi_document_lists_the_endpoints(server: LiveServer) -> None:
         reply = await client.get("/openapi.json")
     assert reply.status_code == 200
     paths = reply.json()["paths"]
-    for path in ("/deploy", "/status/{job_id}", "/jobs/{job_id}/cancel", "/healthz"):
+    for path in ("/deploy", "/status/{job_id}", "/jobs/{job_id}/cancel", "/healthz", "/client"):
         assert path in paths, sorted(paths)
+    served = paths["/client"]["get"]
+    assert served["security"] == [] and list(served["responses"]) == ["200"]
+    assert list(served["responses"]["200"]["content"]) == ["text/x-python"]
     body = paths["/deploy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body  # generated from the DeployBody model
