@@ -30,7 +30,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from databases import Database
 
+from deployster.db import connect_database
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.service import Deployster
 from deployster.settings import Settings
@@ -126,6 +128,16 @@ def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         yield f"{base}/{name}"
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def db(any_database_url: str) -> AsyncIterator[Database]:
+    """A migrated history database, on each backend ``any_database_url`` gives."""
+    database = await connect_database(any_database_url)
+    try:
+        yield database
+    finally:
+        await database.disconnect()
 
 
 # ---------------------------------------------------------------- settings

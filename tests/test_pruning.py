@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,15 +23,6 @@ from tests.test_cli import deployster, env  # noqa: F401  (env is a fixture)
 
 DAY = 86400.0
 NOW = time.time()
-
-
-@pytest.fixture
-async def db(any_database_url: str) -> AsyncIterator[Database]:
-    database = await connect_database(any_database_url)
-    try:
-        yield database
-    finally:
-        await database.disconnect()
 
 
 def job_at(project_id: int, days_ago: float, status: JobStatus = JobStatus.COMPLETE) -> Job:

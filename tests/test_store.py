@@ -29,15 +29,6 @@ from deployster.service import Deployster
 from deployster.settings import Settings
 
 
-@pytest.fixture
-async def db(any_database_url: str) -> AsyncIterator[Database]:
-    database = await connect_database(any_database_url)
-    try:
-        yield database
-    finally:
-        await database.disconnect()
-
-
 def make_job(
     project_id: int = 1,
     *,
