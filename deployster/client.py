@@ -14,7 +14,7 @@ queue full, 502/503) honouring ``Retry-After``, and a dropped stream is resumed
 from ``Last-Event-ID`` (a server restart included).
 
 This file is also a program of its own: the server hands it out at ``GET
-/client``, so a CI job runs ``python3 deployster-client --cd … -- …`` with
+/client``, so a CI job runs ``python3 deployster.py deploy --cd … -- …`` with
 nothing installed. Hence the Python standard library only (no httpx, no other
 deployster module) and nothing newer than Python 3.8; a test holds it to both.
 """
@@ -1088,13 +1088,19 @@ def unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> NoRet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """This file run on its own (``python3 deployster-client --cd DIR -- …``)."""
+    """This file run on its own: ``python3 deployster.py deploy --cd DIR -- …``
+    (the word ``deploy`` may be left out), as ``deployster deploy`` takes it."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["deploy"]:
+        args_in = args_in[1:]
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    prog = f"python3 {script}" if script not in ("", "-", "-c") else "python3 deployster-client"
+    if script in ("", "-", "-c"):
+        script = "deployster.py"
+    prog = f"python3 {script} deploy"
     parser = argparse.ArgumentParser(prog=prog, **parser_texts(prog))
     one_line_errors(parser)
     add_arguments(parser)
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(args_in)
     if extra:
         unrecognized(parser, extra)
     try:

@@ -784,7 +784,8 @@ async def test_the_readme_github_actions_step_is_valid_yaml_and_works(
     assert isinstance(run, str) and isinstance(env, dict)
     assert env == {"DEPLOYSTER_URL": "${{ secrets.DEPLOYSTER_URL }}",
                    "DEPLOYSTER_TOKEN": "${{ secrets.DEPLOYSTER_TOKEN }}"}
-    fetch = re.match(r'curl -fsSL "\$DEPLOYSTER_URL/client" -o deployster-client && ', run)
+    fetch = re.match(r'curl -fsSL "\$DEPLOYSTER_URL/client" -o deployster.py && '
+                     r'python3 deployster.py deploy ', run)
     assert fetch, "the step fetches the client from the server"
     assert "--token" not in run, "the token belongs in the environment, not in ps"
     command = run.replace("/var/www/my-app", str(registered))
@@ -807,7 +808,7 @@ async def test_the_readme_github_actions_step_is_valid_yaml_and_works(
     result = run_shell(command, env={**base, **step_env}, cwd=workdir)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "complete in" in result.stderr.splitlines()[-1]
-    assert (workdir / "deployster-client").read_bytes() == Path(client.__file__).read_bytes()
+    assert (workdir / "deployster.py").read_bytes() == Path(client.__file__).read_bytes()
 
 
 def test_the_server_hands_out_the_client_without_a_token(server: LiveServer) -> None:
@@ -820,8 +821,8 @@ def test_the_server_hands_out_the_client_without_a_token(server: LiveServer) -> 
 
 def test_the_standalone_client_reports_mistakes_in_one_line(tmp_path: Path) -> None:
     """Run as a file by a bare python3 (no site-packages): a usage error is one
-    line naming how it was run, and --help works."""
-    script = tmp_path / "deployster-client"
+    line naming how it was run, --help works, and the word 'deploy' is optional."""
+    script = tmp_path / "deployster.py"
     script.write_bytes(Path(client.__file__).read_bytes())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
 
@@ -830,15 +831,18 @@ def test_the_standalone_client_reports_mistakes_in_one_line(tmp_path: Path) -> N
                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
                               stdin=subprocess.DEVNULL)
 
-    helped = bare("--help")
-    assert helped.returncode == 0 and "python3 deployster-client --follow JOB_ID" in helped.stdout
-    wrong = one_line_error(bare("--cd", "/x", "--nope", "--", RESTART))
+    helped = bare("deploy", "--help")
+    assert helped.returncode == 0
+    assert "python3 deployster.py deploy --follow JOB_ID" in helped.stdout
+    assert bare("--help").stdout == helped.stdout
+    wrong = one_line_error(bare("deploy", "--cd", "/x", "--nope", "--", RESTART))
     assert "unrecognized arguments: --nope" in wrong
-    assert "see 'python3 deployster-client --help'" in wrong
-    no_token = one_line_error(bare("--cd", "/x", "--", RESTART))
+    assert "see 'python3 deployster.py deploy --help'" in wrong
+    no_token = one_line_error(bare("deploy", "--cd", "/x", "--", RESTART))
     assert "no token: set DEPLOYSTER_TOKEN" in no_token
-    down = bare("--url", f"http://127.0.0.1:{free_port()}", "--token", "t", "--retry-for", "0",
-                "--commit", "abc", "--ref", "main", "--cd", "/x", "--", RESTART)
+    down = bare("deploy", "--url", f"http://127.0.0.1:{free_port()}", "--token", "t",
+                "--retry-for", "0", "--commit", "abc", "--ref", "main", "--cd", "/x", "--",
+                RESTART)
     assert "cannot reach the deployster server" in one_line_error(down)
 
 

@@ -2,8 +2,8 @@
 
 The client is one standard-library file, so a CI job needs nothing installed:
 
-    curl -fsSL "$DEPLOYSTER_URL/client" -o deployster-client
-    python3 deployster-client --cd /var/www/my-app -- "git pull" "supervisorctl restart my-app"
+    curl -fsSL "$DEPLOYSTER_URL/client" -o deployster.py
+    python3 deployster.py deploy --cd /var/www/my-app -- "git pull" "supervisorctl restart my-app"
 
 and it always matches the server it talks to. No token: it is this project's
 own public code.
@@ -32,10 +32,10 @@ def _source() -> bytes:
 @security_scheme([])  # no token
 async def client_script() -> Response:
     """The CI client as a Python 3.8+ script with no dependencies: run it with
-    ``python3 deployster-client --cd DIR -- COMMAND...`` (see its ``--help``)."""
+    ``python3 deployster.py deploy --cd DIR -- COMMAND...`` (see its ``--help``)."""
     return Response(_source(), status=200, headers={
         "content-type": f"{MEDIA_TYPE}; charset=utf-8",
-        "content-disposition": 'inline; filename="deployster-client"',
+        "content-disposition": 'inline; filename="deployster.py"',
         "cache-control": "no-cache",  # a server upgrade serves the new client at once
     })
 
