@@ -179,6 +179,9 @@ class TransportError(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.sent = sent
+        # An untrusted certificate stays untrusted: waiting it out would only
+        # delay the error by --retry-for.
+        self.permanent = isinstance(cause, ssl.SSLCertVerificationError)
 
 
 _BROKEN = (OSError, http.client.HTTPException)
@@ -476,6 +479,8 @@ class DeployClient:
             try:
                 response = self._http.request("POST", "/deploy", json_body=body)
             except TransportError as exc:
+                if exc.permanent:
+                    raise self._unreachable(exc) from None
                 if exc.sent:
                     raise ClientError(
                         f"lost the connection to {self.shown_url} while submitting the "
@@ -522,6 +527,8 @@ class DeployClient:
             try:
                 response = self._http.request("GET", f"/jobs/{_segment(job_id)}")
             except TransportError as exc:
+                if exc.permanent:
+                    raise self._unreachable(exc) from None
                 error, wait = self._unreachable(exc), None
             else:
                 if response.status < 500 and response.status != 429:
@@ -595,6 +602,8 @@ class DeployClient:
                                 return
                         last_problem = "the stream ended before the job did"
             except TransportError as exc:
+                if exc.permanent:
+                    raise self._unreachable(exc) from None
                 last_problem = _describe(exc)
             now = time.monotonic()
             if deadline is not None and now >= deadline:

@@ -213,16 +213,23 @@ def test_https_checks_the_certificate_and_trusts_ssl_cert_file(
     context.load_cert_chain(cert, key)
     job = b'{"job_id": "J1", "status": "complete"}'
     server = ScriptedServer([
-        b"",  # the first client hangs up in the handshake
+        b"", b"", b"",  # the first clients hang up in the handshake
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
         + str(len(job)).encode() + b"\r\n\r\n" + job,
     ], tls=context)
     for name in ("HTTPS_PROXY", "https_proxy", "SSL_CERT_FILE"):
         monkeypatch.delenv(name, raising=False)
     try:
-        with DeployClient(server.url, "t", retry_for=0) as untrusted:
+        # Final at once, whatever --retry-for says: it would not get better.
+        started = time.monotonic()
+        with DeployClient(server.url, "t", retry_for=60) as untrusted:
             with pytest.raises(ClientError, match="TLS certificate not trusted"):
                 untrusted.job("J1")
+            with pytest.raises(ClientError, match="TLS certificate not trusted"):
+                untrusted.submit("/x", [RESTART], "abc", "main")
+            with pytest.raises(ClientError, match="TLS certificate not trusted"):
+                list(untrusted.events("J1"))
+        assert time.monotonic() - started < 20
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         with DeployClient(server.url, "t", retry_for=0) as trusted:
             assert trusted.job("J1")["status"] == "complete"
