@@ -191,7 +191,7 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int) -> N
         print(f"first refresh:    {figures(first)}   (a new core: connections, projects "
               "and SQL cold; target ≤ 50 ms)")
         print(f"SQL refresh:      {figures(cold)}   (last deploys queried, as after "
-              "'finished')")
+              "a 'history' event)")
         print(f"steady refresh:   {figures(warm)}   (Redis only; target ≤ 50 ms)")
         print(f"clock tick:       {figures(ticks)}   (once a second)")
         print(f"peak RSS:         {rss_mb:.0f} MB   (target ≤ 150 MB)")
