@@ -37,6 +37,13 @@ def _days(text: str) -> float:
     return value
 
 
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -123,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = jsub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_job_cancel)
+    jlist = jsub.add_parser("list", help="recent deploys, newest first")
+    jlist.add_argument("project", nargs="?", metavar="NAME|ID|PATH",
+                       help="only this project's deploys")
+    jlist.add_argument("--limit", type=_positive_count, default=20, metavar="N",
+                       help="how many (default 20)")
+    jlist.add_argument("--json", action="store_true")
+    jlist.set_defaults(handler=cmd_job_list)
+    jshow = jsub.add_parser("show", help="one job: status, times, commands (secrets masked)")
+    jshow.add_argument("job_id")
+    jshow.add_argument("--json", action="store_true")
+    jshow.set_defaults(handler=cmd_job_show)
+    jlogs = jsub.add_parser("logs", help="print a job's log (from Redis or the history)")
+    jlogs.add_argument("job_id")
+    jlogs.add_argument("-f", "--follow", action="store_true",
+                       help="keep printing as the job writes, until it ends")
+    jlogs.set_defaults(handler=cmd_job_logs)
 
     hist = sub.add_parser("history", help="maintain the SQL history")
     hsub = hist.add_subparsers(dest="history_command", metavar="ACTION", required=True)
@@ -370,6 +393,74 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
             print(f"job {job.id} cancelled: {state}")
         else:
             print(f"job {job.id}: cancel requested, still {state}")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_job_list(args: argparse.Namespace) -> int:
+    from . import store
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project) if args.project else None
+        rows = await store.select_deployments(
+            core.db, project_id=project.id if project else None, limit=args.limit)
+        # The history trails Redis by a moment: a job still live there shows
+        # its state as of now.
+        live = {j.id: j for j in await core.jobs.get_many([j.id for j in rows])}
+        jobs = [live.get(j.id, j) for j in rows]
+        if args.json:
+            # Commands may hold secrets: 'job show' prints them masked.
+            print(json.dumps([{k: v for k, v in j.to_dict().items() if k != "commands"}
+                              for j in jobs], indent=2))
+            return 0
+        if not jobs:
+            print(f"no deploys yet{f' of {project.name}' if project else ''}")
+            return 0
+        width = max(len(j.project) for j in jobs)
+        for j in jobs:
+            state = j.status.value + (f" ({j.reason})" if j.reason else "")
+            when = j.started_at or j.queued_at or ""
+            print(f"{j.id}  {j.project:<{width}}  {state:<24}  {j.commit_hash[:7]:<7}  "
+                  f"{j.ref_name}  {when}")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_job_show(args: argparse.Namespace) -> int:
+    from .logs import job_record
+
+    async def body(core: Deployster) -> int:
+        record = await job_record(core, args.job_id)
+        if args.json:
+            print(json.dumps(record, indent=2))
+            return 0
+        commands = record.pop("commands")
+        for key, value in record.items():
+            if value is not None:
+                print(f"{key + ':':<14}{value}")
+        for number, command in enumerate(commands, 1):
+            print(f"{'commands:' if number == 1 else '':<14}[{number}] {command}")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_job_logs(args: argparse.Namespace) -> int:
+    from .logs import follow
+
+    async def body(core: Deployster) -> int:
+        out = sys.stdout.buffer
+        try:
+            async for _job, part in follow(core, args.job_id, 0):
+                if part.text:
+                    out.write(part.text.encode("utf-8", "surrogateescape"))
+                    out.flush()
+                if part.at_end and not args.follow:
+                    break
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            client.silence(sys.stdout)
         return 0
 
     return asyncio.run(_with_core(_settings(), body))

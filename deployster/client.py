@@ -763,7 +763,7 @@ class Display:
                 self.out.flush()
         except BrokenPipeError:
             self.out_closed = True
-            _silence(self.out)
+            silence(self.out)
             self.note("stdout was closed: the rest of the log is not shown; still following "
                       "the job for its outcome")
 
@@ -780,7 +780,7 @@ class Display:
             self.err.flush()
         except BrokenPipeError:
             self.err_closed = True
-            _silence(self.err)
+            silence(self.err)
 
     def _clear(self) -> None:
         if self._pending:
@@ -788,7 +788,7 @@ class Display:
             self._err("\r\033[K")
 
 
-def _silence(stream: IO[str]) -> None:
+def silence(stream: IO[str]) -> None:
     """Point a closed pipe's descriptor at /dev/null, so that the interpreter's
     last flush of what is still buffered cannot fail at exit."""
     try:

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,8 @@ import pytest
 from deployster.access import TOKEN_PATTERN
 from deployster.settings import Settings
 from tests.conftest import REPO, LiveServer, free_port, one_line_error, settings_env
+
+RESTART = "supervisorctl restart my-app--main"
 
 
 @pytest.fixture
@@ -317,3 +320,106 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(env: dict[str, str]) -> None
         env = {**env, "DEPLOYSTER_HOST": "127.0.0.1", "DEPLOYSTER_PORT": str(port)}
         line = one_line_error(deployster(env, "serve", timeout=30))
     assert line == f"deployster: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+# ----------------------------------------------------------------------- jobs
+
+
+def _deploy(server: LiveServer, cd: Path, *commands: str) -> str:
+    """A deploy through the API, waited for (the seed's /status loop)."""
+    reply = httpx.post(f"{server.url}/deploy", headers=server.headers, timeout=10,
+                       json={"cd": str(cd), "commands": [*commands, RESTART],
+                             "commit_hash": "abc1234def", "ref_name": "main"})
+    assert reply.status_code == 200, reply.text
+    job_id = str(reply.json()["job_id"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server.url}/status/{job_id}", headers=server.headers).json()
+        if status["status"] in ("complete", "failed"):
+            return job_id
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end")
+
+
+def test_job_list_show_and_logs(env: dict[str, str], server: LiveServer,
+                                project_dir: Path, tmp_path: Path) -> None:
+    stages = write_pipeline(tmp_path / "stages.json", value="s3cret-url")
+    ok(deployster(env, "project", "add", str(project_dir), "--pipeline", str(stages)))
+    other = tmp_path / "other-app"
+    other.mkdir()
+    ok(deployster(env, "project", "add", str(other)))
+    first = _deploy(server, project_dir, "echo one", "echo token=s3cret-url")
+    failed = _deploy(server, project_dir, "printf 'no newline'; exit 3")
+    elsewhere = _deploy(server, other, "echo other")
+
+    # The history writer copies a job a moment after it ends.
+    deadline = time.monotonic() + 20
+    while len(ok(deployster(env, "job", "list")).splitlines()) < 3:
+        assert time.monotonic() < deadline, "the deploys never reached the history"
+        time.sleep(0.2)
+    listed = ok(deployster(env, "job", "list")).splitlines()
+    assert [line.split()[0] for line in listed] == [elsewhere, failed, first]  # newest first
+    assert listed[1].split()[1:5] == ["my-app", "failed", "(command_failed)", "abc1234"]
+    mine = ok(deployster(env, "job", "list", "my-app", "--limit", "1")).splitlines()
+    assert [line.split()[0] for line in mine] == [failed]
+    as_json = json.loads(ok(deployster(env, "job", "list", "--json")))
+    assert [j["job_id"] for j in as_json] == [elsewhere, failed, first]
+    assert all("commands" not in j for j in as_json)  # they may hold secrets
+
+    shown = ok(deployster(env, "job", "show", first))
+    assert f"job_id:       {first}\n" in shown and "status:       complete\n" in shown
+    assert "[2] echo token=***" in shown and "s3cret-url" not in shown  # masked
+    record = json.loads(ok(deployster(env, "job", "show", failed, "--json")))
+    assert (record["status"], record["reason"], record["exit_code"]) == (
+        "failed", "command_failed", 3)
+
+    log = ok(deployster(env, "job", "logs", first))
+    assert "[1/3] $ echo one\none\n" in log and "token=***" in log
+    assert "s3cret-url" not in log
+    assert "no newline" in ok(deployster(env, "job", "logs", failed, "--follow"))
+
+    # Mistakes: one line, exit 2.
+    assert "no job" in one_line_error(deployster(env, "job", "show", "01JD0000000000000000000000"))
+    assert "no job" in one_line_error(deployster(env, "job", "logs", "nope"))
+    assert "'ghost'" in one_line_error(deployster(env, "job", "list", "ghost"))
+    result = deployster(env, "job", "list", "--limit", "0")
+    assert result.returncode == 2 and "must be 1 or more" in result.stderr
+
+
+def test_job_logs_follows_a_running_job_to_its_end(
+    env: dict[str, str], server: LiveServer, project_dir: Path, tmp_path: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    gate = tmp_path / "gate"
+    reply = httpx.post(f"{server.url}/deploy", headers=server.headers, timeout=10, json={
+        "cd": str(project_dir), "commit_hash": "abc1234", "ref_name": "main",
+        "commands": [f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after",
+                     RESTART]})
+    job_id = reply.json()["job_id"]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "deployster", "job", "logs", "--follow", job_id], env=env,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline().startswith("[deployster] job ")
+        lines = [follower.stdout.readline() for _ in range(2)]
+        assert lines[1] == "before\n", lines
+        assert follower.poll() is None  # still following: the job waits at the gate
+        gate.touch()
+        rest, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    assert "after\n" in rest and "[deployster] job complete in " in rest.splitlines()[-1]
+
+
+def test_job_logs_into_head_is_no_traceback(
+    env: dict[str, str], server: LiveServer, project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    job_id = _deploy(server, project_dir, "seq 1 300000")  # ~2 MB: more than a pipe holds
+    result = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m deployster job logs {job_id} | head -3'],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines()[1:] == ["[1/2] $ seq 1 300000", "1"]
+    assert result.stderr == ""
