@@ -246,10 +246,7 @@ class Http:
         self.read_timeout = read_timeout
         self.headers = {"user-agent": "deployster-client", "connection": "close", **headers}
         if parts.username is not None:
-            pair = (f"{urllib.parse.unquote(parts.username)}:"
-                    f"{urllib.parse.unquote(parts.password or '')}")
-            self.headers["authorization"] = "Basic " + base64.b64encode(
-                pair.encode()).decode("ascii")
+            self.headers["authorization"] = _basic(parts)
         self.proxy = _proxy_for(parts.scheme, self.host)
         self._tls = ssl.create_default_context() if self.https else None
 
@@ -315,13 +312,15 @@ def _proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None
     parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     if not parts.hostname:
         return None
-    headers = {}
-    if parts.username is not None:
-        pair = (f"{urllib.parse.unquote(parts.username)}:"
-                f"{urllib.parse.unquote(parts.password or '')}")
-        headers["proxy-authorization"] = "Basic " + base64.b64encode(
-            pair.encode()).decode("ascii")
+    headers = {"proxy-authorization": _basic(parts)} if parts.username is not None else {}
     return parts.hostname, parts.port or 80, headers
+
+
+def _basic(parts: urllib.parse.SplitResult) -> str:
+    """HTTP basic credentials from a URL's ``user:password@``."""
+    pair = f"{urllib.parse.unquote(parts.username or '')}:" \
+           f"{urllib.parse.unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 def _error_text(response: Response) -> str:

@@ -131,6 +131,18 @@ def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
 
 
 @pytest.fixture
+def own_redis_dir() -> Iterator[Path]:
+    """A data dir for an embedded Redis of the test's own, which it may stop
+    and start (outages); short, as a unix socket path must be."""
+    path = Path(tempfile.mkdtemp(prefix="dst-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        stop_embedded_redis(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 async def db(any_database_url: str) -> AsyncIterator[Database]:
     """A migrated history database, on each backend ``any_database_url`` gives."""
     database = await connect_database(any_database_url)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,16 +205,6 @@ async def test_sigstop_past_the_ttl_loses_the_lock_and_fences_the_stale_runner(
 
 
 # --------------------------------------------------- 3. Redis outage
-
-
-@pytest.fixture
-def own_redis_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dst-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        stop_embedded_redis(path)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_a_job_runs_through_a_redis_outage_and_keeps_its_output(

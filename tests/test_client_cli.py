@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -671,16 +669,15 @@ async def test_resuming_from_a_last_event_id_gives_the_rest_of_the_log(
         assert [e.event for e in at_end] == ["end"]
 
 
-class CuttingProxy:
-    """A TCP proxy that cuts the first ``cuts`` connections after ``after`` bytes
-    of response: a stream dropped mid-way, as a flaky network would."""
+class TcpProxy:
+    """A TCP proxy on a free port to the server on ``upstream_port``; each
+    accepted connection goes to ``_serve`` on a thread of its own."""
 
-    def __init__(self, upstream_port: int, *, after: int, cuts: int = 1) -> None:
-        self.upstream_port, self.after, self.cuts = upstream_port, after, cuts
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
-        self.cut = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -693,7 +690,34 @@ class CuttingProxy:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        up = socket.create_connection(("127.0.0.1", self.upstream_port))
+        raise NotImplementedError
+
+    def _upstream(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.upstream_port))
+
+    @staticmethod
+    def _hang_up(*sockets: socket.socket) -> None:
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class CuttingProxy(TcpProxy):
+    """Cuts the first ``cuts`` connections after ``after`` bytes of response: a
+    stream dropped mid-way, as a flaky network would."""
+
+    def __init__(self, upstream_port: int, *, after: int, cuts: int = 1) -> None:
+        self.after, self.cuts, self.cut = after, cuts, 0
+        super().__init__(upstream_port)
+
+    def _serve(self, conn: socket.socket) -> None:
+        up = self._upstream()
         threading.Thread(target=self._copy, args=(conn, up, None), daemon=True).start()
         self._copy(up, conn, self.after if self.cut < self.cuts else None)
 
@@ -715,15 +739,7 @@ class CuttingProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-
-    def close(self) -> None:
-        self.listener.close()
+            self._hang_up(src, dst)
 
 
 async def test_a_stream_cut_mid_way_is_resumed_without_losing_or_repeating_a_byte(
@@ -970,16 +986,6 @@ async def test_post_waits_out_a_server_that_is_not_up_yet(
 # ------------------------------------------------------ 503, 429, retries
 
 
-@pytest.fixture
-def own_redis_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dst-", dir="/tmp"))  # a short unix socket path
-    try:
-        yield path
-    finally:
-        stop_embedded_redis(path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
 async def test_503_redis_down_is_retried_after_retry_after_then_deploys(
     settings: Settings, project_dir: Path, tmp_path: Path, own_redis_dir: Path,
     running: list[Running],
@@ -1176,28 +1182,20 @@ async def test_stdout_closed_early_is_no_traceback_and_the_job_completes(
 # ------------------------------------------------------- behind a proxy
 
 
-class PrefixProxy:
+class PrefixProxy(TcpProxy):
     """A reverse proxy serving deployster under ``/deployster/``: the prefix is
     stripped; a request outside it is sent where the server answers 404."""
 
     PREFIX = b"/deployster/"
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.paths: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._copy, args=(conn, up, True), daemon=True).start()
-            threading.Thread(target=self._copy, args=(up, conn, False), daemon=True).start()
+    def _serve(self, conn: socket.socket) -> None:
+        up = self._upstream()
+        threading.Thread(target=self._copy, args=(conn, up, True), daemon=True).start()
+        self._copy(up, conn, False)
 
     def _rewrite(self, match: re.Match[bytes]) -> bytes:
         path = match.group(2)
@@ -1217,14 +1215,7 @@ class PrefixProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
+            self._hang_up(src, dst)
 
 
 async def test_a_url_with_a_path_prefix_sends_every_request_below_it(
