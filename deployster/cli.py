@@ -21,8 +21,9 @@ from typing import Any
 
 from . import __version__, client
 from .errors import DeploysterError
+from .outages import RedisRefused, classify, describe
+from .printable import CONTINUATION, escape_controls
 from .projects import QUEUE_POLICIES
-from .redis_conn import REDIS_DOWN
 from .service import Deployster
 from .settings import Settings
 
@@ -206,7 +207,7 @@ def _print_project(project: Any, *, as_json: bool) -> None:
         return
     print(f"name:      {project.name}")
     print(f"id:        {project.id}")
-    print(f"path:      {project.path}")
+    print(f"path:      {escape_controls(project.path)}")
     print(f"lock TTL:  {project.lock_ttl:g}s")
     print(f"timeout:   {project.timeout:g}s")
     print(f"queue:     {project.queue_policy}")
@@ -218,7 +219,10 @@ def _print_project(project: Any, *, as_json: bool) -> None:
         print("stages:    none")
     for stage in project.pipeline:
         keys = ", ".join(v.key for v in stage.environment_variables) or "no variables"
-        print(f"stage:     {stage.stage_name} (branch {stage.git_branch}): {keys}")
+        # Entered text, shown escaped: rows stored before control characters
+        # were refused at entry may still hold some (printable.py).
+        print(f"stage:     {escape_controls(stage.stage_name)} "
+              f"(branch {escape_controls(stage.git_branch)}): {keys}")
 
 
 # ----------------------------------------------------------------- commands
@@ -421,8 +425,9 @@ def cmd_job_list(args: argparse.Namespace) -> int:
         for j in jobs:
             state = j.status.value + (f" ({j.reason})" if j.reason else "")
             when = j.started_at or j.queued_at or ""
-            print(f"{j.id}  {j.project:<{width}}  {state:<24}  {j.commit_hash[:7]:<7}  "
-                  f"{j.ref_name}  {when}")
+            print(f"{j.id}  {j.project:<{width}}  {state:<24}  "
+                  f"{escape_controls(j.commit_hash[:7]):<7}  {escape_controls(j.ref_name)}  "
+                  f"{when}")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -437,11 +442,17 @@ def cmd_job_show(args: argparse.Namespace) -> int:
             print(json.dumps(record, indent=2))
             return 0
         commands = record.pop("commands")
+        # Escaped, and a multi-line command's further lines marked as in the
+        # log's header (printable.command_header): no line of a request's text
+        # can pass for a field, or rewrite one on the terminal.
         for key, value in record.items():
             if value is not None:
-                print(f"{key + ':':<14}{value}")
+                print(f"{key + ':':<14}{escape_controls(str(value))}")
         for number, command in enumerate(commands, 1):
-            print(f"{'commands:' if number == 1 else '':<14}[{number}] {command}")
+            first, *rest = escape_controls(command, keep_newlines=True).split("\n")
+            print(f"{'commands:' if number == 1 else '':<14}[{number}] {first}")
+            for line in rest:
+                print(f"{'':<14}{CONTINUATION}{line}")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -451,16 +462,13 @@ def cmd_job_logs(args: argparse.Namespace) -> int:
     from .logs import follow
 
     async def body(core: Deployster) -> int:
-        out = sys.stdout.buffer
-        try:
-            async for _job, part in follow(core, args.job_id, 0):
-                if part.text:
-                    out.write(part.text.encode("utf-8", "surrogateescape"))
-                    out.flush()
-                if part.at_end and not args.follow:
-                    break
-        except BrokenPipeError:  # `| head`: the reader has what it wanted
-            client.silence(sys.stdout)
+        out = sys.stdout.buffer  # a closed pipe (`| head`) ends quietly in main()
+        async for _job, part in follow(core, args.job_id, 0):
+            if part.text:
+                out.write(part.text.encode("utf-8", "surrogateescape"))
+                out.flush()
+            if part.at_end and not args.follow:
+                break
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -501,6 +509,62 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # what is still buffered fails here, in the guard, not at exit
+    except SystemExit:  # argparse: --help, --version, a usage error
+        _flush_stdout()
+        raise
+    except DeploysterError as exc:
+        print(f"deployster: error: {exc.message}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        code = _failure(exc)
+    _flush_stdout()
+    return _exit_past_leaked_threads(code)
+
+
+# The exit status of a command whose stdout reader went away, as coreutils give
+# it (killed by SIGPIPE: 128 + 13).
+READER_GONE = 141
+
+
+def _failure(exc: Exception) -> int:
+    """The exit status for an exception no command handled, after at most one
+    line on stderr. A bug is re-raised: its traceback is what it should give."""
+    outage = classify(exc)
+    if outage is None and isinstance(exc, BrokenPipeError):
+        # No backing service raised it (their client libraries wrap their
+        # sockets' errors): stdout's reader went away (`| head -1`) with what
+        # it wanted. End quietly.
+        client.silence(sys.stdout)
+        return READER_GONE
+    if outage is not None:
+        state = describe(exc) if isinstance(exc, RedisRefused) else "unavailable"
+        print(f"deployster: error: {outage.service} is {state}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    if isinstance(exc, OSError):  # a file or directory the settings name
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"deployster: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    raise exc
+
+
+def _flush_stdout() -> None:
+    """Flush stdout; if its reader went away, point it at /dev/null so the
+    interpreter's last flush cannot fail ("Exception ignored", exit 120)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        client.silence(sys.stdout)
+    except (OSError, ValueError):
+        pass
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # what parse_args does, but a deploy step's error stays one line
@@ -515,17 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     # Its pool logs a traceback per failed reconnect; ours says it once, in a line.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        code = handler(args)
-    except DeploysterError as exc:
-        print(f"deployster: error: {exc.message}", file=sys.stderr)
-        code = 2
-    except REDIS_DOWN as exc:
-        print(f"deployster: error: cannot reach Redis/database: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    return _exit_past_leaked_threads(code)
+    return handler(args)
 
 
 def _exit_past_leaked_threads(code: int) -> int:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def now_ms() -> int:
+    """Epoch milliseconds (a log entry's ``t``)."""
+    return int(time.time() * 1000)
 
 
 def iso(dt: datetime | None = None) -> str:

@@ -4,6 +4,7 @@ SQLite by default (WAL mode and a busy timeout: the server and the dashboard
 use the file from two processes), PostgreSQL for scale. Every statement in the
 project is written once and runs on both; the few DDL words that differ are
 filled in per dialect. Migrations are versioned and applied at connect.
+Which driver errors mean "the database is down" is decided in ``outages``.
 """
 
 from __future__ import annotations
@@ -218,46 +219,3 @@ async def migrate(database: Database) -> list[int]:
             )
             done.append(version)
     return done
-
-
-def database_down_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the database cannot be used right now"."""
-    import sqlite3
-
-    errors: list[type[BaseException]] = [sqlite3.OperationalError, ConnectionError, OSError]
-    try:
-        import asyncpg
-
-        exc = asyncpg.exceptions
-        errors += [
-            exc.PostgresConnectionError,  # class 08: connection exceptions
-            exc.OperatorInterventionError,  # class 57: shutdown, terminated, cannot connect now
-            exc.InterfaceError,  # the connection was closed under us
-            exc.TooManyConnectionsError,
-            exc.ObjectNotInPrerequisiteStateError,  # database not accepting connections
-            exc.InvalidCatalogNameError,  # the database does not exist (any more)
-        ]
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        pass
-    return tuple(errors)
-
-
-DATABASE_DOWN = database_down_errors()
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from asyncpg.exceptions._base import DataError  # not the class 22 one
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        return ()
-    return (DataError,)
-
-
-# asyncpg's client-side "invalid input for query argument" (a value out of range)
-# subclasses InterfaceError, which DATABASE_DOWN counts as an outage.
-_INPUT_ERRORS = _input_errors()
-
-
-def is_database_down(exc: BaseException) -> bool:
-    """An outage (retry later), as opposed to a statement the database refuses."""
-    return isinstance(exc, DATABASE_DOWN) and not isinstance(exc, _INPUT_ERRORS)

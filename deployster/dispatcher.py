@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 from . import recovery
 from .events import decode
 from .history import HistoryWriter
+from .leaseguard import LeaseGuard, deadlines
 from .logstream import LogWriter
 from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
@@ -35,8 +37,13 @@ class Dispatcher:
         self.core = core
         self.history = history or HistoryWriter(core)
         self.watchdog = Watchdog(core.redis, core.keys)
+        self.lease_guard = LeaseGuard()
         self.runners: dict[str, Runner] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
+        # Jobs this process runs now: a job is launched once, however many
+        # replies (a retried script, the sweep) name it.
+        self._active: set[str] = set()
+        self._recovering = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -80,6 +87,7 @@ class Dispatcher:
             await self.history.flush()
         with contextlib.suppress(*REDIS_DOWN):
             await recovery.withdraw(self.core)
+        self.lease_guard.close()
 
     async def wait_idle(self) -> None:
         """Wait until no job runs in this process (tests, graceful shutdown)."""
@@ -151,10 +159,20 @@ class Dispatcher:
             await self.try_start(project_id)
 
     async def recover(self) -> None:
+        """End jobs whose runner is gone; launch the jobs claimed for this
+        process that it does not run (a claim, an enqueue or a hand-off whose
+        reply was lost): within a sweep, not after a lock TTL."""
         if self._stopping:
             return
-        for job_id in await recovery.recover(self.core, runner=self.core.runner_id):
+        async with self._recovering:  # start-up and the sweep: one at a time
+            started = await recovery.recover(self.core, runner=self.core.runner_id)
+        for job_id in started:
             self.launch(job_id)
+        for job_id, owner in (await self.core.jobs.running()).items():
+            if owner == self.core.runner_id and job_id not in self._active:
+                log.warning("job %s was claimed for this server but not started; starting "
+                            "it now", job_id)
+                self.launch(job_id)
 
     async def try_start(self, project_id: int) -> None:
         if self._stopping:
@@ -165,10 +183,19 @@ class Dispatcher:
 
     # ------------------------------------------------------------- running
     def launch(self, job_id: str) -> None:
-        """Run a job this process has claimed (its lock is already ours)."""
+        """Run a job this process has claimed (its lock is already ours); a job
+        already running here is not started twice."""
+        if job_id in self._active:
+            return
+        self._active.add(job_id)
         task = asyncio.create_task(self._run_job(job_id), name=f"job:{job_id}")
         self._job_tasks.add(task)
-        task.add_done_callback(self._job_tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._job_tasks.discard(task)
+            self._active.discard(job_id)
+
+        task.add_done_callback(done)
 
     async def _run_job(self, job_id: str) -> None:
         core = self.core
@@ -177,6 +204,8 @@ class Dispatcher:
         if job is None:  # vanished between claim and start: nothing to run
             log.error("claimed job %s has no record", job_id)
             return
+        if job.status is not JobStatus.RUNNING or job.extra.get("runner") != core.runner_id:
+            return  # a late reply naming a job that ended, or is not ours to run
         project = await core.projects.get(job.project_id)
         # Secrets out of logs: the writer's exit releases what the masker held
         # back before the log is closed, so before the job's end is recorded.
@@ -192,7 +221,17 @@ class Dispatcher:
                 runner = Runner(job, project, logw, kill_grace=core.settings.kill_grace)
                 runner.on_spawn = lambda pid: self._record_process(job, pid)
                 self.runners[job.id] = runner
-                guard = asyncio.create_task(self.watchdog.guard(job, runner))
+
+                def renewed(sent_at: float) -> None:
+                    term_at, kill_at = deadlines(sent_at, job.lock_ttl_ms / 1000,
+                                                 core.settings.kill_grace)
+                    runner.lease_until = kill_at
+                    self.lease_guard.lease(job.id, term_at, kill_at)
+
+                # The claim took the lease a moment ago; the guard's first beat
+                # renews it from a time this process knows.
+                renewed(time.monotonic())
+                guard = asyncio.create_task(self.watchdog.guard(job, runner, renewed))
                 try:
                     outcome = await runner.run()
                 except Exception as exc:  # a bug must not leave the job running forever
@@ -207,28 +246,32 @@ class Dispatcher:
                         await asyncio.wait({guard}, timeout=0.5)
                     await asyncio.gather(guard, return_exceptions=True)
                     self.runners.pop(job.id, None)
+                    self.lease_guard.end(job.id)
         result = await self._finish(job, outcome)
         self.history.notify()
         if result is not None:
             self.launch(result)
 
     async def _record_process(self, job: Job, pid: int) -> None:
-        """Note the command's process group and its identity, for crash recovery."""
+        """Note the command's process group: for the lease guard, and with its
+        identity, for crash recovery."""
+        ident = process_identity(pid)
+        self.lease_guard.group(job.id, pid, ident)
         try:
             await self.core.jobs.set_fields(
-                job.id, pgid=str(pid), pg_ident=process_identity(pid) or "",
-                host=hostname(), boot=boot_id(),
+                job.id, pgid=str(pid), pg_ident=ident or "", host=hostname(), boot=boot_id(),
             )
         except REDIS_DOWN as exc:
             log.warning("could not record the process of %s (%s)", job.id, exc)
 
     async def _finish(self, job: Job, outcome: Outcome) -> str | None:
         delay = 0.1
+        nonce = uuid.uuid4().hex  # one finish, however often it is sent
         while True:
             try:
                 done = await self.core.queue.finish(
                     job, outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
-                    runner=None if self._stopping else self.core.runner_id,
+                    runner=None if self._stopping else self.core.runner_id, nonce=nonce,
                 )
                 return done.next_job
             except REDIS_DOWN as exc:  # keep the outcome until Redis is back

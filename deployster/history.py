@@ -14,17 +14,15 @@ import logging
 from typing import Any, cast
 
 from . import events, store
-from .db import DATABASE_DOWN, is_database_down
 from .logstream import read_full_log
+from .outages import classify
 from .pruning import DAY, prune_history
-from .redis_conn import REDIS_DOWN
 from .service import Deployster
 
 log = logging.getLogger("deployster.history")
 
 BATCH = 200
 PRUNE_EVERY = 3600.0  # seconds between history prunes (when DEPLOYSTER_HISTORY_DAYS is set)
-_OUTAGE: tuple[type[BaseException], ...] = (*REDIS_DOWN, *DATABASE_DOWN)
 
 # KEYS: dirty job log. ARGV: job_id version retention_s finished(0/1)
 _SETTLE = """
@@ -41,7 +39,7 @@ return 0
 
 
 def _is_outage(exc: BaseException) -> bool:
-    return isinstance(exc, REDIS_DOWN) or is_database_down(exc)
+    return classify(exc) is not None
 
 
 class HistoryWriter:
@@ -82,14 +80,13 @@ class HistoryWriter:
                 failing = False
             except asyncio.CancelledError:
                 raise
-            except _OUTAGE as exc:
+            except Exception as exc:
                 # Kept in the dirty hash: nothing is lost, the next pass retries.
-                if not failing:
+                if not _is_outage(exc):
+                    log.exception("history: unexpected error; will retry")
+                elif not failing:
                     log.warning("history: cannot write (%s: %s); will retry",
                                 type(exc).__name__, exc)
-                failing = True
-            except Exception:
-                log.exception("history: unexpected error; will retry")
                 failing = True
 
     async def _prune_when_due(self) -> None:

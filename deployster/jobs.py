@@ -10,6 +10,7 @@ same line, and every other reader sees the whole log.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,11 +18,16 @@ from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
 
-# KEYS: job log. Returns false when the job is unknown, else {status, reason, text}.
+# KEYS: job, job log. ARGV: the read's nonce. Returns false when the job is
+# unknown, else {status, reason, text, superseded_by}. A retry of a read whose
+# reply was lost (same nonce) starts again where that read started: the client
+# never saw those lines, so they are neither lost nor, later, repeated.
 _STATUS_READ = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'reason', 'cursor', 'superseded_by')
+local st = redis.call('HMGET', KEYS[1], 'status', 'reason', 'cursor', 'superseded_by',
+                      'cursor_nonce', 'cursor_before')
 if not st[1] then return false end
 local from = st[3] or '0-0'
+if st[5] == ARGV[1] then from = st[6] or '0-0' end
 local entries = redis.call('XRANGE', KEYS[2], '(' .. from, '+')
 local parts = {}
 local last = from
@@ -32,7 +38,9 @@ for i = 1, #entries do
     if f[j] == 'd' then parts[#parts + 1] = f[j + 1] end
   end
 end
-if last ~= from then redis.call('HSET', KEYS[1], 'cursor', last) end
+if last ~= (st[3] or '0-0') then
+  redis.call('HSET', KEYS[1], 'cursor', last, 'cursor_nonce', ARGV[1], 'cursor_before', from)
+end
 return {st[1], st[2] or '', table.concat(parts), st[4] or ''}
 """
 
@@ -66,7 +74,8 @@ class JobRecords:
 
     async def read_status(self, job_id: str) -> StatusRead | None:
         """Status plus the output since the previous call (moves the cursor)."""
-        result = await self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)])
+        result = await self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)],
+                                         args=[uuid.uuid4().hex])
         if not result:
             return None
         status, reason, logs, superseded_by = result

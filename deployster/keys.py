@@ -19,6 +19,7 @@ instances sharing one Redis.
 | deployster:runner:<id>      | string | a live dispatcher's identity, short TTL       |
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
+| deployster:health           | string | the health check's write probe, short TTL     |
 | deployster:events           | pubsub | events a dispatcher acts on: released, finished… |
 | deployster:feed             | pubsub | for watchers only: started, enqueued+started, history |
 """
@@ -67,8 +68,12 @@ class Keys:
     def job(self, job_id: str) -> str:
         return f"{self.job_prefix}{job_id}"
 
+    @property
+    def log_prefix(self) -> str:
+        return f"{self.prefix}log:"
+
     def log(self, job_id: str) -> str:
-        return f"{self.prefix}log:{job_id}"
+        return f"{self.log_prefix}{job_id}"
 
     # -- global
     @property
@@ -86,6 +91,10 @@ class Keys:
     @property
     def projects_version(self) -> str:
         return f"{self.prefix}projects:version"
+
+    @property
+    def health(self) -> str:
+        return f"{self.prefix}health"
 
     @property
     def events(self) -> str:

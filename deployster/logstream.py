@@ -9,15 +9,23 @@ history, the dashboard, the log API) read by stream id and never consume anythin
 An entry's id is ``<byte offset>-1``: where its text starts in the job's whole
 log (see ``_APPEND``), so a stream id, an API log cursor and a byte position in
 the history copy are one and the same number.
+
+Appends are idempotent: a batch whose reply was lost (a dropped connection, a
+Redis restart) can be sent again — by redis-py's own retry or by the writer —
+and goes in once (see ``_APPEND``), so the log is byte for byte what the job
+printed, whatever happened on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import hashlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import cast
 
 from .keys import Keys
@@ -50,19 +58,42 @@ def human_bytes(n: int) -> str:
 # job's whole log (the concatenation of every entry's ``d``, UTF-8), so an id is
 # also a cursor into the history copy of the log, byte for byte. (Sequence 1
 # because Redis refuses the id 0-0.) The offset is computed here, from the last
-# entry, so any number of writers (the runner, recovery's closing line) continue
-# one numbering without sharing state. Each entry also carries ``t``, the epoch
-# milliseconds it was written at.
+# entry, so any number of writers (the runner, the closing line of whoever ends
+# the job) continue one numbering without sharing state. Each entry also
+# carries ``t``, the epoch milliseconds it was written at, and ``b``, the id of
+# the batch it came in.
 #
 # With a fence, append only while the job is still running under the writer's
 # fence: a stale runner (its job already ended by whoever took the lock over)
 # writes nothing.
-# KEYS: job record, job log. ARGV: fence ('' for none), maxlen, now_ms, chunk...
-# Returns 0 when fenced out, else 1 + the log's length in bytes.
+#
+# Idempotence: a batch sent again (its first reply was lost, but the first call
+# may have run) is not appended again. A batch id is unique to one batch of one
+# writer, so the batch is in when an entry carries its id. Which entries to look
+# at: the last one (free: it is read for the offset anyway); and, when the log
+# is no longer where the writer's last acknowledged append left it (``expect``),
+# every entry from there on: its earlier try may be followed by someone else's
+# line (a closing line). In the usual case the log is where the writer expects
+# it and nothing more is read. Someone else's append in between does not
+# block the writer: a batch not found goes in at the end, as ever.
+#
+# KEYS: job record, job log.
+# ARGV: fence ('' for none), maxlen, now_ms, batch id, expect (the byte length
+#       the writer last saw; '' when unknown: only the last entry is checked),
+#       chunk... (each valid UTF-8 on its own).
+# Returns 0 when fenced out, else 1 + the log's length in bytes (afterwards, or
+# as it is when the batch was already in).
 _APPEND = """
 if ARGV[1] ~= '' then
   local st = redis.call('HMGET', KEYS[1], 'status', 'fence')
   if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
+end
+local batch = ARGV[4]
+local function has_batch(f)
+  for j = 1, #f, 2 do
+    if f[j] == 'b' and f[j + 1] == batch then return true end
+  end
+  return false
 end
 local offset = 0
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
@@ -72,16 +103,51 @@ if last then
   for j = 1, #f, 2 do
     if f[j] == 'd' then offset = offset + #f[j + 1] end
   end
+  if batch ~= '' and has_batch(f) then return 1 + offset end
+  local expect = tonumber(ARGV[5])
+  if batch ~= '' and expect and expect ~= offset then
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[2], string.format('%d-0', expect), '+')) do
+      if has_batch(entry[2]) then return 1 + offset end
+    end
+  end
 end
-for i = 4, #ARGV do
+for i = 6, #ARGV do
   local chunk = ARGV[i]
   if #chunk > 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-1', 'd', chunk, 't', ARGV[3])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-1', offset),
+               'd', chunk, 't', ARGV[3], 'b', batch)
     offset = offset + #chunk
   end
 end
 return 1 + offset
 """
+
+
+def _is_continuation(byte: int) -> bool:
+    return byte & 0xC0 == 0x80
+
+
+def utf8_prefix(data: bytes, limit: int, start: int = 0) -> int:
+    """Where the longest run of ``data`` (valid UTF-8) from ``start`` of at most
+    ``limit`` bytes ends without splitting a character."""
+    end = start + max(limit, 0)
+    if end >= len(data):
+        return len(data)
+    while end > start and _is_continuation(data[end]):
+        end -= 1
+    return end
+
+
+def entry_chunks(data: bytes) -> list[bytes]:
+    """``data`` (valid UTF-8) in pieces of at most ``ENTRY_BYTES`` bytes, each of
+    whole characters, so that every entry decodes on its own."""
+    chunks = []
+    start = 0
+    while start < len(data):
+        end = utf8_prefix(data, ENTRY_BYTES, start)
+        chunks.append(data[start:end])
+        start = end
+    return chunks
 
 
 def entry_offset(entry_id: str) -> int:
@@ -95,22 +161,48 @@ def now_ms() -> int:
 
 async def append(redis: Redis, keys: Keys, job_id: str, *chunks: str) -> int:
     """Append ``chunks`` unfenced (a closing line written by someone else than
-    the runner); returns the log's length in bytes afterwards."""
+    the runner); returns the log's length in bytes afterwards.
+
+    Idempotent for a retry: the batch id is derived from the text, so the same
+    text sent again while it is still the log's last entry (a lost reply
+    retried, one job ended twice) is not repeated.
+    """
+    data = "".join(chunks).replace("\x00", NUL_REPLACEMENT).encode("utf-8", "replace")
+    batch = "a:" + hashlib.sha1(data).hexdigest()[:20]
     script = redis.register_script(_APPEND)
     return int(await script(keys=[keys.job(job_id), keys.log(job_id)],
-                            args=["", MAXLEN, now_ms(), *chunks])) - 1
+                            args=["", MAXLEN, now_ms(), batch, "", *entry_chunks(data)])) - 1
 
 
 # How long close() keeps retrying its last flush while Redis is unreachable.
 CLOSE_RETRY_FOR = 60.0
 
 
+@dataclass(frozen=True)
+class _Batch:
+    id: str  # unique to this batch of this writer: how _APPEND knows it is in
+    chunks: list[bytes]
+    size: int
+
+
 class LogWriter:
     """Buffers a job's output and appends it to the job's stream in batches.
 
     With ``fence`` set, every append is checked against the job's record (see
-    ``_FENCED_APPEND``). While Redis is unreachable the output stays buffered
+    ``_APPEND``). While Redis is unreachable the output stays buffered
     (bounded by the cap) and goes out with the next successful flush.
+
+    A batch whose append failed may have run all the same (only its reply was
+    lost): it is sent again first, alone, unchanged and under the same id, and
+    ``_APPEND`` appends it only if it is not in yet. One script call per flush
+    in the usual case, two after a failure.
+
+    The cap counts every byte taken for the log, whether buffered, in flight or
+    written (``kept``), so the log holds at most ``cap_bytes`` of output plus the
+    truncation marker; ``dropped`` is what went over. Once anything was dropped
+    the writer is ``full``: later output is dropped too, even if a few bytes of
+    room were left by a character that did not fit, so what is kept is always
+    the start of the output.
     """
 
     def __init__(
@@ -121,13 +213,21 @@ class LogWriter:
         self.job_key = keys.job(job_id)
         self.cap_bytes = cap_bytes
         self.fence = fence
-        self.written = 0
+        self.kept = 0  # bytes taken for the log: buffered, in flight or written
+        self.written = 0  # bytes Redis acknowledged
         self.dropped = 0
+        self.full = False
         self.stale = False
         self._append = redis.register_script(_APPEND)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer: list[str] = []
+        self._buffer: list[bytes] = []
         self._buffered = 0
+        self._writer_id = secrets.token_hex(6)
+        self._seq = 0
+        # The log's length after this writer's last acknowledged append. A job's
+        # log starts empty; were it not, the first append would look through it once.
+        self._offset = 0
+        self._unsent: _Batch | None = None  # sent, but whether it went in is unknown
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
@@ -142,52 +242,73 @@ class LogWriter:
 
     # -- writing
     def write_bytes(self, data: bytes) -> None:
+        if self.full or self.stale:  # nothing more goes in: spare the decoding
+            self.drop(len(data))
+            return
         self.write(self._decoder.decode(data))
 
     def write(self, text: str) -> None:
         if not text:
+            return
+        if self.full or self.stale:
+            self.drop(len(text.encode("utf-8", "replace")))
             return
         if "\x00" in text:
             # PostgreSQL text cannot hold NUL: one job printing it made every
             # history batch fail, for all jobs, forever (issue #5 review). Done
             # here, so the stream and the history copy stay byte for byte alike.
             text = text.replace("\x00", NUL_REPLACEMENT)
-        size = len(text.encode("utf-8", "surrogatepass"))
-        room = self.cap_bytes - self.written - self._buffered
-        if room <= 0:
-            self.dropped += size
-            return
-        if size > room:
-            cut = text.encode("utf-8")[:room].decode("utf-8", "ignore")
-            self.dropped += size - len(cut.encode("utf-8"))
-            text, size = cut, len(cut.encode("utf-8"))
-        self._buffer.append(text)
-        self._buffered += size
+        # A lone surrogate (a str from Python, not from the decoder) becomes '?'.
+        data = text.encode("utf-8", "replace")
+        room = self.cap_bytes - self.kept
+        if len(data) > room:
+            cut = utf8_prefix(data, room)
+            self.drop(len(data) - cut)
+            data = data[:cut]
+        if data:
+            self._buffer.append(data)
+            self._buffered += len(data)
+            self.kept += len(data)
         if self._buffered >= FLUSH_BYTES:
             self._wake.set()
+
+    def drop(self, size: int) -> None:
+        """Count ``size`` bytes of output as dropped (over the cap), unwritten."""
+        if size > 0:
+            self.dropped += size
+            self.full = True
 
     async def flush(self) -> None:
         """Append what is buffered; on a Redis error keep it and re-raise."""
         async with self._flush_lock:
-            if not self._buffer:
-                return
-            data, size = "".join(self._buffer), self._buffered
+            if self._unsent is not None:
+                await self._send(self._unsent)
+            if self._buffer and not self.stale:
+                data = b"".join(self._buffer)
+                self._buffer, self._buffered = [], 0
+                self._seq += 1
+                await self._send(
+                    _Batch(f"{self._writer_id}:{self._seq}", entry_chunks(data), len(data))
+                )
+
+    async def _send(self, batch: _Batch) -> None:
+        """One ``_APPEND`` call; on a Redis error the batch stays ``_unsent``."""
+        if self.stale:
+            self._unsent = None
+            return
+        self._unsent = batch
+        fence = "" if self.fence is None else self.fence
+        result = await self._append(
+            keys=[self.job_key, self.key],
+            args=[fence, MAXLEN, now_ms(), batch.id, self._offset, *batch.chunks],
+        )
+        self._unsent = None
+        if not result:
+            self.stale = True
             self._buffer, self._buffered = [], 0
-            chunks = [data[i : i + ENTRY_BYTES] for i in range(0, len(data), ENTRY_BYTES)]
-            try:
-                if self.stale:
-                    return
-                fence = "" if self.fence is None else self.fence
-                if not await self._append(
-                    keys=[self.job_key, self.key], args=[fence, MAXLEN, now_ms(), *chunks]
-                ):
-                    self.stale = True
-                    return
-            except REDIS_DOWN:
-                self._buffer.insert(0, data)
-                self._buffered += size
-                raise
-            self.written += size
+            return
+        self._offset = int(result) - 1
+        self.written += batch.size
 
     async def _flush_loop(self) -> None:
         while not self._closed:
@@ -198,7 +319,7 @@ class LogWriter:
             self._wake.clear()
             try:
                 await self.flush()
-            except REDIS_DOWN as exc:  # kept in the buffer; the job goes on
+            except REDIS_DOWN as exc:  # kept to send again; the job goes on
                 log.warning("log of %s: Redis unavailable (%s); buffering", self.key, exc)
                 await asyncio.sleep(FLUSH_INTERVAL * 10)
 
@@ -214,13 +335,13 @@ class LogWriter:
             except Exception:  # the final flush below reports the problem
                 pass
         self.write(self._decoder.decode(b"", final=True))
-        if self.dropped:
+        if self.dropped and not self.stale:
             marker = (
                 f"\n[deployster] output truncated: {human_bytes(self.dropped)} over the "
                 f"{human_bytes(self.cap_bytes)} log cap were dropped\n"
-            )
-            self._buffer.append(marker)
-            self._buffered += len(marker.encode("utf-8"))
+            ).encode()
+            self._buffer.append(marker)  # past the cap: the one line allowed there
+            self._buffered += len(marker)
         deadline = time.monotonic() + CLOSE_RETRY_FOR
         while True:
             try:
@@ -228,8 +349,9 @@ class LogWriter:
                 return
             except REDIS_DOWN as exc:
                 if time.monotonic() > deadline:
+                    unsent = self._buffered + (self._unsent.size if self._unsent else 0)
                     log.error("log of %s: Redis unavailable for %ss; %s lost (%s)", self.key,
-                              CLOSE_RETRY_FOR, human_bytes(self._buffered), exc)
+                              CLOSE_RETRY_FOR, human_bytes(unsent), exc)
                     return
                 await asyncio.sleep(0.5)
 

@@ -16,8 +16,17 @@ Each secret value is looked for in the forms a command is likely to print it in:
 * base64, standard and URL-safe alphabets, at each of the three byte alignments,
   so it is found inside a longer blob too (``base64("user:" + value)``): the
   characters that only the value's bits determine, then the optional character
-  it shares with what follows and any ``=`` padding. For a value of more than 57
-  bytes, each 76-character line of ``base64``'s wrapped output is a form too.
+  it shares with what follows and any ``=`` padding;
+* with its control characters escaped, as a command's header line shows it
+  (``printable.command_header``), for a value that holds any.
+
+Wrapped base64: encoders break long blobs into lines (``base64`` at 76 columns,
+``openssl base64`` and PEM at 64), so an encoded secret may be split across a
+line break at any offset — ``(printf %050d 0; printf %s "$SECRET") | base64``.
+A line break (``\n``, ``\r\n`` or ``\r``) that ends a run of at least
+``B64_WRAP_MIN`` (64) base64 characters is taken out before searching, so the
+blob is searched as one line; a match across it is masked line by line, one
+``***`` on each side, the line break kept.
 
 A project token is found as is (its alphabet is URL- and shell-safe, so quoting
 leaves it unchanged) and in base64 by patterns derived the same way, with a
@@ -30,22 +39,27 @@ treated as a secret, even one that is not (``production`` is masked too).
 Streaming: ``feed(text)`` returns what is safe to emit now and holds back only a
 tail that could be the start of a secret (a proper prefix of some form, or the
 part of a match that could still grow), so ordinary output is not delayed while
-a secret split across two chunks is still caught; ``finish()`` releases the
-rest. No form holds a newline (values cannot), so nothing before the last
-newline of a chunk is ever held, and never more than the longest form. Matches
-are found with one compiled alternation (longest form first, so the longest
-match at a position wins); overlapping matches merge into one ``***``, adjacent
-ones give one ``***`` each.
+a secret split across two chunks, or across a wrapped line, is still caught;
+``finish()`` releases the rest. No form holds a newline (values cannot), so
+nothing before the last newline of a chunk is held — unless that newline ends a
+run of ``B64_WRAP_MIN`` base64 characters: whether such a line goes on as a blob
+is known only from the next one, so its last characters that could begin a
+form are held, with the line break, until the next chunk (or ``finish()``).
+Never more is held than the longest form and the line breaks within it; the
+masker remembers how many base64 characters it emitted last, so a wrap right
+after what it emitted is still seen. Matches are found with one compiled
+alternation (longest form first, so the longest match at a position wins);
+overlapping matches merge into one ``***``, adjacent ones give one ``***`` each.
 """
 
 from __future__ import annotations
 
-import base64
 import codecs
 import functools
 import json
 import re
 import shlex
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -55,16 +69,26 @@ from urllib.parse import quote, quote_plus
 from .access import TOKEN_BODY_LEN, TOKEN_PREFIX
 from .logstream import LogWriter
 from .models import Stage
+from .printable import escape_controls, find_control
 
 MASK = "***"
 MIN_SECRET_LEN = 4
-# base64's default line length (GNU coreutils): a longer blob is wrapped.
-B64_LINE = 76
+# Wrapped base64: a line break after at least this many characters of a base64
+# alphabet is taken to be one an encoder put inside a blob (base64 wraps at 76
+# columns, openssl base64 and PEM at 64), and the blob is searched as one line.
+B64_WRAP_MIN = 64
 # How many leading characters index the literal forms for the hold-back check.
 _HEAD = 8
 
 _STD = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _URLSAFE = _STD[:62] + "-_"
+_B64_CHARS = frozenset(_STD + "-_")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]*")
+# A wrap: a run of B64_WRAP_MIN or more base64 characters (matched from its
+# start, possessively: each run is scanned once), then "\r\n", "\n" or "\r".
+_WRAP = re.compile(rf"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{{{B64_WRAP_MIN},}}+(\r\n|\n|\r)")
+_BREAK = re.compile(r"\r\n|\n|\r")
+_BREAK_SPLIT = re.compile(r"(\r\n|\n|\r)")
 _BASE62 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ANY_BYTE = frozenset(range(256))
 # Characters bash's ``printf %q`` backslash-escapes (bash 5: lib/sh/shquote.c).
@@ -196,20 +220,13 @@ def _b64_forms(byte_sets: Sequence[frozenset[int]], alphabet: str) -> list[Form]
         )
         tail = None
         if end_bit % 6:
-            tail = frozenset(alphabet[v] for v in char_values(last))
+            # In either alphabet: the standard and URL-safe forms of a value share
+            # their characters when it encodes to no "+" or "/", and the first of
+            # them in the alternation wins, so its tail must take both ("_4=").
+            tail = frozenset(c for v in char_values(last) for c in (_STD[v], _URLSAFE[v]))
         if classes:
             forms.append(Form(classes, tail))
     return forms
-
-
-def _b64_wrapped_lines(encode: Iterable[bytes]) -> list[str]:
-    """Each line of ``base64``'s 76-column output, for a value long enough to wrap."""
-    lines: list[str] = []
-    for encoded in encode:
-        text = encoded.decode("ascii")
-        if len(text) > B64_LINE:
-            lines.extend(text[i : i + B64_LINE] for i in range(0, len(text), B64_LINE))
-    return [line for line in lines if len(line) >= MIN_SECRET_LEN]
 
 
 # ------------------------------------------------------------------ forms
@@ -240,8 +257,9 @@ def value_forms(value: str) -> list[Form]:
     for encoded in (quote(value), quote(value, safe=""), quote_plus(value)):
         literals.add(encoded)
         literals.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded))
+    if find_control(value):  # as a command's header line shows it (printable.py)
+        literals.add(escape_controls(value))
     raw = value.encode("utf-8", "surrogatepass")
-    literals.update(_b64_wrapped_lines((base64.b64encode(raw), base64.urlsafe_b64encode(raw))))
     forms = [_literal(text) for text in literals if text]
     byte_sets = [frozenset((b,)) for b in raw]
     for alphabet in (_STD, _URLSAFE):
@@ -309,6 +327,79 @@ def _compile(values: tuple[str, ...]) -> _Compiled:
 # ------------------------------------------------------------------ masker
 
 
+@dataclass(frozen=True)
+class _Unwrapped:
+    """A text with the line breaks inside wrapped base64 taken out (``text``),
+    and the way back to the original's positions."""
+
+    text: str
+    at: tuple[int, ...]  # where in ``text`` each removed break was
+    removed: tuple[int, ...]  # characters removed up to and including each break
+
+    def orig(self, pos: int) -> int:
+        """The original position of ``text[pos]``."""
+        k = bisect_right(self.at, pos)
+        return pos + (self.removed[k - 1] if k else 0)
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """A span of ``text`` in the original: the same characters, and the
+        breaks between them."""
+        return self.orig(start), self.orig(end - 1) + 1
+
+    def cut(self, pos: int, size: int) -> int:
+        """The original position of a cut before ``text[pos]`` (``size``: the
+        original's length, for a cut at the end)."""
+        return size if pos >= len(self.text) else self.orig(pos)
+
+    def joined(self, pos: int) -> int:
+        """How many characters of ``text`` come before original position ``pos``."""
+        k = 0
+        while k < len(self.at) and self.at[k] + (self.removed[k - 1] if k else 0) < pos:
+            k += 1
+        return pos - (self.removed[k - 1] if k else 0)
+
+
+def _unwrap(text: str, run_before: int) -> _Unwrapped | None:
+    """``text`` with its base64 wrap breaks taken out; None when it has none.
+
+    ``run_before``: how many base64 characters came just before ``text`` in the
+    stream (emitted already), so a wrap right at its start is still seen.
+    """
+    head = _B64_RUN.match(text).end()  # type: ignore[union-attr]
+    breaks: list[tuple[int, int]] = []
+    if run_before + head >= B64_WRAP_MIN and (first := _BREAK.match(text, head)) is not None:
+        breaks.append((head, first.end() - head))
+    # Most output has no line that long: a split is cheaper than the regex.
+    if len(text) - head > B64_WRAP_MIN and max(map(len, text.split("\n"))) >= B64_WRAP_MIN:
+        breaks.extend((m.start(1), m.end(1) - m.start(1)) for m in _WRAP.finditer(text, head))
+    if not breaks:
+        return None
+    parts, at, removed = [], [], []
+    pos = total = 0
+    for start, length in breaks:
+        parts.append(text[pos:start])
+        at.append(start - total)
+        total += length
+        removed.append(total)
+        pos = start + length
+    parts.append(text[pos:])
+    return _Unwrapped("".join(parts), tuple(at), tuple(removed))
+
+
+def _masked(segment: str, first_out: bool) -> str:
+    """A matched segment as ``***``: one per line of a wrapped blob, its line
+    breaks kept; ``first_out``: the first line's ``***`` was emitted already."""
+    if "\n" not in segment and "\r" not in segment:
+        return "" if first_out else MASK
+    out = []
+    for i, part in enumerate(_BREAK_SPLIT.split(segment)):
+        if i % 2:
+            out.append(part)  # a line break
+        elif part and not (i == 0 and first_out):
+            out.append(MASK)
+    return "".join(out)
+
+
 class Masker:
     """Replaces secrets in a stream of text by ``***`` (see the module docstring).
 
@@ -322,6 +413,9 @@ class Masker:
         # The first ``_carry`` characters of ``_pending`` belong to a match whose
         # ``***`` was already emitted.
         self._carry = 0
+        # How many base64 characters were emitted just before ``_pending`` (up
+        # to B64_WRAP_MIN): whether a line break at its start ends a wrapped line.
+        self._run = 0
 
     @property
     def held(self) -> str:
@@ -333,19 +427,34 @@ class Masker:
             text, self._pending = self._pending + text, ""
         if not text:
             return ""
-        spans = self._spans(text)
-        return self._emit(text, spans, self._hold_from(text, spans))
+        view = _unwrap(text, self._run)
+        joined = view.text if view else text
+        found = self._find(joined)
+        # Where to hold back from is worked out on the blob-as-one-line text, so a
+        # secret wrapped across lines is held like one split across chunks.
+        spans = [view.span(*span) for span in found] if view else found
+        if self._carry:
+            carried = (0, view.joined(self._carry) if view else self._carry)
+            found = _merge([carried, *found])
+            spans = _merge([(0, min(self._carry, len(text))), *spans])
+        cut_v = self._hold_from(joined, found)
+        return self._emit(text, spans, view.cut(cut_v, len(text)) if view else cut_v)
 
     def finish(self) -> str:
         text, self._pending = self._pending, ""
         if not text:
-            self._carry = 0
+            self._carry = self._run = 0
             return ""
-        return self._emit(text, self._spans(text), len(text))
+        spans = self._spans(text, self._run)
+        if self._carry:
+            spans = _merge([(0, min(self._carry, len(text))), *spans])
+        out = self._emit(text, spans, len(text))
+        self._run = 0
+        return out
 
     def mask(self, text: str) -> str:
         """``text`` masked all at once (not part of the stream)."""
-        return Masker._emit_spans(text, _merge(self._find(text)), len(text), 0)
+        return Masker._emit_spans(text, _merge(self._spans(text, 0)), len(text), 0)
 
     # -- internals
     def _find(self, text: str) -> list[tuple[int, int]]:
@@ -364,12 +473,13 @@ class Masker:
             pos = end
         return spans
 
-    def _spans(self, text: str) -> list[tuple[int, int]]:
-        spans = self._find(text)
-        if self._carry:
-            spans.insert(0, (0, min(self._carry, len(text))))
-            spans = _merge(spans)
-        return spans
+    def _spans(self, text: str, run_before: int) -> list[tuple[int, int]]:
+        """The matches in ``text`` (wrapped base64 searched as one line), as
+        spans of ``text``."""
+        view = _unwrap(text, run_before)
+        if view is None:
+            return self._find(text)
+        return [view.span(*span) for span in self._find(view.text)]
 
     def _hold_from(self, text: str, spans: list[tuple[int, int]]) -> int:
         """Where the tail that could still become (part of) a secret starts."""
@@ -404,6 +514,12 @@ class Masker:
         return cut
 
     def _emit(self, text: str, spans: list[tuple[int, int]], cut: int) -> str:
+        for start, end in spans:
+            # A cut inside a wrapped match goes before the line break it follows:
+            # the *** of the line after it is still to come.
+            if start < cut < end:
+                while cut > start and text[cut - 1] in "\r\n":
+                    cut -= 1
         out = Masker._emit_spans(text, spans, cut, self._carry)
         carry = 0
         for start, end in spans:
@@ -412,6 +528,7 @@ class Masker:
             if (start < cut or (start == 0 and self._carry)) and cut < end:
                 carry = end - cut
         self._pending, self._carry = text[cut:], carry
+        self._run = _run_before(text, cut, self._run)
         return out
 
     @staticmethod
@@ -424,12 +541,23 @@ class Masker:
             if start >= cut:
                 break
             parts.append(text[pos:start])
-            if not (start == 0 and carry):  # a carried match's *** is already out
-                parts.append(MASK)
+            # A carried match's first *** is already out.
+            parts.append(_masked(text[start:min(end, cut)], start == 0 and carry > 0))
             pos = end
         if pos < cut:
             parts.append(text[pos:cut])
         return "".join(parts)
+
+
+def _run_before(text: str, cut: int, before: int) -> int:
+    """How many base64 characters come just before ``text[cut]`` in the stream
+    (``before``: those before ``text``), counted up to B64_WRAP_MIN."""
+    i = cut
+    stop = max(cut - B64_WRAP_MIN, 0)
+    while i > stop and text[i - 1] in _B64_CHARS:
+        i -= 1
+    run = cut - i + (before if i == 0 else 0)
+    return min(run, B64_WRAP_MIN)
 
 
 def _is_partial(
@@ -486,10 +614,16 @@ class MaskingWriter:
         await self.close()
 
     def write_bytes(self, data: bytes) -> None:
+        if self.writer.full:  # past the log cap: count what was printed, mask nothing
+            self.writer.drop(len(data))
+            return
         self.write(self._decoder.decode(data))
 
     def write(self, text: str) -> None:
         if text and not self._finished:
+            if self.writer.full:
+                self.writer.drop(len(text.encode("utf-8", "replace")))
+                return
             out = self.masker.feed(text)
             if out:
                 self.writer.write(out)

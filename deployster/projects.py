@@ -3,11 +3,15 @@
 
 Pipeline stages are validated when they are entered, not when a deploy runs:
 keys must be identifiers and no value may hold a newline, CR or NUL, so a stage
-can never smuggle an extra line into ``.env``.
+can never smuggle an extra line into ``.env``. Stage names, branches and project
+paths are shown in logs, the dashboard and the CLI: they may hold no control
+character (``printable.find_control``), so none can forge or rewrite a line there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import re
@@ -17,29 +21,48 @@ from typing import Any, cast
 from databases import Database
 
 from . import store
+from .envfile import value_problem
 from .errors import Conflict, InvalidRequest, UnknownProject
 from .keys import Keys
 from .models import EnvVar, Project, Stage
+from .printable import describe_control, find_control
 from .redis_conn import Redis
 from .settings import Settings
 
 # \Z, not $: "$" also matches before a final newline ("KEY\n" would pass).
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-_FORBIDDEN = ("\n", "\r", "\x00")
 
 
 def normalise_path(path: str) -> str:
-    """One spelling per directory: absolute, symlinks resolved, no trailing slash."""
+    """The path as sent, made absolute and tidied lexically: ``.``, ``..``, ``//``
+    and a trailing slash collapsed, symlinks left alone.
+
+    Projects are matched first by this spelling, so a Capistrano-style
+    ``/srv/app/current`` symlink stays one project while it is switched from
+    ``releases/1`` to ``releases/2`` (see ``ProjectRegistry.match``). Raises
+    ``InvalidRequest`` (``invalid_cd``) for an empty, relative or NUL-holding path.
+    """
     if not path or not path.strip():
         raise InvalidRequest("'cd' must be a directory path", code="invalid_cd")
     if "\x00" in path:
         raise InvalidRequest("'cd' must not contain NUL bytes", code="invalid_cd")
+    if (control := find_control(path)) is not None:
+        raise InvalidRequest(f"'cd' must not contain control characters; found "
+                             f"{describe_control(control)} in {path!r}", code="invalid_cd")
     expanded = os.path.expanduser(path.strip())
     if not os.path.isabs(expanded):
         raise InvalidRequest(f"'cd' must be an absolute path, got {path!r}", code="invalid_cd")
-    real = os.path.realpath(expanded)
-    return real.rstrip("/") or "/"
+    # normpath keeps a leading "//" (POSIX leaves its meaning to the system);
+    # on Linux it is "/", and one directory must have one spelling here.
+    tidy = os.path.normpath("/" + expanded.lstrip("/"))
+    return tidy.rstrip("/") or "/"
+
+
+def real_path(path: str) -> str:
+    """The directory ``path`` (already normalised) names, every symlink resolved:
+    what the allowed-roots check and the "two spellings, one project" rule use."""
+    return os.path.realpath(path).rstrip("/") or "/"
 
 
 def validate_pipeline(raw: Any) -> tuple[Stage, ...]:
@@ -67,6 +90,11 @@ def validate_pipeline(raw: Any) -> tuple[Stage, ...]:
         if not isinstance(branch, str) or not branch.strip():
             raise InvalidRequest(f"{where}: 'git_branch' must be a non-empty string",
                                  code="invalid_pipeline")
+        for field, text in (("stage_name", name), ("git_branch", branch)):
+            if (control := find_control(text)) is not None:
+                raise InvalidRequest(f"{where}: '{field}' must not contain control characters;"
+                                     f" found {describe_control(control)}",
+                                     code="invalid_pipeline")
         if branch in branches:
             raise InvalidRequest(f"{where}: another stage already uses branch {branch!r}",
                                  code="invalid_pipeline")
@@ -101,12 +129,12 @@ def validate_pipeline(raw: Any) -> tuple[Stage, ...]:
             if not isinstance(value, str):
                 raise InvalidRequest(f"{where}: value of {key} must be a string",
                                      code="invalid_pipeline")
-            if any(c in value for c in _FORBIDDEN):
-                raise InvalidRequest(
-                    f"{where}: value of {key} contains a newline, carriage return or NUL, "
-                    "which .env cannot hold safely",
-                    code="invalid_pipeline",
-                )
+            # Refused now, not at deploy time: the .env must read back exactly
+            # in the app's dotenv library (rules in deployster/envfile.py).
+            problem = value_problem(value)
+            if problem is not None:
+                raise InvalidRequest(f"{where}: value of {key} {problem}",
+                                     code="invalid_pipeline")
             env.append(EnvVar(key, value))
         stages.append(Stage(name.strip(), branch.strip(), tuple(env)))
     return tuple(stages)
@@ -150,13 +178,20 @@ class ProjectRegistry:
         self.settings = settings
         self._version: str | None = None
         self._by_path: dict[str, Project] = {}
+        self._by_id: dict[int, Project] = {}
         self._by_token: dict[str, Project] = {}  # token hash -> project
         self._checked = False
         self.event_driven = False
+        # Registrations in this process take turns: two first deploys of one new
+        # directory arriving together (two CI runs) must make one project.
+        # Other processes are kept apart by the UNIQUE columns (see _register).
+        self._registering = asyncio.Lock()
 
     async def _bump(self) -> None:
         await self.redis.incr(self.keys.projects_version)
         await self.redis.publish(self.keys.events, json.dumps({"type": "projects"}))
+        # This process changed it: its next lookup must not wait for the event.
+        self._checked = False
 
     def invalidate(self) -> None:
         """Re-check the version on the next lookup (a 'projects' event arrived)."""
@@ -173,15 +208,27 @@ class ProjectRegistry:
         if version != self._version or version is None:
             projects = await store.select_projects(self.db)
             self._by_path = {p.path: p for p in projects}
+            self._by_id = {p.id: p for p in projects}
             self._by_token = {p.token_hash: p for p in projects if p.token_hash}
             self._version = version
 
     async def all(self) -> list[Project]:
-        await self._fresh()
+        """Every project by name; always as of now (one Redis GET, SQL only if
+        something changed), so a project registered a moment ago is listed."""
+        await self._fresh(force=True)
         return sorted(self._by_path.values(), key=lambda p: p.name)
 
-    async def for_deploy(self, cd: str) -> Project:
-        """The project a deploy to ``cd`` belongs to, self-registering it if allowed."""
+    async def match(self, cd: str) -> Project | None:
+        """The registered project a deploy to ``cd`` belongs to, or None.
+
+        First by the path as sent (``normalise_path``): a project registered at
+        ``/srv/app/current`` stays that project whichever release the symlink
+        points at. Failing that, by the directory ``cd`` resolves to: a project
+        whose own path resolves to the same directory is the same project (two
+        spellings of one directory are one project). That resolution is done
+        now, never cached, since symlinks move. Raises ``InvalidRequest`` for a
+        path that is not absolute.
+        """
         path = normalise_path(cd)
         await self._fresh()
         project = self._by_path.get(path)
@@ -191,18 +238,36 @@ class ProjectRegistry:
         project = self._by_path.get(path)
         if project is not None:
             return project
-        if not is_under(path, self.settings.allowed_roots):
+        real = real_path(path)
+        for candidate in self._by_path.values():
+            if real_path(candidate.path) == real:
+                return candidate
+        return None
+
+    async def for_deploy(self, cd: str) -> Project:
+        """The project a deploy to ``cd`` belongs to, self-registering it if allowed.
+
+        An unknown path is registered, as sent, when the directory it resolves
+        to lies under one of ``DEPLOYSTER_ALLOWED_ROOTS`` (resolved too: a
+        symlink out of a root is refused). Raises ``UnknownProject`` (404) when it
+        may not, ``InvalidRequest`` when it is no directory.
+        """
+        project = await self.match(cd)
+        if project is not None:
+            return project
+        path = normalise_path(cd)
+        real = real_path(path)
+        if not is_under(real, self.settings.allowed_roots):
+            resolves = f" (which resolves to {real})" if real != path else ""
             raise UnknownProject(
-                f"no project is registered at {path}. Register it on the server with "
-                f"'deployster project add {path}', or list its parent directory in "
+                f"no project is registered at {path}{resolves}. Register it on the server "
+                f"with 'deployster project add {path}', or list its parent directory in "
                 "DEPLOYSTER_ALLOWED_ROOTS.",
             )
-        if not os.path.isdir(path):
+        if not os.path.isdir(real):
             raise InvalidRequest(f"{path} is not a directory on the server", code="invalid_cd")
-        existing = await store.select_project_by_path(self.db, path)
-        if existing is not None:  # registered by another process a moment ago
-            return existing
-        return await self.add(path)
+        project, _created = await self._register(path)
+        return project
 
     async def add(
         self,
@@ -214,43 +279,83 @@ class ProjectRegistry:
         timeout: float | None = None,
         queue_policy: str | None = None,
     ) -> Project:
-        real = normalise_path(path)
-        if not os.path.isdir(real):
-            raise InvalidRequest(f"{real} is not a directory", code="invalid_cd")
+        """Register ``path`` (stored as given, made absolute and tidied).
+
+        Raises ``Conflict`` (``project_exists``) when a project already has this
+        directory, under any spelling, or, for an explicit ``name``, that name;
+        ``InvalidRequest`` for a bad path, name, pipeline, TTL, timeout or policy.
+        Nothing is stored unless every check passed.
+        """
+        spelled = normalise_path(path)
+        if not os.path.isdir(spelled):
+            raise InvalidRequest(f"{spelled} is not a directory", code="invalid_cd")
         stages = validate_pipeline(pipeline if pipeline is not None else [])
         _check_positive(lock_ttl, "lock TTL")
         _check_positive(timeout, "timeout")
         _check_policy(queue_policy)
-        if await store.select_project_by_path(self.db, real):
-            raise Conflict(f"a project is already registered at {real}", code="project_exists")
-        explicit = name is not None
-        if name is None:  # the directory's name, made safe ("my app" -> "my-app")
-            name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(real)).strip("-.")
-            name = (name or "project")[:100]
-        if not _NAME.match(name or ""):
+        if name is not None and not _NAME.match(name):
             raise InvalidRequest(
                 f"project name {name!r} must be 1-100 letters, digits, '.', '_' or '-'",
                 code="invalid_name",
             )
-        if await store.select_project_by_name(self.db, name):
-            if explicit:
-                raise Conflict(f"a project named {name!r} already exists; pick another --name",
-                               code="project_exists")
-            base, n = name, 2
-            while await store.select_project_by_name(self.db, f"{base}-{n}"):
-                n += 1
-            name = f"{base}-{n}"
-        project = await store.insert_project(
-            self.db,
-            name=name,
-            path=real,
+        project, created = await self._register(
+            spelled, name=name,
             pipeline_json=json.dumps([s.to_dict() for s in stages]),
             lock_ttl=lock_ttl or self.settings.default_lock_ttl,
             timeout=timeout or self.settings.default_timeout,
             queue_policy=queue_policy or "fifo",
         )
-        await self._bump()
+        if not created:
+            raise Conflict(f"a project is already registered at {project.path}",
+                           code="project_exists")
         return project
+
+    async def _register(
+        self,
+        path: str,
+        *,
+        name: str | None = None,
+        pipeline_json: str = "[]",
+        lock_ttl: float | None = None,
+        timeout: float | None = None,
+        queue_policy: str = "fifo",
+    ) -> tuple[Project, bool]:
+        """Insert a project at ``path`` unless one has that directory already;
+        returns (the project, whether this call created it).
+
+        No check-then-insert: the insert itself is conditional (the UNIQUE path
+        and name columns decide, see ``store.insert_project``), so racing
+        registrations from several processes never fail, and a name taken in
+        between moves on to the next free ``NAME-n``.
+        """
+        explicit = name is not None
+        if name is None:  # the directory's name, made safe ("my app" -> "my-app")
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(path)).strip("-.")
+            name = (name or "project")[:100]
+        async with self._registering:
+            existing = await self.match(path)
+            if existing is not None:
+                return existing, False
+            for n in itertools.count(1):
+                suffix = "" if n == 1 else f"-{n}"
+                candidate = name[: 100 - len(suffix)] + suffix
+                project = await store.insert_project(
+                    self.db, name=candidate, path=path, pipeline_json=pipeline_json,
+                    lock_ttl=lock_ttl or self.settings.default_lock_ttl,
+                    timeout=timeout or self.settings.default_timeout,
+                    queue_policy=queue_policy,
+                )
+                if project is not None:
+                    await self._bump()
+                    return project, True
+                holder = await store.select_project_by_path(self.db, path)
+                if holder is not None:  # another process registered it just now
+                    self._checked = False
+                    return holder, False
+                if explicit:
+                    raise Conflict(f"a project named {name!r} already exists; "
+                                   "pick another --name", code="project_exists")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def edit(
         self,
@@ -274,15 +379,17 @@ class ProjectRegistry:
                     f"project name {name!r} must be 1-100 letters, digits, '.', '_' or '-'",
                     code="invalid_name",
                 )
-            if await store.select_project_by_name(self.db, name):
-                raise Conflict(f"a project named {name!r} already exists", code="project_exists")
-        await store.update_project(
+        # No check-then-update: the UNIQUE name column decides, so a rename
+        # racing another one is a clear conflict, not a database error.
+        if not await store.update_project(
             self.db, project.id, name=name, pipeline_json=pipeline_json,
             lock_ttl=lock_ttl, timeout=timeout, queue_policy=queue_policy,
-        )
+        ):
+            raise Conflict(f"a project named {name!r} already exists", code="project_exists")
         await self._bump()
         updated = await store.select_project(self.db, project.id)
-        assert updated is not None
+        if updated is None:  # removed meanwhile by another process
+            raise UnknownProject(f"project {project.name!r} no longer exists")
         return updated
 
     async def by_token_hash(self, token_hash: str) -> Project | None:
@@ -308,9 +415,7 @@ class ProjectRegistry:
             project = await store.select_project(self.db, int(ref))
         if project is None and (ref.startswith("/") or ref.startswith("~") or ref == "."):
             try:
-                project = await store.select_project_by_path(
-                    self.db, normalise_path(os.path.abspath(os.path.expanduser(ref)))
-                )
+                project = await self.match(os.path.abspath(os.path.expanduser(ref)))
             except InvalidRequest:
                 project = None
         if project is None:
@@ -325,7 +430,7 @@ class ProjectRegistry:
         connection and thread per query) off that path cuts the hand-off time.
         """
         await self._fresh()
-        for project in self._by_path.values():
-            if project.id == project_id:
-                return project
+        project = self._by_id.get(project_id)
+        if project is not None:
+            return project
         return await store.select_project(self.db, project_id)

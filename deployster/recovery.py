@@ -12,18 +12,14 @@ passes to the next queued job. Server start-up runs this at once, so after a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import signal
-import time
 from typing import Any
 
-from . import logstream
+from . import procgroups
 from .models import Job, JobStatus, Reason
 from .procinfo import boot_id, hostname, pid_alive, process_identity
-from .runner import kill_group
 from .service import Deployster
 
 log = logging.getLogger("deployster.recovery")
@@ -73,32 +69,50 @@ async def runner_alive(core: Deployster, runner_id: str | None) -> bool:
     return _alive(info) if isinstance(info, dict) else True
 
 
-async def end_process_group(job: Job, grace: float) -> bool:
-    """SIGTERM, then SIGKILL, the job's process group if it is still ours."""
+def on_another_host(job: Job) -> bool:
+    """The job's processes run on another machine (its record says which)."""
+    host = job.extra.get("host")
+    return bool(host) and host != hostname()
+
+
+async def end_processes(job: Job, grace: float) -> bool:
+    """End every process of ``job`` on this machine, as a cancel does (SIGTERM,
+    up to ``grace`` seconds for all of them to exit, SIGKILL, then seen gone);
+    True if there were any.
+
+    Its recorded process group counts only while the group's leader is still
+    the process we started (a pid alone may name something else by now); and
+    any group holding a process whose environment names the job counts too,
+    so a group started just before a crash, before it was recorded, or left
+    behind by an earlier command, is found all the same.
+    """
+    groups = procgroups.job_groups(job.id)
     pgid, ident = job.extra.get("pgid"), job.extra.get("pg_ident")
-    if not pgid or not ident or job.extra.get("host") != hostname():
+    if pgid and ident and process_identity(int(pgid)) == ident:
+        groups.add(int(pgid))
+    if not groups:
         return False
-    if process_identity(int(pgid)) != ident:
-        return False  # gone, or the pid now names another process
-    kill_group(int(pgid), signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and process_identity(int(pgid)) == ident:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    kill_group(int(pgid), signal.SIGKILL)
-    return True
+    return bool((await procgroups.stop_groups(groups, grace)).signalled)
 
 
 async def end_orphan(core: Deployster, job: Job, reason: str, runner: str | None) -> str | None:
-    """End a running job whose runner is gone; returns the job started next."""
-    killed = await end_process_group(job, core.settings.kill_grace)
+    """End a running job whose runner is gone; returns the job started next.
+
+    Its processes are seen gone before the lock is freed. A job whose processes
+    run on another machine is left alone: they cannot be stopped from here,
+    and that machine's lease guard ends them before the lock expires (see
+    ``leaseguard.py``); the next claim then ends the job.
+    """
+    if on_another_host(job):
+        return None
+    killed = await end_processes(job, core.settings.kill_grace)
     notes = {Reason.INTERRUPTED.value: "the server running this job stopped",
              Reason.CANCELLED.value: "cancelled"}
     note = notes.get(str(reason), str(reason))
-    await logstream.append(
-        core.redis, core.keys, job.id,
-        f"\n[deployster] job ended: {note}{' (its processes were stopped)' if killed else ''}\n",
+    result = await core.queue.finish(
+        job, JobStatus.FAILED, reason=reason, runner=runner,
+        closing=f"job ended: {note}{' (its processes were stopped)' if killed else ''}",
     )
-    result = await core.queue.finish(job, JobStatus.FAILED, reason=reason, runner=runner)
     if result.ended:
         log.warning("job %s ended %s: its runner is gone", job.id, reason)
     return result.next_job

@@ -3,20 +3,59 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from .embedded_redis import ensure_embedded_redis
+from .outages import REDIS_DOWN, refusal
 from .settings import Settings
 
 Redis = aioredis.Redis
 
-# What a dropped or refused connection raises; callers turn it into a 503.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Re-exported: what a dropped, refused or write-refusing Redis raises (see
+# ``outages``); callers keep their state and retry, the API answers 503.
+__all__ = ["REDIS_DOWN", "Redis", "connect_redis", "redis_from_url", "resolve_redis_url"]
+
+
+class _Refusals:
+    """Reply parsing that raises ``outages.RedisRefused`` for the error replies
+    by which Redis refuses commands for now (MISCONF, OOM, READONLY…), including
+    the form Redis 6.2 gives them inside a script. redis-py leaves MISCONF a
+    plain ``ResponseError``, which nothing can tell apart from a bug.
+
+    A parser class of our clients only (redis-py's ``parser_class`` option), so
+    other users of redis-py in the process see its own behaviour.
+    """
+
+    @classmethod
+    def parse_error(cls, response: str) -> Any:
+        return refusal(response) or super().parse_error(response)  # type: ignore[misc]
+
+
+class _RESP2Parser(_Refusals, _AsyncRESP2Parser):
+    pass
+
+
+class _RESP3Parser(_Refusals, _AsyncRESP3Parser):
+    pass
+
+
+class _HiredisParser(_Refusals, _AsyncHiredisParser):
+    pass
+
+
+def _parser_for(protocol: object) -> type:
+    """redis-py swaps its own parsers to match the protocol, not a subclass: pick it here."""
+    if HIREDIS_AVAILABLE:
+        return _HiredisParser  # speaks both
+    return _RESP2Parser if str(protocol) == "2" else _RESP3Parser
 
 
 async def resolve_redis_url(settings: Settings) -> str:
@@ -26,7 +65,7 @@ async def resolve_redis_url(settings: Settings) -> str:
 
 
 def redis_from_url(url: str) -> Redis:
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         url,
         decode_responses=True,
         health_check_interval=15,
@@ -36,6 +75,11 @@ def redis_from_url(url: str) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    # Connections are made on first use, from these arguments; the protocol is
+    # known only now (a URL may say ?protocol=2).
+    kwargs = client.connection_pool.connection_kwargs
+    kwargs["parser_class"] = _parser_for(kwargs.get("protocol"))
+    return client
 
 
 async def connect_redis(settings: Settings) -> Redis:

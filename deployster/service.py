@@ -16,6 +16,7 @@ from databases import Database
 
 from . import store, tokens
 from .access import Principal
+from .clock import iso
 from .db import connect_database
 from .errors import Forbidden, NotFound
 from .ids import is_job_id, new_job_id
@@ -23,11 +24,15 @@ from .jobs import JobRecords, StatusRead
 from .keys import Keys
 from .lock import DeployLock
 from .models import Job, JobStatus, Project
-from .projects import ProjectRegistry, normalise_path
+from .outages import describe
+from .projects import ProjectRegistry
 from .queue import EnqueueResult, JobQueue
-from .redis_conn import REDIS_DOWN, Redis, connect_redis
+from .redis_conn import Redis, connect_redis
 from .settings import Settings
 from .validation import check_commands, check_text_fields
+
+# The health check's write probe expires after this long (one key per namespace).
+HEALTH_PROBE_TTL_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ class Deployster:
         """
         assert principal.project_id is not None
         own = await self.projects.get(principal.project_id)
-        if own is None or normalise_path(cd) != own.path:
+        named = await self.projects.match(cd)
+        if own is None or named is None or named.id != own.id:
             raise Forbidden(
                 f"this token deploys only to project {principal.project!r}; "
                 "use that project's directory as 'cd' (nothing was queued)",
@@ -190,18 +196,21 @@ class Deployster:
     # ----------------------------------------------------------------- health
     async def health(self) -> dict[str, Any]:
         async def redis_ok() -> str:
+            # A write, not a PING: a Redis refusing writes (OOM answers PING)
+            # cannot take a deploy, so it is down for this check.
             try:
-                await asyncio.wait_for(self.redis.ping(), 2)
+                await asyncio.wait_for(
+                    self.redis.set(self.keys.health, iso(), px=HEALTH_PROBE_TTL_MS), 2)
                 return "ok"
-            except (*REDIS_DOWN, TimeoutError) as exc:
-                return f"down: {type(exc).__name__}"
+            except Exception as exc:  # any error means "down" here, as for the database
+                return f"down: {describe(exc)}"
 
         async def db_ok() -> str:
             try:
                 await asyncio.wait_for(self.db.fetch_val("SELECT 1"), 2)
                 return "ok"
             except Exception as exc:  # any driver error means "down" here
-                return f"down: {type(exc).__name__}"
+                return f"down: {describe(exc)}"
 
         redis_state, db_state = await asyncio.gather(redis_ok(), db_ok())
         ok = redis_state == "ok" and db_state == "ok"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from typing import Any
 
 from databases import Database
@@ -45,30 +46,48 @@ def _project_from_row(row: Any) -> Project:
 async def insert_project(
     db: Database, *, name: str, path: str, pipeline_json: str, lock_ttl: float, timeout: float,
     queue_policy: str = "fifo",
-) -> Project:
+) -> Project | None:
+    """Insert a project; None, storing nothing, when another already holds this
+    ``path`` or ``name`` (both UNIQUE). Conditional in the statement itself, so
+    two processes registering at once never see a constraint error."""
     now = iso()
     project_id = await db.fetch_val(
         "INSERT INTO projects (name, path, pipeline_json, lock_ttl, timeout, queue_policy, "
         "created_at, updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, :policy, "
-        ":now, :now) RETURNING id",
+        ":now, :now) ON CONFLICT DO NOTHING RETURNING id",
         {"name": name, "path": path, "pipeline": pipeline_json, "ttl": lock_ttl,
          "timeout": timeout, "policy": queue_policy, "now": now},
     )
-    project = await select_project(db, int(project_id))
-    assert project is not None
-    return project
+    if project_id is None:
+        return None
+    return await select_project(db, int(project_id))
 
 
-async def update_project(db: Database, project_id: int, **fields: Any) -> None:
+def is_unique_violation(exc: BaseException) -> bool:
+    """A UNIQUE constraint refused the statement (SQLite or PostgreSQL)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc)
+    return type(exc).__name__ == "UniqueViolationError"  # asyncpg, class 23505
+
+
+async def update_project(db: Database, project_id: int, **fields: Any) -> bool:
+    """Set the given fields (None: unchanged). False, changing nothing, when a
+    new ``name`` or ``path`` is another project's by now (both are UNIQUE)."""
     allowed = {"name", "path", "pipeline_json", "lock_ttl", "timeout", "queue_policy"}
     sets = {k: v for k, v in fields.items() if k in allowed and v is not None}
     if not sets:
-        return
+        return True
     assignments = ", ".join(f"{k} = :{k}" for k in sets)
-    await db.execute(
-        f"UPDATE projects SET {assignments}, updated_at = :now WHERE id = :id",
-        {**sets, "now": iso(), "id": project_id},
-    )
+    try:
+        await db.execute(
+            f"UPDATE projects SET {assignments}, updated_at = :now WHERE id = :id",
+            {**sets, "now": iso(), "id": project_id},
+        )
+    except Exception as exc:
+        if is_unique_violation(exc):
+            return False
+        raise
+    return True
 
 
 async def set_project_token(db: Database, project_id: int, token_hash: str | None) -> None:

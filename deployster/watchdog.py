@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
 
 from .keys import Keys
 from .models import Job, Reason
@@ -57,39 +59,51 @@ class Watchdog:
             )
         )
 
-    async def guard(self, job: Job, runner: Runner) -> None:
-        """Run beside ``runner`` until cancelled; stops it when it must stop."""
+    async def guard(
+        self, job: Job, runner: Runner, on_renewed: Callable[[float], None] | None = None
+    ) -> None:
+        """Run beside ``runner`` until cancelled; stops it when it must stop.
+
+        The first beat renews the lease, then every TTL/3; ``on_renewed`` gets
+        the ``time.monotonic()`` at which each successful renewal was sent (the
+        lease then lasts at least the TTL from there: see ``leaseguard.py``).
+        After a cancel or a timeout the lease is still renewed while the job's
+        processes get their grace to exit; a lost lock ends the guard.
+        """
         renew_every = max(job.lock_ttl_ms / 3000.0, 0.05)
         started = time.monotonic()
         deadline = started + job.timeout
-        next_renew = started + renew_every
+        next_renew = started
         while True:
             now = time.monotonic()
             if now >= deadline:
                 runner.stop(Reason.TIMED_OUT)
-                return
+                deadline = math.inf
             renew = now >= next_renew
             try:
                 state = await self.beat(job, renew=renew)
             except REDIS_DOWN as exc:
-                # A cancel can surface as a TimeoutError from inside redis-py
-                # (an OSError on 3.11): never mistake our own stop for an outage.
+                # A cancel can surface as redis-py's TimeoutError (its read
+                # timeout converts it): never mistake our own stop for an outage.
+                # A Redis refusing writes (MISCONF, OOM) lands here too.
                 if _being_cancelled():
                     raise asyncio.CancelledError from exc
                 # Keep running: the lock's TTL covers a short outage, and the
-                # next beat after it renews or finds the lock lost.
+                # next beat after it renews or finds the lock lost. (Past the
+                # TTL the lease guard has ended the job's processes.)
                 log.warning("watchdog for %s: Redis unavailable (%s)", job.id, exc)
                 state = OK
             else:
                 if renew:
                     next_renew = now + renew_every
+                    if state in (OK, CANCEL_REQUESTED) and on_renewed is not None:
+                        on_renewed(now)
             if state == CANCEL_REQUESTED:
                 runner.stop(Reason.CANCELLED)
-                return
-            if state == LOCK_LOST:
+            elif state == LOCK_LOST:
                 runner.stop(Reason.LOCK_LOST)
                 return
-            if state == STALE:
+            elif state == STALE:
                 runner.stale = True
                 runner.stop(Reason.LOCK_LOST)
                 return

@@ -36,6 +36,7 @@ from deployster.db import connect_database
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.service import Deployster
 from deployster.settings import Settings
+from tests.helpers.redis_proxy import RedisProxy
 
 TOKEN = "test-token-0123456789"
 REPO = Path(__file__).resolve().parent.parent
@@ -287,6 +288,22 @@ def serving(settings: Settings, tmp_path: Path, **env: str) -> Iterator[LiveServ
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture
+def proxied(settings: Settings, tmp_path: Path, redis_url: str) -> Iterator[
+        tuple[LiveServer, RedisProxy]]:
+    """A live server that reaches Redis only through a ``RedisProxy`` (faults
+    injected on the wire: lost replies, cut connections)."""
+    if not redis_url.startswith("redis://"):
+        pytest.skip(f"the Redis proxy needs a TCP Redis, not {redis_url.split(':')[0]}")
+    with RedisProxy(redis_url) as proxy:
+        live = start_server(settings, tmp_path / "server.log",
+                            extra_env={"DEPLOYSTER_REDIS_URL": proxy.url})
+        try:
+            yield live, proxy
+        finally:
+            live.stop()
 
 
 @pytest.fixture

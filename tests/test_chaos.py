@@ -35,11 +35,13 @@ from tests.conftest import (
 
 
 def pid_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie that init has not reaped yet."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
         return True
-    return False
+    return state == "Z"
 
 
 async def wait_until_gone(pid: int, timeout: float = 15) -> bool:
@@ -316,3 +318,44 @@ async def test_sigterm_past_the_grace_interrupts_the_running_job(
     job = await core.jobs.get(job_id)
     assert job is not None and job.reason == "interrupted"
     assert await wait_until_gone(sleep_pid), "the interrupted job's `sleep 30` still runs"
+
+
+# ------------------------------------- kill -9 right after a command starts
+
+
+async def test_after_kill_9_the_orphan_is_gone_before_the_queued_job_starts(
+    settings: Settings, core: Deployster, project_dir: Path, tmp_path: Path,
+    live_servers: list[LiveServer],
+) -> None:
+    """The server is killed the moment the command has started (before it may
+    have recorded the command's process group): recovery must still end the
+    orphan, and see it gone, before the next job runs. Four trials."""
+    await core.projects.add(str(project_dir))
+    for trial in range(4):
+        pid_file, saw = tmp_path / f"pid-{trial}", tmp_path / f"saw-{trial}"
+        server = start_server(settings, tmp_path / f"s{trial}.log")
+        live_servers.append(server)
+        async with server.client() as client:
+            first = await deploy(client, project_dir, f"echo $$ > {pid_file} && exec sleep 120")
+            deadline = time.monotonic() + 20
+            while not pid_file.exists():  # kill -9 at once: no time to record anything
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.001)
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait(10)
+        orphan = int(await wait_for_file(pid_file))
+        restarted = start_server(settings, tmp_path / f"r{trial}.log")
+        live_servers.append(restarted)
+        async with restarted.client() as client:
+            # Gone, or a zombie (dead, not yet reaped by init).
+            second = await deploy(
+                client, project_dir,
+                f"case $(cut -d' ' -f3 /proc/{orphan}/stat 2>/dev/null) in ''|Z) echo gone;; "
+                f"*) echo alive;; esac > {saw}")
+            ended = await wait_for_status(client, first, timeout=30)
+            assert ended["reason"] == "interrupted"
+            assert (await wait_for_status(client, second, timeout=30))["status"] == "complete"
+        assert saw.read_text().strip() == "gone", (
+            f"trial {trial}: the orphan outlived recovery", ended["logs"])
+        assert await wait_until_gone(orphan)
+        restarted.stop()

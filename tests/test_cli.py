@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from deployster.access import TOKEN_PATTERN
+from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.conftest import REPO, LiveServer, free_port, one_line_error, settings_env
 
@@ -423,3 +424,52 @@ def test_job_logs_into_head_is_no_traceback(
         env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines()[1:] == ["[1/2] $ seq 1 300000", "1"]
     assert result.stderr == ""
+
+
+# ------------------------------------------------- a reader that goes away
+
+
+def _piped(env: dict[str, str], args: str, reader: str) -> tuple[int, str, str]:
+    """``deployster ARGS | READER`` through a real shell: (deployster's exit
+    status, the pipeline's stdout, its stderr)."""
+    result = subprocess.run(
+        ["bash", "-c",
+         f'"{sys.executable}" -m deployster {args} | {reader}; echo "exit=${{PIPESTATUS[0]}}"'],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    out, _, status = result.stdout.rstrip("\n").rpartition("exit=")
+    return int(status), out, result.stderr
+
+
+@pytest.mark.parametrize("args", ["project list", "project list --json"])
+async def test_a_reader_that_goes_away_ends_the_command_quietly(
+    core: Deployster, env: dict[str, str], tmp_path: Path, args: str
+) -> None:
+    # More than a pipe holds (64 KiB): the command is still writing when its
+    # reader goes, whatever the timing.
+    deep = tmp_path / ("d" * 200)
+    for number in range(400):
+        (deep / f"p{number}").mkdir(parents=True)
+        await core.projects.add(str(deep / f"p{number}"))
+    assert len(ok(deployster(env, *args.split()))) > 100_000
+
+    status, out, err = _piped(env, args, "head -1")
+    assert err == ""  # no "cannot reach Redis/database: [Errno 32] Broken pipe"
+    assert status in (0, 141)  # as coreutils: `seq 1 100000 | head -1` gives 141
+    assert len(out.splitlines()) == 1
+
+    status, out, err = _piped(env, args, "true")
+    assert (status, out, err) in ((0, "", ""), (141, "", ""))
+
+
+def test_a_real_outage_still_says_so_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    down = {**env, "DEPLOYSTER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    line = one_line_error(deployster(down, "project", "list"))
+    assert line.startswith("deployster: error: Redis is unavailable: ")
+
+    # Not an outage: a data dir the CLI cannot create says what is wrong with it.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    odd = {**env, "DEPLOYSTER_DATA_DIR": str(blocker / "data")}
+    del odd["DEPLOYSTER_REDIS_URL"]
+    line = one_line_error(deployster(odd, "project", "list"))
+    assert "Not a directory" in line and "Redis" not in line, line

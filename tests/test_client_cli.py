@@ -283,6 +283,15 @@ def run_cli_bytes(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Comp
     )
 
 
+def default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a shell's foreground command gets
+    them. The tests send both; a suite started in the background (``pytest &``
+    from a script) hands its children an ignored SIGINT, and Python then never
+    turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Running:
     """A client process whose stdout and stderr are read as they come."""
 
@@ -290,7 +299,7 @@ class Running:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "deployster", *args], env=env, cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True,
+            text=True, preexec_fn=default_signals,
         )
         self.out: list[str] = []
         self.err: list[str] = []

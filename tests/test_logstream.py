@@ -4,10 +4,27 @@ marker, UTF-8 across chunk boundaries, and reading from a stream id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import cast
 
+import httpx
+import pytest
+
+from deployster import logstream
 from deployster.ids import new_job_id
 from deployster.logstream import LogWriter, human_bytes, read_full_log, read_log
+from deployster.models import JobStatus
+from deployster.redis_conn import REDIS_DOWN, redis_from_url
 from deployster.service import Deployster
+from deployster.settings import Settings
+from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.helpers.redis_proxy import RedisProxy, script
+from tests.server.conftest import history_log
 
 BIG_CAP = 50 * 1024 * 1024
 
@@ -54,6 +71,16 @@ async def test_large_output_is_split_into_bounded_entries(core: Deployster) -> N
     assert len(sizes) > 1 and max(sizes) <= 64 * 1024
 
 
+async def test_entries_are_bounded_in_bytes_not_characters(core: Deployster) -> None:
+    job_id = new_job_id()
+    payload = "é" * 100_000 + "🐍" * 50_000  # 400,000 bytes in 150,000 characters
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP) as log:
+        log.write(payload)
+    assert await read_full_log(core.redis, core.keys, job_id) == payload
+    sizes = [len(text.encode()) async for _, text in read_log(core.redis, core.keys, job_id)]
+    assert sum(sizes) == 400_000 and max(sizes) <= 64 * 1024
+
+
 async def test_the_byte_cap_drops_the_rest_with_a_marker_saying_how_much(
     core: Deployster,
 ) -> None:
@@ -79,6 +106,18 @@ async def test_the_cap_never_splits_a_multibyte_character(core: Deployster) -> N
     text = await read_full_log(core.redis, core.keys, job_id)
     assert text.startswith("ééééé\n[deployster] output truncated: 10 bytes over")
     assert "\ufffd" not in text
+
+
+async def test_once_something_is_dropped_later_output_is_dropped_too(core: Deployster) -> None:
+    """The byte a character did not fit in is not filled by later output: what
+    is kept is always the start of the output."""
+    job_id = new_job_id()
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=11) as log:
+        log.write("é" * 6)  # 12 bytes: five fit, the sixth does not
+        log.write("a")
+    text = await read_full_log(core.redis, core.keys, job_id)
+    assert text == "ééééé\n[deployster] output truncated: 3 bytes over the 11 bytes log cap " \
+        "were dropped\n"
 
 
 async def test_no_marker_when_nothing_was_dropped(core: Deployster) -> None:
@@ -214,3 +253,232 @@ async def test_read_stream_from_any_byte_offset(core: Deployster) -> None:
             break
     assert "".join(texts).encode() == data
     assert await read_stream(core.redis, core.keys.log(new_job_id()), 0) is None
+
+
+# ------------------------------------------------------------ the byte cap, served
+
+
+def marker_pattern(cap: int) -> str:
+    return (r"\n\[deployster\] output truncated: \d+(\.\d)? (bytes|KB|MB|GB) over the "
+            + re.escape(human_bytes(cap)) + r" log cap were dropped\n")
+
+
+async def served_log(client: httpx.AsyncClient, job_id: str) -> str:
+    """The job's whole log as ``GET /jobs/<id>/logs`` pages it out, once it ended."""
+    await wait_for_status(client, job_id, timeout=60)
+    cursor, parts = 0, []
+    while True:
+        page = (await client.get(f"/jobs/{job_id}/logs", params={"from": cursor})).json()
+        parts.append(page["logs"])
+        cursor = page["next"]
+        if page["finished"]:
+            return "".join(parts)
+
+
+async def test_a_served_job_printing_4_mib_fast_keeps_at_most_the_cap_and_the_marker(
+    core: Deployster, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    """Output arriving while a batch is in flight counts against the cap too.
+    The job's output goes through the masker (a stage secret) on its way."""
+    cap = 1024 * 1024
+    pipeline = [{"stage_name": "Production", "git_branch": "main",
+                 "environment_variables": [{"key": "API_KEY", "value": "s3cr3t-v4lue"}]}]
+    await core.projects.add(str(project_dir), pipeline=pipeline)
+    live = start_server(settings, tmp_path / "server.log",
+                        extra_env={"DEPLOYSTER_LOG_CAP_BYTES": str(cap)})
+    command = "yes 0123456789abcdef-s3cr3t-v4lue | head -c 4194304"
+    try:
+        async with live.client() as client:
+            reply = await client.post("/deploy", json=deploy_body(project_dir, command))
+            job_id = reply.json()["job_id"]
+            text = await served_log(client, job_id)
+    finally:
+        live.stop()
+    stored = await history_log(core, job_id)
+    assert stored == text
+    kept, marker = re.split(r"(?=\n\[deployster\] output truncated)", text)
+    assert re.fullmatch(marker_pattern(cap), marker), marker
+    size = len(text.encode())
+    assert size <= cap + len(marker.encode()), f"{size} bytes stored for a {cap}-byte cap"
+    assert len(kept.encode()) > cap - 64  # not far below it either
+    # What was kept is the start of the job's (masked) output, nothing repeated.
+    body = kept.partition("| head -c 4194304\n")[2]
+    lines = len(body) // 21
+    assert body and "0123456789abcdef-***\n" * lines == body[: lines * 21]
+    # The marker counts what the job printed past what was kept (30 bytes a line
+    # before masking), give or take the chunk the cap fell in.
+    dropped = float(re.findall(r"truncated: ([\d.]+) MB", marker)[0])
+    assert abs(dropped - (4194304 - lines * 30) / 1024**2) < 0.1, marker
+
+
+async def test_output_written_during_a_flush_counts_against_the_cap(core: Deployster) -> None:
+    job_id = new_job_id()
+    cap = 300 * 1024
+    chunk = ("y" * 1023 + "\n") * 64  # 64 KiB, as the runner reads them
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=cap) as log:
+        for _ in range(64):  # 4 MiB
+            log.write(chunk)
+            await asyncio.sleep(0)  # the flusher takes the buffer, awaits Redis...
+    text = await read_full_log(core.redis, core.keys, job_id)
+    kept, marker = re.split(r"(?=\n\[deployster\] output truncated)", text)
+    assert kept.encode() == (chunk * 64).encode()[:cap]
+    assert re.fullmatch(marker_pattern(cap), marker), marker
+    assert log.dropped == 4 * 1024 * 1024 - cap
+
+
+# ------------------------------------------- appends are idempotent (lost replies)
+
+
+def numbered(count: int) -> str:
+    return "".join(f"line {i:05d}\n" for i in range(1, count + 1))
+
+
+async def test_a_batch_whose_reply_was_lost_is_appended_once(
+    core: Deployster, redis_url: str
+) -> None:
+    """Redis ran the append, the reply never came: redis-py's own retry (one lost
+    reply) and the writer's (three: redis-py gives up) must not append it again."""
+    job_id = new_job_id()
+    with RedisProxy(redis_url) as proxy:
+        client = redis_from_url(proxy.url)
+        # Not entered: no background flusher, the test decides when to flush.
+        log = LogWriter(client, core.keys, job_id, cap_bytes=BIG_CAP)
+        try:
+            for times in (1, 3, 1):
+                trap = proxy.lose_reply(script(logstream._APPEND), times=times)
+                log.write(f"batch for {times}\n")
+                with pytest.raises(REDIS_DOWN) if times == 3 else contextlib.nullcontext():
+                    await log.flush()
+                assert trap.wait(5) and trap.fired == times
+                await log.flush()
+            await log.close()
+        finally:
+            await client.aclose()
+    text = await read_full_log(core.redis, core.keys, job_id)
+    assert text == "batch for 1\nbatch for 3\nbatch for 1\n"
+
+
+async def test_a_lost_reply_then_someone_elses_append_neither_repeats_nor_blocks(
+    core: Deployster, redis_url: str
+) -> None:
+    """Recovery's closing line lands between the lost reply and the retry: the
+    batch is not appended again, and the writer goes on after that line."""
+    job_id = new_job_id()
+    with RedisProxy(redis_url) as proxy:
+        client = redis_from_url(proxy.url)
+        try:
+            log = LogWriter(client, core.keys, job_id, cap_bytes=BIG_CAP)
+            log.write("one\n")
+            await log.flush()
+            trap = proxy.lose_reply(script(logstream._APPEND), times=3)
+            log.write("two\n")
+            with pytest.raises(REDIS_DOWN):
+                await log.flush()
+            assert trap.fired == 3
+            await logstream.append(core.redis, core.keys, job_id, "closing\n")
+            await log.flush()
+            log.write("three\n")
+            await log.close()
+        finally:
+            await client.aclose()
+    assert await read_full_log(core.redis, core.keys, job_id) == "one\ntwo\nclosing\nthree\n"
+    entries = cast(list[tuple[str, dict[str, str]]],
+                   await core.redis.xrange(core.keys.log(job_id)))
+    ids = [entry_id for entry_id, _ in entries]
+    assert [logstream.entry_offset(i) for i in ids] == [0, 4, 8, 16]
+
+
+async def test_a_closing_line_sent_again_is_not_repeated(core: Deployster, redis_url: str) -> None:
+    """Recovery's line: redis-py retries it after a lost reply, and recovery may
+    end the same job again when recording its end failed the first time."""
+    job_id = new_job_id()
+    async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP) as log:
+        log.write("output\n")
+    with RedisProxy(redis_url) as proxy:
+        client = redis_from_url(proxy.url)
+        try:
+            trap = proxy.lose_reply(script(logstream._APPEND))
+            end = await logstream.append(client, core.keys, job_id, "\n[deployster] job ended\n")
+            assert trap.fired == 1
+        finally:
+            await client.aclose()
+    again = await logstream.append(core.redis, core.keys, job_id, "\n[deployster] job ended\n")
+    full = "output\n\n[deployster] job ended\n"
+    assert end == again == len(full)
+    assert await read_full_log(core.redis, core.keys, job_id) == full
+
+
+# The job for the served fault tests: numbered lines for a few seconds.
+LINES = 5000
+PRINTER = (f"{sys.executable} -u -c \"import time; [(print(f'line {{i:05d}}'), "
+           f"time.sleep(0.0012)) for i in range(1, {LINES + 1})]\"")
+
+
+def job_output(log: str) -> str:
+    """What the command printed, between its header line and the next command's;
+    every line deployster wrote around it is there once."""
+    before, header, rest = log.partition("[1/2] $ ")
+    out, header2, after = rest.partition("\n")[2].partition("[2/2] $ ")
+    assert header and header2, log[-2000:]
+    assert before.startswith("[deployster] job ") and before.count("\n") == 1, before
+    assert re.fullmatch(r"supervisorctl restart my-app--main\n"
+                        r"supervisorctl: restart my-app--main\n"
+                        r"\[deployster\] job complete in \d+\.\ds\n", after), after
+    return out
+
+
+async def run_printer(core: Deployster, live: LiveServer, project_dir: Path,
+                      faults: Callable[[], Awaitable[None]]) -> tuple[str, str]:
+    """Deploy ``PRINTER``, run ``faults`` once its output flows, return its log
+    via HTTP and from the SQL history."""
+    await core.projects.add(str(project_dir))
+    async with live.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(project_dir, PRINTER))
+        job_id = reply.json()["job_id"]
+        deadline = time.monotonic() + 20
+        while "line 00100" not in await read_full_log(core.redis, core.keys, job_id):
+            assert time.monotonic() < deadline, "no output"
+            await asyncio.sleep(0.02)
+        await faults()
+        job = await core.jobs.get(job_id)
+        assert job is not None and job.status is JobStatus.RUNNING, \
+            "the job ended before the faults were over: make it print for longer"
+        text = await served_log(client, job_id)
+        status = (await client.get(f"/jobs/{job_id}")).json()["status"]
+    assert status == "complete"
+    return text, await history_log(core, job_id)
+
+
+async def test_lost_replies_to_the_append_script_neither_lose_nor_repeat_a_line(
+    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path
+) -> None:
+    live, proxy = proxied
+    append = script(logstream._APPEND)
+
+    async def faults() -> None:
+        for times in (1, 1, 3, 1, 3):  # 3: redis-py's retries give up, the writer's go on
+            trap = proxy.lose_reply(append, times=times)
+            assert await asyncio.to_thread(trap.wait, 10)
+            await asyncio.sleep(0.1)
+        # Every reply lost for a second: each retry runs and is unanswered too.
+        window = proxy.lose_replies(append, 1.0)
+        assert await asyncio.to_thread(window.wait, 5)
+
+    text, stored = await run_printer(core, live, project_dir, faults)
+    assert job_output(text) == numbered(LINES)
+    assert stored == text
+
+
+async def test_cutting_every_redis_connection_for_a_second_loses_and_repeats_nothing(
+    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path
+) -> None:
+    live, proxy = proxied
+
+    async def faults() -> None:
+        for _ in range(2):
+            proxy.cut_all(1.0)
+            await asyncio.sleep(1.3)
+
+    text, stored = await run_printer(core, live, project_dir, faults)
+    assert job_output(text) == numbered(LINES)
+    assert stored == text

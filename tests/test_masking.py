@@ -17,6 +17,7 @@ from deployster.ids import new_job_id
 from deployster.logstream import LogWriter, read_full_log
 from deployster.masking import MASK, MIN_SECRET_LEN, Masker, MaskingWriter, job_secrets
 from deployster.models import EnvVar, Stage
+from deployster.printable import command_header
 from deployster.service import Deployster
 
 SECRET = "s3cr3t-Val:ue/42"
@@ -101,6 +102,149 @@ def test_a_long_value_in_wrapped_base64_output_is_masked_line_by_line() -> None:
     for line in wrapped.splitlines():
         assert line not in out
     assert out.count(MASK) == wrapped.count("\n")
+
+
+# ------------------------------------------------------------ wrapped base64
+
+
+def wrap(blob: str, width: int, eol: str = "\n") -> str:
+    """``blob`` as an encoder wraps it: lines of ``width`` characters."""
+    return "".join(blob[i:i + width] + eol for i in range(0, len(blob), width))
+
+
+def secret_span(blob: str, lead: int, size: int) -> tuple[int, int]:
+    """The characters of a base64 ``blob`` that a secret of ``size`` bytes
+    ``lead`` bytes in determines: from the first holding only its bits to the
+    one it shares with what follows, then any padding."""
+    start, end_bit = -(-8 * lead // 6), 8 * (lead + size)
+    end = end_bit // 6 + (1 if end_bit % 6 else 0)
+    while end_bit % 6 and end < len(blob) and blob[end] == "=":
+        end += 1
+    return start, end
+
+
+def wrap_masked(blob: str, width: int, span: tuple[int, int], eol: str = "\n") -> str:
+    """What the masker must make of ``wrap(blob, width)``: the span's
+    characters replaced, one ``***`` on each line they are on."""
+    out = []
+    for i in range(0, len(blob), width):
+        line = blob[i:i + width]
+        lo, hi = max(span[0] - i, 0), min(span[1] - i, len(line))
+        out.append((line[:lo] + MASK + line[hi:] if lo < hi else line) + eol)
+    return "".join(out)
+
+
+def wrapped_cases(value: str, width: int) -> list[tuple[str, str]]:
+    """(text, the text as masked) for ``value`` at every byte offset that puts
+    its first character in each column of a ``width``-column line (so every
+    alignment and every place the wrap can split it), followed by 0, 1 or 2
+    bytes (padding or not), in both alphabets."""
+    raw = value.encode()
+    cases = []
+    for lead in range(0, width * 3 // 4 + 3):
+        for trail in (0, 1, 2):
+            for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                blob = encode(b"\x01" * lead + raw + b"\xfe" * trail).decode()
+                span = secret_span(blob, lead, len(raw))
+                cases.append((f"$ encode\n{wrap(blob, width)}done\n",
+                              f"$ encode\n{wrap_masked(blob, width, span)}done\n"))
+    return cases
+
+
+@pytest.mark.parametrize("width", [76, 64])
+@pytest.mark.parametrize("value", [SECRET, NASTY, "abcd", "x" * 70 + "€"])
+def test_base64_wrapped_at_76_and_64_columns_is_masked_at_every_offset(
+    value: str, width: int
+) -> None:
+    masker = Masker([value])
+    for text, expected in wrapped_cases(value, width):
+        assert masker.mask(text) == expected, text
+
+
+@pytest.mark.parametrize("width", [76, 64])
+def test_a_wrapped_secret_is_masked_at_every_chunk_boundary(width: int) -> None:
+    for text, expected in wrapped_cases(SECRET, width)[::2]:
+        for cut in range(len(text) + 1):
+            masker = Masker([SECRET])
+            first = masker.feed(text[:cut])
+            got = first + masker.feed(text[cut:]) + masker.finish()
+            assert got == expected, (cut, first, got)
+
+
+def test_random_chunking_of_wrapped_base64_never_changes_the_result() -> None:
+    rng = random.Random(11)
+    for _ in range(150):
+        lead, width = rng.randrange(120), rng.choice((76, 64))
+        eol = rng.choice(("\n", "\r\n"))
+        raw = bytes(rng.randrange(256) for _ in range(lead)) + SECRET.encode()
+        blob = base64.b64encode(raw + b"tail").decode()
+        text = "ok\n" + wrap(blob, width, eol) + "after\n"
+        expected = wrap_masked(blob, width, secret_span(blob, lead, len(SECRET)), eol)
+        out, pos = [], 0
+        masker = Masker([SECRET])
+        while pos < len(text):
+            step = rng.randrange(1, 40)
+            out.append(masker.feed(text[pos:pos + step]))
+            pos += step
+        out.append(masker.finish())
+        assert "".join(out) == "ok\n" + expected + "after\n", (lead, width, repr(eol))
+
+
+@pytest.mark.parametrize(("encoder", "width"),
+                         [("base64", 76), ("base64 -w 64", 64), ("openssl base64", 64)])
+@pytest.mark.parametrize("value", [SECRET, SECRET * 10])
+def test_a_secret_in_wrapped_base64_from_real_encoders_is_masked(
+    encoder: str, width: int, value: str
+) -> None:
+    # The review's case is lead 50 with base64: the encoding of the secret ends
+    # one line and starts the next, and neither line was masked.
+    for lead in (50, 56, 40, 41, 47, 3):
+        printed = subprocess.run(
+            ["sh", "-c", f'(printf %0{lead}d 0; printf %s "$SECRET") | {encoder}'],
+            env={"SECRET": value, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+            check=True).stdout
+        blob = base64.b64encode(b"0" * lead + value.encode()).decode()
+        assert printed == wrap(blob, width)
+        start, end = secret_span(blob, lead, len(value))
+        out = Masker([value]).mask(printed)
+        assert out == wrap_masked(blob, width, (start, end)), lead
+        if start // width != (end - 1) // width:  # split by the wrap: one *** per line
+            assert out.count(MASK) == (end - 1) // width - start // width + 1
+
+
+def test_a_wrapped_project_token_is_masked_at_every_offset() -> None:
+    masker = Masker()  # a project token is masked by its shape, with no secrets given
+    for width in (76, 64):
+        for lead in range(width * 3 // 4 + 3):
+            blob = base64.b64encode(b"u" * lead + TOKEN.encode()).decode()
+            span = secret_span(blob, lead, len(TOKEN))
+            assert masker.mask(wrap(blob, width)) == wrap_masked(blob, width, span), lead
+
+
+def test_only_a_wrapped_line_that_could_go_on_into_a_secret_is_held() -> None:
+    line = base64.b64encode(b"\x01" * 57).decode()  # 76 characters
+    masker = Masker([SECRET])
+    # A full base64 line whose end could not begin the secret: nothing held.
+    assert masker.feed(line + "\n") == line + "\n"
+    assert masker.feed("plain " * 20 + "\n") == "plain " * 20 + "\n"
+    # One whose end could (the secret's encoding starts there): held, with its
+    # line break, until the next line says whether the blob goes on.
+    blob = base64.b64encode(b"\x01" * 55 + SECRET.encode()).decode()
+    start = secret_span(blob, 55, len(SECRET))[0]
+    assert start == 74
+    first = masker.feed(blob[:76] + "\n")
+    assert first == blob[:start] and masker.held == blob[start:76] + "\n"
+    assert masker.feed(blob[76:] + "\n") == f"{MASK}\n{MASK}\n"
+    # Short lines (not a wrap) hold nothing before their newline, as always.
+    masker = Masker([SECRET])
+    assert masker.feed(blob[:40] + "\n") == blob[:40] + "\n"
+
+
+def test_a_value_holding_a_control_character_is_masked_in_a_command_header() -> None:
+    value = "tab\tin-value\x1b"
+    header = command_header(1, 2, f"echo '{value}'")
+    assert "\\t" in header and "\x1b" not in header
+    assert Masker([value]).mask(header) == f"[1/2] $ echo '{MASK}'\n"
 
 
 @pytest.mark.parametrize("lead", [b"", b"a", b"ab", b"abc", b"Bearer:"])

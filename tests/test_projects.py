@@ -3,6 +3,7 @@ stages checked on entry, and self-registration only under the allowed roots."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -13,19 +14,17 @@ import pytest
 from deployster import store
 from deployster.errors import Conflict, InvalidRequest, UnknownProject
 from deployster.models import EnvVar, Stage
-from deployster.projects import normalise_path, validate_pipeline
+from deployster.projects import normalise_path, real_path, validate_pipeline
 from deployster.service import Deployster
 from deployster.settings import Settings
 
 # ------------------------------------------------------------ normalise_path
 
 
-def test_spellings_of_one_directory_normalise_to_one_path(tmp_path: Path) -> None:
+def test_spellings_of_one_path_normalise_to_one(tmp_path: Path) -> None:
     real = tmp_path / "apps" / "web"
     real.mkdir(parents=True)
-    link = tmp_path / "web-link"
-    link.symlink_to(real, target_is_directory=True)
-    expected = os.path.realpath(real)
+    expected = str(real)
 
     spellings = [
         str(real),
@@ -33,13 +32,24 @@ def test_spellings_of_one_directory_normalise_to_one_path(tmp_path: Path) -> Non
         f"{real}//",
         f"{real}/../web",
         f"{tmp_path}/apps/./web/",
-        str(link),
-        f"{link}/",
+        f"/{real}",  # a leading "//" is "/" on Linux
         f"  {real}  ",
     ]
     assert {normalise_path(s) for s in spellings} == {expected}
     assert not expected.endswith("/")
     assert normalise_path("/") == "/"
+    assert normalise_path("//") == "/"
+
+
+def test_a_symlink_keeps_its_own_spelling(tmp_path: Path) -> None:
+    """Matching by the path as sent is what keeps a Capistrano-style ``current``
+    one project while it moves between releases: no resolution here."""
+    real = tmp_path / "releases" / "1"
+    real.mkdir(parents=True)
+    current = tmp_path / "current"
+    current.symlink_to(real, target_is_directory=True)
+    assert normalise_path(f"{current}/") == str(current)
+    assert real_path(str(current)) == os.path.realpath(real)
 
 
 @pytest.mark.parametrize("bad", ["apps/web", "./web", "web", "", "   ", "/srv/a\x00b"])
@@ -161,7 +171,7 @@ async def test_add_names_the_project_after_its_directory(
 ) -> None:
     project = await core.projects.add(f"{project_dir}/")
     assert project.name == "my-app"
-    assert project.path == os.path.realpath(project_dir)
+    assert project.path == str(project_dir)
     assert project.lock_ttl == core.settings.default_lock_ttl
     assert project.timeout == core.settings.default_timeout
     assert project.pipeline == ()
@@ -322,7 +332,7 @@ async def test_path_under_an_allowed_root_self_registers_once(
     app = root / "shop"
     app.mkdir()
     first = await rooted_core.projects.for_deploy(str(app))
-    assert (first.name, first.path) == ("shop", os.path.realpath(app))
+    assert (first.name, first.path) == ("shop", str(app))
     second = await rooted_core.projects.for_deploy(f"{root}/./shop/")
     assert second == first
     assert [p.id for p in await store.select_projects(rooted_core.db)] == [first.id]
@@ -364,7 +374,101 @@ async def test_a_symlink_escaping_the_root_does_not_self_register(
     (root / "sneaky").symlink_to(project_dir)
     with pytest.raises(UnknownProject) as err:
         await rooted_core.projects.for_deploy(str(root / "sneaky"))
-    assert f"deployster project add {os.path.realpath(project_dir)}" in err.value.message
+    assert f"(which resolves to {os.path.realpath(project_dir)})" in err.value.message
+    assert await rooted_core.projects.all() == []
+
+
+async def test_a_symlink_into_the_root_self_registers_as_sent(
+    rooted_core: Deployster, root: Path, tmp_path: Path
+) -> None:
+    """The roots check uses the resolved path; the project keeps the path as sent."""
+    (root / "shop").mkdir()
+    outside = tmp_path / "shop-link"
+    outside.symlink_to(root / "shop")
+    project = await rooted_core.projects.for_deploy(str(outside))
+    assert project.path == str(outside)
+    # The directory it names is that project, however it is spelled.
+    assert await rooted_core.projects.for_deploy(str(root / "shop")) == project
+
+
+# ------------------------------------------------- a Capistrano-style current
+
+
+async def test_a_switched_current_symlink_stays_one_project(
+    rooted_core: Deployster, root: Path
+) -> None:
+    """``current`` moved from releases/1 to releases/2 between two deploys (the
+    usual release switch) is the same project; so is the release it points at."""
+    app = root / "app"
+    (app / "releases" / "1").mkdir(parents=True)
+    (app / "releases" / "2").mkdir()
+    current = app / "current"
+    current.symlink_to(app / "releases" / "1", target_is_directory=True)
+    first = await rooted_core.projects.for_deploy(str(current))
+    assert first.path == str(current)
+
+    current.unlink()
+    current.symlink_to(app / "releases" / "2", target_is_directory=True)
+    assert await rooted_core.projects.for_deploy(f"{current}/") == first
+    # The release it now points at resolves to the project's directory.
+    assert await rooted_core.projects.for_deploy(str(app / "releases" / "2")) == first
+    # The old release is another directory: under the root, a project of its own.
+    other = await rooted_core.projects.for_deploy(str(app / "releases" / "1"))
+    assert other.id != first.id
+    assert len(await rooted_core.projects.all()) == 2
+
+
+async def test_add_refuses_a_second_spelling_of_a_switched_current(
+    core: Deployster, tmp_path: Path
+) -> None:
+    release = tmp_path / "releases" / "7"
+    release.mkdir(parents=True)
+    current = tmp_path / "current"
+    current.symlink_to(release, target_is_directory=True)
+    project = await core.projects.add(str(current))
+    with pytest.raises(Conflict, match=f"already registered at {current}"):
+        await core.projects.add(str(release), name="release-7")
+    assert await core.projects.find(str(release)) == project
+
+
+# ------------------------------------------------------ racing registrations
+
+
+async def test_racing_first_deploys_of_one_directory_make_one_project(
+    rooted_core: Deployster, settings: Settings, root: Path
+) -> None:
+    """Two CI runs (here in two processes' worth of cores) deploy a new directory
+    at once: each gets the one project, none an error."""
+    app = root / "fresh"
+    app.mkdir()
+    other = await Deployster.open(settings.with_overrides(allowed_roots=[root]))
+    try:
+        results = await asyncio.gather(
+            *[core.projects.for_deploy(str(app)) for core in (rooted_core, other) * 4]
+        )
+    finally:
+        await other.close()
+    assert {p.id for p in results} == {results[0].id}
+    assert [p.path for p in await rooted_core.projects.all()] == [str(app)]
+
+
+async def test_racing_new_directories_with_one_name_get_distinct_names(
+    rooted_core: Deployster, settings: Settings, root: Path
+) -> None:
+    dirs = [root / team / "web" for team in ("a", "b", "c")]
+    for path in dirs:
+        path.mkdir(parents=True)
+    other = await Deployster.open(settings.with_overrides(allowed_roots=[root]))
+    try:
+        results = await asyncio.gather(
+            rooted_core.projects.for_deploy(str(dirs[0])),
+            other.projects.for_deploy(str(dirs[1])),
+            rooted_core.projects.for_deploy(str(dirs[2])),
+        )
+    finally:
+        await other.close()
+    assert sorted(p.name for p in results) == ["web", "web-2", "web-3"]
+    assert sorted(p.path for p in results) == sorted(str(d) for d in dirs)
 
 
 # ------------------------------------------------------------------- cache

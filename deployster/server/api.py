@@ -28,7 +28,8 @@ QUEUED_MESSAGE = "Another deployment is running; this job is queued."
 async def deploy(data: DeployBody) -> Any:
     """Queue a deploy; it starts at once when the project's lock is free.
 
-    The last command must be `supervisorctl start|restart <program>`.
+    The last command must be exactly `supervisorctl start|restart <program>`, on
+    one line, with nothing chained after it (else 422 `invalid_last_command`).
     """
     result = await core().submit(DeployRequest(**data.model_dump()), principal=principal())
     if result.started:

@@ -7,17 +7,13 @@ from typing import Any
 
 from quart import Quart, request
 from quart_schema import RequestSchemaValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from ..db import DATABASE_DOWN
 from ..errors import DeploysterError, NotFound
-from ..redis_conn import REDIS_DOWN
+from ..outages import Outage, RedisRefused, classify, describe
 
 log = logging.getLogger("deployster.server")
 
-RedisError = (RedisConnectionError, RedisTimeoutError)
 # A backing service is down: clients (and the seed's curl loop) may retry soon.
 RETRY_SOON = {"Retry-After": "5"}
 
@@ -78,23 +74,28 @@ def register_error_handlers(app: Quart) -> None:
             return {"error": f"no such endpoint: {request.method} {request.path}",
                     "code": "not_found"}, 404
         if code == 405:
-            return {"error": f"{request.method} is not allowed on {request.path}",
-                    "code": "method_not_allowed"}, 405
+            # RFC 9110: a 405 lists the methods the resource supports in Allow.
+            methods = sorted(getattr(exc, "valid_methods", None) or ())
+            headers = {"Allow": ", ".join(methods)} if methods else {}
+            return {"error": f"{request.method} is not allowed on {request.path}"
+                             + (f"; use {', '.join(methods)}" if methods else ""),
+                    "code": "method_not_allowed"}, 405, headers
         name = (exc.name or "error").lower().replace(" ", "_")
         return {"error": exc.description or exc.name, "code": name}, code
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Any:
-        if isinstance(exc, RedisError):
-            return {"error": "Redis is unavailable; try again shortly",
+        outage = classify(exc)
+        if outage is Outage.REDIS:
+            log.warning("Redis error on %s %s: %s: %s", request.method, request.path,
+                        type(exc).__name__, exc)
+            what = f"is {describe(exc)}" if isinstance(exc, RedisRefused) else "is unavailable"
+            return {"error": f"Redis {what}; try again shortly",
                     "code": "redis_unavailable"}, 503, RETRY_SOON
-        if isinstance(exc, DATABASE_DOWN):
+        if outage is Outage.DATABASE:
             log.warning("database error on %s %s: %s", request.method, request.path, exc)
             return {"error": "the database is unavailable; try again shortly",
                     "code": "database_unavailable"}, 503, RETRY_SOON
-        if isinstance(exc, REDIS_DOWN):
-            return {"error": "a backing service is unavailable; try again shortly",
-                    "code": "service_unavailable"}, 503, RETRY_SOON
         log.exception("unhandled error on %s %s", request.method, request.path)
         return {"error": "internal error; the server log has the details",
                 "code": "internal_error"}, 500

@@ -1,4 +1,5 @@
-"""``GET /healthz``: no auth; 200 when Redis and the database answer, else 503."""
+"""``GET /healthz``: no auth; 200 when Redis takes a write and the database answers,
+else 503 naming what is down (``Deployster.health``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ blueprint = Blueprint("health", __name__)
 @document_response(HealthReply, 200)
 @document_response(HealthReply, 503)
 async def healthz() -> Any:
-    """Whether Redis and the database answer (no token needed)."""
+    """Whether Redis takes writes and the database answers (no token needed).
+
+    `redis`/`database` are `ok` or `down: <why>`, e.g. `down: ConnectionError`, or
+    `down: refusing writes (MISCONF)` for a Redis that cannot persist (a full disk).
+    """
     state = await core().health()
     return state, 200 if state["status"] == "ok" else 503

@@ -15,11 +15,10 @@ from quart import Blueprint, Response, current_app, request
 from quart_schema import document_headers, document_querystring, document_response
 
 from ..access import Principal
-from ..db import DATABASE_DOWN
 from ..errors import DeploysterError, TooBusy
 from ..logs import MAX_CURSOR, follow, job_record, read_logs, visible_job
 from ..models import Job, JobStatus
-from ..redis_conn import REDIS_DOWN
+from ..outages import classify
 from ..service import Deployster
 from .auth import principal, require_token
 from .context import core
@@ -32,7 +31,6 @@ blueprint = Blueprint("job_reads", __name__)
 # How long one wait for new output blocks (XREAD BLOCK) before the job's status
 # is looked at again: the latency of status and end events.
 WAIT = 0.5
-BACKEND_DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, *DATABASE_DOWN)
 # One log event carries at most this many bytes of text.
 EVENT_BYTES = 64 * 1024
 
@@ -62,10 +60,12 @@ class InvalidCursor(DeploysterError):
 
 
 def parse_cursor(raw: str | None, what: str) -> int:
-    """A non-negative integer byte offset; missing or empty means 0."""
-    if raw is None or raw == "":
+    """A non-negative integer byte offset; missing means 0. Raises InvalidCursor
+    (400) for anything else, an empty value included, as the OpenAPI schema
+    says (an integer >= 0): what it refuses, the server refuses."""
+    if raw is None:
         return 0
-    text = raw.strip()
+    text = raw
     if not text.isascii() or not text.isdigit():
         raise InvalidCursor(f"{what} must be a non-negative integer byte offset, got {raw!r}")
     try:
@@ -73,6 +73,14 @@ def parse_cursor(raw: str | None, what: str) -> int:
     except ValueError:  # more digits than Python parses
         raise InvalidCursor(f"{what} is too large") from None
     return min(value, MAX_CURSOR + 1)
+
+
+def query_cursor() -> int:
+    """``?from=``: once at most (a repeated one is no integer)."""
+    values = request.args.getlist("from")
+    if len(values) > 1:
+        raise InvalidCursor("'from' must be given once")
+    return parse_cursor(values[0] if values else None, "'from'")
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -101,7 +109,7 @@ async def logs(job_id: str) -> Any:
     Pages hold at most 1 MiB; ask again with `from` = the reply's `next` until
     `finished` is true. A cursor past the end returns no text and `next` = `from`.
     """
-    start = parse_cursor(request.args.get("from"), "'from'")
+    start = query_cursor()
     read = await read_logs(core(), job_id, start, principal=principal())
     return {
         "job_id": read.job.id,
@@ -194,14 +202,15 @@ async def events(
             elif now - last_sent >= keepalive:
                 last_sent = now
                 yield b": keep-alive\n\n"
-    except BACKEND_DOWN as exc:  # the headers are sent: say it in-band
-        log.warning("stream of job %s ended early: %s: %s", job_id, type(exc).__name__, exc)
-        yield sse("error", {"error": "a backing service failed; reconnect with Last-Event-ID",
-                            "code": "service_unavailable"})
-    except Exception:
-        log.exception("stream of job %s failed", job_id)
-        yield sse("error", {"error": "internal error; the server log has the details",
-                            "code": "internal_error"})
+    except Exception as exc:  # the headers are sent: say it in-band
+        if classify(exc) is None:
+            log.exception("stream of job %s failed", job_id)
+            yield sse("error", {"error": "internal error; the server log has the details",
+                                "code": "internal_error"})
+        else:
+            log.warning("stream of job %s ended early: %s: %s", job_id, type(exc).__name__, exc)
+            yield sse("error", {"error": "a backing service failed; reconnect with Last-Event-ID",
+                                "code": "service_unavailable"})
 
 
 @blueprint.get("/jobs/<job_id>/stream")
@@ -213,11 +222,11 @@ async def events(
 @document_response(ErrorReply, 429)
 async def stream(job_id: str) -> Any:
     # The description (STREAM_DESCRIPTION) is appended below.
+    # Both are checked; the header, when sent, wins.
+    start = query_cursor()
     header = request.headers.get("Last-Event-ID")
-    if header is not None and header.strip():
+    if header is not None:
         start = parse_cursor(header, "Last-Event-ID")
-    else:
-        start = parse_cursor(request.args.get("from"), "'from'")
     the_core, who = core(), principal()
     await visible_job(the_core, job_id, who)  # 404 now, not inside the stream
     slots = current_app.extensions.setdefault("deployster.streams", StreamSlots())

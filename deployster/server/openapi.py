@@ -3,9 +3,13 @@ routes' models; this adds what every route shares and the SSE reply.
 
 - Every route answers 503 ``{"error", "code"}`` while Redis or the database is
   down, and every token-protected route 403 for a missing or wrong token.
-- A route with a JSON body may answer 400 (not JSON), 413 (too large), 415 (not
-  sent as JSON) and 422 (wrong shape), from the app-wide handlers.
+- A route with a JSON body requires it, and may answer 400 (not JSON), 413 (too
+  large), 415 (not sent as JSON) and 422 (wrong shape, or no body), from the
+  app-wide handlers.
 - ``GET /jobs/{job_id}/stream`` answers ``text/event-stream``.
+- ``POST /deploy``'s ``commands.maxItems`` is the running server's
+  ``DEPLOYSTER_MAX_COMMANDS``. (A command's limit is in bytes, which JSON Schema
+  cannot say: it is in the description.)
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class DeploysterOpenAPI(OpenAPIProvider):
         return paths, components
 
     def _complete(self, operation: dict[str, Any], func: Any) -> None:
+        self._limit_commands(operation)
         responses = operation["responses"]
         media_type = getattr(func, "deployster_media_type", None)
         if media_type:  # a file served as is: no JSON, no backend behind it
@@ -74,6 +79,8 @@ class DeploysterOpenAPI(OpenAPIProvider):
             extra.update(_PROTECTED)
         if "requestBody" in operation:
             extra.update(_WITH_BODY)
+            # quart-schema leaves it optional; a request without one is a 422.
+            operation["requestBody"]["required"] = True
         for status, description in extra.items():
             if status not in responses:  # quart-schema's keys are ints too
                 responses[status] = _error(description)
@@ -82,6 +89,19 @@ class DeploysterOpenAPI(OpenAPIProvider):
                 "description": "Server-Sent Events (see the operation's description).",
                 "content": {"text/event-stream": {"schema": _event_schema()}},
             }
+
+
+    def _limit_commands(self, operation: dict[str, Any]) -> None:
+        """The body's ``commands`` limits, as this server's settings have them."""
+        core = self._app.extensions.get("deployster")
+        if core is None:  # not serving: the defaults stay
+            return
+        content = operation.get("requestBody", {}).get("content", {})
+        schema = content.get("application/json", {}).get("schema", {})
+        commands = schema.get("properties", {}).get("commands")
+        if commands is None or "maxItems" not in commands:
+            return
+        commands["maxItems"] = core.settings.max_commands
 
 
 def _event_schema() -> dict[str, Any]:

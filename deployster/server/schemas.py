@@ -6,19 +6,54 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..printable import CONTROL_CLASS
+from ..validation import MAX_COMMANDS
+
+# JSON Schema patterns (ECMA 262, \uXXXX escapes) of what deployster/validation.py
+# takes. No control character in a field that is no command (printable.py):
+_CONTROLS = "".join(c if c == "-" else f"\\u{ord(c):04x}" for c in CONTROL_CLASS)
+NO_CONTROLS = rf"^[^{_CONTROLS}]*$"
+# An absolute path: "/…", or "~" and "~/…" (expanded to the server's home).
+ABSOLUTE_PATH = rf"^(?:/[^{_CONTROLS}]*|~|~/[^{_CONTROLS}]*)$"
+# A command: no NUL, and not only whitespace (as Python's str.isspace() sees it,
+# which is what the server checks with; every such character is below U+3001).
+_SPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+COMMAND = rf"^[^\u0000]*[^\u0000{_SPACE}][^\u0000]*$"
+
 
 class DeployBody(BaseModel):
     """The seed's ``POST /deploy`` body."""
 
+    # The json_schema_extra constraints document the checks of
+    # deployster/validation.py in the OpenAPI schema; pydantic does not enforce
+    # them, so those checks still answer with their own codes (empty_commands…).
+    # openapi.py puts the running server's limits in place of the defaults.
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    cd: str = Field(description="The project directory on the server.")
-    commands: list[str] = Field(
-        description="Shell commands run in order; the last must be "
-        "'supervisorctl start|restart <program>'."
+    cd: str = Field(
+        description="The project directory on the server (an absolute path); no control "
+        "characters.",
+        json_schema_extra={"pattern": ABSOLUTE_PATH},
     )
-    commit_hash: str
-    ref_name: str = Field(description="The branch; selects the pipeline stage.")
+    commands: list[str] = Field(
+        description="Shell commands run in order: at least one, at most "
+        "DEPLOYSTER_MAX_COMMANDS; each with no NUL, not only whitespace, and at most "
+        "DEPLOYSTER_MAX_COMMAND_BYTES bytes of UTF-8 (else 422 command_too_long; the whole "
+        "body at most DEPLOYSTER_MAX_BODY_BYTES, else 413). "
+        "The last must be exactly 'supervisorctl start <program>' or 'supervisorctl "
+        "restart <program>' (a program or group:* name, an optional sudo, binary path and "
+        "-c config), on one line, with nothing chained after it (no newline, ';', '&&', "
+        "'||', '|', '&', backticks or '$('); else 422 invalid_last_command.",
+        json_schema_extra={
+            "minItems": 1,
+            "maxItems": MAX_COMMANDS,
+            "items": {"type": "string", "minLength": 1, "pattern": COMMAND},
+        },
+    )
+    commit_hash: str = Field(description="The commit to deploy; no control characters.",
+                             json_schema_extra={"pattern": NO_CONTROLS})
+    ref_name: str = Field(description="The branch; selects the pipeline stage. No control "
+                          "characters.", json_schema_extra={"pattern": NO_CONTROLS})
 
 
 class DeployAccepted(BaseModel):

@@ -170,7 +170,8 @@ class DeploysterApp(App[None]):
 
     def report_error(self, what: str, exc: BaseException) -> None:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        self.notify(f"{what}: {message}", severity="error", timeout=8)
+        # An error message may quote a request's text: never read as markup.
+        self.notify(f"{what}: {message}", severity="error", timeout=8, markup=False)
 
 
 def _user() -> str:

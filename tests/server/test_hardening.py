@@ -7,18 +7,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import jsonschema_rs
 
 from deployster import store, tokens
 from deployster.models import Project
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.conftest import (
+    REPO,
+    LiveServer,
+    deploy_body,
+    one_line_error,
+    settings_env,
+    start_server,
+    wait_for_status,
+)
 
 UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
 MIB = 1024 * 1024
@@ -359,4 +370,195 @@ async def test_a_revoked_token_stops_its_open_stream_at_once(
             assert not any("tick-100" in line for line in lines)
         async with server.client() as admin:
             await admin.post(f"/jobs/{job_id}/cancel")
+    no_traceback(server)
+
+
+# ------------------------------------------------------- the last command
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``deployster …`` run as an operator would, against ``settings``."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DEPLOYSTER_")},
+           **settings_env(settings)}
+    return subprocess.run([sys.executable, "-m", "deployster", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+RESTART = "supervisorctl restart my-app--main"
+CHAINED = {
+    f"{RESTART}\nid": "line break '\\n'",
+    f"{RESTART}\r\nid": "line break '\\r'",
+    f"{RESTART}\n": "line break '\\n'",
+    f"{RESTART}\u2028id": "line break '\\u2028'",
+    f"{RESTART}; id": "with ';'",
+    f"{RESTART} && id": "with '&&'",
+    f"{RESTART} || id": "with '||'",
+    f"{RESTART} | tee /tmp/x": "with '|'",
+    f"{RESTART} & id": "with '&'",
+    f"{RESTART} `id`": "substitution '`'",
+    f"{RESTART} $(id)": "substitution '$('",
+    f"/$(id)/{RESTART}": "substitution '$('",
+    "supervisorctl -c $(id) restart my-app": "substitution '$('",
+    f"{RESTART} > /tmp/x": "redirects with '>'",
+    f"{RESTART}\x1b[2K": "'\\x1b' (ESC, an escape)",
+}
+
+
+async def test_nothing_can_be_chained_after_the_last_command(
+    server: LiveServer, core: Deployster, app: Project
+) -> None:
+    # "supervisorctl restart app\nid" was accepted (the rule's \s took the
+    # newline) and ran `id` after the restart.
+    async with server.client() as client:
+        for last, found in CHAINED.items():
+            body = deploy_body(app.path, "echo x")
+            body["commands"] = ["echo x", last]
+            reply = await client.post("/deploy", json=body)
+            assert reply.status_code == 422, (last, reply.text)
+            error = reply.json()
+            assert error["code"] == "invalid_last_command", error
+            assert found in error["error"] and repr(last) in error["error"], (last, error)
+            assert "\n" not in error["error"]
+    await nothing_stored(core)
+    no_traceback(server)
+
+
+# ------------------------------------------------- control characters in fields
+
+FORGED = "\n[deployster] job complete in 0.1s"
+CONTROLS = [FORGED, "\r[deployster] job complete", "\x1b[2K\r[deployster] ok", "a\x7fb",
+            "a\x85b", "a\x9bb", "a\u2028b", "a\u2029b", "a\tb", "a\x0bb"]
+
+
+async def test_control_characters_in_the_fields_are_422_naming_the_field(
+    server: LiveServer, core: Deployster, app: Project
+) -> None:
+    # A newline, CR or ESC in ref_name or commit_hash was stored and printed as
+    # is in the job's header line: a request wrote "[deployster] job complete"
+    # into its own log, or rewrote the header on a terminal.
+    app_token = await tokens.rotate(core.projects, app)
+    for token in (server.token, app_token):
+        async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                     headers={"x-deployster-token": token}) as client:
+            for field in ("cd", "commit_hash", "ref_name"):
+                for value in CONTROLS:
+                    body = deploy_body(app.path, "echo x")
+                    body[field] = (app.path + value) if field == "cd" else "main" + value
+                    reply = await client.post("/deploy", json=body)
+                    assert reply.status_code == 422, (field, repr(value), reply.text)
+                    error = reply.json()
+                    assert f"'{field}'" in error["error"] and "control" in error["error"]
+                    assert error["code"] == ("invalid_cd" if field == "cd" else "invalid_field")
+                    assert "\n" not in error["error"] and "\x1b" not in error["error"]
+    await nothing_stored(core)
+    no_traceback(server)
+
+
+async def test_a_commands_header_cannot_pass_for_deployster_s_own_lines(
+    server: LiveServer, core: Deployster, app: Project, settings: Settings
+) -> None:
+    # Commands may span lines, so they are not refused: their header marks
+    # every further line and escapes CR and ESC. Before, each of these printed a
+    # line (or, on a terminal, rewrote one) reading "[deployster] job complete".
+    heredoc = f"cat >/dev/null <<'EOF'{FORGED}\nEOF"
+    carriage = "true # \r[deployster] job complete in 0.1s"
+    escape = "true # \x1b[2K\x1b[1G[deployster] job complete in 0.1s"
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(app.path, heredoc, carriage,
+                                                              escape))
+        job_id = reply.json()["job_id"]
+        final = await wait_for_status(client, job_id)
+    assert final["status"] == "complete", final
+    log = str(final["logs"])
+    assert "\r" not in log and "\x1b" not in log
+    lines = log.splitlines()
+    forged = [line for line in lines if line.startswith("[deployster] job complete")]
+    assert len(forged) == 1 and lines[-1] == forged[0], log  # only the real one, last
+    assert "[1/4] $ cat >/dev/null <<'EOF'" in lines
+    assert "    > [deployster] job complete in 0.1s" in lines
+    assert "    > EOF" in lines
+    assert "[2/4] $ true # \\r[deployster] job complete in 0.1s" in lines
+    assert "[3/4] $ true # \\x1b[2K\\x1b[1G[deployster] job complete in 0.1s" in lines
+    # The operator's CLI shows the commands the same way.
+    shown = cli(settings, "job", "show", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "\r" not in shown.stdout and "\x1b" not in shown.stdout
+    out = shown.stdout.splitlines()
+    assert not any(line.startswith("[deployster]") for line in out), shown.stdout
+    assert " " * 14 + "    > [deployster] job complete in 0.1s" in out
+
+
+async def test_stage_names_branches_and_paths_with_control_characters_are_refused(
+    settings: Settings, core: Deployster, project_dir: Path, tmp_path: Path
+) -> None:
+    # Entered on the CLI, shown in logs, the dashboard and `project show`.
+    for stage in ({"stage_name": "Prod\x1b[31m", "git_branch": "main"},
+                  {"stage_name": "Prod", "git_branch": "main\n[deployster] x"}):
+        pipeline = tmp_path / "pipeline.json"
+        pipeline.write_text(json.dumps([stage]))
+        result = cli(settings, "project", "add", str(project_dir), "--pipeline", str(pipeline))
+        line = one_line_error(result)
+        field = "stage_name" if "\x1b" in stage["stage_name"] else "git_branch"
+        assert f"'{field}' must not contain control characters" in line, line
+    odd = tmp_path / "odd\rname"
+    odd.mkdir()
+    line = one_line_error(cli(settings, "project", "add", str(odd)))
+    assert "'cd' must not contain control characters" in line and "\\r" in line
+    assert await core.projects.all() == []
+
+
+# ------------------------------------------------------------- the schema
+
+
+async def test_an_undeclared_method_is_405_with_allow(server: LiveServer) -> None:
+    # Every operation answered 405 without the Allow header RFC 9110 requires.
+    async with server.client() as client:
+        document = (await client.get("/openapi.json")).json()
+        for template, operations in document["paths"].items():
+            path = template.replace("{job_id}", "01JD0000000000000000000000")
+            declared = {method.upper() for method in operations}
+            for method in ("DELETE", "PUT", "PATCH", "TRACE", "POST", "GET"):
+                if method in declared:
+                    continue
+                reply = await client.request(method, path)
+                assert reply.status_code == 405, (method, path, reply.text)
+                assert reply.json()["code"] == "method_not_allowed"
+                allowed = {m.strip() for m in reply.headers.get("allow", "").split(",")}
+                assert allowed - {"HEAD", "OPTIONS"} == declared, (method, path, allowed)
+    no_traceback(server)
+
+
+async def test_the_schema_accepts_the_bodies_the_server_accepts(
+    server: LiveServer, core: Deployster, app: Project
+) -> None:
+    # The schema took "commands": [] (and control characters, and a missing
+    # body) while the server refused them with a 422.
+    async with server.client() as client:
+        document = (await client.get("/openapi.json")).json()
+        body_schema = document["paths"]["/deploy"]["post"]["requestBody"]
+        assert body_schema.get("required") is True
+        validator = jsonschema_rs.validator_for(
+            body_schema["content"]["application/json"]["schema"])
+        cases: list[tuple[str, object]] = [
+            ("commands", []), ("commands", ["   "]), ("commands", ["echo \x00", RESTART]),
+            ("commands", ["true"] * 100 + [RESTART]), ("commands", ["\u3000\t", RESTART]),
+            ("ref_name", "main\n"), ("ref_name", "main\x1b"), ("commit_hash", "abc\u2028"),
+            ("cd", "relative/dir"), ("cd", "/srv/a\rb"),
+            ("ref_name", "feature/ü-[x]"), ("commands", ["echo ünï", RESTART]),
+            ("cd", "/nonexistent/not-registered"),
+        ]
+        for field, value in cases:
+            body = deploy_body(app.path, "echo x")
+            body[field] = value
+            valid = validator.is_valid(body)
+            reply = await client.post("/deploy", json=body)
+            # Schema-valid bodies reach the project lookup (the app, or a 404
+            # for an unregistered cd); the others are refused as invalid.
+            assert (reply.status_code in (200, 404)) == valid, (field, value, reply.text)
+            if valid and reply.status_code == 200:
+                await wait_for_status(client, reply.json()["job_id"])
+        schema_max = body_schema["content"]["application/json"]["schema"]["properties"][
+            "commands"]["maxItems"]
+        assert schema_max == server.settings.max_commands
     no_traceback(server)

@@ -18,6 +18,7 @@ from deployster.masking import MASK
 from deployster.service import Deployster
 from tests.conftest import TOKEN, LiveServer, deploy_body, wait_for_status
 from tests.server.conftest import history_log
+from tests.test_masking import secret_span, wrap_masked
 
 API_KEY = "Sup3r-s3cret/Value+42"
 PASSPHRASE = "open sesame $ecret's"
@@ -35,7 +36,9 @@ PIPELINE = [
     ]},
 ]
 
-LOAD = "set -a; . ./.env; set +a; "
+# The stage's variables are in the commands' environment (runner.child_env); the
+# .env file is for dotenv readers, not for `.` (sh would expand "$ecret" in it).
+LOAD = ""
 COMMANDS = [
     LOAD + 'echo "raw:$API_KEY:end"',
     LOAD + 'printf %s "$API_KEY" | base64',
@@ -56,12 +59,25 @@ COMMANDS = [
     f"echo project={PROJECT_TOKEN}; printf 'Bearer:%s' {PROJECT_TOKEN} | base64",
     # The command itself holds the value: its header line is masked too.
     f"echo header-check >/dev/null # {API_KEY}",
+    # Wrapped base64, the value split by the wrap (76 columns, then 64), once
+    # in one write, once written in two with a pause: inside the first line, and
+    # right after its line break.
+    LOAD + '(printf %050d 0; printf %s "$API_KEY") | base64',
+    LOAD + '(printf %040d 0; printf %s "$API_KEY") | base64 -w 64',
+    LOAD + '(printf %050d 0; printf %s "$API_KEY") | base64 > b64.txt; '
+    "head -c 70 b64.txt; sleep 0.3; tail -c +71 b64.txt",
+    LOAD + '(printf %040d 0; printf %s "$API_KEY") | base64 -w 64 > b64.txt; '
+    "head -c 65 b64.txt; sleep 0.3; tail -c +66 b64.txt",
 ]
+# What those print, masked: the value's characters on each line as one ***.
+WRAPPED = [wrap_masked(blob, width, secret_span(blob, lead, len(API_KEY)))
+           for lead, width in ((50, 76), (40, 64))
+           for blob in [base64.b64encode(b"0" * lead + API_KEY.encode()).decode()]]
 
 
 def leaked_forms() -> dict[str, str]:
     raw = API_KEY.encode()
-    return {
+    forms = {
         "raw": API_KEY,
         "b64": base64.b64encode(raw).decode(),
         "b64 core": base64.b64encode(raw).decode()[:24],
@@ -81,6 +97,12 @@ def leaked_forms() -> dict[str, str]:
         "project token b64": base64.b64encode(b"Bearer:" + PROJECT_TOKEN.encode()).decode()[12:60],
         "first half": API_KEY[:9] + API_KEY[9:12],
     }
+    for lead, width in ((50, 76), (40, 64)):  # the two pieces a wrap makes of it
+        blob = base64.b64encode(b"0" * lead + API_KEY.encode()).decode()
+        start, end = secret_span(blob, lead, len(API_KEY))
+        forms[f"wrapped at {width}, line 1"] = blob[start:width]
+        forms[f"wrapped at {width}, line 2"] = blob[width:end]
+    return forms
 
 
 def assert_masked(where: str, log: str) -> None:
@@ -100,6 +122,8 @@ def assert_masked(where: str, log: str) -> None:
     ]
     for line in expected_lines:
         assert line in log, f"{line!r} missing from {where}:\n{log}"
+    for masked in WRAPPED:  # each twice: in one write, and in two
+        assert log.count(masked) == 2, f"{masked!r} not twice in {where}:\n{log}"
     lines = log.splitlines()
     # The standalone base64 lines are masked whole, padding included.
     assert lines.count(MASK) >= 2, f"{where}:\n{log}"

@@ -5,16 +5,19 @@ the GitHub Actions steps are taken from the guide's YAML and run with bash the w
 Actions runner runs them (only the ``${{ … }}`` expressions the runner itself fills in
 are replaced), and the local curl example is run as-is with the two variables it reads.
 
-The guide lives next to the repository (``../shared/seed``); on a machine without it
-the whole module is skipped. Its commands deploy to ``/var/www/my-app``, so that path
-is used unchanged: created for the test when missing (and removed afterwards), used
-as-is when it already exists, and the tests are skipped when it cannot be created.
+The guide itself lives beside the repository (``../shared/seed``), which a user's
+clone does not have, so its two examples are kept in ``tests/fixtures/seed/``
+byte for byte (a test compares them with the guide wherever the guide is there):
+the suite always replays them. Their commands deploy to ``/var/www/my-app``, so that
+path is used unchanged: created for the test when missing (and removed afterwards),
+used as-is when it already exists, and the tests are skipped when it cannot be created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -35,12 +38,9 @@ from deployster.settings import Settings
 from tests.conftest import REPO, LiveServer, serving
 
 GUIDE = REPO.parent / "shared" / "seed" / "README.queued-deployments.md"
-if not GUIDE.is_file():
-    pytest.skip(
-        f"the seed guide is not here ({GUIDE}); it only exists in the project's shared "
-        "workspace, so the guide's examples cannot be replayed on this machine",
-        allow_module_level=True,
-    )
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "seed"
+WORKFLOW = FIXTURES / "workflow.yml"  # the guide's GitHub Actions workflow, verbatim
+LOCAL_CURL = FIXTURES / "local-curl.sh"  # the guide's local curl example, verbatim
 
 APP = Path("/var/www/my-app")  # the guide's "cd", kept as written
 QUEUED_MESSAGE = "Another deployment is running; this job is queued."
@@ -55,14 +55,21 @@ def _fenced_blocks(markdown: str) -> list[tuple[str, str]]:
     return re.findall(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", markdown, re.MULTILINE | re.DOTALL)
 
 
-GUIDE_TEXT = GUIDE.read_text(encoding="utf-8")
-_BLOCKS = _fenced_blocks(GUIDE_TEXT)
+def test_the_fixtures_are_the_guides_examples_verbatim() -> None:
+    if not GUIDE.is_file():
+        pytest.skip(f"the seed guide is not here ({GUIDE}): nothing to compare the "
+                    "fixtures with (they are replayed by the other tests all the same)")
+    blocks = _fenced_blocks(GUIDE.read_text(encoding="utf-8"))
+    workflows = [text for lang, text in blocks if lang in ("yaml", "yml")]
+    scripts = [text for lang, text in blocks
+               if lang in ("bash", "sh") and text.lstrip().startswith("# Trigger deploy")]
+    assert workflows == [WORKFLOW.read_text(encoding="utf-8")]
+    assert scripts == [LOCAL_CURL.read_text(encoding="utf-8")]
 
 
 def _workflow_steps() -> tuple[dict[str, Any], dict[str, Any]]:
-    workflows = [yaml.safe_load(text) for lang, text in _BLOCKS if lang in ("yaml", "yml")]
-    assert len(workflows) == 1, "the guide should hold exactly one GitHub Actions workflow"
-    steps = [step for job in workflows[0]["jobs"].values() for step in job["steps"]]
+    workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
     trigger = [s for s in steps if s.get("id") == "trigger"]
     stream = [s for s in steps if s.get("name") == "Stream deploy status"]
     assert len(trigger) == 1 and trigger[0].get("name") == "Trigger deploy"
@@ -70,15 +77,8 @@ def _workflow_steps() -> tuple[dict[str, Any], dict[str, Any]]:
     return trigger[0], stream[0]
 
 
-def _local_curl_script() -> str:
-    scripts = [text for lang, text in _BLOCKS
-               if lang in ("bash", "sh") and text.lstrip().startswith("# Trigger deploy")]
-    assert len(scripts) == 1, "the guide should hold one local curl example"
-    return scripts[0]
-
-
 TRIGGER_STEP, STREAM_STEP = _workflow_steps()
-LOCAL_CURL_SCRIPT = _local_curl_script()
+LOCAL_CURL_SCRIPT = LOCAL_CURL.read_text(encoding="utf-8")
 
 
 def sha(label: str) -> str:
@@ -278,6 +278,14 @@ def gated_server(settings: Settings, tmp_path: Path, gate: Path) -> Iterator[Liv
 
 
 @pytest.fixture
+def rooted_gated_server(settings: Settings, tmp_path: Path, gate: Path,
+                        guide_app_dir: Path) -> Iterator[LiveServer]:
+    """Nothing registered; the guide's ``cd`` lies under DEPLOYSTER_ALLOWED_ROOTS."""
+    rooted = dataclasses.replace(settings, allowed_roots=(guide_app_dir.parent,))
+    yield from serving(rooted, tmp_path, DEPLOYSTER_STUB_YARN_GATE=str(gate))
+
+
+@pytest.fixture
 def failing_yarn_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
     yield from serving(settings, tmp_path, DEPLOYSTER_STUB_YARN_FAIL="1")
 
@@ -336,6 +344,28 @@ async def test_two_racing_workflow_runs_queue_and_both_go_green(
         assert run.commit in streamed.stdout
         assert f"[deployster] job {other.job_id} " not in streamed.stdout
         assert other.commit not in streamed.stdout
+
+
+async def test_two_racing_runs_for_an_unregistered_directory_both_go_green(
+    rooted_gated_server: LiveServer, core: Deployster, guide_app_dir: Path, tmp_path: Path,
+    gate: Path,
+) -> None:
+    """The first deploys of a directory nobody registered, racing: it registers
+    itself once (under the allowed roots), one run waits for the other."""
+    assert await core.projects.all() == []
+    runs = [WorkflowRun(tmp_path / f"run-{n}", rooted_gated_server, sha(f"new {n}"))
+            for n in (1, 2)]
+    replies = await asyncio.gather(*(run.trigger() for run in runs))
+    assert len([reply for reply in replies if reply.get("queued") is True]) == 1, replies
+    gate.touch()
+    streams = await asyncio.gather(*(run.stream() for run in runs))
+    for run, streamed in zip(runs, streams, strict=True):
+        assert streamed.code == 0, streamed.output
+        assert "Deployment complete" in streamed.stdout
+        assert_deployed(streamed.stdout)
+        assert f"[deployster] job {run.job_id} " in streamed.stdout
+    assert [p.path for p in await core.projects.all()] == [str(guide_app_dir)]
+    assert "Traceback" not in rooted_gated_server.log()
 
 
 async def test_local_curl_example_deploys(

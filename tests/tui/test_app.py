@@ -190,6 +190,41 @@ async def test_cancel_a_queued_job_from_the_project_view(
     assert events[0]["action"] == "job.cancel" and events[0]["job_id"] == queued.job_id
 
 
+async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
+    core: Deployster, tmp_path: Path
+) -> None:
+    # A commit, ref or project path holding "[" was read as markup in the
+    # tables and the modal: "[b]" styled the text, and "feat/[/x]" raised
+    # MarkupError, which took the dashboard down.
+    path = tmp_path / "apps[" / "x]"
+    path.mkdir(parents=True)
+    project = await core.projects.add(str(path), name="brackets")
+    await core.lock.acquire(project.id, STALE_OWNER, 300_000)  # the job stays queued
+    request = DeployRequest(str(path), ["echo [b]hi[/b]", "supervisorctl restart brackets"],
+                            "[/x]abc123", "feat/[/x]")
+    queued = await core.submit(request, run_here=False)
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        assert "apps[/x]" in table_text(table)[0]
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        queue = app.screen.query_one("#queue", DataTable)
+        await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
+        row = table_text(queue)[0]
+        assert "[/x]abc" in row and "feat/[/x]" in row
+        queue.focus()
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert "Redeploy brackets at [/x]abc?" in shown and "echo [b]hi[/b]" in shown
+        assert queued.job_id in shown
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="closed")
+        assert app.is_running
+
+
 async def _finished_deploy(server: LiveServer, core: Deployster, project_dir: Path,
                            *commands: str) -> str:
     async with server.client() as client:

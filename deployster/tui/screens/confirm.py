@@ -44,12 +44,14 @@ class ConfirmScreen(ModalScreen[bool]):
             body.append(value if isinstance(value, Text) else Text(str(value)))
             body.append("\n")
         body.rstrip()
+        # markup=False: these hold a request's text (a commit in the title) and
+        # error messages, which a "[" must not turn into styles or a crash.
         with Vertical(id="confirm-dialog"):
-            yield Static(self.title_text, id="confirm-title")
+            yield Static(self.title_text, id="confirm-title", markup=False)
             yield Static(body, id="confirm-facts")
             if self.warning:
-                yield Static(self.warning, id="confirm-warning")
-            yield Static(self.consequence, id="confirm-consequence")
+                yield Static(self.warning, id="confirm-warning", markup=False)
+            yield Static(self.consequence, id="confirm-consequence", markup=False)
             with Horizontal(id="confirm-buttons"):
                 yield Button(self.confirm_label, variant="error", id="yes")
                 yield Button("No (n / esc)", variant="primary", id="no")

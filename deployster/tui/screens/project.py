@@ -40,7 +40,10 @@ log = logging.getLogger("deployster.tui")
 
 
 def ref(job: Job) -> str:
-    """A branch name, clipped: a long one must not push the clocks off screen."""
+    """A branch name, clipped: a long one must not push the clocks off screen.
+
+    Cells of a request's text (commit, ref) go in as ``Text``: a plain string
+    cell is read as markup, and a ref like ``feat/[/x]`` crashed the screen."""
     return job.ref_name if len(job.ref_name) <= REF_WIDTH else job.ref_name[:REF_WIDTH - 1] + "…"
 
 
@@ -157,8 +160,8 @@ class ProjectScreen(CoreScreen):
                 pos, wait = "▶", clock_duration(since(job.started_at))
             else:
                 pos, wait = str(i + offset), clock_duration(since(job.queued_at))
-            queue.add_row(pos, short_id(job.id), job.status.value, commit(job), wait,
-                          ref(job), key=job.id)
+            queue.add_row(pos, short_id(job.id), job.status.value, Text(commit(job)), wait,
+                          Text(ref(job)), key=job.id)
         if self.queue:
             queue.move_cursor(row=_row_of(self.queue, key, cursor), animate=False)
         self.query_one("#queue-title", Static).update(f"queue · {len(self.queue)} job(s)")
@@ -167,9 +170,9 @@ class ProjectScreen(CoreScreen):
         hist.clear()
         for job in self.history:
             hist.add_row(Text(outcome(job), style=OUTCOME_STYLE.get(job.status, "")),
-                         short_id(job.id), commit(job),
+                         short_id(job.id), Text(commit(job)),
                          local_time(job.started_at or job.queued_at),
-                         duration(job_duration(job)), ref(job), key=job.id)
+                         duration(job_duration(job)), Text(ref(job)), key=job.id)
         if self.history:
             hist.move_cursor(row=_row_of(self.history, key, cursor), animate=False)
         more = "" if self.history_done else " · m for more"

@@ -105,8 +105,9 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> 
     if job is not None and job.status is JobStatus.RUNNING:
         # Elapsed first: a long ref name is what gets cut, not the clock.
         elapsed = clock_duration(since(job.started_at))
-        running: Text | str = f"{elapsed} {commit(job)}" if compact else \
-            f"{elapsed} {commit(job)} {job.ref_name}"
+        # Text, not a markup string: commit and ref are a request's text.
+        running: Text | str = Text(f"{elapsed} {commit(job)}" if compact else
+                                   f"{elapsed} {commit(job)} {job.ref_name}")
     else:
         running = DASH
     if row.last is None:
@@ -119,7 +120,7 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> 
     name = _clip(row.project.name, COMPACT_NAME_WIDTH if compact else NAME_WIDTH)
     return {
         "name": Text(name, style="bold"),
-        "path": short_path(row.project.path),
+        "path": Text(short_path(row.project.path)),  # a directory may hold "[/x]"
         "lock": lock,
         "ttl": ttl_text(row, since_fetch),
         "heartbeat": heartbeat_text(row, since_fetch),

@@ -22,7 +22,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 STAMP_WIDTH = 13  # "12:04:31.250 "
-_control = re.compile("[\u0000-\u0008\u000b-\u001f\u007f]").sub
+# C1 controls too: some terminals take U+009B as CSI, as they take ESC [.
+_control = re.compile("[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]").sub
 
 
 def clean(line: str) -> str:

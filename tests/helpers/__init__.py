@@ -1,0 +1,1 @@
+"""Test helpers shared by several test modules (real sockets and processes, no mocks)."""
