@@ -442,6 +442,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
             print(json.dumps(record, indent=2))
             return 0
         commands = record.pop("commands")
+        masked = record.pop("commands_masked", False)
         # Escaped, and a multi-line command's further lines marked as in the
         # log's header (printable.command_header): no line of a request's text
         # can pass for a field, or rewrite one on the terminal.
@@ -453,6 +454,8 @@ def cmd_job_show(args: argparse.Namespace) -> int:
             print(f"{'commands:' if number == 1 else '':<14}[{number}] {first}")
             for line in rest:
                 print(f"{'':<14}{CONTINUATION}{line}")
+        if masked:
+            print(f"{'':<14}(a secret in them is stored masked: the job cannot be redeployed)")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))

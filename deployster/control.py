@@ -77,13 +77,38 @@ async def release_lock(
     return released
 
 
+def redeploy_refusal(job: Job) -> Conflict | None:
+    """Why ``job`` cannot be redeployed, or None when it can.
+
+    A command that held a secret (a stage value, the admin token, a project
+    token) is stored with it masked and the text as sent is gone once the job
+    ended: running it again would run ``***``. Decided by the flag stored with
+    the job, never by ``***`` in the text (a command may print that itself).
+    """
+    if not job.commands_masked:
+        return None
+    return Conflict(
+        f"job {job.id} cannot be redeployed: its commands held a secret (a stage "
+        "value, the admin token or a project token), stored masked; move the value "
+        f"into a stage variable of project {job.project!r} (commands read it as "
+        "$NAME) and deploy again",
+        code="secret_in_commands",
+    )
+
+
 async def redeploy(core: Deployster, job_id: str, *, actor: str = "admin") -> str:
-    """Queue a past job's commands again (same commit and ref); returns the new id."""
+    """Queue a past job's commands again (same commit and ref); returns the new id.
+
+    Raises ``NotFound``, and ``Conflict`` (nothing queued) for a job whose
+    commands held a secret (``redeploy_refusal``).
+    """
     from .service import DeployRequest
 
     job = await core.job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
+    if (refused := redeploy_refusal(job)) is not None:
+        raise refused
     result = await core.submit(
         DeployRequest(cd=job.cd, commands=job.commands, commit_hash=job.commit_hash,
                       ref_name=job.ref_name),

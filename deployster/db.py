@@ -85,6 +85,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE UNIQUE INDEX projects_token_hash ON projects (token_hash)",
         ],
     ),
+    (
+        4,
+        "deployments.commands_masked: the stored commands had a secret masked",
+        [
+            "ALTER TABLE deployments ADD COLUMN commands_masked INTEGER NOT NULL DEFAULT 0",
+        ],
+    ),
 ]
 
 _DIALECT_WORDS = {
@@ -219,3 +226,19 @@ async def migrate(database: Database) -> list[int]:
             )
             done.append(version)
     return done
+
+
+def latest_version() -> int:
+    """The schema version this code migrates a database to."""
+    return MIGRATIONS[-1][0]
+
+
+# Every table deployster has: a statement naming one of them that finds it
+# missing means the schema is gone (see outages.is_schema_missing).
+TABLES = ("projects", "deployments", "audit_events", "schema_migrations")
+
+
+async def schema_version(database: Database) -> int:
+    """The newest migration applied; raises (``outages.is_schema_missing``)
+    when the tables are gone."""
+    return int(await database.fetch_val("SELECT MAX(version) FROM schema_migrations") or 0)

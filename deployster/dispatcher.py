@@ -23,6 +23,7 @@ from .leaseguard import LeaseGuard, deadlines
 from .logstream import LogWriter
 from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
+from .outages import classify
 from .procinfo import boot_id, hostname, process_identity
 from .redis_conn import REDIS_DOWN
 from .runner import Outcome, Runner
@@ -200,13 +201,23 @@ class Dispatcher:
     async def _run_job(self, job_id: str) -> None:
         core = self.core
         self.history.notify()
-        job = await core.jobs.get(job_id)
-        if job is None:  # vanished between claim and start: nothing to run
-            log.error("claimed job %s has no record", job_id)
+        try:
+            job = await core.jobs.get(job_id, raw=True)  # the runner alone reads them
+            if job is None:  # vanished between claim and start: nothing to run
+                log.error("claimed job %s has no record", job_id)
+                return
+            if job.status is not JobStatus.RUNNING or job.extra.get("runner") != core.runner_id:
+                return  # a late reply naming a job that ended, or is not ours to run
+            project = await core.projects.get(job.project_id)
+        except Exception as exc:
+            outage = classify(exc)
+            if outage is None:
+                raise
+            # Nothing has run yet: the job stays claimed for this server, and
+            # the sweep starts it once the service answers again.
+            log.warning("cannot start job %s now (%s unavailable: %s); the next sweep "
+                        "retries", job_id, outage.service, exc)
             return
-        if job.status is not JobStatus.RUNNING or job.extra.get("runner") != core.runner_id:
-            return  # a late reply naming a job that ended, or is not ours to run
-        project = await core.projects.get(job.project_id)
         # Secrets out of logs: the writer's exit releases what the masker held
         # back before the log is closed, so before the job's end is recorded.
         masker = Masker(job_secrets(project.pipeline if project else (), core.settings.token))

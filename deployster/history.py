@@ -14,8 +14,9 @@ import logging
 from typing import Any, cast
 
 from . import events, store
+from .db import migrate, schema_version
 from .logstream import read_full_log
-from .outages import classify
+from .outages import classify, is_schema_missing
 from .pruning import DAY, prune_history
 from .service import Deployster
 
@@ -23,6 +24,7 @@ log = logging.getLogger("deployster.history")
 
 BATCH = 200
 PRUNE_EVERY = 3600.0  # seconds between history prunes (when DEPLOYSTER_HISTORY_DAYS is set)
+SCHEMA_CHECK_EVERY = 10.0  # seconds between checks that the tables are still there
 
 # KEYS: dirty job log. ARGV: job_id version retention_s finished(0/1)
 _SETTLE = """
@@ -42,6 +44,8 @@ def _is_outage(exc: BaseException) -> bool:
     return classify(exc) is not None
 
 
+
+
 class HistoryWriter:
     def __init__(self, core: Deployster, *, interval: float = 1.0) -> None:
         self.core = core
@@ -50,6 +54,7 @@ class HistoryWriter:
         self._stopping = False
         self._settle = core.redis.register_script(_SETTLE)
         self._next_prune = 0.0  # loop time of the next prune: the first pass does one
+        self._next_schema_check = 0.0
 
     def notify(self) -> None:
         self._wake.set()
@@ -72,6 +77,7 @@ class HistoryWriter:
                 pass
             self._wake.clear()
             try:
+                await self._schema_check_when_due()
                 while await self.flush() >= BATCH:
                     pass
                 await self._prune_when_due()
@@ -82,12 +88,34 @@ class HistoryWriter:
                 raise
             except Exception as exc:
                 # Kept in the dirty hash: nothing is lost, the next pass retries.
-                if not _is_outage(exc):
+                if is_schema_missing(exc):
+                    self._next_schema_check = 0.0  # re-create it on the next pass
+                    if not failing:
+                        log.warning("history: the database has lost deployster's tables "
+                                    "(dropped and created again?); re-creating them")
+                elif not _is_outage(exc):
                     log.exception("history: unexpected error; will retry")
                 elif not failing:
                     log.warning("history: cannot write (%s: %s); will retry",
                                 type(exc).__name__, exc)
                 failing = True
+
+    async def _schema_check_when_due(self) -> None:
+        """Every ``SCHEMA_CHECK_EVERY`` seconds (and at once after a write found
+        the tables missing): a database dropped and created again empty gets its
+        tables back, so the rows kept meanwhile can be stored."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_schema_check:
+            return
+        self._next_schema_check = now + SCHEMA_CHECK_EVERY
+        try:
+            await schema_version(self.core.db)
+            return
+        except Exception as exc:
+            if not is_schema_missing(exc):
+                raise
+        applied = await migrate(self.core.db)
+        log.warning("history: re-created deployster's tables (migrations %s)", applied)
 
     async def _prune_when_due(self) -> None:
         """Trim the SQL history once an hour, from the same loop that writes it

@@ -59,9 +59,11 @@ class JobRecords:
         self.keys = keys
         self._status_read = redis.register_script(_STATUS_READ)
 
-    async def get(self, job_id: str) -> Job | None:
+    async def get(self, job_id: str, *, raw: bool = False) -> Job | None:
+        """The live record; ``raw``: with the commands as sent (the runner only,
+        see ``Job``), else with every secret in them masked."""
         data = cast(dict[str, str], await self.redis.hgetall(self.keys.job(job_id)))
-        return Job.from_redis(data) if data else None
+        return Job.from_redis(data, raw=raw) if data else None
 
     async def get_many(self, job_ids: list[str]) -> list[Job]:
         if not job_ids:

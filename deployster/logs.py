@@ -17,7 +17,7 @@ from . import store
 from .access import Principal
 from .errors import NotFound
 from .logstream import entry_offset
-from .masking import Masker, job_secrets
+from .masking import secret_mask
 from .models import Job, JobStatus
 from .redis_conn import Redis
 from .service import Deployster
@@ -162,11 +162,12 @@ async def job_record(
     the log's size."""
     job = await visible_job(core, job_id, principal)
     record = job.to_dict()
-    # A command may hold a secret (CI expanded one into it): shown masked, as
-    # in the log. The stored commands stay as sent, for a redeploy.
+    # A command may hold a secret (CI expanded one into it): stored masked
+    # (Deployster.submit). Masked again here for rows stored before that, and
+    # for a secret set since: a stage value added later is hidden too.
     project = await core.projects.get(job.project_id)
-    masker = Masker(job_secrets(project.pipeline if project else (), core.settings.token))
-    record["commands"] = [masker.mask(c) for c in job.commands]
+    record["commands"] = secret_mask(project, core.settings.token).commands(job.commands)
+    record["commands_masked"] = job.commands_masked
     if job.status is JobStatus.QUEUED:
         record["position"] = await core.queue_position(job)
     record["log_bytes"] = await log_size(core, job)

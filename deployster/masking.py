@@ -68,7 +68,7 @@ from urllib.parse import quote, quote_plus
 
 from .access import TOKEN_BODY_LEN, TOKEN_PREFIX
 from .logstream import LogWriter
-from .models import Stage
+from .models import Project, Stage
 from .printable import escape_controls, find_control
 
 MASK = "***"
@@ -648,3 +648,45 @@ def job_secrets(pipeline: Iterable[Stage], admin_token: str | None) -> list[str]
     if admin_token:
         values.append(admin_token)
     return values
+
+
+class SecretMask:
+    """Masks whole texts (a request's commands, a record shown) with one set of
+    secrets. Keeps no state (``Masker.mask`` only, never the stream), so one is
+    shared by every caller for a project: see ``secret_mask``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._masker = Masker(secrets)
+
+    def mask(self, text: str) -> str:
+        return self._masker.mask(text)
+
+    def commands(self, commands: Sequence[str]) -> list[str]:
+        return [self._masker.mask(c) for c in commands]
+
+
+# project id -> (its pipeline, the admin token, their SecretMask). A project's
+# secrets change only with its pipeline, and the registry hands out a new
+# Project (a new pipeline tuple) when it re-reads one: an identity check per
+# deploy request, an equality check after a re-read, a new mask only after an
+# edit. (Masker's own compile cache is keyed by the values and bounded.)
+_MASKS: dict[int, tuple[tuple[Stage, ...], str | None, SecretMask]] = {}
+
+
+def secret_mask(project: Project | None, admin_token: str | None) -> SecretMask:
+    """The mask of ``project``'s secrets (``job_secrets``) and the admin token,
+    cached per project; ``None`` (a project deleted since): the admin token and
+    project tokens only."""
+    if project is None:
+        return SecretMask(job_secrets((), admin_token))
+    cached = _MASKS.get(project.id)
+    if cached is not None and cached[1] == admin_token:
+        pipeline, _, mask = cached
+        if pipeline is project.pipeline:
+            return mask
+        if pipeline == project.pipeline:
+            _MASKS[project.id] = (project.pipeline, admin_token, mask)
+            return mask
+    mask = SecretMask(job_secrets(project.pipeline, admin_token))
+    _MASKS[project.id] = (project.pipeline, admin_token, mask)
+    return mask

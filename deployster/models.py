@@ -95,7 +95,16 @@ class Project:
 
 @dataclass
 class Job:
-    """A deployment as Redis holds it while it is live (and SQL afterwards)."""
+    """A deployment as Redis holds it while it is live (and SQL afterwards).
+
+    ``commands`` are stored and shown with every secret the server knows
+    masked (``masking.SecretMask``). When that changed them, the commands as
+    sent are ``raw_commands``: kept in Redis only while the job is queued or
+    running (the queue's ``end_job`` deletes them), read only by the runner
+    (``JobRecords.get(..., raw=True)``), never in SQL, a reply or a log; and
+    ``commands_masked`` stays set for good, so the job cannot be redeployed
+    (``control.redeploy``).
+    """
 
     id: str
     project_id: int
@@ -117,6 +126,9 @@ class Job:
     started_by: str = "admin"
     superseded_by: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    commands_masked: bool = False
+    # Kept out of repr: a log line naming the job must not carry the secrets.
+    raw_commands: list[str] | None = field(default=None, repr=False)
 
     # Field names written to the Redis hash; anything else in the hash is extra.
     _SIMPLE = (
@@ -136,14 +148,22 @@ class Job:
         )
         if self.exit_code is not None:
             out["exit_code"] = str(self.exit_code)
+        if self.commands_masked:
+            out["commands_masked"] = "1"
+        if self.raw_commands is not None:
+            # Last: a Redis SLOWLOG entry keeps only an argument's first 128 bytes.
+            out["commands_raw"] = json.dumps(self.raw_commands)
         return out
 
     @classmethod
-    def from_redis(cls, data: dict[str, str]) -> Job:
+    def from_redis(cls, data: dict[str, str], *, raw: bool = False) -> Job:
+        """The job from its Redis hash; ``raw``: with ``raw_commands`` (the
+        runner's read only; every other reader gets the masked commands alone)."""
         known = set(cls._SIMPLE) | {
             "project_id", "commands", "status", "lock_ttl_ms", "timeout", "fence",
-            "exit_code",
+            "exit_code", "commands_masked", "commands_raw",
         }
+        raw_text = data.get("commands_raw") if raw else None
         return cls(
             id=data["id"],
             project_id=int(data["project_id"]),
@@ -165,11 +185,16 @@ class Job:
             started_by=data.get("started_by", "admin"),
             superseded_by=data.get("superseded_by") or None,
             extra={k: v for k, v in data.items() if k not in known},
+            commands_masked=data.get("commands_masked") == "1",
+            raw_commands=json.loads(raw_text) if raw_text is not None else None,
         )
 
     def signature(self) -> str:
-        """Identity of the request: same commit, ref and commands, same signature."""
-        raw = json.dumps([self.commit_hash, self.ref_name, self.commands])
+        """Identity of the request: same commit, ref and commands (as sent: two
+        requests differing only in a masked secret are two requests), same
+        signature."""
+        commands = self.commands if self.raw_commands is None else self.raw_commands
+        raw = json.dumps([self.commit_hash, self.ref_name, commands])
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32]
 
     def to_dict(self) -> dict[str, Any]:

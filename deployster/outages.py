@@ -38,6 +38,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .db import TABLES
+
 
 class Outage(enum.Enum):
     REDIS = "redis"
@@ -164,7 +166,25 @@ def _asyncpg_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseE
 _PG_DOWN, _PG_NOT_DOWN = _asyncpg_errors()
 
 
+_MISSING_TABLE = re.compile(r'^no such table: (\w+)|^relation "(\w+)" does not exist')
+
+
+def is_schema_missing(exc: BaseException) -> bool:
+    """A statement failed because one of deployster's own tables is not there:
+    the database was dropped and created again empty, or swapped for a new
+    one. The database answers, but cannot be used until the tables are back
+    (the history writer re-creates them: ``history.py``), so it counts as a
+    database outage. A missing table of another name is a bug, not this."""
+    if not isinstance(exc, sqlite3.OperationalError) and \
+            type(exc).__name__ != "UndefinedTableError":  # asyncpg, SQLSTATE 42P01
+        return False
+    found = _MISSING_TABLE.match(str(exc))
+    return found is not None and (found.group(1) or found.group(2)) in TABLES
+
+
 def _database_down(exc: BaseException) -> bool:
+    if is_schema_missing(exc):
+        return True
     if isinstance(exc, sqlite3.OperationalError):
         code = getattr(exc, "sqlite_errorcode", None)
         return code is None or code & 0xFF in _SQLITE_NOT_NOW  # None: raised by hand
@@ -212,4 +232,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, RedisRefused):
         what = "commands" if exc.code in ("BUSY", "MASTERDOWN") else "writes"
         return f"refusing {what} ({exc.code})"
+    if is_schema_missing(exc):
+        return "deployster's tables are missing (the database was emptied?)"
     return type(exc).__name__

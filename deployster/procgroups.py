@@ -20,7 +20,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # How often a stop looks whether the groups are empty yet.
@@ -33,13 +33,18 @@ COMMAND_CHARS = 120
 
 @dataclass(frozen=True)
 class Member:
-    """A live process of a group: its pid and command line as ``ps`` shows it."""
+    """A live process of a group: its pid and command line as ``ps`` shows it
+    (not shortened yet: see ``describe``)."""
 
     pid: int
     command: str
 
     def __str__(self) -> str:
-        return f"pid {self.pid} ({self.command})"
+        return f"pid {self.pid} ({_shorten(self.command)})"
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= COMMAND_CHARS else text[: COMMAND_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,7 @@ def _command_line(pid: int, comm: str) -> str:
         raw = b""
     text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace") or f"[{comm}]"
     # Log text: a process names itself, control characters and all.
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= COMMAND_CHARS else text[: COMMAND_CHARS - 1] + "…"
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def members(pgid: int) -> list[Member]:
@@ -142,10 +146,17 @@ def members_of(pgids: Iterable[int]) -> list[Member]:
     return [m for pgid in pgids for m in members(pgid)]
 
 
-def describe(found: Iterable[Member], limit: int = 8) -> str:
-    """``pid 12 (python3 app.py), pid 13 (sleep 30)``, at most ``limit`` named."""
+def describe(found: Iterable[Member], limit: int = 8,
+             mask: Callable[[str], str] | None = None) -> str:
+    """``pid 12 (python3 app.py), pid 13 (sleep 30)``, at most ``limit`` named.
+
+    ``mask`` (the job's secrets, ``Masker.mask``) is applied to each command
+    line before it is shortened: a secret cut by the shortening would reach
+    the log as a prefix no masker downstream can recognise.
+    """
     found = list(found)
-    text = ", ".join(str(m) for m in found[:limit])
+    text = ", ".join(f"pid {m.pid} ({_shorten(mask(m.command) if mask else m.command)})"
+                     for m in found[:limit])
     if len(found) > limit:
         text += f" and {len(found) - limit} more"
     return text

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,11 +28,14 @@ from .envfile import value_problem
 from .errors import Conflict, InvalidRequest, UnknownProject
 from .keys import Keys
 from .models import EnvVar, Project, Stage
+from .outages import REDIS_DOWN, describe
 from .printable import describe_control, find_control
 from .redis_conn import Redis
 from .settings import Settings
 
 # \Z, not $: "$" also matches before a final newline ("KEY\n" would pass).
+log = logging.getLogger("deployster.projects")
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
@@ -164,6 +170,13 @@ def is_under(path: str, roots: tuple[Path, ...]) -> bool:
     return False
 
 
+# Seconds after which a cache is read from SQL again even if no change was
+# announced: a change whose announcement Redis could not take still arrives.
+RELOAD_EVERY = 60.0
+# A path no project has: read SQL again, at most this often (seconds).
+MISS_RELOAD = 1.0
+
+
 class ProjectRegistry:
     """Project lookups for the hot path, cached per process.
 
@@ -181,6 +194,7 @@ class ProjectRegistry:
         self._by_id: dict[int, Project] = {}
         self._by_token: dict[str, Project] = {}  # token hash -> project
         self._checked = False
+        self._loaded_at = -math.inf  # time.monotonic() of the last SQL read
         self.event_driven = False
         # Registrations in this process take turns: two first deploys of one new
         # directory arriving together (two CI runs) must make one project.
@@ -188,10 +202,21 @@ class ProjectRegistry:
         self._registering = asyncio.Lock()
 
     async def _bump(self) -> None:
-        await self.redis.incr(self.keys.projects_version)
-        await self.redis.publish(self.keys.events, json.dumps({"type": "projects"}))
+        """Tell every process that a project changed (the SQL change is made).
+
+        A Redis that cannot take the write now (down, refusing writes) must not
+        make a stored change look failed: it is logged, and other processes see
+        the change at their next full reload (``RELOAD_EVERY``) instead.
+        """
         # This process changed it: its next lookup must not wait for the event.
         self._checked = False
+        self._loaded_at = -math.inf
+        try:
+            await self.redis.incr(self.keys.projects_version)
+            await self.redis.publish(self.keys.events, json.dumps({"type": "projects"}))
+        except REDIS_DOWN as exc:
+            log.warning("the change is saved, but running deployster processes could not be "
+                        "told (Redis: %s); they see it within %gs", describe(exc), RELOAD_EVERY)
 
     def invalidate(self) -> None:
         """Re-check the version on the next lookup (a 'projects' event arrived)."""
@@ -205,8 +230,10 @@ class ProjectRegistry:
             return
         version = cast(str | None, await self.redis.get(self.keys.projects_version))
         self._checked = True
-        if version != self._version or version is None:
+        stale = time.monotonic() - self._loaded_at > RELOAD_EVERY
+        if version != self._version or version is None or stale:
             projects = await store.select_projects(self.db)
+            self._loaded_at = time.monotonic()
             self._by_path = {p.path: p for p in projects}
             self._by_id = {p.id: p for p in projects}
             self._by_token = {p.token_hash: p for p in projects if p.token_hash}
@@ -235,6 +262,10 @@ class ProjectRegistry:
         if project is not None:
             return project
         await self._fresh(force=True)  # added a moment ago by another process?
+        if path not in self._by_path and time.monotonic() - self._loaded_at > MISS_RELOAD:
+            # ...one whose announcement Redis could not take (see _bump)?
+            self._loaded_at = -math.inf
+            await self._fresh(force=True)
         project = self._by_path.get(path)
         if project is not None:
             return project

@@ -67,6 +67,10 @@ end
 -- ``closing`` (when not nil or ''): the job's last log line, '[deployster] ...',
 -- for an end its runner does not write itself (a takeover, a cancel while
 -- queued, a superseded request, recovery): every ended job's log ends saying how.
+-- Every end comes here, so here the commands as sent (a secret in them, see
+-- models.Job) leave Redis, in the same step: no ended job keeps them. Its
+-- signature goes with them: a hash of those commands, which would let anyone
+-- reading Redis test guesses of the secret against the masked commands.
 local function end_job(id, status, reason, extra_fields, closing)
   local jk = PREFIX .. id
   if closing and closing ~= '' then log_line(id, '[deployster] ' .. closing .. '\\n') end
@@ -77,6 +81,7 @@ local function end_job(id, status, reason, extra_fields, closing)
   redis.call('HINCRBY', K_DIRTY, id, 1)
   local sig = redis.call('HGET', jk, 'signature')
   if sig and redis.call('HGET', K_SIGS, sig) == id then redis.call('HDEL', K_SIGS, sig) end
+  if redis.call('HDEL', jk, 'commands_raw') == 1 then redis.call('HDEL', jk, 'signature') end
   publish('finished', id)
 end
 
@@ -300,7 +305,8 @@ class JobQueue:
         job.status = JobStatus.QUEUED
         job.queued_at = job.queued_at or iso()
         signature = job.signature()
-        fields = json.dumps({**job.to_redis(), "signature": signature})
+        # The commands as sent, if kept, come last (see Job.to_redis).
+        fields = json.dumps({"signature": signature, **job.to_redis()})
         # Sent in call order (no await before this): see ScriptBatcher.
         claimed, position, answer = await self._enqueue.call(
             self._keys(job.project_id, job.id),

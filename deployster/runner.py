@@ -104,6 +104,10 @@ class Runner:
         # process's clock; the watchdog moves it on at each renewal. A runner
         # coming back from a stall past it never starts another command.
         self.lease_until = math.inf
+        # The secrets' mask of a MaskingWriter log, for the command lines of
+        # processes named in the log (see procgroups.describe).
+        masker = getattr(log, "masker", None)
+        self._mask: Callable[[str], str] | None = masker.mask if masker is not None else None
 
     def stop(self, reason: str) -> None:
         """Ask the job to end with ``reason`` (cancelled, timed_out, lock_lost…)."""
@@ -135,12 +139,20 @@ class Runner:
     async def _run_commands(self) -> tuple[Outcome, str]:
         """Each command in turn; the outcome, and the closing line's text."""
         job, log = self.job, self.log
-        total = len(job.commands)
-        for index, command in enumerate(job.commands, 1):
+        # The commands as sent run; their header shows them as stored, masked
+        # (the log's masker knows today's secrets, not a value changed since).
+        sent = job.commands if job.raw_commands is None else job.raw_commands
+        if job.commands_masked and job.raw_commands is None:
+            # Running "***" in place of a secret would do something else.
+            return (Outcome(JobStatus.FAILED, Reason.INVALID),
+                    "the commands as sent (a secret in them is stored masked) are no "
+                    "longer kept; nothing was run")
+        total = len(sent)
+        for index, (shown, command) in enumerate(zip(job.commands, sent, strict=True), 1):
             self._check_lease()
             if self.stop_reason:
                 break
-            log.write(command_header(index, total, command))
+            log.write(command_header(index, total, shown))
             try:
                 code = await self._run_command(command)
             except OSError as exc:
@@ -224,7 +236,7 @@ class Runner:
         if not alive:
             return
         self.log.write(
-            f"[deployster] {why}: sending SIGTERM to {procgroups.describe(alive)}; "
+            f"[deployster] {why}: sending SIGTERM to {self._describe(alive)}; "
             f"up to {self.kill_grace:g}s to exit (DEPLOYSTER_KILL_GRACE)\n"
         )
         self._report(await procgroups.stop_groups(self._groups, self.kill_grace))
@@ -238,17 +250,20 @@ class Runner:
             return
         self.log.write(
             f"[deployster] still running after the job's commands: "
-            f"{procgroups.describe(left)}; stopping them (SIGTERM, up to "
+            f"{self._describe(left)}; stopping them (SIGTERM, up to "
             f"{self.kill_grace:g}s to exit). To keep a process running after a deploy, "
             "run it under supervisor, or start it with setsid and its own log file\n"
         )
         self._report(await procgroups.stop_groups(self._groups, self.kill_grace))
 
+    def _describe(self, found: list[procgroups.Member] | tuple[procgroups.Member, ...]) -> str:
+        return procgroups.describe(found, mask=self._mask)
+
     def _report(self, result: procgroups.StopResult) -> None:
         if result.killed:
             self.log.write(
                 f"[deployster] still running {self.kill_grace:g}s after SIGTERM: "
-                f"{procgroups.describe(result.killed)}; sent SIGKILL\n"
+                f"{self._describe(result.killed)}; sent SIGKILL\n"
             )
         elif result.signalled:
             self.log.write(f"[deployster] exited {result.seconds:.1f}s after SIGTERM\n")

@@ -17,12 +17,13 @@ from databases import Database
 from . import store, tokens
 from .access import Principal
 from .clock import iso
-from .db import connect_database
+from .db import connect_database, latest_version, schema_version
 from .errors import Forbidden, NotFound
 from .ids import is_job_id, new_job_id
 from .jobs import JobRecords, StatusRead
 from .keys import Keys
 from .lock import DeployLock
+from .masking import secret_mask
 from .models import Job, JobStatus, Project
 from .outages import describe
 from .projects import ProjectRegistry
@@ -126,6 +127,11 @@ class Deployster:
         )
         project = own if own is not None else await self.projects.for_deploy(request.cd)
         stage = project.stage_for(request.ref_name)
+        # Stored and shown masked; the commands as sent are kept beside them
+        # only when that changed something (see Job), for the runner alone.
+        commands = list(request.commands)
+        shown = secret_mask(project, self.settings.token).commands(commands)
+        masked = shown != commands
         # No await between taking the id and queue.enqueue sending it: enqueues
         # reach Redis in call order (see autopipe), so ids join a project's queue
         # in id order and acceptance order == id order.
@@ -134,7 +140,9 @@ class Deployster:
             project_id=project.id,
             project=project.name,
             cd=project.path,
-            commands=list(request.commands),
+            commands=shown,
+            raw_commands=commands if masked else None,
+            commands_masked=masked,
             commit_hash=request.commit_hash,
             ref_name=request.ref_name,
             stage=stage.stage_name if stage else None,
@@ -206,11 +214,16 @@ class Deployster:
                 return f"down: {describe(exc)}"
 
         async def db_ok() -> str:
+            # The schema too, not only a connection: a database dropped and
+            # created again empty answers SELECT 1 and stores nothing.
             try:
-                await asyncio.wait_for(self.db.fetch_val("SELECT 1"), 2)
-                return "ok"
+                version = await asyncio.wait_for(schema_version(self.db), 2)
             except Exception as exc:  # any driver error means "down" here
                 return f"down: {describe(exc)}"
+            if version < latest_version():
+                return f"down: schema at version {version}, this deployster needs " \
+                       f"{latest_version()}; restart it to migrate"
+            return "ok"
 
         redis_state, db_state = await asyncio.gather(redis_ok(), db_ok())
         ok = redis_state == "ok" and db_state == "ok"

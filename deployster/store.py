@@ -130,7 +130,7 @@ async def select_projects(db: Database) -> list[Project]:
 _DEPLOYMENT_COLUMNS = (
     "id", "project_id", "project", "cd", "commit_hash", "ref_name", "stage", "commands",
     "status", "reason", "exit_code", "queued_at", "started_at", "finished_at", "started_by",
-    "log", "log_bytes", "superseded_by",
+    "log", "log_bytes", "superseded_by", "commands_masked",
 )
 _RANK = "CASE {t}.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END"
 _UPSERT = (
@@ -167,6 +167,9 @@ def deployment_row(job: Job, *, log: str | None = None) -> dict[str, Any]:
         "log": log,
         "log_bytes": None if log is None else len(log.encode("utf-8")),
         "superseded_by": job.superseded_by,
+        # The commands are stored masked (never job.raw_commands); the flag
+        # keeps a redeploy from running "***" in place of a secret.
+        "commands_masked": int(job.commands_masked),
     }
 
 
@@ -213,6 +216,7 @@ def _job_from_row(row: Any) -> Job:
         finished_at=row["finished_at"],
         started_by=row["started_by"] or "admin",
         superseded_by=row["superseded_by"],
+        commands_masked=bool(row["commands_masked"]),
     )
 
 

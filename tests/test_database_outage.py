@@ -1,8 +1,9 @@
-"""PostgreSQL going away under a running server (issue #3 point 5): a clear 503
-where the database is needed, nothing half-written, history catches up after.
+"""The database going away under a running server: a clear 503 where the
+database is needed, nothing half-written, history catches up after; and a
+database emptied under it gets its tables back without losing a finished job.
 
-Runs only when DEPLOYSTER_TEST_DATABASE_URL points at PostgreSQL (SQLite is a
-file: it cannot "go down" the same way)."""
+The outage tests run only when DEPLOYSTER_TEST_DATABASE_URL points at
+PostgreSQL (SQLite is a file: it cannot "go down" the same way)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import pytest
 from deployster import store
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import _pg_admin_url, deploy_body, start_server
+from tests.conftest import _pg_admin_url, deploy_body, start_server, wait_for_status
 
-pytestmark = pytest.mark.skipif(
+needs_postgres = pytest.mark.skipif(
     not _pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL (PostgreSQL)"
 )
 
@@ -43,6 +44,7 @@ async def _block(name: str) -> None:
     )
 
 
+@needs_postgres
 async def test_database_outage_gives_503_and_history_catches_up(
     settings: Settings, any_database_url: str, tmp_path: Path
 ) -> None:
@@ -110,3 +112,72 @@ async def test_database_outage_gives_503_and_history_catches_up(
         await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         server.stop()
         await core.close()
+
+
+@needs_postgres
+async def test_a_database_emptied_under_the_server_loses_no_finished_job(
+    settings: Settings, any_database_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL dropped and created again empty while the server runs: health
+    says the tables are missing instead of "ok", the server creates them again,
+    and a job that finished meanwhile reaches the history (it was dropped, with
+    a warning, as a row the database refused)."""
+    if not any_database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    name = any_database_url.rsplit("/", 1)[1]
+    app = tmp_path / "app"
+    app.mkdir()
+    own = dataclasses.replace(settings, database_url=any_database_url)
+    core = await Deployster.open(own)
+    await core.projects.add(str(app))
+    server = start_server(own, tmp_path / "server.log")
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers,
+                                     timeout=30) as client:
+            # A server that has been serving: its project cache is warm.
+            warm = (await client.post("/deploy", json=deploy_body(app, "echo warm"))).json()
+            assert (await wait_for_status(client, warm["job_id"]))["status"] == "complete"
+            await core.db.disconnect()
+            await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await _admin(f'CREATE DATABASE "{name}"')
+            # Health reads the schema, not only the connection (the server
+            # re-creates the tables within seconds: catch it while it may).
+            health = (await client.get("/healthz")).json()
+            assert health["database"] == "ok" or "tables are missing" in health["database"], health
+            reply = await client.post("/deploy", json=deploy_body(app, "echo after-the-drop"))
+            assert reply.status_code == 200, reply.text
+            job_id = reply.json()["job_id"]
+            await core.db.connect()
+            deadline = time.monotonic() + 60
+            row = None
+            while time.monotonic() < deadline:
+                try:
+                    row = await store.select_deployment(core.db, job_id)
+                except Exception:  # the tables may not be back yet
+                    row = None
+                if row is not None and row.status.value == "complete":
+                    break
+                await asyncio.sleep(0.2)
+            assert row is not None and row.status.value == "complete", row
+            log = await store.select_deployment_log(core.db, job_id)
+            assert log is not None and "after-the-drop\n" in log
+            assert (await client.get("/healthz")).json()["database"] == "ok"
+        assert "cannot be stored, left out" not in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+        await core.close()
+
+
+async def test_health_reads_the_schema_not_only_the_connection(core: Deployster) -> None:
+    from deployster.history import HistoryWriter
+
+    assert (await core.health())["database"] == "ok"
+    for table in ("deployments", "audit_events", "projects", "schema_migrations"):
+        await core.db.execute(f"DROP TABLE {table}")
+    state = (await core.health())["database"]
+    assert state == "down: deployster's tables are missing (the database was emptied?)", state
+    await HistoryWriter(core).flush()  # nothing dirty: not what re-creates them
+    writer = HistoryWriter(core)
+    await writer._schema_check_when_due()
+    assert (await core.health())["database"] == "ok"

@@ -25,7 +25,7 @@ from deployster import jobs, queue
 from deployster.models import JobStatus
 from deployster.service import DeployRequest, Deployster
 from tests.conftest import LiveServer, deploy_body, wait_for_status
-from tests.helpers.redis_proxy import RedisProxy, script
+from tests.helpers.redis_proxy import RedisProxy, command, script
 
 TRIALS = 10
 
@@ -163,3 +163,24 @@ async def test_a_lost_reply_to_a_status_read_loses_and_repeats_no_line(
     assert lines == [f"line-{i}" for i in range(1, 61)]
     job = await core.job(job_id)
     assert job is not None and job.status is JobStatus.COMPLETE
+
+
+async def test_a_job_whose_start_meets_a_redis_outage_starts_once_redis_answers(
+    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The enqueue claimed the job for this server; reading its record to start
+    it fails (every reply lost for 2 s). It must start once Redis answers, not
+    sit "running" with no process until its 600 s lock expires."""
+    live, proxy = proxied
+    await core.projects.add(str(project_dir))
+    record = tmp_path / "ran"
+    async with live.client() as client:
+        window = proxy.lose_replies(command("HGETALL"), 2.0)
+        reply = await client.post("/deploy", json=deploy_body(
+            project_dir, f"echo once >> {record}"))
+        assert reply.json() == {"job_id": reply.json()["job_id"]}, reply.text
+        assert await asyncio.to_thread(window.wait, 10)
+        assert await finish_within(client, reply.json()["job_id"], 30) == "complete"
+    assert ran(record) == ["once"]
+    assert "never retrieved" not in live.log()

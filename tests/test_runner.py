@@ -264,3 +264,39 @@ async def test_the_server_token_is_not_visible_to_commands(
     assert TOKEN not in logs
     assert "token-absent\n" in logs
     assert f"job={job['job_id']} commit=abc1234\n" in logs
+
+
+async def test_a_job_whose_commands_as_sent_are_gone_runs_nothing(
+    core: Deployster, tmp_path: Path
+) -> None:
+    """Its stored commands have a secret masked: running them would run "***"
+    in its place. Nothing runs, and the log says why."""
+    project = Project(id=1, name="direct", path=str(tmp_path))
+    job = Job(
+        id=new_job_id(), project_id=1, project="direct", cd=str(tmp_path),
+        commands=["echo *** > ran.txt"], commit_hash="abc1234", ref_name="main",
+        commands_masked=True,
+    )
+    async with LogWriter(core.redis, core.keys, job.id, cap_bytes=1024 * 1024) as log:
+        outcome = await asyncio.wait_for(Runner(job, project, log, kill_grace=2.0).run(), 60)
+    text = await read_full_log(core.redis, core.keys, job.id)
+    assert outcome == Outcome(JobStatus.FAILED, Reason.INVALID)
+    assert not (tmp_path / "ran.txt").exists() and "$ echo" not in text
+    assert "no longer kept; nothing was run" in text
+
+
+async def test_a_job_runs_its_commands_as_sent_under_headers_as_stored(
+    core: Deployster, tmp_path: Path
+) -> None:
+    project = Project(id=1, name="direct", path=str(tmp_path))
+    job = Job(
+        id=new_job_id(), project_id=1, project="direct", cd=str(tmp_path),
+        commands=["echo *** > ran.txt"], commit_hash="abc1234", ref_name="main",
+        commands_masked=True, raw_commands=["echo s3cr3t-value > ran.txt"],
+    )
+    async with LogWriter(core.redis, core.keys, job.id, cap_bytes=1024 * 1024) as log:
+        outcome = await asyncio.wait_for(Runner(job, project, log, kill_grace=2.0).run(), 60)
+    text = await read_full_log(core.redis, core.keys, job.id)
+    assert outcome.status is JobStatus.COMPLETE, text
+    assert (tmp_path / "ran.txt").read_text() == "s3cr3t-value\n"
+    assert "[1/1] $ echo *** > ran.txt" in text and "s3cr3t" not in text

@@ -198,6 +198,25 @@ async def test_upsert_is_idempotent(db: Database) -> None:
     assert stored.to_dict() == job.to_dict()
 
 
+async def test_the_commands_masked_flag_round_trips_and_no_raw_text_is_stored(
+    db: Database,
+) -> None:
+    """The history keeps the commands as shown (masked) and the flag that keeps
+    such a job from being redeployed; the text as sent never reaches SQL."""
+    job = make_job(commands=["echo *** > out", "supervisorctl restart app"],
+                   commands_masked=True, raw_commands=["echo s3cr3t > out",
+                                                       "supervisorctl restart app"])
+    plain = make_job()
+    await store.upsert_deployments(db, [store.deployment_row(j) for j in (job, plain)])
+    stored = await store.select_deployment(db, job.id)
+    assert stored is not None and stored.commands_masked and stored.raw_commands is None
+    assert stored.commands == ["echo *** > out", "supervisorctl restart app"]
+    other = await store.select_deployment(db, plain.id)
+    assert other is not None and not other.commands_masked
+    rows = await db.fetch_all("SELECT * FROM deployments")
+    assert "s3cr3t" not in repr([dict(r._mapping) for r in rows])
+
+
 async def test_upsert_moves_forward_and_never_back(db: Database) -> None:
     job = make_job()
     await upsert(db, job)

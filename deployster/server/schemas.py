@@ -110,7 +110,14 @@ class JobRecord(JobReply):
 
     project_id: int
     cd: str
-    commands: list[str]
+    commands: list[str] = Field(
+        description="As stored: every secret the server knows (stage values, the admin "
+        "token, project tokens) masked as ***."
+    )
+    commands_masked: bool = Field(
+        False, description="The commands held a secret, stored masked: the job cannot be "
+        "redeployed (move the value into a stage variable)."
+    )
     stage: str | None = None
     exit_code: int | None = None
     started_by: str | None = None

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from deployster.control import cancel_job, redeploy, release_lock
-from deployster.masking import Masker, job_secrets
+from deployster.control import cancel_job, redeploy, redeploy_refusal, release_lock
+from deployster.masking import secret_mask
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import ProjectRow, project_rows
 
@@ -133,9 +133,10 @@ async def _unlock(app: DeploysterApp, project_id: int, owner: str, name: str) ->
 
 
 def shown_commands(app: DeploysterApp, job: Job, project: Project) -> str:
-    """The job's commands for a modal, secrets masked as in its log."""
-    masker = Masker(job_secrets(project.pipeline, app.core.settings.token))
-    return " && ".join(masker.mask(c) for c in job.commands)
+    """The job's commands for a modal, secrets masked as in its log (stored
+    masked; masked again for rows stored before that)."""
+    mask = secret_mask(project, app.core.settings.token)
+    return " && ".join(mask.commands(job.commands))
 
 
 def ask_cancel(app: DeploysterApp, job: Job, project: Project) -> None:
@@ -180,6 +181,9 @@ async def _cancel(app: DeploysterApp, job_id: str) -> None:
 
 
 def ask_redeploy(app: DeploysterApp, job: Job, project: Project) -> None:
+    if (refused := redeploy_refusal(job)) is not None:  # nothing to confirm
+        app.report_error(f"redeploy {short_id(job.id)}", refused)
+        return
     facts: list[tuple[str, Text | str]] = [
         ("from job", job.id),
         ("project", job.project),

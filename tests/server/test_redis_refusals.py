@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ import pytest
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_file
+from tests.conftest import LiveServer, deploy_body, start_server, wait_for_file, wait_for_status
 from tests.helpers.refusing_redis import RefusingRedis
 
 Fault = Callable[[RefusingRedis], contextlib.AbstractContextManager[None]]
@@ -135,3 +137,24 @@ async def test_a_job_running_while_writes_are_refused_ends_with_its_outcome(
         assert reply.status_code == 200, reply.text
         await wait_for_state(client, reply.json()["job_id"], lambda s: s == "complete")
     assert live.process.poll() is None
+
+
+async def test_a_project_added_while_redis_refuses_writes_is_saved_and_seen(
+    live: LiveServer, refusing: RefusingRedis, tmp_path: Path
+) -> None:
+    """The project row is saved before Redis is told (a version bump the other
+    processes watch): a refused bump must neither read as a failed command nor
+    leave the running server blind to the new project."""
+    app = tmp_path / "added-during-oom"
+    app.mkdir()
+    with refusing.out_of_memory():
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "deployster", "project", "add", str(app)],
+            env={**live.env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "registered project 'added-during-oom'" in result.stdout
+    assert "could not be told" in result.stderr and "Traceback" not in result.stderr
+    async with live.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(app, "echo hi"))
+        assert reply.status_code == 200, reply.text
+        assert (await wait_for_status(client, reply.json()["job_id"]))["status"] == "complete"

@@ -241,6 +241,37 @@ async def _finished_deploy(server: LiveServer, core: Deployster, project_dir: Pa
 async def test_redeploy_queues_a_new_job_with_the_same_commands(
     server: LiveServer, core: Deployster, project_dir: Path
 ) -> None:
+    await core.projects.add(str(project_dir), pipeline=[{
+        "stage_name": "Production", "git_branch": "main",
+        "environment_variables": [{"key": "API_KEY", "value": "hunter2-secret"}]}])
+    old = await _finished_deploy(server, core, project_dir, 'echo first-run "$API_KEY"')
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = projects_table(app)
+        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
+                         what="the last deploy")
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
+        shown = confirm_text(app)
+        assert old in shown and 'echo first-run "$API_KEY"' in shown and "abc1234" in shown
+        await pilot.press("y")
+        await wait_until(pilot, lambda: any("redeploy of" in n.message
+                                            for n in app._notifications), what="queued")
+    events = await store.select_audit_events(core.db)
+    assert events[0]["action"] == "job.redeploy" and events[0]["detail"] == {"from": old}
+    new = await core.job(events[0]["job_id"])
+    assert new is not None and new.id != old
+    assert new.commands[0] == 'echo first-run "$API_KEY"' and new.commit_hash == "abc1234"
+    async with server.client() as client:
+        final = await wait_for_status(client, new.id)
+    assert final["status"] == "complete" and "first-run ***" in str(final["logs"])
+
+
+async def test_redeploy_of_a_job_whose_commands_held_a_secret_is_refused(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    """The command was stored with the value masked: there is nothing to run
+    again, and the operator is told where the value belongs instead."""
     secret = "hunter2-secret"
     await core.projects.add(str(project_dir), pipeline=[{
         "stage_name": "Production", "git_branch": "main",
@@ -252,22 +283,15 @@ async def test_redeploy_queues_a_new_job_with_the_same_commands(
         await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
                          what="the last deploy")
         await pilot.press("r")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
-        assert old in shown and "echo first-run" in shown and "abc1234" in shown
-        assert secret not in shown and "# ***" in shown  # masked, as in the log
-        await pilot.press("y")
-        await wait_until(pilot, lambda: any("redeploy of" in n.message
-                                            for n in app._notifications), what="queued")
-    events = await store.select_audit_events(core.db)
-    assert events[0]["action"] == "job.redeploy" and events[0]["detail"] == {"from": old}
-    new = await core.job(events[0]["job_id"])
-    assert new is not None and new.id != old
-    # The redeploy runs the commands as sent, not as shown.
-    assert new.commands[0] == f"echo first-run # {secret}" and new.commit_hash == "abc1234"
-    async with server.client() as client:
-        final = await wait_for_status(client, new.id)
-    assert final["status"] == "complete" and "first-run" in str(final["logs"])
+        await wait_until(pilot, lambda: any("cannot be redeployed" in n.message
+                                            for n in app._notifications), what="refusal")
+        message = next(n.message for n in app._notifications
+                       if "cannot be redeployed" in n.message)
+        assert "stage variable" in message and secret not in message
+        assert not isinstance(app.screen, ConfirmScreen)  # nothing to confirm
+    assert not [e for e in await store.select_audit_events(core.db)
+                if e["action"] == "job.redeploy"]
+    assert [j.id for j in await store.select_deployments(core.db)] == [old]
 
 
 async def test_log_follows_a_running_job_and_shows_history_of_finished_ones(
