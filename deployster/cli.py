@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------- helpers
 
 
-def _settings() -> Settings:
-    return Settings.from_env()
+def _settings(**flags: Any) -> Settings:
+    # A flag left out (None) leaves the environment's value.
+    return Settings.from_env(**flags)
 
 
 async def _with_core(settings: Settings, body: Callable[[Deployster], Awaitable[int]]) -> int:
@@ -231,14 +232,14 @@ def _print_project(project: Any, *, as_json: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server.serve import serve
 
-    settings = _settings().with_overrides(host=args.host, port=args.port)
+    settings = _settings(host=args.host, port=args.port)
     settings.require_token()
     asyncio.run(serve(settings))
     return 0
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    settings = _settings().with_overrides(host=args.host, port=args.port)
+    settings = _settings(host=args.host, port=args.port)
     if args.serve:
         settings.require_token()
     # Log lines would tear the screen: they go to a file in the data dir.

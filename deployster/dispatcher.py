@@ -17,7 +17,7 @@ import time
 import uuid
 
 from . import recovery
-from .events import decode
+from .events import Event, decode
 from .history import HistoryWriter
 from .leaseguard import LeaseGuard, deadlines
 from .logstream import LogWriter
@@ -31,6 +31,10 @@ from .service import Deployster
 from .watchdog import Watchdog
 
 log = logging.getLogger("deployster.dispatcher")
+
+# Events after which a project's lock may be free and its queue non-empty (a
+# tuple: an event's type may be any JSON value, hashable or not).
+_WAKE_UPS = (Event.RELEASED, Event.ENQUEUED, Event.FINISHED)
 
 
 class Dispatcher:
@@ -140,17 +144,17 @@ class Dispatcher:
 
     async def _on_event(self, event: dict[str, object]) -> None:
         kind, project = event.get("type"), event.get("project")
-        if kind == "projects":
+        if kind == Event.PROJECTS:
             self.core.projects.invalidate()
             return
-        if kind == "cancel":
+        if kind == Event.CANCEL:
             runner = self.runners.get(str(event.get("job")))
             if runner is not None:
                 runner.stop(Reason.CANCELLED)
             return
-        if kind in ("released", "enqueued", "finished") and isinstance(project, int):
+        if kind in _WAKE_UPS and isinstance(project, int):
             await self.try_start(project)
-        if kind == "finished":
+        if kind == Event.FINISHED:
             self.history.notify()
 
     async def sweep(self) -> None:

@@ -3,8 +3,9 @@
 Every state change bumps the job's entry in the ``dirty`` hash (inside the same
 Lua script that made the change). The writer upserts those jobs in batches —
 with the full log once a job has finished — and clears an entry only if its
-version did not move meanwhile, so no change is ever lost and a crash merely
-delays the copy. Only then do the job's Redis keys get an expiry.
+version did not move meanwhile (``redis_scripts/settle.lua``), so no change is
+ever lost and a crash merely delays the copy. Only then do the job's Redis keys
+get an expiry.
 """
 
 from __future__ import annotations
@@ -26,24 +27,9 @@ BATCH = 200
 PRUNE_EVERY = 3600.0  # seconds between history prunes (when DEPLOYSTER_HISTORY_DAYS is set)
 SCHEMA_CHECK_EVERY = 10.0  # seconds between checks that the tables are still there
 
-# KEYS: dirty job log. ARGV: job_id version retention_s finished(0/1)
-_SETTLE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  if ARGV[4] == '1' then
-    redis.call('EXPIRE', KEYS[2], ARGV[3])
-    redis.call('EXPIRE', KEYS[3], ARGV[3])
-  end
-  return 1
-end
-return 0
-"""
-
 
 def _is_outage(exc: BaseException) -> bool:
     return classify(exc) is not None
-
-
 
 
 class HistoryWriter:
@@ -52,7 +38,6 @@ class HistoryWriter:
         self.interval = interval
         self._wake = asyncio.Event()
         self._stopping = False
-        self._settle = core.redis.register_script(_SETTLE)
         self._next_prune = 0.0  # loop time of the next prune: the first pass does one
         self._next_schema_check = 0.0
 
@@ -165,11 +150,9 @@ class HistoryWriter:
                 job = jobs.get(job_id)
                 finished = "1" if job is not None and job.status.finished else "0"
                 any_finished |= finished == "1"
-                await self._settle(
-                    keys=[core.keys.dirty, core.keys.job(job_id), core.keys.log(job_id)],
-                    args=[job_id, version, retention, finished],
-                    client=pipe,
-                )
+                await core.scripts.settle(job_id=job_id, version=version,
+                                          retention_s=retention, finished=finished,
+                                          client=pipe)
             if any_finished:  # the dashboard's "last deploy" can be read again
                 pipe.publish(core.keys.feed, events.encode(events.HISTORY))
             await pipe.execute()

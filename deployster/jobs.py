@@ -1,11 +1,12 @@
 """Live job records in Redis, and the seed's destructive-looking /status read.
 
 The seed cleared each returned chunk from Redis. Here logs are stored once and
-the /status call only moves a cursor kept in the job record, in one Lua script:
-the status and the lines since the cursor are read together, so the reply that
-first says ``complete``/``failed`` carries the last lines (the runner flushes
-its output before it records the end), two concurrent calls never return the
-same line, and every other reader sees the whole log.
+the /status call only moves a cursor kept in the job record, in one Lua script
+(``redis_scripts/status_read.lua``): the status and the lines since the cursor
+are read together, so the reply that first says ``complete``/``failed`` carries
+the last lines (the runner flushes its output before it records the end), two
+concurrent calls never return the same line, and every other reader sees the
+whole log.
 """
 
 from __future__ import annotations
@@ -17,32 +18,7 @@ from typing import Any, cast
 from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
-
-# KEYS: job, job log. ARGV: the read's nonce. Returns false when the job is
-# unknown, else {status, reason, text, superseded_by}. A retry of a read whose
-# reply was lost (same nonce) starts again where that read started: the client
-# never saw those lines, so they are neither lost nor, later, repeated.
-_STATUS_READ = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'reason', 'cursor', 'superseded_by',
-                      'cursor_nonce', 'cursor_before')
-if not st[1] then return false end
-local from = st[3] or '0-0'
-if st[5] == ARGV[1] then from = st[6] or '0-0' end
-local entries = redis.call('XRANGE', KEYS[2], '(' .. from, '+')
-local parts = {}
-local last = from
-for i = 1, #entries do
-  last = entries[i][1]
-  local f = entries[i][2]
-  for j = 1, #f, 2 do
-    if f[j] == 'd' then parts[#parts + 1] = f[j + 1] end
-  end
-end
-if last ~= (st[3] or '0-0') then
-  redis.call('HSET', KEYS[1], 'cursor', last, 'cursor_nonce', ARGV[1], 'cursor_before', from)
-end
-return {st[1], st[2] or '', table.concat(parts), st[4] or ''}
-"""
+from .redis_scripts import Scripts
 
 
 @dataclass(frozen=True)
@@ -57,7 +33,7 @@ class JobRecords:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._status_read = redis.register_script(_STATUS_READ)
+        self.scripts = Scripts.of(redis, keys)
 
     async def get(self, job_id: str, *, raw: bool = False) -> Job | None:
         """The live record; ``raw``: with the commands as sent (the runner only,
@@ -76,8 +52,7 @@ class JobRecords:
 
     async def read_status(self, job_id: str) -> StatusRead | None:
         """Status plus the output since the previous call (moves the cursor)."""
-        result = await self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)],
-                                         args=[uuid.uuid4().hex])
+        result = await self.scripts.status_read(job_id=job_id, nonce=uuid.uuid4().hex)
         if not result:
             return None
         status, reason, logs, superseded_by = result

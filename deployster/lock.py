@@ -1,36 +1,48 @@
 """The per-project deploy lock, ``lock:deploy:<projectId>`` = owning job id.
 
-Acquired with ``SET NX PX``; release and extend are compare-and-set in Lua on the
-owner, so nobody ever deletes or prolongs a lock that has meanwhile passed to a
-newer job. (redis-py's ``Lock`` does the same but shares its token between
-asyncio tasks by default and never renews itself; a deploy needs both fixed.)
-The queue's claim script sets the same key atomically with popping the job.
+Only the job holding it runs; its TTL (the project's ``lock_ttl``) frees it if
+nobody renews it. Every change to the key, and every script's read of it, is a
+function of one Lua library, ``redis_scripts/lock.lua``, which the scripts below
+include; this module is the Python side (the operator's release, the lock's
+state) and this map its life:
+
+1. **claim** (take): the queue's ``claim()`` (``redis_scripts/queue.lua``, run by
+   ``enqueue.lua``, ``claim.lua`` and ``finish.lua``) pops the head of the queue
+   and, in the same step, takes the free lock for it (``lock_take``: ``SET``
+   with the job's TTL), bumps the project's fence and marks the job running.
+2. **renew**: the job's watchdog (``watchdog.py``) runs ``beat.lua`` every
+   second; every TTL/3 it renews the lock (``lock_renew``: compare-and-
+   ``PEXPIRE``, only while the job still holds it).
+3. **release**: the job's end, ``finish.lua`` (``JobQueue.finish``), deletes the
+   lock if the job still holds it (``lock_release``: compare-and-delete) and
+   claims the next job in the same step; or an operator frees it,
+   ``release.lua`` (``DeployLock.release``: the same compare-and-delete, then a
+   ``released`` event that makes dispatchers claim the next job).
+   **expire**: nobody renewed it (its process paused or its server died) for a
+   TTL: Redis deletes it, and the next claim may take it.
+4. **lost**: a job still running whose lock was released or expired. Its next
+   beat finds the lock not its own (``lock_renew`` fails) and the watchdog stops
+   it with ``lock_lost``; the next claim (``claim()``: the project's ``current``
+   job still running) ends it ``lock_lost`` too, and the fence makes whatever its
+   runner still writes a no-op. A job whose renewals stop (its server stalls)
+   has its processes ended by the lease guard (``leaseguard.py``) before the
+   TTL of its last renewal runs out, so none still runs once the lock can expire.
+
+Readers: ``DeployLock.state`` and the dashboard's ``locks_and_queues.lua``
+(``lock_holder``, ``lock_ttl``). Every write is compare-and-set on the owner, so
+nobody deletes or prolongs a lock that has meanwhile passed to a newer job.
+(redis-py's ``Lock`` does the same but shares its token between asyncio tasks
+by default and never renews itself; a deploy needs both fixed.)
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from .events import Event, encode
 from .keys import Keys
 from .redis_conn import Redis
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
+from .redis_scripts import Scripts
 
 
 @dataclass(frozen=True)
@@ -44,23 +56,14 @@ class DeployLock:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._release = redis.register_script(_RELEASE)
-        self._extend = redis.register_script(_EXTEND)
-
-    async def acquire(self, project_id: int, owner: str, ttl_ms: int) -> bool:
-        return bool(await self.redis.set(self.keys.lock(project_id), owner, nx=True, px=ttl_ms))
+        self.scripts = Scripts.of(redis, keys)
 
     async def release(self, project_id: int, owner: str) -> bool:
-        """Delete the lock only if ``owner`` still holds it; wakes the queue."""
-        event = json.dumps({"type": "released", "project": project_id, "job": owner})
-        done = await self._release(
-            keys=[self.keys.lock(project_id), self.keys.events], args=[owner, event]
-        )
+        """Delete the lock only if ``owner`` still holds it; wakes the queue
+        (a ``released`` event). False when ``owner`` no longer held it."""
+        event = encode(Event.RELEASED, project_id, owner)
+        done = await self.scripts.release(project_id=project_id, owner=owner, event=event)
         return bool(done)
-
-    async def extend(self, project_id: int, owner: str, ttl_ms: int) -> bool:
-        """Reset the TTL only if ``owner`` still holds it (the watchdog's renewal)."""
-        return bool(await self._extend(keys=[self.keys.lock(project_id)], args=[owner, ttl_ms]))
 
     async def state(self, project_id: int) -> LockState:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -7,12 +7,13 @@ and a marker line says how much — never silently. Readers (the /status cursor,
 history, the dashboard, the log API) read by stream id and never consume anything.
 
 An entry's id is ``<byte offset>-1``: where its text starts in the job's whole
-log (see ``_APPEND``), so a stream id, an API log cursor and a byte position in
-the history copy are one and the same number.
+log (see ``redis_scripts/append.lua``, the one script that appends), so a stream
+id, an API log cursor and a byte position in the history copy are one and the
+same number.
 
 Appends are idempotent: a batch whose reply was lost (a dropped connection, a
 Redis restart) can be sent again — by redis-py's own retry or by the writer —
-and goes in once (see ``_APPEND``), so the log is byte for byte what the job
+and goes in once (see ``append.lua``), so the log is byte for byte what the job
 printed, whatever happened on the way.
 """
 
@@ -30,6 +31,7 @@ from typing import cast
 
 from .keys import Keys
 from .redis_conn import REDIS_DOWN, Redis
+from .redis_scripts import Scripts
 
 log = logging.getLogger("deployster.logstream")
 
@@ -52,75 +54,6 @@ def human_bytes(n: int) -> str:
             return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} bytes"
-
-
-# Every entry's id is ``<offset>-1``: the byte offset of its first byte in the
-# job's whole log (the concatenation of every entry's ``d``, UTF-8), so an id is
-# also a cursor into the history copy of the log, byte for byte. (Sequence 1
-# because Redis refuses the id 0-0.) The offset is computed here, from the last
-# entry, so any number of writers (the runner, the closing line of whoever ends
-# the job) continue one numbering without sharing state. Each entry also
-# carries ``t``, the epoch milliseconds it was written at, and ``b``, the id of
-# the batch it came in.
-#
-# With a fence, append only while the job is still running under the writer's
-# fence: a stale runner (its job already ended by whoever took the lock over)
-# writes nothing.
-#
-# Idempotence: a batch sent again (its first reply was lost, but the first call
-# may have run) is not appended again. A batch id is unique to one batch of one
-# writer, so the batch is in when an entry carries its id. Which entries to look
-# at: the last one (free: it is read for the offset anyway); and, when the log
-# is no longer where the writer's last acknowledged append left it (``expect``),
-# every entry from there on: its earlier try may be followed by someone else's
-# line (a closing line). In the usual case the log is where the writer expects
-# it and nothing more is read. Someone else's append in between does not
-# block the writer: a batch not found goes in at the end, as ever.
-#
-# KEYS: job record, job log.
-# ARGV: fence ('' for none), maxlen, now_ms, batch id, expect (the byte length
-#       the writer last saw; '' when unknown: only the last entry is checked),
-#       chunk... (each valid UTF-8 on its own).
-# Returns 0 when fenced out, else 1 + the log's length in bytes (afterwards, or
-# as it is when the batch was already in).
-_APPEND = """
-if ARGV[1] ~= '' then
-  local st = redis.call('HMGET', KEYS[1], 'status', 'fence')
-  if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
-end
-local batch = ARGV[4]
-local function has_batch(f)
-  for j = 1, #f, 2 do
-    if f[j] == 'b' and f[j + 1] == batch then return true end
-  end
-  return false
-end
-local offset = 0
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-if last then
-  offset = tonumber(string.match(last[1], '^(%d+)'))
-  local f = last[2]
-  for j = 1, #f, 2 do
-    if f[j] == 'd' then offset = offset + #f[j + 1] end
-  end
-  if batch ~= '' and has_batch(f) then return 1 + offset end
-  local expect = tonumber(ARGV[5])
-  if batch ~= '' and expect and expect ~= offset then
-    for _, entry in ipairs(redis.call('XRANGE', KEYS[2], string.format('%d-0', expect), '+')) do
-      if has_batch(entry[2]) then return 1 + offset end
-    end
-  end
-end
-for i = 6, #ARGV do
-  local chunk = ARGV[i]
-  if #chunk > 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-1', offset),
-               'd', chunk, 't', ARGV[3], 'b', batch)
-    offset = offset + #chunk
-  end
-end
-return 1 + offset
-"""
 
 
 def _is_continuation(byte: int) -> bool:
@@ -169,9 +102,9 @@ async def append(redis: Redis, keys: Keys, job_id: str, *chunks: str) -> int:
     """
     data = "".join(chunks).replace("\x00", NUL_REPLACEMENT).encode("utf-8", "replace")
     batch = "a:" + hashlib.sha1(data).hexdigest()[:20]
-    script = redis.register_script(_APPEND)
-    return int(await script(keys=[keys.job(job_id), keys.log(job_id)],
-                            args=["", MAXLEN, now_ms(), batch, "", *entry_chunks(data)])) - 1
+    return int(await Scripts.of(redis, keys).append(
+        job_id=job_id, fence="", maxlen=MAXLEN, now_ms=now_ms(), batch=batch, expect="",
+        chunks=entry_chunks(data))) - 1
 
 
 # How long close() keeps retrying its last flush while Redis is unreachable.
@@ -180,7 +113,7 @@ CLOSE_RETRY_FOR = 60.0
 
 @dataclass(frozen=True)
 class _Batch:
-    id: str  # unique to this batch of this writer: how _APPEND knows it is in
+    id: str  # unique to this batch of this writer: how append.lua knows it is in
     chunks: list[bytes]
     size: int
 
@@ -189,12 +122,12 @@ class LogWriter:
     """Buffers a job's output and appends it to the job's stream in batches.
 
     With ``fence`` set, every append is checked against the job's record (see
-    ``_APPEND``). While Redis is unreachable the output stays buffered
+    ``append.lua``). While Redis is unreachable the output stays buffered
     (bounded by the cap) and goes out with the next successful flush.
 
     A batch whose append failed may have run all the same (only its reply was
     lost): it is sent again first, alone, unchanged and under the same id, and
-    ``_APPEND`` appends it only if it is not in yet. One script call per flush
+    ``append.lua`` appends it only if it is not in yet. One script call per flush
     in the usual case, two after a failure.
 
     The cap counts every byte taken for the log, whether buffered, in flight or
@@ -209,8 +142,8 @@ class LogWriter:
         self, redis: Redis, keys: Keys, job_id: str, *, cap_bytes: int, fence: int | None = None
     ) -> None:
         self.redis = redis
+        self.job_id = job_id
         self.key = keys.log(job_id)
-        self.job_key = keys.job(job_id)
         self.cap_bytes = cap_bytes
         self.fence = fence
         self.kept = 0  # bytes taken for the log: buffered, in flight or written
@@ -218,7 +151,7 @@ class LogWriter:
         self.dropped = 0
         self.full = False
         self.stale = False
-        self._append = redis.register_script(_APPEND)
+        self.scripts = Scripts.of(redis, keys)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -292,15 +225,15 @@ class LogWriter:
                 )
 
     async def _send(self, batch: _Batch) -> None:
-        """One ``_APPEND`` call; on a Redis error the batch stays ``_unsent``."""
+        """One append.lua call; on a Redis error the batch stays ``_unsent``."""
         if self.stale:
             self._unsent = None
             return
         self._unsent = batch
-        fence = "" if self.fence is None else self.fence
-        result = await self._append(
-            keys=[self.job_key, self.key],
-            args=[fence, MAXLEN, now_ms(), batch.id, self._offset, *batch.chunks],
+        result = await self.scripts.append(
+            job_id=self.job_id, fence="" if self.fence is None else self.fence,
+            maxlen=MAXLEN, now_ms=now_ms(), batch=batch.id, expect=self._offset,
+            chunks=batch.chunks,
         )
         self._unsent = None
         if not result:

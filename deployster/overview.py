@@ -1,6 +1,6 @@
 """What the operator's dashboard shows, read through the core (issue #4).
 
-One call builds every project's row from a single Redis pipeline (lock owner,
+One call builds every project's row from a single Redis script (lock owner,
 its TTL, queue length) plus the running jobs' records and one SQL query for
 the last finished deployments, so a refresh costs a few round trips whatever
 the number of projects.
@@ -16,7 +16,7 @@ from typing import Any, cast
 from . import store
 from .access import Principal
 from .clock import parse_iso, utcnow
-from .events import SUBSCRIBED, decode
+from .events import Event, decode
 from .logstream import read_log
 from .models import Job, JobStatus, Project
 from .service import Deployster
@@ -24,21 +24,6 @@ from .watchdog import HEARTBEAT_INTERVAL
 
 # A holder whose heartbeat is older than this many beats is shown STALE.
 STALE_AFTER = 3 * HEARTBEAT_INTERVAL
-
-
-# Every project's lock owner, its TTL and queue length in one round trip (one
-# command, not three per project: with hundreds of projects the client-side cost
-# of a pipeline dominates a refresh). KEYS: n lock keys, then n queue keys.
-_LOCKS_AND_QUEUES = """
-local n = #KEYS / 2
-local out = {}
-for i = 1, n do
-  out[#out + 1] = redis.call('GET', KEYS[i])
-  out[#out + 1] = redis.call('PTTL', KEYS[i])
-  out[#out + 1] = redis.call('LLEN', KEYS[n + i])
-end
-return out
-"""
 
 
 @dataclass(frozen=True)
@@ -77,11 +62,8 @@ async def project_rows(
     projects = await core.projects.all()
     if not projects:
         return []
-    keys = core.keys
-    script = core.redis.register_script(_LOCKS_AND_QUEUES)
-    raw = cast(list[Any], await script(
-        keys=[keys.lock(p.id) for p in projects] + [keys.queue(p.id) for p in projects]
-    ))
+    # Every lock and queue length in one command (redis_scripts/locks_and_queues.lua).
+    raw = cast(list[Any], await core.scripts.locks_and_queues([p.id for p in projects]))
     owners = [raw[i * 3] for i in range(len(projects))]
     jobs = {j.id: j for j in await core.jobs.get_many([o for o in owners if o])}
     if last is None:
@@ -262,6 +244,6 @@ async def watch_events(core: Deployster) -> AsyncIterator[dict[str, Any]]:
             elif kind == "subscribe":
                 confirmations += 1
                 if confirmations == 2:
-                    yield {"type": SUBSCRIBED}
+                    yield {"type": Event.SUBSCRIBED}
     finally:
         await pubsub.aclose()

@@ -26,6 +26,7 @@ from databases import Database
 from . import store
 from .envfile import value_problem
 from .errors import Conflict, InvalidRequest, UnknownProject
+from .events import Event, encode
 from .keys import Keys
 from .models import EnvVar, Project, Stage
 from .outages import REDIS_DOWN, describe
@@ -213,7 +214,7 @@ class ProjectRegistry:
         self._loaded_at = -math.inf
         try:
             await self.redis.incr(self.keys.projects_version)
-            await self.redis.publish(self.keys.events, json.dumps({"type": "projects"}))
+            await self.redis.publish(self.keys.events, encode(Event.PROJECTS))
         except REDIS_DOWN as exc:
             log.warning("the change is saved, but running deployster processes could not be "
                         "told (Redis: %s); they see it within %gs", describe(exc), RELOAD_EVERY)

@@ -15,14 +15,14 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from . import procgroups
 from .envfile import render_env, write_env_file
 from .masking import LogSink
 from .models import Job, JobStatus, Project, Reason, Stage
 from .printable import command_header
-from .settings import ENV_PREFIX, Settings
+from .settings import Settings
 
 READ_CHUNK = 64 * 1024
 # After the shell exits, how long to keep reading output that a background
@@ -35,9 +35,7 @@ EXIT_POLL = 0.05
 # DEPLOYSTER_DATABASE_URL may carry passwords, which are no stage secret the
 # masker knows, so a command running ``env`` printed them into the log as is
 # (issue #5 review). Other DEPLOYSTER_* variables (not settings) pass on.
-_SCRUBBED_ENV = frozenset(
-    {f"{ENV_PREFIX}{f.name.upper()}" for f in fields(Settings)} | {f"{ENV_PREFIX}CONFIG"}
-)
+_SCRUBBED_ENV = Settings.variables()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from .outages import describe
 from .projects import ProjectRegistry
 from .queue import EnqueueResult, JobQueue
 from .redis_conn import Redis, connect_redis
+from .redis_scripts import Scripts
 from .settings import Settings
 from .validation import check_commands, check_text_fields
 
@@ -56,6 +57,13 @@ class Deployster:
         self.projects = ProjectRegistry(db, redis, self.keys, settings)
         # Identifies this process as the runner of the jobs it claims.
         self.runner_id = uuid.uuid4().hex[:12]
+
+    @property
+    def scripts(self) -> Scripts:
+        """Every Lua script, registered once per Redis client (``lock``,
+        ``queue`` and ``jobs`` share them); looked up at each use, so it follows
+        ``redis`` when that is replaced."""
+        return Scripts.of(self.redis, self.keys)
 
     @classmethod
     async def open(cls, settings: Settings) -> Deployster:

@@ -3,21 +3,39 @@
 Values come from ``DEPLOYSTER_*`` environment variables, optionally layered over a
 TOML file named by ``DEPLOYSTER_CONFIG`` (keys are the variable names without the
 prefix, in lower case). The environment wins, so a unit file can override a
-checked-in config.
+checked-in config; an empty variable counts as unset.
+
+pydantic-settings reads the variables and pydantic converts each value by its
+field's type, so a new field needs only its annotation. A value that does not
+convert stops the command with one ``ConfigError`` line naming the variable.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import Annotated, Any, Self, Union, get_args, get_origin
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .errors import ConfigError
 
 ENV_PREFIX = "DEPLOYSTER_"
+CONFIG_VAR = f"{ENV_PREFIX}CONFIG"
+
+
+def env_name(field: str) -> str:
+    """The variable a setting is read from: ``port`` -> ``DEPLOYSTER_PORT``."""
+    return ENV_PREFIX + field.upper()
 
 
 def _default_data_dir() -> Path:
@@ -25,64 +43,148 @@ def _default_data_dir() -> Path:
     return Path(base) / "deployster"
 
 
-@dataclass(frozen=True)
-class Settings:
-    token: str | None = None
+def _expand_user(path: Path) -> Path:
+    return Path(os.path.expanduser(path))
+
+
+def _split_paths(value: Any) -> Any:
+    # The variable's form, "/srv/a:/srv/b" (empty parts skipped); a TOML list
+    # passes as it is.
+    if isinstance(value, str):
+        return [part for part in value.split(os.pathsep) if part]
+    return value
+
+
+# A path where a leading "~" is the user's home.
+UserPath = Annotated[Path, AfterValidator(_expand_user)]
+# Every number here is a size, a count or a duration: nan, inf or a negative
+# value is a typo, never a setting.
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# NoDecode: pydantic-settings would read a tuple variable as JSON.
+PathList = Annotated[tuple[UserPath, ...], NoDecode, BeforeValidator(_split_paths)]
+
+
+class Settings(BaseSettings):
+    """Immutable; build one with ``from_env`` (what the commands do) or directly
+    with keyword arguments, which are validated the same way but never read the
+    environment. ``with_overrides`` makes a changed copy."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        # Each field is read from exactly DEPLOYSTER_<FIELD> (no other spelling:
+        # the runner drops exactly these names from the commands' environment).
+        alias_generator=env_name,
+        validate_by_name=True,
+        case_sensitive=True,
+        env_ignore_empty=True,
+        # The admin token must not reach a log through a validation error.
+        hide_input_in_errors=True,
+    )
+
+    # Kept out of repr() and out of error messages.
+    token: str | None = Field(default=None, repr=False)
     host: str = "127.0.0.1"
-    port: int = 3259
-    data_dir: Path = field(default_factory=_default_data_dir)
+    port: Count = 3259
+    data_dir: UserPath = Field(default_factory=_default_data_dir)
     redis_url: str | None = None
     database_url: str | None = None
-    allowed_roots: tuple[Path, ...] = ()
+    allowed_roots: PathList = ()
     # Prefix for several deployster instances sharing one Redis: keys become
     # "<ns>:deployster:…" and the lock "<ns>:lock:deploy:<id>".
     namespace: str = ""
-    default_lock_ttl: float = 600.0
-    default_timeout: float = 3600.0
-    log_cap_bytes: int = 50 * 1024 * 1024
+    default_lock_ttl: Seconds = 600.0
+    default_timeout: Seconds = 3600.0
+    log_cap_bytes: Count = 50 * 1024 * 1024
     # How long a finished job's record and log stream stay in Redis after they
     # reached SQL (the /status cursor lives there; history keeps the rest).
-    retention: float = 24 * 3600.0
+    retention: Seconds = 24 * 3600.0
     # Slow safety net for lost pub/sub notifications and expired locks.
-    sweep_interval: float = 2.0
-    kill_grace: float = 5.0
+    sweep_interval: Seconds = 2.0
+    kill_grace: Seconds = 5.0
     # On SIGTERM, how long running jobs may go on before they are interrupted.
-    shutdown_grace: float = 30.0
-    max_body_bytes: int = 1024 * 1024
+    shutdown_grace: Seconds = 30.0
+    max_body_bytes: Count = 1024 * 1024
     # Per deploy request: how many commands, and how long each may be (UTF-8 bytes).
-    max_commands: int = 100
-    max_command_bytes: int = 64 * 1024
+    max_commands: Count = 100
+    max_command_bytes: Count = 64 * 1024
     # Jobs that may wait in one project's queue; past it a deploy gets 429 (0: no cap).
-    max_queue: int = 100
+    max_queue: Count = 100
     # Seconds without an event before an SSE stream sends a keep-alive comment.
-    sse_keepalive: float = 15.0
+    sse_keepalive: Seconds = 15.0
     # Live log streams one server serves at once (each holds a Redis connection).
-    max_streams: int = 200
+    max_streams: Count = 200
     # SQL history: finished deploys requested more than this many days ago are
     # deleted (hourly, by the server), except each project's ``history_keep``
     # newest. 0 keeps everything.
-    history_days: float = 0.0
-    history_keep: int = 20
+    history_days: Seconds = 0.0
+    history_keep: Count = 20
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        env = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        config_file = env.get(ENV_PREFIX + "CONFIG")
-        if config_file:
-            values.update(_read_toml(Path(config_file)))
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Settings(...) holds what it is given and nothing else (tests and tools
+        # build one that way); only from_env() reads the environment.
+        return (init_settings,)
 
-    def with_overrides(self, **overrides: Any) -> Settings:
-        return replace(
-            self, **{k: _coerce(k, v) for k, v in overrides.items() if v is not None}
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """The settings of this process: the TOML file named by
+        ``DEPLOYSTER_CONFIG``, under the ``DEPLOYSTER_*`` variables, under
+        ``overrides`` (command-line flags; ``None`` means the flag was not
+        given). Raises ``ConfigError`` for an unreadable file, an unknown key or
+        a value that does not convert."""
+        config_file = os.environ.get(CONFIG_VAR)
+        values = _read_toml(Path(config_file)) if config_file else {}
+        by_variable = {env_name(name): name for name in cls.model_fields}
+        values.update(
+            (by_variable.get(key, key), raw) for key, raw in EnvSettingsSource(cls)().items()
         )
+        values.update((k, v) for k, v in overrides.items() if v is not None)
+        return cls._validated(values)
+
+    def with_overrides(self, **overrides: Any) -> Self:
+        """A copy with these fields replaced (``None`` included), converted and
+        checked like ``from_env``'s values. Raises ``ConfigError``."""
+        return self._validated({**self.model_dump(), **overrides})
+
+    @classmethod
+    def _validated(cls, values: dict[str, Any]) -> Self:
+        try:
+            # model_validate, unlike Settings(...), consults no source.
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise _config_error(cls, exc, values) from None
+
+    @classmethod
+    def variables(cls) -> frozenset[str]:
+        """Every environment variable the settings are read from: one per field,
+        and ``DEPLOYSTER_CONFIG``."""
+        return frozenset({env_name(name) for name in cls.model_fields} | {CONFIG_VAR})
+
+    def to_env(self) -> dict[str, str]:
+        """The ``DEPLOYSTER_*`` variables that make another process's
+        ``from_env()`` load these same settings: ``allowed_roots`` joined with
+        ``:``, ``None`` as an empty variable (which reads as unset)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                text = ""
+            elif isinstance(value, tuple):
+                text = os.pathsep.join(str(item) for item in value)
+            else:
+                text = str(value)
+            env[env_name(name)] = text
+        return env
 
     # --------------------------------------------------------------- derived
     @property
@@ -109,37 +211,35 @@ class Settings:
         return self.token
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+def _config_error(cls: type[Settings], exc: ValidationError, values: dict[str, Any]) -> ConfigError:
+    """One line for the first thing wrong, naming its variable and the value as
+    given, unless the field is kept out of repr (the token)."""
+    error = exc.errors()[0]
+    key = str(error["loc"][0]) if error["loc"] else ""
+    name = {env_name(n): n for n in cls.model_fields}.get(key, key)
+    if error["type"] == "extra_forbidden" or name not in cls.model_fields:
+        return ConfigError(f"unknown setting {name!r}")
+    field = cls.model_fields[name]
+    given = values.get(name, error["input"])
+    shown = f"{env_name(name)}={given!r}" if field.repr else env_name(name)
+    if error["type"] in ("greater_than_equal", "finite_number"):
+        return ConfigError(f"{shown} must be a finite number, 0 or more")
+    return ConfigError(f"{shown} is not a valid {_kind(field.annotation)}")
 
 
-def _coerce(name: str, value: Any) -> Any:
-    if name not in _FIELD_TYPES:
-        raise ConfigError(f"unknown setting {name!r}")
-    kind = str(_FIELD_TYPES[name])
-    try:
-        if name == "allowed_roots":
-            if isinstance(value, str):
-                value = [p for p in value.split(os.pathsep) if p]
-            return tuple(Path(os.path.expanduser(str(p))) for p in value)
-        if name == "data_dir":
-            return Path(os.path.expanduser(str(value)))
-        if kind == "int":
-            number: int | float = int(value)
-        elif kind == "float":
-            number = float(value)
-        else:
-            return value
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}={value!r} is not a valid {kind}"
-        ) from None
-    # Every number here is a size, a count or a duration: nan, inf or a
-    # negative value is a typo, never a setting.
-    if not math.isfinite(number) or number < 0:
-        raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}={value!r} must be a finite number, 0 or more"
-        )
-    return number
+def _kind(annotation: Any) -> str:
+    """A type as a user reads it: ``int`` for ``int``, ``int | None`` and
+    ``Annotated[int, …]``; ``list of Path`` for ``tuple[Path, ...]``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _kind(args[0])
+    if origin in (Union, UnionType):
+        options = [arg for arg in args if arg is not NoneType]
+        if len(options) == 1:
+            return _kind(options[0])
+    if origin in (tuple, list) and args:
+        return f"list of {_kind(args[0])}"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

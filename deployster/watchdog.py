@@ -1,11 +1,12 @@
 """The watchdog that guards a running job (SPEC §6, issue #3).
 
-Every second it checks, in one Lua call, that the job is still the one the
-lock names: it records a heartbeat (the dashboard shows its age), renews the
-lock's TTL every TTL/3, and sees a cancel request. If the lock is no longer the
-job's (it expired while the process was paused, or an operator released it) the
-job is stopped with ``lock_lost``; if someone else already ended the job (its
-fence moved on), the runner is stale and stops without writing anything.
+Every second it checks, in one Lua call (``redis_scripts/beat.lua``), that the
+job is still the one the lock names: it records a heartbeat (the dashboard shows
+its age), renews the lock's TTL every TTL/3 (the lock's life: ``lock.py``), and
+sees a cancel request. If the lock is no longer the job's (it expired while the
+process was paused, or an operator released it) the job is stopped with
+``lock_lost``; if someone else already ended the job (its fence moved on), the
+runner is stale and stops without writing anything.
 """
 
 from __future__ import annotations
@@ -19,24 +20,15 @@ from collections.abc import Callable
 from .keys import Keys
 from .models import Job, Reason
 from .redis_conn import REDIS_DOWN, Redis
+from .redis_scripts import Scripts
 from .runner import Runner
 
 log = logging.getLogger("deployster.watchdog")
 
 HEARTBEAT_INTERVAL = 1.0
 
+# What a beat answers (beat.lua).
 OK, CANCEL_REQUESTED, LOCK_LOST, STALE = 1, 2, 0, -1
-
-# KEYS: job lock. ARGV: job id, fence, heartbeat (epoch s), ttl ms to renew ('' = no).
-_BEAT = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'fence', 'cancel_requested')
-if st[1] ~= 'running' or st[2] ~= ARGV[2] then return -1 end
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
-redis.call('HSET', KEYS[1], 'heartbeat', ARGV[3])
-if st[3] == '1' then return 2 end
-return 1
-"""
 
 
 def _being_cancelled() -> bool:
@@ -48,16 +40,15 @@ class Watchdog:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._beat = redis.register_script(_BEAT)
+        self.scripts = Scripts.of(redis, keys)
 
     async def beat(self, job: Job, *, renew: bool) -> int:
-        return int(
-            await self._beat(
-                keys=[self.keys.job(job.id), self.keys.lock(job.project_id)],
-                args=[job.id, job.fence, f"{time.time():.3f}",
-                      job.lock_ttl_ms if renew else ""],
-            )
-        )
+        """One check (``OK``, ``CANCEL_REQUESTED``, ``LOCK_LOST`` or ``STALE``);
+        with ``renew`` the lock's TTL starts again from now if it is the job's."""
+        return int(await self.scripts.beat(
+            project_id=job.project_id, job_id=job.id, fence=job.fence,
+            heartbeat=f"{time.time():.3f}", ttl_ms=job.lock_ttl_ms if renew else "",
+        ))
 
     async def guard(
         self, job: Job, runner: Runner, on_renewed: Callable[[float], None] | None = None

@@ -19,8 +19,7 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from deployster.tui.demo import RUNNING_JOB, demo_app, demo_log_chunks, demo_project_screen
-from deployster.tui.screens.log import LogScreen
+from deployster.tui.demo import demo_app, demo_log_screen, demo_project_screen
 
 SIZE = (130, 32)
 
@@ -30,7 +29,7 @@ async def _project(pilot: Pilot[Any]) -> None:
 
 
 async def _log(pilot: Pilot[Any]) -> None:
-    await pilot.app.push_screen(LogScreen(RUNNING_JOB, text=demo_log_chunks()))
+    await pilot.app.push_screen(demo_log_screen())
 
 
 async def _log_search(pilot: Pilot[Any]) -> None:

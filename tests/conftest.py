@@ -204,21 +204,7 @@ def free_port() -> int:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The DEPLOYSTER_* variables that make another process use ``settings``."""
-    env = {
-        "DEPLOYSTER_TOKEN": settings.token or "",
-        "DEPLOYSTER_DATA_DIR": str(settings.data_dir),
-        "DEPLOYSTER_NAMESPACE": settings.namespace,
-        "DEPLOYSTER_SWEEP_INTERVAL": str(settings.sweep_interval),
-        "DEPLOYSTER_KILL_GRACE": str(settings.kill_grace),
-        "DEPLOYSTER_SHUTDOWN_GRACE": str(settings.shutdown_grace),
-    }
-    if settings.redis_url:
-        env["DEPLOYSTER_REDIS_URL"] = settings.redis_url
-    if settings.database_url:
-        env["DEPLOYSTER_DATABASE_URL"] = settings.database_url
-    if settings.allowed_roots:
-        env["DEPLOYSTER_ALLOWED_ROOTS"] = os.pathsep.join(str(p) for p in settings.allowed_roots)
-    return env
+    return settings.to_env()
 
 
 @dataclass

@@ -8,7 +8,6 @@ PostgreSQL (SQLite is a file: it cannot "go down" the same way)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ async def test_database_outage_gives_503_and_history_catches_up(
     root = tmp_path / "apps"
     app = root / "app"
     app.mkdir(parents=True)
-    own = dataclasses.replace(settings, database_url=any_database_url, allowed_roots=(root,))
+    own = settings.with_overrides(database_url=any_database_url, allowed_roots=(root,))
     core = await Deployster.open(own)
     await core.projects.add(str(app))
     server = start_server(own, tmp_path / "server.log")
@@ -127,7 +126,7 @@ async def test_a_database_emptied_under_the_server_loses_no_finished_job(
     name = any_database_url.rsplit("/", 1)[1]
     app = tmp_path / "app"
     app.mkdir()
-    own = dataclasses.replace(settings, database_url=any_database_url)
+    own = settings.with_overrides(database_url=any_database_url)
     core = await Deployster.open(own)
     await core.projects.add(str(app))
     server = start_server(own, tmp_path / "server.log")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from deployster import jobs, queue
 from deployster.models import JobStatus
+from deployster.redis_scripts import CANCEL, CLAIM, ENQUEUE, FINISH, STATUS_READ
 from deployster.service import DeployRequest, Deployster
 from tests.conftest import LiveServer, deploy_body, wait_for_status
 from tests.helpers.redis_proxy import RedisProxy, command, script
@@ -50,7 +50,7 @@ async def test_a_lost_reply_to_the_hand_off_neither_strands_nor_repeats_the_next
     live, proxy = proxied
     await core.projects.add(str(project_dir))  # default lock TTL: 600 s
     record, gate = tmp_path / "ran", tmp_path / "gate"
-    finish = script(queue._FINISH)
+    finish = script(FINISH.source)
     async with live.client() as client:
         for trial in range(TRIALS):
             gate.unlink(missing_ok=True)
@@ -76,7 +76,7 @@ async def test_a_lost_reply_to_the_enqueue_on_an_idle_project_starts_the_job_at_
     live, proxy = proxied
     await core.projects.add(str(project_dir))
     record = tmp_path / "ran"
-    enqueue = script(queue._ENQUEUE)
+    enqueue = script(ENQUEUE.source)
     async with live.client() as client:
         for trial in range(TRIALS):
             trap = proxy.lose_reply(enqueue)
@@ -99,7 +99,7 @@ async def test_a_lost_reply_to_a_claim_still_runs_the_job_once(
     live, proxy = proxied
     await core.projects.add(str(project_dir))
     record = tmp_path / "ran"
-    claim = script(queue._CLAIM)
+    claim = script(CLAIM.source)
     async with live.client() as client:
         for trial in range(TRIALS):
             trap = proxy.lose_reply(claim)
@@ -119,7 +119,7 @@ async def test_a_lost_reply_to_a_cancel_still_answers_cancelled(
     live, proxy = proxied
     await core.projects.add(str(project_dir))
     gate = tmp_path / "gate"
-    cancel = script(queue._CANCEL)
+    cancel = script(CANCEL.source)
     async with live.client() as client:
         running = (await client.post("/deploy", json=deploy_body(
             project_dir, f"while [ ! -e {gate} ]; do sleep 0.02; done"))).json()["job_id"]
@@ -142,7 +142,7 @@ async def test_a_lost_reply_to_a_status_read_loses_and_repeats_no_line(
     have moved it for good, or the client never sees those lines."""
     live, proxy = proxied
     await core.projects.add(str(project_dir))
-    status_read = script(jobs._STATUS_READ)
+    status_read = script(STATUS_READ.source)
     printer = "for i in $(seq 1 60); do echo line-$i; sleep 0.05; done"
     async with live.client() as client:
         job_id = (await client.post("/deploy", json=deploy_body(

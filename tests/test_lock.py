@@ -9,12 +9,37 @@ import time
 import uuid
 from pathlib import Path
 
+from deployster.ids import new_job_id
 from deployster.keys import Keys
 from deployster.lock import DeployLock, LockState
+from deployster.models import Job
+from deployster.queue import JobQueue
 from deployster.service import Deployster
+from deployster.watchdog import LOCK_LOST, OK, Watchdog
 from tests.conftest import LiveServer, deploy_body, wait_for_status
+from tests.helpers.locks import hold_lock
 
 PROJECT = 41
+
+
+def make_job(project_id: int = PROJECT, ttl_ms: int = 60_000) -> Job:
+    job_id = new_job_id()
+    return Job(id=job_id, project_id=project_id, project=f"p{project_id}", cd="/tmp",
+               commands=["true"], commit_hash=job_id.lower(), ref_name="main",
+               lock_ttl_ms=ttl_ms)
+
+
+async def claimed(queue: JobQueue, project_id: int = PROJECT, ttl_ms: int = 60_000) -> str:
+    """Take the lock the way deployster does, by claiming a queued job; returns
+    the job, now the lock's owner (or '' when the lock was held)."""
+    result = await queue.enqueue(make_job(project_id, ttl_ms), runner="r1")
+    return result.started or ""
+
+
+async def running(core: Deployster, job_id: str) -> Job:
+    job = await core.jobs.get(job_id)
+    assert job is not None and job.status.value == "running", job
+    return job
 
 
 def test_lock_key_is_the_seed_name_without_a_namespace() -> None:
@@ -25,31 +50,44 @@ def test_lock_key_is_the_seed_name_without_a_namespace() -> None:
     assert not Keys().lock(7).startswith("deployster:")
 
 
-async def test_acquire_without_namespace_writes_lock_deploy_project_id(
+async def test_a_claim_without_namespace_writes_lock_deploy_project_id(
     core: Deployster,
 ) -> None:
-    lock = DeployLock(core.redis, Keys())
+    keys = Keys()
+    queue = JobQueue(core.redis, keys)
     project_id = 900_000_000 + uuid.uuid4().int % 99_999_999  # no clash with real ids
     key = f"lock:deploy:{project_id}"
+    owner = ""
     try:
-        assert await lock.acquire(project_id, "job-a", 60_000)
-        assert await core.redis.get(key) == "job-a"
+        owner = await claimed(queue, project_id)
+        assert owner
+        assert await core.redis.get(key) == owner
         assert 0 < await core.redis.pttl(key) <= 60_000
-        assert await lock.release(project_id, "job-a")
+        assert await DeployLock(core.redis, keys).release(project_id, owner)
         assert await core.redis.exists(key) == 0
     finally:
-        await core.redis.delete(key)
+        await core.redis.delete(key, keys.fence(project_id), keys.current(project_id),
+                                keys.queue(project_id), keys.signatures(project_id))
+        if owner:
+            await core.redis.delete(keys.job(owner))
+            await core.redis.hdel(keys.running, owner)
+            await core.redis.hdel(keys.dirty, owner)
 
 
-async def test_second_acquire_fails_while_held(core: Deployster) -> None:
-    assert await core.lock.acquire(PROJECT, "job-a", 60_000)
-    assert not await core.lock.acquire(PROJECT, "job-b", 60_000)
-    assert not await core.lock.acquire(PROJECT, "job-a", 60_000)  # not re-entrant either
+async def test_a_second_claim_fails_while_held(core: Deployster) -> None:
+    owner = await claimed(core.queue)
+    assert owner
+    assert not await claimed(core.queue)
+    # Not taken again either: a claim by the same runner answers the job that
+    # holds the lock (a retry of a claim whose reply was lost), claims nothing.
+    assert await core.queue.claim(PROJECT, "r1") == owner
+    assert await core.queue.claim(PROJECT, "r2") is None
+    assert await core.queue.length(PROJECT) == 1
     state = await core.lock.state(PROJECT)
-    assert state.owner == "job-a"
+    assert state.owner == owner
     assert state.ttl_ms is not None and 0 < state.ttl_ms <= 60_000
     # Another project's lock is independent.
-    assert await core.lock.acquire(PROJECT + 1, "job-b", 60_000)
+    assert await claimed(core.queue, PROJECT + 1)
 
 
 async def test_free_lock_state(core: Deployster) -> None:
@@ -60,7 +98,7 @@ async def test_free_lock_state(core: Deployster) -> None:
 async def test_release_by_non_owner_returns_false_and_keeps_the_lock(
     core: Deployster,
 ) -> None:
-    assert await core.lock.acquire(PROJECT, "job-a", 60_000)
+    assert await hold_lock(core, PROJECT, "job-a", 60_000)
     assert await core.lock.release(PROJECT, "job-b") is False
     assert (await core.lock.state(PROJECT)).owner == "job-a"
     assert await core.lock.release(PROJECT, "job-a") is True
@@ -68,44 +106,53 @@ async def test_release_by_non_owner_returns_false_and_keeps_the_lock(
     # Releasing twice is harmless and says it did nothing.
     assert await core.lock.release(PROJECT, "job-a") is False
     # Once free, anyone can take it.
-    assert await core.lock.acquire(PROJECT, "job-b", 60_000)
+    assert await claimed(core.queue)
 
 
-async def test_extend_is_compare_and_set_on_the_owner(core: Deployster) -> None:
-    assert await core.lock.acquire(PROJECT, "job-a", 5_000)
-    # A non-owner cannot prolong it: the TTL can only have gone down.
-    assert await core.lock.extend(PROJECT, "job-b", 120_000) is False
+async def test_renewal_is_compare_and_set_on_the_owner(core: Deployster) -> None:
+    watchdog = Watchdog(core.redis, core.keys)
+    job = await running(core, await claimed(core.queue, ttl_ms=5_000))
+    # The owner renews it: a TTL above the original can only come from the renewal.
+    job.lock_ttl_ms = 120_000
+    assert await watchdog.beat(job, renew=True) == OK
     state = await core.lock.state(PROJECT)
-    assert state.owner == "job-a"
-    assert state.ttl_ms is not None and 0 < state.ttl_ms <= 5_000
-    # The owner resets it: a TTL above the original can only come from the extend.
-    assert await core.lock.extend(PROJECT, "job-a", 120_000) is True
-    state = await core.lock.state(PROJECT)
-    assert state.owner == "job-a"
+    assert state.owner == job.id
     assert state.ttl_ms is not None and 5_000 < state.ttl_ms <= 120_000
+    # Someone else holds it now: the job cannot prolong it (its beat finds it
+    # lost), and the TTL can only have gone down.
+    assert await core.lock.release(PROJECT, job.id)
+    assert await hold_lock(core, PROJECT, "job-b", 5_000)
+    assert await watchdog.beat(job, renew=True) == LOCK_LOST
+    state = await core.lock.state(PROJECT)
+    assert state.owner == "job-b"
+    assert state.ttl_ms is not None and 0 < state.ttl_ms <= 5_000
 
 
-async def test_extend_of_a_free_lock_does_not_recreate_it(core: Deployster) -> None:
-    assert await core.lock.extend(PROJECT, "job-a", 60_000) is False
+async def test_renewal_of_a_free_lock_does_not_recreate_it(core: Deployster) -> None:
+    job = await running(core, await claimed(core.queue))
+    assert await core.lock.release(PROJECT, job.id)
+    assert await Watchdog(core.redis, core.keys).beat(job, renew=True) == LOCK_LOST
     assert (await core.lock.state(PROJECT)).owner is None
 
 
 async def test_short_ttl_lock_expires_by_itself(core: Deployster) -> None:
-    assert await core.lock.acquire(PROJECT, "job-a", 150)
+    job = await running(core, await claimed(core.queue, ttl_ms=150))
     state = await core.lock.state(PROJECT)
-    assert state.owner == "job-a" and state.ttl_ms is not None and state.ttl_ms <= 150
+    assert state.owner == job.id and state.ttl_ms is not None and state.ttl_ms <= 150
     deadline = time.monotonic() + 10
     while (await core.lock.state(PROJECT)).owner is not None:
         assert time.monotonic() < deadline, "the lock never expired"
         await asyncio.sleep(0.02)
-    # Expired means free: the owner cannot extend it and someone else can take it.
-    assert await core.lock.extend(PROJECT, "job-a", 60_000) is False
-    assert await core.lock.acquire(PROJECT, "job-b", 60_000)
-    assert (await core.lock.state(PROJECT)).owner == "job-b"
+    # Expired means free: the owner cannot renew it and someone else can take it.
+    job.lock_ttl_ms = 60_000
+    assert await Watchdog(core.redis, core.keys).beat(job, renew=True) == LOCK_LOST
+    other = await claimed(core.queue)
+    assert other
+    assert (await core.lock.state(PROJECT)).owner == other
 
 
 async def test_release_publishes_a_released_event(core: Deployster) -> None:
-    assert await core.lock.acquire(PROJECT, "job-a", 60_000)
+    assert await hold_lock(core, PROJECT, "job-a", 60_000)
     async with core.redis.pubsub() as pubsub:
         await pubsub.subscribe(core.keys.events)
         # A refused release publishes nothing; the owner's release does.

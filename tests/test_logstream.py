@@ -20,6 +20,7 @@ from deployster.ids import new_job_id
 from deployster.logstream import LogWriter, human_bytes, read_full_log, read_log
 from deployster.models import JobStatus
 from deployster.redis_conn import REDIS_DOWN, redis_from_url
+from deployster.redis_scripts import APPEND
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
@@ -345,7 +346,7 @@ async def test_a_batch_whose_reply_was_lost_is_appended_once(
         log = LogWriter(client, core.keys, job_id, cap_bytes=BIG_CAP)
         try:
             for times in (1, 3, 1):
-                trap = proxy.lose_reply(script(logstream._APPEND), times=times)
+                trap = proxy.lose_reply(script(APPEND.source), times=times)
                 log.write(f"batch for {times}\n")
                 with pytest.raises(REDIS_DOWN) if times == 3 else contextlib.nullcontext():
                     await log.flush()
@@ -370,7 +371,7 @@ async def test_a_lost_reply_then_someone_elses_append_neither_repeats_nor_blocks
             log = LogWriter(client, core.keys, job_id, cap_bytes=BIG_CAP)
             log.write("one\n")
             await log.flush()
-            trap = proxy.lose_reply(script(logstream._APPEND), times=3)
+            trap = proxy.lose_reply(script(APPEND.source), times=3)
             log.write("two\n")
             with pytest.raises(REDIS_DOWN):
                 await log.flush()
@@ -397,7 +398,7 @@ async def test_a_closing_line_sent_again_is_not_repeated(core: Deployster, redis
     with RedisProxy(redis_url) as proxy:
         client = redis_from_url(proxy.url)
         try:
-            trap = proxy.lose_reply(script(logstream._APPEND))
+            trap = proxy.lose_reply(script(APPEND.source))
             end = await logstream.append(client, core.keys, job_id, "\n[deployster] job ended\n")
             assert trap.fired == 1
         finally:
@@ -453,7 +454,7 @@ async def test_lost_replies_to_the_append_script_neither_lose_nor_repeat_a_line(
     core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path
 ) -> None:
     live, proxy = proxied
-    append = script(logstream._APPEND)
+    append = script(APPEND.source)
 
     async def faults() -> None:
         for times in (1, 1, 3, 1, 3):  # 3: redis-py's retries give up, the writer's go on

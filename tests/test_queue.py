@@ -16,6 +16,7 @@ from deployster.models import Job, JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.helpers.locks import hold_lock
 
 PROJECT = 17
 
@@ -107,7 +108,7 @@ async def test_enqueue_without_runner_never_claims(core: Deployster) -> None:
 
 
 async def test_claim_while_the_lock_is_held_returns_none(core: Deployster) -> None:
-    assert await core.lock.acquire(PROJECT, "operator", 60_000)
+    assert await hold_lock(core, PROJECT, "operator", 60_000)
     job = make_job()
     await core.queue.enqueue(job, runner="r1")
     assert await core.queue.claim(PROJECT, "r1") is None

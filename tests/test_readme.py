@@ -4,7 +4,6 @@ two set-up commands (install + serve, install + test)."""
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 from pathlib import Path
 
 from deployster.settings import Settings
@@ -42,6 +41,6 @@ def test_readme_carries_the_seed_examples_unchanged() -> None:
 def test_every_setting_is_in_the_configuration_table() -> None:
     table = README[README.index("## Configuration"):]
     table = table[:table.index("\n## ")]
-    missing = [f.name for f in fields(Settings)
-               if f"`DEPLOYSTER_{f.name.upper()}`" not in table]
+    missing = [name for name in Settings.model_fields
+               if f"`DEPLOYSTER_{name.upper()}`" not in table]
     assert missing == [], f"settings the README does not document: {missing}"

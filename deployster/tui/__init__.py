@@ -1,5 +1,6 @@
-"""The operator's dashboard: a Textual front end over the core (issue #4).
+"""The operator's dashboard: a Textual front end over the core.
 
-It reads and acts only through ``deployster.overview`` and ``deployster.control``;
-nothing here names a Redis key.
+It reads only through its ``Reader`` (``reader.py``: ``deployster.overview``
+and the core's job and health reads) and acts only through
+``deployster.control``; nothing here names a Redis key.
 """

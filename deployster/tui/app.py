@@ -6,6 +6,13 @@ fetch is scheduled only after the last one finished, at most ``MAX_RATE`` times
 a second. Events from the core's pub/sub channel wake it early; a slow poll
 covers what has no event (TTL, heartbeats). While a modal is open the loop
 skips the fetch, so what the operator is confirming does not move under them.
+
+The app owns the data: it makes the one ``Reader`` (``reader.py``) every
+screen and widget is given in its constructor, and sends each fetch's
+``Overview`` to the screens in a ``DataRefreshed`` message. No screen or
+widget reads the app's state or imports the app: it is the one module that
+knows every screen (it gives the ``?`` screen its sections, too), and
+``tests/tui/test_imports.py`` keeps the imports one-way.
 """
 
 from __future__ import annotations
@@ -20,17 +27,21 @@ from datetime import datetime
 from typing import Any
 
 from textual.app import App
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen
 
 from deployster.events import HISTORY, PROJECTS, SUBSCRIBED
-from deployster.overview import ProjectRow, project_rows, watch_events
 from deployster.service import Deployster
 
 from .commands import DeploysterCommands
-from .messages import DataRefreshed
-from .screens.help import HelpScreen
+from .messages import DataRefreshed, RefreshRequested
+from .reader import STARTING, UP, Overview, Reader
+from .screens.confirm import ConfirmScreen
+from .screens.help import HelpScreen, Sections
+from .screens.log import LogScreen
+from .screens.project import ProjectScreen
 from .screens.projects import ProjectsScreen
+from .widgets.log_pane import LogPane
 
 MAX_RATE = 4.0  # fetches per second, at most
 POLL_INTERVAL = 1.0  # seconds between fetches when nothing happens
@@ -58,15 +69,11 @@ class DeploysterApp(App[None]):
         wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
-        self.core = core
-        self.live = live
+        self.reader = Reader(core, actor=actor or f"tui:{_user()}", live=live,
+                             monotonic=monotonic,
+                             wall_clock=wall_clock or (lambda: datetime.now().astimezone()))
         self.poll_interval = poll_interval
-        self.actor = actor or f"tui:{_user()}"
-        self.monotonic = monotonic
-        self.wall_clock = wall_clock or (lambda: datetime.now().astimezone())
-        self.rows: list[ProjectRow] = []
-        self.fetched_at = monotonic()
-        self.health: dict[str, str] = {"redis": "…", "database": "…"}
+        self.overview = Overview([], STARTING, monotonic())
         self.refreshes = 0
         self._wake = asyncio.Event()
         # The last finished deploys change only when the history writer has
@@ -76,15 +83,24 @@ class DeploysterApp(App[None]):
         self._last_stale = True  # the next fetch queries them
         self._frozen = False
 
+    @property
+    def core(self) -> Deployster:
+        """The core the reader reads (the bench swaps in a new one: cold caches)."""
+        return self.reader.core
+
+    @core.setter
+    def core(self, core: Deployster) -> None:
+        self.reader.core = core
+
     # ------------------------------------------------------------- lifecycle
     def get_default_screen(self) -> ProjectsScreen:
         # The home screen is the bottom of the stack: no blank default screen
         # behind it, which Textual would count as a background to repaint (a
         # full-screen repaint on every refresh).
-        return ProjectsScreen()
+        return ProjectsScreen(self.reader, self.overview)
 
     def on_mount(self) -> None:
-        if self.live:
+        if self.reader.live:
             self._wake.set()  # the first fetch right away
             self.run_worker(self._refresh_loop(), group="refresh", exclusive=True)
             self.run_worker(self._event_loop(), group="events", exclusive=True)
@@ -92,6 +108,9 @@ class DeploysterApp(App[None]):
     def request_refresh(self) -> None:
         """Ask for a fetch soon (coalesced: many requests, one fetch)."""
         self._wake.set()
+
+    def on_refresh_requested(self, _message: RefreshRequested) -> None:
+        self.request_refresh()
 
     async def _refresh_loop(self) -> None:
         min_gap = 1.0 / MAX_RATE
@@ -108,7 +127,7 @@ class DeploysterApp(App[None]):
     async def _event_loop(self) -> None:
         while True:
             try:
-                async for event in watch_events(self.core):
+                async for event in self.reader.events():
                     if event.get("type") in (HISTORY, PROJECTS, SUBSCRIBED):
                         self.history_changed()
                     self._wake.set()
@@ -122,24 +141,23 @@ class DeploysterApp(App[None]):
         self._last_stale = True
 
     async def refresh_data(self) -> None:
-        """Fetch the overview once and tell every screen."""
+        """Fetch the overview once and send it to every screen."""
         now = time.monotonic()
         reuse = not self._last_stale and now - self._last_at < LAST_MAX_AGE
-        last = {r.project.id: r.last for r in self.rows if r.last} if reuse else None
+        before = self.overview
+        last = {r.project.id: r.last for r in before.rows if r.last} if reuse else None
         # Cleared before the query: an event landing while it runs marks the
         # result stale again, so the next fetch cannot miss that write.
         self._last_stale = False
         try:
-            rows = await project_rows(self.core, last=last)
+            rows = await self.reader.project_rows(last=last)
         except Exception:  # any outage: keep the last rows, say what is down
             if last is None:
                 self._last_stale = True
-            self.health = {k: v for k, v in (await self.core.health()).items()
-                           if k in ("redis", "database")}
+            self.overview = Overview(before.rows, await self.reader.health(),
+                                     before.fetched_at)
         else:
-            self.rows = rows
-            self.fetched_at = self.monotonic()
-            self.health = {"redis": "ok", "database": "ok"}
+            self.overview = Overview(rows, UP, self.reader.monotonic())
             if last is None:
                 self._last_at = now
             if not self._frozen:
@@ -150,28 +168,27 @@ class DeploysterApp(App[None]):
                 self._frozen = True
         self.refreshes += 1
         for screen in self.screen_stack:
-            screen.post_message(DataRefreshed())
-
-    def set_rows(self, rows: list[ProjectRow]) -> None:
-        """Show these rows as if just fetched (demo data, snapshots)."""
-        self.rows = rows
-        self.fetched_at = self.monotonic()
-        self.health = {"redis": "ok", "database": "ok"}
-        for screen in self.screen_stack:
-            screen.post_message(DataRefreshed())
-
-    def since_fetch(self) -> float:
-        return max(0.0, self.monotonic() - self.fetched_at)
+            screen.post_message(DataRefreshed(self.overview))
 
     # --------------------------------------------------------------- actions
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(binding_sections()))
 
-    def report_error(self, what: str, exc: BaseException) -> None:
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        # An error message may quote a request's text: never read as markup.
-        self.notify(f"{what}: {message}", severity="error", timeout=8, markup=False)
+
+def binding_sections() -> Sections:
+    """Every key, by where it works: what ``?`` lists."""
+
+    def only(items: list[BindingType]) -> list[Binding]:
+        return [b for b in items if isinstance(b, Binding)]
+
+    return [
+        ("everywhere", only(DeploysterApp.BINDINGS)),
+        ("projects", only(ProjectsScreen.BINDINGS)),
+        ("project", only(ProjectScreen.BINDINGS)),
+        ("log (project screen and full log)", only(LogPane.BINDINGS + LogScreen.BINDINGS)),
+        ("confirmation", only(ConfirmScreen.BINDINGS)),
+    ]
 
 
 def _user() -> str:

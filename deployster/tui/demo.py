@@ -4,18 +4,18 @@ is relative to ``NOW``, so a picture of it never changes."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from deployster.clock import iso
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow
 from deployster.service import Deployster
 
+from .app import DeploysterApp, make_app
 from .format import set_clock
-
-if TYPE_CHECKING:
-    from .app import DeploysterApp
-    from .screens.project import ProjectScreen
+from .reader import UP, Overview, Reader
+from .screens.log import LogScreen
+from .screens.project import ProjectScreen
 
 NOW = datetime(2026, 3, 14, 12, 4, 31, tzinfo=UTC)
 
@@ -172,17 +172,26 @@ def demo_project() -> tuple[Project, list[Job], list[Job]]:
     return shop, queue, history
 
 
+def demo_reader() -> Reader:
+    """A reader with no core behind it (``live`` False: it reads nothing), its
+    clocks stopped at ``NOW``: as ``demo_app``'s, for screens made outside it."""
+    return Reader(cast(Deployster, None), actor="demo", live=False, monotonic=lambda: 0.0,
+                  wall_clock=lambda: NOW)
+
+
+def demo_overview() -> Overview:
+    """The demo rows as a fetch that just answered (at the demo's time 0)."""
+    return Overview(demo_rows(), UP, 0.0)
+
+
 def demo_app(*, refresh_rows: bool = True) -> DeploysterApp:
     """The dashboard over the demo rows, frozen at ``NOW``, with no core behind it:
     it shows, it never acts (for snapshots and screenshots only)."""
-    from .app import make_app
-
     set_clock(lambda: NOW)
     app = make_app(cast(Deployster, None), live=False, monotonic=lambda: 0.0,
                    wall_clock=lambda: NOW, actor="demo")
     if refresh_rows:
-        app.rows = demo_rows()
-        app.health = {"redis": "ok", "database": "ok"}
+        app.overview = demo_overview()
     return app
 
 
@@ -204,12 +213,16 @@ FAILED_LOG = "".join(
 
 def demo_project_screen() -> ProjectScreen:
     """my-app's project view over the demo data (reads nothing)."""
-    from .screens.project import ProjectScreen
-
     project, queue, history = demo_project()
     start = int((NOW - timedelta(seconds=3140)).timestamp() * 1000)
     failed = [LogChunk(line, start + i * 1900)
               for i, line in enumerate(FAILED_LOG.splitlines(keepends=True))]
     logs = {RUNNING_JOB: demo_log_chunks(), history[0].id: [LogChunk(DEMO_LOG, None)],
             history[1].id: failed}
-    return ProjectScreen(project, queue=queue, history=history, logs=logs)
+    return ProjectScreen(demo_reader(), demo_overview(), project, queue=queue,
+                         history=history, logs=logs)
+
+
+def demo_log_screen() -> LogScreen:
+    """The running job's log, full screen, over the demo data (reads nothing)."""
+    return LogScreen(demo_reader(), RUNNING_JOB, text=demo_log_chunks())

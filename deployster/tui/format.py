@@ -1,4 +1,5 @@
-"""Plain-text formatting shared by the dashboard's screens (no Textual here)."""
+"""Text formatting shared by the dashboard's screens: durations, ages, a job's
+status, a lock's TTL and heartbeat (plain or rich text; no Textual here)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from collections.abc import Callable
 from datetime import datetime, tzinfo
 from functools import lru_cache
 
+from rich.text import Text
+
 from deployster.clock import parse_iso, utcnow
 from deployster.models import Job, JobStatus
+from deployster.overview import ProjectRow
 
 DASH = "—"
 
@@ -113,3 +117,46 @@ def outcome(job: Job) -> str:
 
 def commit(job: Job) -> str:
     return (job.commit_hash or DASH)[:7]
+
+
+# ----------------------------------------------------------- a project's lock
+def ttl_left(row: ProjectRow, since_fetch: float) -> float | None:
+    """The lock's TTL now: the fetched TTL counted down locally every second."""
+    if row.lock_ttl_ms is None or row.lock_ttl_ms < 0:
+        return None
+    return max(0.0, row.lock_ttl_ms / 1000 - since_fetch)
+
+
+def ttl_text(row: ProjectRow, since_fetch: float) -> str:
+    if row.lock_owner is None:
+        return DASH
+    if row.lock_ttl_ms is not None and row.lock_ttl_ms < 0:
+        return "no expiry"
+    left = ttl_left(row, since_fetch)
+    return DASH if left is None else duration(int(left))
+
+
+def heartbeat_text(row: ProjectRow, since_fetch: float) -> Text:
+    if row.lock_owner is None:
+        return Text(DASH)
+    if row.heartbeat_age is None:
+        text = Text("none")
+    else:
+        text = Text(duration(row.heartbeat_age + since_fetch))
+    if row.stale:
+        text = Text.assemble(("STALE", "bold reverse red"), " ", text)
+    return text
+
+
+def owner_state(row: ProjectRow) -> Text:
+    """Whether the job holding the lock still runs: the fact to know before
+    releasing it."""
+    job = row.running
+    if job is None:
+        return Text("no live job record: nobody is running it", style="bold red")
+    if job.status is not JobStatus.RUNNING:
+        return Text(f"not running (job is {job.status.value})", style="bold red")
+    if row.stale:
+        return Text("marked running, but its heartbeat stopped: the runner is likely gone",
+                    style="bold red")
+    return Text("still running: its heartbeat is fresh", style="bold yellow")

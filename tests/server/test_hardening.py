@@ -5,7 +5,6 @@ regression test of a defect the review found."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import socket
@@ -260,7 +259,7 @@ async def test_nul_in_the_output_does_not_stop_the_history(
 ) -> None:
     # PostgreSQL text cannot hold NUL: one job printing it made every history
     # batch fail, so no job after it ever reached SQL. Logged as U+FFFD.
-    live_settings = dataclasses.replace(settings, database_url=any_database_url)
+    live_settings = settings.with_overrides(database_url=any_database_url)
     the_core = await Deployster.open(live_settings)
     live = start_server(live_settings, tmp_path / "nul.log")
     try:

@@ -10,7 +10,6 @@ project, so both deploys ran at once).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def rooted(settings: Settings, root: Path, tmp_path: Path) -> Iterator[LiveServer]:
-    yield from serving(dataclasses.replace(settings, allowed_roots=(root,)), tmp_path)
+    yield from serving(settings.with_overrides(allowed_roots=(root,)), tmp_path)
 
 
 async def test_racing_first_deploys_of_a_new_directory_all_get_a_job(

@@ -32,6 +32,7 @@ from tests.conftest import (
     wait_for_file,
     wait_for_status,
 )
+from tests.helpers.locks import hold_lock
 from tests.server.conftest import history_log, history_row
 
 STAGE_VALUE = "Qv7zKp-stage-secret-2718"
@@ -196,7 +197,7 @@ async def test_a_job_ended_before_it_ran_keeps_no_secret(
 ) -> None:
     secrets = await registered(core, project_dir, queue_policy="supersede")
     project = await core.projects.find(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     async with server.client() as client:
         first = await post(client, deploy_body(project_dir, *writing_commands(secrets),
                                                commit="c1"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -281,7 +280,7 @@ def gated_server(settings: Settings, tmp_path: Path, gate: Path) -> Iterator[Liv
 def rooted_gated_server(settings: Settings, tmp_path: Path, gate: Path,
                         guide_app_dir: Path) -> Iterator[LiveServer]:
     """Nothing registered; the guide's ``cd`` lies under DEPLOYSTER_ALLOWED_ROOTS."""
-    rooted = dataclasses.replace(settings, allowed_roots=(guide_app_dir.parent,))
+    rooted = settings.with_overrides(allowed_roots=(guide_app_dir.parent,))
     yield from serving(rooted, tmp_path, DEPLOYSTER_STUB_YARN_GATE=str(gate))
 
 

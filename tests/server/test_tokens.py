@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -111,7 +110,7 @@ async def test_project_token_cannot_self_register_under_allowed_roots(
 ) -> None:
     root = tmp_path / "www"
     (root / "new-site").mkdir(parents=True)
-    live = start_server(dataclasses.replace(settings, allowed_roots=(root,)),
+    live = start_server(settings.with_overrides(allowed_roots=(root,)),
                         tmp_path / "roots.log")
     try:
         async with as_token(live, app_token) as client:
@@ -356,7 +355,7 @@ async def test_rotate_resolve_and_revoke_on_every_database(
     settings: Settings, any_database_url: str, project_dir: Path, tmp_path: Path
 ) -> None:
     """The migration and the token queries on SQLite and PostgreSQL alike."""
-    the_core = await Deployster.open(dataclasses.replace(settings, database_url=any_database_url))
+    the_core = await Deployster.open(settings.with_overrides(database_url=any_database_url))
     try:
         app = await the_core.projects.add(str(project_dir))
         (tmp_path / "api").mkdir()

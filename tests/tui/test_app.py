@@ -14,17 +14,20 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from deployster import store
-from deployster.models import JobStatus
+from deployster.models import Job, JobStatus
+from deployster.redis_conn import redis_from_url
 from deployster.service import DeployRequest, Deployster
-from deployster.tui.app import make_app
+from deployster.tui.app import binding_sections, make_app
 from deployster.tui.screens.confirm import ConfirmScreen
 from deployster.tui.screens.help import HelpScreen
 from deployster.tui.screens.log import LogScreen
 from deployster.tui.screens.project import ProjectScreen
 from deployster.tui.screens.projects import ProjectsScreen
-from deployster.tui.widgets.log_pane import LogPane
+from deployster.tui.widgets.log_pane import MAX_LINES, LogPane
+from deployster.tui.widgets.log_view import LogView
 from deployster.tui.widgets.status_line import StatusLine
-from tests.conftest import LiveServer, deploy_body, wait_for_status
+from tests.conftest import LiveServer, deploy_body, free_port, wait_for_status
+from tests.helpers.locks import hold_lock
 from tests.tui.conftest import table_text, wait_until
 
 SIZE = (180, 45)
@@ -47,7 +50,7 @@ async def test_projects_view_shows_each_project_and_the_header_counts(
     for name in ("my-app", "api", "worker"):
         (tmp_path / name).mkdir()
         await core.projects.add(str(tmp_path / name))
-    await core.lock.acquire((await core.projects.find("worker")).id, STALE_OWNER, 300_000)
+    await hold_lock(core, (await core.projects.find("worker")).id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -66,7 +69,7 @@ async def test_projects_view_shows_each_project_and_the_header_counts(
 
 async def test_ttl_counts_down_every_second(core: Deployster, project_dir: Path) -> None:
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 120_000)
+    await hold_lock(core, project.id, STALE_OWNER, 120_000)
     app = make_app(core, poll_interval=60)  # no fetch: the countdown is local
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -108,7 +111,7 @@ async def test_unlock_releases_the_lock_and_records_an_audit_event(
     core: Deployster, project_dir: Path
 ) -> None:
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -139,7 +142,7 @@ async def test_unlock_releases_the_lock_and_records_an_audit_event(
 
 async def test_unlock_never_deletes_a_newer_lock(core: Deployster, project_dir: Path) -> None:
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -149,7 +152,7 @@ async def test_unlock_never_deletes_a_newer_lock(core: Deployster, project_dir: 
         # While the operator reads the modal, the lock passes to a newer job.
         assert await core.lock.release(project.id, STALE_OWNER)
         newer = "01JDNEWERNEWERNEWERNEWER00"
-        assert await core.lock.acquire(project.id, newer, 300_000)
+        assert await hold_lock(core, project.id, newer, 300_000)
         await pilot.press("y")
         await wait_until(pilot, lambda: len(app._notifications) > 0, what="a notification")
         assert any("no longer holds it" in n.message for n in app._notifications)
@@ -161,7 +164,7 @@ async def test_cancel_a_queued_job_from_the_project_view(
 ) -> None:
     project = await core.projects.add(str(project_dir))
     # Nobody runs jobs here (no dispatcher), and the lock is held: it stays queued.
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     request = DeployRequest(str(project_dir), ["echo hi", "supervisorctl restart my-app--main"],
                             "a1b2c3d4", "main")
     queued = await core.submit(request, run_here=False)
@@ -199,7 +202,7 @@ async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
     path = tmp_path / "apps[" / "x]"
     path.mkdir(parents=True)
     project = await core.projects.add(str(path), name="brackets")
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)  # the job stays queued
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)  # the job stays queued
     request = DeployRequest(str(path), ["echo [b]hi[/b]", "supervisorctl restart brackets"],
                             "[/x]abc123", "feat/[/x]")
     queued = await core.submit(request, run_here=False)
@@ -340,7 +343,7 @@ async def test_follow_off_pauses_and_on_resumes_without_losing_lines(
     await asyncio.sleep(0.3)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        app.push_screen(LogScreen(job["job_id"]))
+        app.push_screen(LogScreen(app.reader, job["job_id"]))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         await wait_until(pilot, lambda: "step-1" in pane.text, what="output")
@@ -377,7 +380,7 @@ async def test_every_action_is_in_the_command_palette(
     core: Deployster, project_dir: Path
 ) -> None:
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -394,7 +397,7 @@ async def test_every_action_is_in_the_command_palette(
         await _insert_history_row(core, {"id": job_id, "project_id": project.id,
                                          "project": project.name, "cd": project.path,
                                          "log": "one\n"})
-        app.push_screen(LogScreen(job_id))
+        app.push_screen(LogScreen(app.reader, job_id))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         for name, check in (("timestamps", lambda: pane.timestamps),
@@ -407,8 +410,6 @@ async def test_every_action_is_in_the_command_palette(
 
 
 def test_every_binding_has_a_description() -> None:
-    from deployster.tui.screens.help import binding_sections
-
     for _, bindings in binding_sections():
         for b in bindings:
             assert b.description, b
@@ -418,8 +419,6 @@ def test_every_binding_has_a_description() -> None:
 async def test_a_million_line_log_shows_a_bounded_tail(
     core: Deployster, project_dir: Path, lines: int
 ) -> None:
-    from deployster.tui.widgets.log_pane import MAX_LINES
-
     project = await core.projects.add(str(project_dir))
     job_id = "01JDBIGBIGBIGBIGBIGBIGBIG0"
     body = "".join(f"line {i:07d} of a very chatty build\n" for i in range(lines))
@@ -429,7 +428,7 @@ async def test_a_million_line_log_shows_a_bounded_tail(
     await _insert_history_row(core, row)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        app.push_screen(LogScreen(job_id))
+        app.push_screen(LogScreen(app.reader, job_id))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         await wait_until(pilot, lambda: f"line {lines - 1:07d}" in pane.text, what="the tail")
@@ -441,8 +440,6 @@ async def test_a_million_line_log_shows_a_bounded_tail(
 
 
 async def _insert_history_row(core: Deployster, data: dict[str, object]) -> None:
-    from deployster.models import Job
-
     job = Job(id=str(data["id"]), project_id=int(str(data["project_id"])),
               project=str(data["project"]), cd=str(data["cd"]), commands=["yarn build"],
               commit_hash="abc1234", ref_name="main", status=JobStatus.COMPLETE,
@@ -452,8 +449,6 @@ async def _insert_history_row(core: Deployster, data: dict[str, object]) -> None
 
 
 async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -> None:
-    from deployster.models import Job
-
     project = await core.projects.add(str(project_dir))
     rows = []
     for n in range(120):
@@ -482,7 +477,7 @@ async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -
 
 async def test_no_refresh_while_a_modal_is_open(core: Deployster, project_dir: Path) -> None:
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core, poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -535,9 +530,6 @@ async def test_cancel_the_running_job_from_the_projects_view(
 async def test_redis_down_is_shown_and_the_dashboard_keeps_running(
     core: Deployster, project_dir: Path
 ) -> None:
-    from deployster.redis_conn import redis_from_url
-    from tests.conftest import free_port
-
     await core.projects.add(str(project_dir))
     app = make_app(core, poll_interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
@@ -573,9 +565,6 @@ def log_title(app: object) -> str:
 async def test_log_search_timestamps_and_escape(
     server: LiveServer, core: Deployster, project_dir: Path
 ) -> None:
-    from deployster.tui.screens.projects import ProjectsScreen as Home
-    from deployster.tui.widgets.log_view import LogView
-
     await core.projects.add(str(project_dir))
     # The command line is in the log too: it spells no "needle" itself.
     script = ("e=eedle; echo alpha; echo n$e-one; sleep 0.3; echo beta; echo N$e-two; "
@@ -583,7 +572,7 @@ async def test_log_search_timestamps_and_escape(
     old = await _finished_deploy(server, core, project_dir, script)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        app.push_screen(LogScreen(old))
+        app.push_screen(LogScreen(app.reader, old))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         view = app.screen.query_one(LogView)
@@ -620,7 +609,7 @@ async def test_log_search_timestamps_and_escape(
         assert view.pattern is None and "/zebra" not in log_title(app)
         assert isinstance(app.screen, LogScreen)
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, Home), what="back home")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen), what="back home")
 
 
 async def test_a_log_from_history_has_no_timestamps_and_says_so(
@@ -633,7 +622,7 @@ async def test_a_log_from_history_has_no_timestamps_and_says_so(
                                      "log": "one\ntwo\n"})
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        app.push_screen(LogScreen(job_id))
+        app.push_screen(LogScreen(app.reader, job_id))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         await wait_until(pilot, lambda: pane.text == "one\ntwo", what="the history log")
@@ -644,8 +633,6 @@ async def test_a_log_from_history_has_no_timestamps_and_says_so(
 async def test_wrap_keeps_every_character_and_search_finds_a_wrapped_match(
     core: Deployster, project_dir: Path
 ) -> None:
-    from deployster.tui.widgets.log_view import LogView
-
     project = await core.projects.add(str(project_dir))
     job_id = "01JDWRAPWRAPWRAPWRAPWRAP00"
     long_line = "x" * 300 + "NEEDLE" + "y" * 100
@@ -655,7 +642,7 @@ async def test_wrap_keeps_every_character_and_search_finds_a_wrapped_match(
                                      + long_line + "\nlast\n"})
     app = make_app(core)
     async with app.run_test(size=(80, 20)) as pilot:
-        app.push_screen(LogScreen(job_id))
+        app.push_screen(LogScreen(app.reader, job_id))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         view = app.screen.query_one(LogView)
         await wait_until(pilot, lambda: "last" in view.lines, what="the log")
@@ -686,7 +673,7 @@ async def test_leaving_a_log_while_it_streams_never_crashes(
         job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        app.push_screen(LogScreen(job["job_id"]))
+        app.push_screen(LogScreen(app.reader, job["job_id"]))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         await wait_until(pilot, lambda: "out-2" in pane.text, what="output")
@@ -712,7 +699,7 @@ async def test_a_queued_jobs_log_says_so_and_follows_once_it_runs(
     assert second.get("queued")
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        app.push_screen(LogScreen(second["job_id"]))
+        app.push_screen(LogScreen(app.reader, second["job_id"]))
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="log screen")
         pane = app.screen.query_one(LogPane)
         await wait_until(pilot, lambda: "queued: no output yet" in log_title(app),
@@ -759,7 +746,7 @@ async def test_the_unlock_modal_reads_the_lock_again(
     """No fetch runs while a modal (say ?) is open: the unlock modal must not
     show that old holder, TTL and heartbeat as if they were current."""
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core, poll_interval=60)
     async with app.run_test(size=SIZE) as pilot:
         table = projects_table(app)
@@ -767,7 +754,7 @@ async def test_the_unlock_modal_reads_the_lock_again(
                          table_text(table)[0], what="the locked row")
         newer = "01JDNEWERNEWERNEWERNEWER00"
         assert await core.lock.release(project.id, STALE_OWNER)
-        assert await core.lock.acquire(project.id, newer, 120_000)
+        assert await hold_lock(core, project.id, newer, 120_000)
         await pilot.press("u")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
         shown = confirm_text(app)
@@ -780,7 +767,7 @@ async def test_q_quits_from_a_modal_too(core: Deployster, project_dir: Path, mod
     """Modals hide the app's bindings: q must still quit (a confirmation is
     left undone), as the keys list's "everywhere" section promises."""
     project = await core.projects.add(str(project_dir))
-    await core.lock.acquire(project.id, STALE_OWNER, 300_000)
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: projects_table(app).row_count == 1, what="the row")

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from deployster.tui.demo import RUNNING_JOB, demo_app, demo_log_chunks, demo_project_screen
+from deployster.tui.demo import demo_app, demo_log_screen, demo_project_screen
 from deployster.tui.format import set_clock
-from deployster.tui.screens.log import LogScreen
 
 SIZE = (130, 30)
 Compare = Callable[..., bool]
@@ -86,14 +85,14 @@ class TestProjectView:
 class TestLogView:
     def test_log_view(self, snap_compare: Compare) -> None:
         async def run_before(pilot: Pilot[Any]) -> None:
-            await pilot.app.push_screen(LogScreen(RUNNING_JOB, text=demo_log_chunks()))
+            await pilot.app.push_screen(demo_log_screen())
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
 
     def test_log_view_search_and_timestamps(self, snap_compare: Compare) -> None:
         async def run_before(pilot: Pilot[Any]) -> None:
-            await pilot.app.push_screen(LogScreen(RUNNING_JOB, text=demo_log_chunks()))
+            await pilot.app.push_screen(demo_log_screen())
             await pilot.pause()
             await pilot.press("t", "slash", *"my-app", "enter", "n")
             await settle(pilot)

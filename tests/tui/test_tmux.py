@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 import shutil
@@ -17,8 +18,10 @@ import httpx
 import pytest
 
 from deployster.embedded_redis import stop_embedded_redis
+from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.conftest import REPO, STUB_BIN, TOKEN, deploy_body, free_port, settings_env
+from tests.helpers.locks import hold_lock
 from tests.test_cli import deployster
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -167,10 +170,6 @@ def test_an_80x24_terminal_shows_what_an_operator_acts_on(
     the table, Redis's state in the header, ? and q in the key bar; the project
     view's title has the lock's TTL and heartbeat; the unlock modal's facts and
     both buttons fit; q leaves and the terminal is given back."""
-    import asyncio
-
-    from deployster.service import Deployster
-
     env = settings_env(settings)
     long_name = "a-project-with-a-rather-long-name"
     assert deployster(env, "project", "add", str(project_dir), "--name",
@@ -180,7 +179,7 @@ def test_an_80x24_terminal_shows_what_an_operator_acts_on(
         core = await Deployster.open(settings)
         try:
             project = await core.projects.find(long_name)
-            await core.lock.acquire(project.id, "01JDZZZZZZZZZZZZZZZZZZZZF3", 300_000)
+            await hold_lock(core, project.id, "01JDZZZZZZZZZZZZZZZZZZZZF3", 300_000)
         finally:
             await core.close()
 

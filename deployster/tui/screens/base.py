@@ -1,22 +1,205 @@
-"""What every dashboard screen shares: typed access to the app and its core."""
+"""What the projects and project screens share: the reader and the overview they
+are given, and the operator's controls (unlock, cancel, redeploy).
+
+Each control asks first, in a modal that says what will happen, then acts
+through ``deployster.control`` and reports the outcome. Its work runs in an app
+worker (``self.app.run_worker``), not the screen's: leaving the screen while a
+cancel is on its way must not cut it short or lose its outcome.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
-
+from rich.text import Text
 from textual.screen import Screen
 
-from deployster.service import Deployster
+from deployster.control import cancel_job, redeploy, redeploy_refusal, release_lock
+from deployster.masking import secret_mask
+from deployster.models import Job, JobStatus, Project
+from deployster.overview import ProjectRow
 
-if TYPE_CHECKING:
-    from ..app import DeploysterApp
+from ..format import (
+    DASH,
+    ago,
+    commit,
+    duration,
+    heartbeat_text,
+    owner_state,
+    short_id,
+    since,
+    ttl_text,
+)
+from ..messages import RefreshRequested
+from ..reader import Overview, Reader
+from ..widgets.status_line import OLD_DATA
+from .confirm import ConfirmScreen
 
 
 class CoreScreen(Screen[None]):
-    @property
-    def dapp(self) -> DeploysterApp:
-        return cast("DeploysterApp", self.app)
+    """A screen over the overview. It shows ``overview`` (given, then each
+    ``DataRefreshed``'s: subclasses' handlers store it) and reads through
+    ``reader`` alone."""
 
-    @property
-    def core(self) -> Deployster:
-        return self.dapp.core
+    def __init__(self, reader: Reader, overview: Overview) -> None:
+        super().__init__()
+        self.reader = reader
+        self.overview = overview
+
+    def since_fetch(self) -> float:
+        return self.reader.since(self.overview)
+
+    def request_refresh(self) -> None:
+        """Ask the app for a fetch soon (coalesced: many requests, one fetch)."""
+        self.app.post_message(RefreshRequested())
+
+    def report_error(self, what: str, exc: BaseException) -> None:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        # An error message may quote a request's text: never read as markup.
+        self.app.notify(f"{what}: {message}", severity="error", timeout=8, markup=False)
+
+    # ------------------------------------------------------------ unlock
+    def ask_unlock(self, row: ProjectRow) -> None:
+        """Read the lock again, then ask: the holder, TTL and heartbeat in the
+        modal are what they are now, not what the last fetch saw (no fetch runs
+        while a modal such as ``?`` is open, so that can be many seconds old)."""
+        if self.reader.live:
+            self.app.run_worker(self._ask_unlock(row), group="control")
+        else:
+            self._ask_unlock_now(row, self.since_fetch())
+
+    async def _ask_unlock(self, row: ProjectRow) -> None:
+        since_fetch = self.since_fetch()
+        try:  # locks and jobs only: no SQL
+            rows = await self.reader.project_rows(last={})
+        except Exception:  # Redis down: the last rows, with a warning saying how old
+            pass
+        else:
+            fresh = next((r for r in rows if r.project.id == row.project.id), None)
+            if fresh is not None:
+                row, since_fetch = fresh, 0.0
+        self._ask_unlock_now(row, since_fetch)
+
+    def _ask_unlock_now(self, row: ProjectRow, since_fetch: float) -> None:
+        owner = row.lock_owner
+        name = row.project.name
+        if owner is None:
+            self.app.notify(f"{name} is not locked: nothing to release")
+            return
+        facts: list[tuple[str, Text | str]] = [
+            ("project", f"{name} ({row.project.path})"),
+            ("holder", owner),
+            ("TTL", ttl_text(row, since_fetch)),
+            ("heartbeat", heartbeat_text(row, since_fetch)),
+            ("owning job", owner_state(row)),
+            ("queued", f"{row.queue_length} job(s) waiting"),
+        ]
+        warning = None
+        if row.running is not None and row.running.status is JobStatus.RUNNING \
+                and not row.stale:
+            warning = ("The holder is alive and renewing its lock. Releasing it ends that "
+                       "job (lock_lost) and lets the next one start.")
+        if since_fetch > OLD_DATA:
+            down = ", ".join(f"{k} {v}" for k, v in self.overview.health.items() if v != "ok")
+            old = (f"These facts are {duration(since_fetch)} old ({down or 'no fresh read'}): "
+                   "the TTL and heartbeat may have moved since.")
+            warning = old if warning is None else f"{old}\n{warning}"
+        consequence = (f"y releases the lock only if {short_id(owner)} still holds it "
+                       "(compare-and-set: a newer lock is never deleted), records an audit "
+                       "event and wakes the queue so the next job starts.")
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.app.run_worker(self._unlock(row.project.id, owner, name), group="control")
+
+        self.app.push_screen(ConfirmScreen(f"Release {name}'s deploy lock?", facts, consequence,
+                                           warning=warning, confirm_label="Release (y)"), done)
+
+    async def _unlock(self, project_id: int, owner: str, name: str) -> None:
+        try:
+            released = await release_lock(self.reader.core, project_id, owner,
+                                          actor=self.reader.actor)
+        except Exception as exc:  # shown to the operator, never a crash
+            self.report_error(f"unlock {name}", exc)
+            return
+        if released:
+            self.app.notify(f"released {name}'s lock (was held by {short_id(owner)})")
+        else:
+            self.app.notify(f"{name}'s lock was not released: {short_id(owner)} no longer "
+                            "holds it", severity="warning")
+        self.request_refresh()
+
+    # ------------------------------------------------------------ cancel
+    def shown_commands(self, job: Job, project: Project) -> str:
+        """The job's commands for a modal, secrets masked as in its log (stored
+        masked; masked again for rows stored before that)."""
+        mask = secret_mask(project, self.reader.core.settings.token)
+        return " && ".join(mask.commands(job.commands))
+
+    def ask_cancel(self, job: Job, project: Project) -> None:
+        if job.status.finished:
+            self.app.notify(f"job {short_id(job.id)} has already finished "
+                            f"({job.status.value})", severity="warning")
+            return
+        if job.status is JobStatus.RUNNING:
+            consequence = ("y stops the running job: its process group gets SIGTERM, then "
+                           "SIGKILL after the grace period; it ends failed (cancelled) and "
+                           "the next queued job starts.")
+            when = ("running for", duration(since(job.started_at)))
+        else:
+            consequence = "y removes the job from the queue; it ends failed (cancelled)."
+            when = ("waiting for", duration(since(job.queued_at)))
+        facts: list[tuple[str, Text | str]] = [
+            ("job", job.id),
+            ("project", job.project),
+            ("status", job.status.value),
+            ("commit", f"{commit(job)} on {job.ref_name}"),
+            when,
+            ("commands", self.shown_commands(job, project)),
+        ]
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.app.run_worker(self._cancel(job.id), group="control")
+
+        self.app.push_screen(ConfirmScreen(f"Cancel job {short_id(job.id)}?", facts,
+                                           consequence, confirm_label="Cancel job (y)"), done)
+
+    async def _cancel(self, job_id: str) -> None:
+        try:
+            job = await cancel_job(self.reader.core, job_id, actor=self.reader.actor, wait=0)
+        except Exception as exc:
+            self.report_error(f"cancel {short_id(job_id)}", exc)
+            return
+        state = "cancelled" if job.status.finished else "cancel requested"
+        self.app.notify(f"job {short_id(job_id)}: {state}")
+        self.request_refresh()
+
+    # ---------------------------------------------------------- redeploy
+    def ask_redeploy(self, job: Job, project: Project) -> None:
+        if (refused := redeploy_refusal(job)) is not None:  # nothing to confirm
+            self.report_error(f"redeploy {short_id(job.id)}", refused)
+            return
+        facts: list[tuple[str, Text | str]] = [
+            ("from job", job.id),
+            ("project", job.project),
+            ("commit", f"{commit(job)} on {job.ref_name}"),
+            ("ran", ago(job.started_at or job.queued_at)),
+            ("commands", self.shown_commands(job, project) or DASH),
+        ]
+        consequence = ("y queues a new job with the same commands, commit and ref; it starts "
+                       "when the project's lock is free.")
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.app.run_worker(self._redeploy(job.id), group="control")
+
+        self.app.push_screen(ConfirmScreen(f"Redeploy {job.project} at {commit(job)}?", facts,
+                                           consequence, confirm_label="Redeploy (y)"), done)
+
+    async def _redeploy(self, job_id: str) -> None:
+        try:
+            new_id = await redeploy(self.reader.core, job_id, actor=self.reader.actor)
+        except Exception as exc:
+            self.report_error(f"redeploy {short_id(job_id)}", exc)
+            return
+        self.app.notify(f"queued job {short_id(new_id)} (redeploy of {short_id(job_id)})")
+        self.request_refresh()

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-
-def binding_sections() -> list[tuple[str, list[Binding]]]:
-    from ..app import DeploysterApp
-    from ..widgets.log_pane import LogPane
-    from .confirm import ConfirmScreen
-    from .log import LogScreen
-    from .project import ProjectScreen
-    from .projects import ProjectsScreen
-
-    def only(items: list[BindingType]) -> list[Binding]:
-        return [b for b in items if isinstance(b, Binding)]
-
-    return [
-        ("everywhere", only(DeploysterApp.BINDINGS)),
-        ("projects", only(ProjectsScreen.BINDINGS)),
-        ("project", only(ProjectScreen.BINDINGS)),
-        ("log (project screen and full log)", only(LogPane.BINDINGS + LogScreen.BINDINGS)),
-        ("confirmation", only(ConfirmScreen.BINDINGS)),
-    ]
+# (section title, its keys): given by the app (``binding_sections`` in app.py), which
+# knows every screen; this screen knows none of them.
+Sections = list[tuple[str, list[Binding]]]
 
 
 class HelpScreen(ModalScreen[None]):
@@ -38,9 +22,13 @@ class HelpScreen(ModalScreen[None]):
         Binding("q", "app.quit", "Quit", id="help.quit"),
     ]
 
+    def __init__(self, sections: Sections) -> None:
+        super().__init__()
+        self.sections = sections
+
     def compose(self) -> ComposeResult:
         table = Text()
-        for section, bindings in binding_sections():
+        for section, bindings in self.sections:
             table.append(f"{section}\n", style="bold underline")
             for b in bindings:
                 table.append(f"  {b.key_display or b.key:<12}", style="bold cyan")

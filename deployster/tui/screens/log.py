@@ -5,25 +5,28 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.screen import Screen
 
 from deployster.overview import LogChunk
 
+from ..reader import Reader
 from ..widgets.footer import KeysFooter
 from ..widgets.log_pane import LogPane
 from ..widgets.log_view import LogView
-from .base import CoreScreen
 
 
-class LogScreen(CoreScreen):
+class LogScreen(Screen[None]):
     BINDINGS = [Binding("escape", "back", "Back", id="log.back")]
 
-    def __init__(self, job_id: str, *, text: str | list[LogChunk] | None = None) -> None:
+    def __init__(self, reader: Reader, job_id: str, *,
+                 text: str | list[LogChunk] | None = None) -> None:
         super().__init__()
+        self.reader = reader
         self.job_id = job_id
         self.text = text  # given: show it instead of reading the job's log
 
     def compose(self) -> ComposeResult:
-        yield LogPane(id="log-pane")
+        yield LogPane(self.reader, id="log-pane")
         yield KeysFooter()
 
     def on_mount(self) -> None:

@@ -14,23 +14,26 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
 from deployster.models import Job, JobStatus, Project
-from deployster.overview import LogChunk, ProjectRow, history, queued_jobs
+from deployster.overview import LogChunk, ProjectRow
 
-from ..controls import ask_cancel, ask_redeploy, ask_unlock, heartbeat_text, ttl_text
 from ..format import (
     clock_duration,
     commit,
     duration,
+    heartbeat_text,
     job_duration,
     local_time,
     outcome,
     short_id,
     since,
+    ttl_text,
 )
 from ..messages import DataRefreshed
+from ..reader import Overview, Reader
 from ..widgets.footer import KeysFooter
 from ..widgets.log_pane import LogPane
 from .base import CoreScreen
+from .log import LogScreen
 
 PAGE = 50
 REF_WIDTH = 20
@@ -60,12 +63,13 @@ class ProjectScreen(CoreScreen):
     ]
 
     def __init__(
-        self, project: Project, *, queue: list[Job] | None = None,
-        history: list[Job] | None = None, logs: dict[str, list[LogChunk]] | None = None,
+        self, reader: Reader, overview: Overview, project: Project, *,
+        queue: list[Job] | None = None, history: list[Job] | None = None,
+        logs: dict[str, list[LogChunk]] | None = None,
     ) -> None:
         """With ``queue``, ``history`` and ``logs`` given, shows them as they are
         and reads nothing (demo data, snapshots)."""
-        super().__init__()
+        super().__init__(reader, overview)
         self.project = project
         self.fixed = logs is not None
         self.queue: list[Job] = queue or []
@@ -88,7 +92,7 @@ class ProjectScreen(CoreScreen):
                                                  zebra_stripes=True)
                 hist.add_columns("status", "job", "commit", "started", "duration", "ref")
                 yield hist
-            yield LogPane(id="log-pane")
+            yield LogPane(self.reader, id="log-pane")
         yield KeysFooter()
 
     def on_mount(self) -> None:
@@ -99,17 +103,15 @@ class ProjectScreen(CoreScreen):
         else:
             self.run_worker(self.reload(), group="project", exclusive=True)
 
-    def on_data_refreshed(self, _message: DataRefreshed) -> None:
+    def on_data_refreshed(self, message: DataRefreshed) -> None:
+        self.overview = message.overview
         self._render_title()  # the lock's TTL and heartbeat, what is down: no reads
         if not self.fixed:
             self.run_worker(self.reload(), group="project", exclusive=True)
 
     @property
     def row(self) -> ProjectRow | None:
-        for r in self.dapp.rows:
-            if r.project.id == self.project.id:
-                return r
-        return None
+        return self.overview.row(self.project.id)
 
     async def reload(self) -> None:
         """The running job and queue, and history's loaded pages, read again.
@@ -121,15 +123,14 @@ class ProjectScreen(CoreScreen):
             log.warning("project %s: reload failed", self.project.name, exc_info=True)
 
     async def _reload(self) -> None:
-        core = self.core
-        queue = await queued_jobs(core, self.project.id)
+        queue = await self.reader.queue(self.project.id)
         row = self.row
         running = row.running if row and row.running and \
             row.running.status is JobStatus.RUNNING else None
         self.queue = ([running] if running else []) + queue
         async with self._history_lock:  # never interleaved with a page load
             limit = max(PAGE, len(self.history))
-            rows = await history(core, self.project.id, limit=limit + 1)
+            rows = await self.reader.history(self.project.id, limit=limit + 1)
             self.history, self.history_done = rows[:limit], len(rows) <= limit
         self._render_tables()
 
@@ -137,14 +138,14 @@ class ProjectScreen(CoreScreen):
         try:
             await self._load_more()
         except Exception as exc:
-            self.dapp.report_error("more history", exc)
+            self.report_error("more history", exc)
 
     async def _load_more(self) -> None:
         async with self._history_lock:
             if self.history_done or not self.history:
                 return
-            page = await history(self.core, self.project.id, before=self.history[-1].id,
-                                 limit=PAGE + 1)
+            page = await self.reader.history(self.project.id, before=self.history[-1].id,
+                                             limit=PAGE + 1)
             self.history_done = len(page) <= PAGE
             self.history.extend(page[:PAGE])
         self._render_tables()
@@ -189,18 +190,17 @@ class ProjectScreen(CoreScreen):
     def _render_title(self) -> None:
         """Name, lock (holder, TTL, heartbeat) and what is down: the facts to
         know before u, c or r, in the order an 80-column line keeps them."""
-        app = self.dapp
         row = self.row
         name = self.project.name
         title = Text(name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 1] + "…",
                      style="bold")
         down = [f"{label} {state}" for label, key in (("redis", "redis"), ("db", "database"))
-                if (state := app.health.get(key, "ok")) not in ("ok", "…")]
+                if (state := self.overview.health.get(key, "ok")) not in ("ok", "…")]
         if down:
-            title.append(f" · {' · '.join(down)} · data from {duration(app.since_fetch())} ago",
+            title.append(f" · {' · '.join(down)} · data from {duration(self.since_fetch())} ago",
                          style="bold red")
         if row and row.lock_owner:
-            since_fetch = app.since_fetch()
+            since_fetch = self.since_fetch()
             title.append(f" · lock {short_id(row.lock_owner)} · TTL "
                          f"{ttl_text(row, since_fetch)} · heartbeat ")
             title.append(heartbeat_text(row, since_fetch))
@@ -249,25 +249,23 @@ class ProjectScreen(CoreScreen):
         self.app.pop_screen()
 
     def action_open_log(self) -> None:
-        from .log import LogScreen
-
         job = self.selected_job
         if job is not None:
-            self.app.push_screen(LogScreen(job.id, text=self.logs.get(job.id, [])
+            self.app.push_screen(LogScreen(self.reader, job.id, text=self.logs.get(job.id, [])
                                            if self.fixed else None))
 
     def action_unlock(self) -> None:
         row = self.row
         if row is not None:
-            ask_unlock(self.dapp, row)
+            self.ask_unlock(row)
 
     def action_cancel(self) -> None:
         if self.selected_job is not None:
-            ask_cancel(self.dapp, self.selected_job, self.project)
+            self.ask_cancel(self.selected_job, self.project)
 
     def action_redeploy(self) -> None:
         if self.selected_job is not None:
-            ask_redeploy(self.dapp, self.selected_job, self.project)
+            self.ask_redeploy(self.selected_job, self.project)
 
     def action_more(self) -> None:
         self.run_worker(self.load_more(), group="more", exclusive=True)

@@ -21,13 +21,24 @@ from textual.widgets.data_table import ColumnKey
 from deployster.models import JobStatus
 from deployster.overview import ProjectRow
 
-from ..controls import ask_cancel, ask_redeploy, ask_unlock, heartbeat_text, ttl_left, ttl_text
-from ..format import DASH, GLYPH, ago, clock_duration, commit, short_id, since
+from ..format import (
+    DASH,
+    GLYPH,
+    ago,
+    clock_duration,
+    commit,
+    heartbeat_text,
+    short_id,
+    since,
+    ttl_text,
+)
 from ..messages import DataRefreshed
+from ..reader import Overview, Reader
 from ..widgets.footer import KeysFooter
 from ..widgets.projects_table import ProjectsTable
 from ..widgets.status_line import StatusLine
 from .base import CoreScreen
+from .project import ProjectScreen
 
 COLUMNS: list[tuple[str, str]] = [
     ("name", "project"), ("lock", "lock holder"), ("ttl", "TTL"), ("heartbeat", "heartbeat"),
@@ -144,8 +155,8 @@ class ProjectsScreen(CoreScreen):
         Binding("ctrl+r", "refresh", "Refresh now", show=False, id="projects.refresh"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, reader: Reader, overview: Overview) -> None:
+        super().__init__(reader, overview)
         self.filter_text = ""
         self.sort_column = "name"
         self.sort_reverse = False
@@ -195,7 +206,8 @@ class ProjectsScreen(CoreScreen):
         self.table.focus()
         self.render_rows()
 
-    def on_data_refreshed(self, _message: DataRefreshed) -> None:
+    def on_data_refreshed(self, message: DataRefreshed) -> None:
+        self.overview = message.overview
         # Changed facts (a lock taken, a job queued or finished) show at once;
         # the clocks (TTL, heartbeat, ages) move with the one-second tick, so a
         # burst of events costs fetches, not a repaint of every row each time.
@@ -203,7 +215,7 @@ class ProjectsScreen(CoreScreen):
 
     # ---------------------------------------------------------------- render
     def visible_rows(self) -> list[ProjectRow]:
-        rows = self.dapp.rows
+        rows = self.overview.rows
         if self.filter_text:
             needle = self.filter_text.lower()
             rows = [r for r in rows
@@ -213,13 +225,13 @@ class ProjectsScreen(CoreScreen):
     def render_rows(self, *, clocks: bool = True) -> None:
         """Redraw what changed: rows whose facts changed, and with ``clocks`` the
         rows whose clocks tick (every row once a minute, for the older ages)."""
-        app = self.dapp
+        shown = self.overview
         self._tick += clocks
         everything = clocks and self._tick % 60 == 1
-        self.query_one(StatusLine).show(app.rows, app.health, app.wall_clock(),
-                                        app.since_fetch())
+        self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
+                                        self.since_fetch())
         rows = self.visible_rows()
-        since_fetch = app.since_fetch()
+        since_fetch = self.since_fetch()
         table = self.table
         keys = [str(r.project.id) for r in rows]
         self._shown = {str(r.project.id): r for r in rows}
@@ -290,16 +302,14 @@ class ProjectsScreen(CoreScreen):
         self.render_rows()
 
     def action_open(self) -> None:
-        from .project import ProjectScreen
-
         row = self.selected()
         if row is not None:
-            self.app.push_screen(ProjectScreen(row.project))
+            self.app.push_screen(ProjectScreen(self.reader, self.overview, row.project))
 
     def action_unlock(self) -> None:
         row = self.selected()
         if row is not None:
-            ask_unlock(self.dapp, row)
+            self.ask_unlock(row)
 
     def action_cancel(self) -> None:
         row = self.selected()
@@ -309,7 +319,7 @@ class ProjectsScreen(CoreScreen):
             self.app.notify(f"nothing running in {row.project.name}; open it (enter) to cancel "
                             "a queued job")
             return
-        ask_cancel(self.dapp, row.running, row.project)
+        self.ask_cancel(row.running, row.project)
 
     def action_redeploy(self) -> None:
         row = self.selected()
@@ -318,7 +328,7 @@ class ProjectsScreen(CoreScreen):
         if row.last is None:
             self.app.notify(f"{row.project.name} has no past deploy to run again")
             return
-        ask_redeploy(self.dapp, row.last, row.project)
+        self.ask_redeploy(row.last, row.project)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -354,7 +364,7 @@ class ProjectsScreen(CoreScreen):
         self.render_rows()
 
     def action_refresh(self) -> None:
-        self.dapp.request_refresh()
+        self.request_refresh()
 
 
-__all__ = ["ProjectsScreen", "row_cells", "ttl_left"]
+__all__ = ["ProjectsScreen", "row_cells"]

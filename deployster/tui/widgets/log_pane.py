@@ -15,7 +15,6 @@ entry's write time), ``/`` search with ``n``/``N`` to the next/previous match,
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -23,13 +22,11 @@ from textual.containers import Vertical
 from textual.widgets import Input, Static
 
 from deployster.models import JobStatus
-from deployster.overview import LogChunk, log_entries, log_window
+from deployster.overview import LogChunk
 
 from ..format import short_id
+from ..reader import Reader
 from .log_view import LogView
-
-if TYPE_CHECKING:
-    from ..app import DeploysterApp
 
 MAX_LINES = 50_000
 MAX_BYTES = 1024 * 1024
@@ -50,8 +47,9 @@ class LogPane(Vertical):
         Binding("escape", "clear_search", "Clear search", id="log.clear"),
     ]
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, reader: Reader, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.reader = reader
         self.job_id: str | None = None
         self.follow = True
         self.live = False  # the job is still running: there may be more
@@ -67,12 +65,8 @@ class LogPane(Vertical):
         yield Input(placeholder="search the log — enter to find, n/N next/previous, "
                     "esc to clear", id="log-search")
         view = LogView(max_lines=MAX_LINES, id="log")
-        view.tz = self.dapp.wall_clock().tzinfo  # times of day as the header's clock
+        view.tz = self.reader.wall_clock().tzinfo  # times of day as the header's clock
         yield view
-
-    @property
-    def dapp(self) -> DeploysterApp:
-        return cast("DeploysterApp", self.app)
 
     @property
     def log_view(self) -> LogView:
@@ -138,9 +132,8 @@ class LogPane(Vertical):
             self.job_id = None
 
     async def _load_and_follow(self, job_id: str) -> None:
-        core = self.dapp.core
-        window = await log_window(core, job_id, max_bytes=MAX_BYTES)
-        job = await core.job(job_id)
+        window = await self.reader.log_window(job_id, max_bytes=MAX_BYTES)
+        job = await self.reader.job(job_id)
         self.truncated = window.truncated
         self.last_id = window.last_id
         # A queued job has no stream yet: it is followed too, until it has run.
@@ -154,17 +147,16 @@ class LogPane(Vertical):
             await asyncio.sleep(FOLLOW_INTERVAL)
 
     async def _poll(self, job_id: str) -> None:
-        core = self.dapp.core
         chunks: list[LogChunk] = []
         size = 0
-        async for entry_id, chunk in log_entries(core, job_id, after=self.last_id):
+        async for entry_id, chunk in self.reader.log_entries(job_id, after=self.last_id):
             self.last_id = entry_id
             chunks.append(chunk)
             size += len(chunk.text)
             while size > MAX_BYTES and len(chunks) > 1:  # a burst: keep its end only
                 size -= len(chunks.pop(0).text)
                 self.truncated = True
-        job = await core.job(job_id)
+        job = await self.reader.job(job_id)
         if job is None or job.status.finished:
             self.live = False
         queued = job is not None and job.status is JobStatus.QUEUED

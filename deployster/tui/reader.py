@@ -1,0 +1,104 @@
+"""The dashboard's one way to the core: ``Reader``, and ``Overview``, what one
+fetch of every project's row found.
+
+The app makes one reader and hands it to each screen and widget in its
+constructor, so none of them reaches into the app or calls the core on its
+own: every read the dashboard makes is a method here, one call of
+``deployster.overview`` or of the core each. The overview itself is fetched by
+the app's refresh loop only, and reaches the screens in their constructor and
+in ``DataRefreshed`` messages (``messages.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from deployster import overview
+from deployster.models import Job
+from deployster.overview import LogChunk, LogWindow, ProjectRow
+from deployster.service import Deployster
+
+STARTING = {"redis": "…", "database": "…"}  # health before the first fetch answered
+UP = {"redis": "ok", "database": "ok"}
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Every project's row as one fetch found it.
+
+    ``health`` maps "redis" and "database" to "ok", "…" (not asked yet) or what
+    is wrong; after a failed fetch it says what is down while ``rows`` and
+    ``fetched_at`` stay those of the last fetch that worked. ``fetched_at`` is
+    in seconds of the reader's ``monotonic`` clock (``Reader.since``)."""
+
+    rows: list[ProjectRow]
+    health: dict[str, str]
+    fetched_at: float
+
+    def row(self, project_id: int) -> ProjectRow | None:
+        return next((r for r in self.rows if r.project.id == project_id), None)
+
+
+class Reader:
+    """What the dashboard reads, and what its controls act with.
+
+    - ``core``: read here only; the screens' controls (unlock, cancel,
+      redeploy: ``screens/base.py``) act on it through ``deployster.control``,
+      as ``actor`` (recorded in the audit events);
+    - ``monotonic`` and ``wall_clock``: the clocks ages and the header's time
+      come from (fixed in snapshots, moved by ``bench/tui.py``);
+    - ``live`` False: demo data with no core behind it (``demo.py``): nothing
+      is read, screens show what they were given.
+    """
+
+    def __init__(
+        self, core: Deployster, *, actor: str, live: bool = True,
+        monotonic: Callable[[], float], wall_clock: Callable[[], datetime],
+    ) -> None:
+        self.core = core
+        self.actor = actor
+        self.live = live
+        self.monotonic = monotonic
+        self.wall_clock = wall_clock
+
+    def since(self, fetched: Overview) -> float:
+        """Seconds since ``fetched`` was fetched (never negative)."""
+        return max(0.0, self.monotonic() - fetched.fetched_at)
+
+    # ----------------------------------------------------------- the overview
+    async def project_rows(self, *, last: dict[int, Job] | None = None) -> list[ProjectRow]:
+        """``overview.project_rows``: ``last={}`` reads locks, queues and
+        running jobs only (no SQL)."""
+        return await overview.project_rows(self.core, last=last)
+
+    async def health(self) -> dict[str, str]:
+        """Redis's and the database's state: "ok" or what is wrong."""
+        return {k: v for k, v in (await self.core.health()).items()
+                if k in ("redis", "database")}
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        """``overview.watch_events``: what wakes a fetch early."""
+        return overview.watch_events(self.core)
+
+    # ------------------------------------------------------------- a project
+    async def queue(self, project_id: int) -> list[Job]:
+        """The project's queued jobs, in order."""
+        return await overview.queued_jobs(self.core, project_id)
+
+    async def history(self, project_id: int, *, before: str | None = None,
+                      limit: int) -> list[Job]:
+        """Finished jobs, newest first, older than ``before`` (a job id)."""
+        return await overview.history(self.core, project_id, before=before, limit=limit)
+
+    # ----------------------------------------------------------------- a job
+    async def job(self, job_id: str) -> Job | None:
+        return await self.core.job(job_id)
+
+    async def log_window(self, job_id: str, *, max_bytes: int) -> LogWindow:
+        return await overview.log_window(self.core, job_id, max_bytes=max_bytes)
+
+    def log_entries(self, job_id: str, *, after: str) -> AsyncIterator[tuple[str, LogChunk]]:
+        return overview.log_entries(self.core, job_id, after=after)
