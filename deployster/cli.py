@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, client
+from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import DeploysterError
+from .models import SOURCES
 from .outages import RedisRefused, classify, describe
 from .printable import CONTINUATION, escape_controls
 from .projects import QUEUE_POLICIES
@@ -93,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lock TTL in seconds (renewed while a job runs; default 600)")
         p.add_argument("--timeout", type=client.seconds(positive=True), metavar="S",
                        help="a job running longer than this is stopped (default 3600)")
+        p.add_argument("--source", choices=SOURCES,
+                       help="git: check out the request's commit before the commands; none: "
+                            "deploy the directory as it is; auto (default): git when the "
+                            "directory is the top of a git work tree")
+        p.add_argument("--git-remote", metavar="NAME",
+                       help="the remote to fetch from (default origin)")
+        p.add_argument("--supervisor-update", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="run 'supervisorctl reread' and 'update <group>' before the final "
+                            "restart (default: yes)")
+        p.add_argument("--verify-window", type=client.seconds(positive=False), metavar="S",
+                       help="after the restart, how long the program has to be seen RUNNING "
+                            "(default 10; 0: do not check)")
+        p.add_argument("--verify-running", type=client.seconds(positive=False), metavar="S",
+                       help="how long it must have been RUNNING to count (default 3)")
         p.add_argument("--queue-policy", choices=QUEUE_POLICIES,
                        help="fifo (default): every request runs in order; supersede: a new "
                             "request replaces older queued ones for the same branch")
@@ -147,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     jlogs.add_argument("-f", "--follow", action="store_true",
                        help="keep printing as the job writes, until it ends")
     jlogs.set_defaults(handler=cmd_job_logs)
+    jredeploy = jsub.add_parser(
+        "redeploy", help="queue a job again: its commands, ref and the very commit it deployed")
+    jredeploy.add_argument("job_id")
+    jredeploy.set_defaults(handler=cmd_job_redeploy)
+
+    back = sub.add_parser(
+        "rollback", help="redeploy the newest complete deploy of another commit than the one "
+                         "deployed now (or --to JOB's)")
+    back.add_argument("project", metavar="NAME|ID|PATH")
+    back.add_argument("--to", metavar="JOB", help="the job whose commit to go back to")
+    back.set_defaults(handler=cmd_rollback)
 
     hist = sub.add_parser("history", help="maintain the SQL history")
     hsub = hist.add_subparsers(dest="history_command", metavar="ACTION", required=True)
@@ -202,9 +230,21 @@ def _read_pipeline(path: Path | None) -> Any:
         raise DeploysterError(f"{path} is not valid JSON: {exc}") from None
 
 
-def _print_project(project: Any, *, as_json: bool) -> None:
+def _steps_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The deploy step options given on the command line."""
+    given = {"source": args.source, "git_remote": args.git_remote,
+             "supervisor_update": args.supervisor_update,
+             "verify_window": args.verify_window, "verify_running": args.verify_running}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _print_project(project: Any, *, as_json: bool, deployed: Any = None) -> None:
+    """``deployed``: the project's newest complete job (what is deployed now)."""
     if as_json:
-        print(json.dumps(project.to_dict(), indent=2))
+        data = project.to_dict()
+        data["deployed_commit"] = deployed_commit(deployed) if deployed else None
+        data["deployed_by_job"] = deployed.id if deployed else None
+        print(json.dumps(data, indent=2))
         return
     print(f"name:      {project.name}")
     print(f"id:        {project.id}")
@@ -212,6 +252,17 @@ def _print_project(project: Any, *, as_json: bool) -> None:
     print(f"lock TTL:  {project.lock_ttl:g}s")
     print(f"timeout:   {project.timeout:g}s")
     print(f"queue:     {project.queue_policy}")
+    if deployed is not None:
+        print(f"deployed:  {deployed_commit(deployed)} (job {deployed.id}, "
+              f"{deployed.finished_at or '?'})")
+    else:
+        print("deployed:  nothing yet")
+    steps = project.steps
+    print(f"source:    {steps.source}" + (f" (remote {steps.git_remote})"
+                                          if steps.source != "none" else ""))
+    print(f"restart:   {'reread + update its group, then ' if steps.supervisor_update else ''}"
+          + (f"verified RUNNING for {steps.verify_running:g}s within {steps.verify_window:g}s"
+             if steps.verify_window else "not verified"))
     if project.token_hash is not None:
         print(f"token:     set (created {project.token_created_at})")
     else:
@@ -319,6 +370,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
             # A shell user types "." or "apps/web": relative to where they stand.
             os.path.abspath(os.path.expanduser(args.path)), name=args.name, pipeline=pipeline,
             lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
+            steps=_steps_from(args),
         )
         print(f"registered project {project.name!r} (id {project.id}) at {project.path}")
         return 0
@@ -334,6 +386,7 @@ def cmd_project_edit(args: argparse.Namespace) -> int:
         project = await core.projects.edit(
             project, name=args.name, pipeline=pipeline,
             lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
+            steps=_steps_from(args),
         )
         print(f"updated project {project.name!r} (id {project.id})")
         return 0
@@ -359,7 +412,9 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 
 def cmd_project_show(args: argparse.Namespace) -> int:
     async def body(core: Deployster) -> int:
-        _print_project(await core.projects.find(args.project), as_json=args.json)
+        project = await core.projects.find(args.project)
+        done = await completed_jobs(core, project.id, limit=1)
+        _print_project(project, as_json=args.json, deployed=done[0] if done else None)
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -473,6 +528,37 @@ def cmd_job_logs(args: argparse.Namespace) -> int:
                 out.flush()
             if part.at_end and not args.follow:
                 break
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def _queued(result: Any, target: Any, note: str) -> None:
+    """What a redeploy or rollback queued, as ``deploy --detach`` says it: the
+    new job id on stdout, the rest on stderr."""
+    print(result.job_id)
+    sys.stdout.flush()
+    where = "queued" if result.queued else "started"
+    print(f"deployster: {where} job {result.job_id}: {note} of job {target.id} "
+          f"(commit {deployed_commit(target)[:12]}); follow it with 'deployster job logs -f "
+          f"{result.job_id}'", file=sys.stderr)
+
+
+def cmd_job_redeploy(args: argparse.Namespace) -> int:
+    async def body(core: Deployster) -> int:
+        result, target = await redeploy(core, args.job_id, actor=f"cli:{getpass.getuser()}")
+        _queued(result, target, "redeploy")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project)
+        result, target, current = await rollback(core, project, to=args.to,
+                                                 actor=f"cli:{getpass.getuser()}")
+        _queued(result, target, f"rollback from {(current or 'none')[:12]}")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))

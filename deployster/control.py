@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 from . import store
 from .access import Principal
 from .errors import Conflict, NotFound
-from .models import Job, JobStatus, Reason
+from .models import Job, JobStatus, Project, Reason
+from .queue import EnqueueResult
 from .recovery import end_orphan, runner_alive
 from .service import Deployster
 
@@ -96,26 +98,87 @@ def redeploy_refusal(job: Job) -> Conflict | None:
     )
 
 
-async def redeploy(core: Deployster, job_id: str, *, actor: str = "admin") -> str:
-    """Queue a past job's commands again (same commit and ref); returns the new id.
+async def redeploy(
+    core: Deployster, job_id: str, *, actor: str = "admin",
+    principal: Principal | None = None, run_here: bool = False,
+) -> tuple[EnqueueResult, Job]:
+    """Queue a past job again: its commands, its ref, and the very commit it
+    deployed (``deployed_sha`` when its project pins commits), so with a git
+    source this is a true rollback to that code. The stage's variables are the
+    project's as of now. The new job goes through the queue and the lock like
+    any deploy and records ``redeploy_of``. Returns (the queue's answer, the
+    job redeployed).
 
-    Raises ``NotFound``, and ``Conflict`` (nothing queued) for a job whose
-    commands held a secret (``redeploy_refusal``).
+    Raises ``NotFound`` (also for a job ``principal`` may not see), and
+    ``Conflict`` (nothing queued) for a job whose commands held a secret
+    (``redeploy_refusal``).
     """
     from .service import DeployRequest
 
-    job = await core.job(job_id)
+    job = await core.visible_job(job_id, principal)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     if (refused := redeploy_refusal(job)) is not None:
         raise refused
     result = await core.submit(
-        DeployRequest(cd=job.cd, commands=job.commands, commit_hash=job.commit_hash,
-                      ref_name=job.ref_name),
-        run_here=False, started_by=actor,
+        DeployRequest(cd=job.cd, commands=job.commands,
+                      commit_hash=job.deployed_sha or job.commit_hash, ref_name=job.ref_name,
+                      redeploy_of=job.id),
+        run_here=run_here, started_by=actor, principal=principal,
     )
     await store.insert_audit_event(
         core.db, actor=actor, action="job.redeploy", project_id=job.project_id,
         job_id=result.job_id, detail={"from": job.id},
     )
-    return result.job_id
+    return result, job
+
+
+def deployed_commit(job: Job) -> str:
+    """The commit a job put in place: the one checked out, else the one asked for."""
+    return job.deployed_sha or job.commit_hash
+
+
+async def completed_jobs(core: Deployster, project_id: int, *, limit: int = 200) -> list[Job]:
+    """The project's complete jobs, newest first: the SQL history, plus those
+    that ended a moment ago and are not in it yet (the history writer copies a
+    job shortly after its end)."""
+    jobs = {j.id: j for j in await store.select_deployments(
+        core.db, project_id=project_id, limit=limit, status=JobStatus.COMPLETE.value)}
+    pending = cast(list[str], await core.redis.hkeys(core.keys.dirty))
+    for job in await core.jobs.get_many(list(pending)):
+        if job.project_id == project_id:
+            jobs[job.id] = job
+    return sorted((j for j in jobs.values() if j.status is JobStatus.COMPLETE),
+                  key=lambda j: j.id, reverse=True)
+
+
+async def rollback(
+    core: Deployster, project: Project, *, to: str | None = None, actor: str = "admin",
+    principal: Principal | None = None, run_here: bool = False,
+) -> tuple[EnqueueResult, Job, str | None]:
+    """Redeploy the newest complete job whose commit differs from the one
+    deployed now (or job ``to``, which must be the project's). Returns (the
+    queue's answer, the job redeployed, the commit deployed now or None).
+
+    Raises ``NotFound`` for an unknown ``to`` or one of another project,
+    ``Conflict`` when there is nothing earlier to go back to.
+    """
+    if principal is not None and not principal.can_see(project.id):
+        raise NotFound(f"no project {project.name!r}")
+    done = await completed_jobs(core, project.id)
+    current = deployed_commit(done[0]) if done else None
+    if to is not None:
+        target = await core.visible_job(to, principal)
+        if target is None or target.project_id != project.id:
+            raise NotFound(f"no job {to!r} of project {project.name!r}")
+    else:
+        earlier = [j for j in done if deployed_commit(j) != current]
+        if not earlier:
+            raise Conflict(
+                f"project {project.name!r} has no complete deploy of another commit than "
+                f"the one deployed now ({(current or 'none')[:12]}); nothing to roll back to",
+                code="nothing_to_roll_back")
+        target = earlier[0]
+    result, _ = await redeploy(core, target.id, actor=actor, principal=principal,
+                               run_here=run_here)
+    return result, target, current

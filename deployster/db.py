@@ -92,6 +92,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE deployments ADD COLUMN commands_masked INTEGER NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        5,
+        "deploy steps per project (git source, supervisor); the commit a job deployed",
+        [
+            # (str.format()ted: {{}} is '{}')
+            "ALTER TABLE projects ADD COLUMN steps_json TEXT NOT NULL DEFAULT '{{}}'",
+            "ALTER TABLE deployments ADD COLUMN deployed_sha TEXT",
+            "ALTER TABLE deployments ADD COLUMN redeploy_of TEXT",
+        ],
+    ),
 ]
 
 _DIALECT_WORDS = {

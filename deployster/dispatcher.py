@@ -230,11 +230,12 @@ class Dispatcher:
             fence=job.fence,
         ), masker) as logw:
             if project is None:
-                logw.write(f"[deployster] project {job.project!r} no longer exists\n")
+                logw.close_with(f"[deployster] project {job.project!r} no longer exists\n")
                 outcome = Outcome(JobStatus.FAILED, Reason.INVALID)
             else:
                 runner = Runner(job, project, logw, kill_grace=core.settings.kill_grace)
                 runner.on_spawn = lambda pid: self._record_process(job, pid)
+                runner.on_checkout = lambda sha: self._record_checkout(job, sha)
                 self.runners[job.id] = runner
 
                 def renewed(sent_at: float) -> None:
@@ -251,7 +252,7 @@ class Dispatcher:
                     outcome = await runner.run()
                 except Exception as exc:  # a bug must not leave the job running forever
                     log.exception("runner crashed on job %s", job.id)
-                    logw.write(f"[deployster] internal error: {exc!r}\n")
+                    logw.close_with(f"[deployster] internal error: {exc!r}\n")
                     outcome = Outcome(JobStatus.FAILED, Reason.INTERRUPTED)
                 finally:
                     # Cancel until it ends: under load a cancel was lost (the guard
@@ -266,6 +267,15 @@ class Dispatcher:
         self.history.notify()
         if result is not None:
             self.launch(result)
+
+    async def _record_checkout(self, job: Job, sha: str) -> None:
+        """Note the commit the job's work tree was pinned to (shown by
+        ``GET /jobs/<id>``, kept in the history: what is deployed now)."""
+        job.deployed_sha = sha
+        try:
+            await self.core.jobs.set_fields(job.id, deployed_sha=sha)
+        except REDIS_DOWN as exc:
+            log.warning("could not record the commit of %s (%s)", job.id, exc)
 
     async def _record_process(self, job: Job, pid: int) -> None:
         """Note the command's process group: for the lease guard, and with its

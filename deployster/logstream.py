@@ -161,6 +161,8 @@ class LogWriter:
         # log starts empty; were it not, the first append would look through it once.
         self._offset = 0
         self._unsent: _Batch | None = None  # sent, but whether it went in is unknown
+        self._last = b"\n"  # the last byte kept: a note starts a line of its own
+        self._closing: bytes | None = None
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
@@ -202,8 +204,19 @@ class LogWriter:
             self._buffer.append(data)
             self._buffered += len(data)
             self.kept += len(data)
+            self._last = data[-1:]
         if self._buffered >= FLUSH_BYTES:
             self._wake.set()
+
+    def note(self, text: str) -> None:
+        """Write one of deployster's own lines (``[deployster] …``, a command's
+        header): on a line of its own, even after output with no final newline."""
+        self.write(text if self._last == b"\n" else "\n" + text)
+
+    def close_with(self, text: str) -> None:
+        """The line ``close`` writes last, after the truncation marker if any:
+        how the job ended. Never dropped by the cap (it is one short line)."""
+        self._closing = text.encode("utf-8", "replace")
 
     def drop(self, size: int) -> None:
         """Count ``size`` bytes of output as dropped (over the cap), unwritten."""
@@ -275,6 +288,11 @@ class LogWriter:
             ).encode()
             self._buffer.append(marker)  # past the cap: the one line allowed there
             self._buffered += len(marker)
+            self._last = b"\n"
+        if self._closing is not None and not self.stale:
+            closing = self._closing if self._last == b"\n" else b"\n" + self._closing
+            self._buffer.append(closing)  # with the marker, the only bytes over the cap
+            self._buffered += len(closing)
         deadline = time.monotonic() + CLOSE_RETRY_FOR
         while True:
             try:

@@ -102,6 +102,14 @@ class LogSink(Protocol):
 
     def write_bytes(self, data: bytes) -> None: ...
 
+    def note(self, text: str) -> None:
+        """One of deployster's own lines, on a line of its own."""
+        ...
+
+    def close_with(self, text: str) -> None:
+        """The last line, written at close whatever the cap."""
+        ...
+
 
 @dataclass(frozen=True)
 class Form:
@@ -600,6 +608,7 @@ class MaskingWriter:
         self.masker = masker
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._finished = False
+        self._last = "\n"  # the last character fed
 
     async def __aenter__(self) -> MaskingWriter:
         await self.writer.__aenter__()
@@ -624,9 +633,19 @@ class MaskingWriter:
             if self.writer.full:
                 self.writer.drop(len(text.encode("utf-8", "replace")))
                 return
+            self._last = text[-1]
             out = self.masker.feed(text)
             if out:
                 self.writer.write(out)
+
+    def note(self, text: str) -> None:
+        """One of deployster's own lines, on a line of its own (see
+        ``LogWriter.note``): judged on what was fed, since the masker may hold
+        the end of a line back."""
+        self.write(text if self._last == "\n" else "\n" + text)
+
+    def close_with(self, text: str) -> None:
+        self.writer.close_with(self.masker.mask(text))
 
     def finish(self) -> None:
         """Release everything held back; later writes are ignored."""

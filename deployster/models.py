@@ -30,6 +30,8 @@ class Reason(StrEnum):
     INTERRUPTED = "interrupted"
     LOCK_LOST = "lock_lost"
     SUPERSEDED = "superseded"
+    CHECKOUT_FAILED = "checkout_failed"
+    RESTART_FAILED = "restart_failed"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,39 @@ class Stage:
         }
 
 
+SOURCES = ("auto", "git", "none")
+
+
+@dataclass(frozen=True)
+class DeploySteps:
+    """What a deploy of a project does around its commands (``runner.py``).
+
+    ``source``: ``git`` pins the work tree to the request's commit first,
+    ``none`` leaves it as it is, ``auto`` is ``git`` when the project's
+    directory is the top of a git work tree. ``git_remote``: where to fetch
+    from. ``supervisor_update``: ``supervisorctl reread`` and ``update <group>``
+    before the final restart. ``verify_window`` (seconds; 0: no check): how
+    long the restarted program has to be ``RUNNING`` for ``verify_running``
+    seconds.
+    """
+
+    source: str = "auto"
+    git_remote: str = "origin"
+    supervisor_update: bool = True
+    verify_window: float = 10.0
+    verify_running: float = 3.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "git_remote": self.git_remote,
+                "supervisor_update": self.supervisor_update,
+                "verify_window": self.verify_window, "verify_running": self.verify_running}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeploySteps:
+        known = {f: data[f] for f in cls().to_dict() if f in data}
+        return cls(**known)
+
+
 @dataclass(frozen=True)
 class Project:
     id: int
@@ -68,6 +103,7 @@ class Project:
     # and to_dict so that it cannot reach a log line or an API reply.
     token_hash: str | None = field(default=None, repr=False)
     token_created_at: str | None = None
+    steps: DeploySteps = DeploySteps()
 
     def stage_for(self, ref_name: str) -> Stage | None:
         for stage in self.pipeline:
@@ -90,6 +126,7 @@ class Project:
             "created_at": self.created_at,
             "token_set": self.token_hash is not None,
             "token_created_at": self.token_created_at,
+            **self.steps.to_dict(),
         }
 
 
@@ -129,11 +166,16 @@ class Job:
     commands_masked: bool = False
     # Kept out of repr: a log line naming the job must not carry the secrets.
     raw_commands: list[str] | None = field(default=None, repr=False)
+    # The full commit the job checked out (git source), once it has.
+    deployed_sha: str | None = None
+    # The job this one redeploys (a redeploy or a rollback), if any.
+    redeploy_of: str | None = None
 
     # Field names written to the Redis hash; anything else in the hash is extra.
     _SIMPLE = (
         "id", "project", "cd", "commit_hash", "ref_name", "reason", "stage",
         "queued_at", "started_at", "finished_at", "started_by", "superseded_by",
+        "deployed_sha", "redeploy_of",
     )
 
     def to_redis(self) -> dict[str, str]:
@@ -184,6 +226,8 @@ class Job:
             fence=int(data.get("fence", 0)),
             started_by=data.get("started_by", "admin"),
             superseded_by=data.get("superseded_by") or None,
+            deployed_sha=data.get("deployed_sha") or None,
+            redeploy_of=data.get("redeploy_of") or None,
             extra={k: v for k, v in data.items() if k not in known},
             commands_masked=data.get("commands_masked") == "1",
             raw_commands=json.loads(raw_text) if raw_text is not None else None,
@@ -215,4 +259,6 @@ class Job:
             "finished_at": self.finished_at,
             "started_by": self.started_by,
             "superseded_by": self.superseded_by,
+            "deployed_sha": self.deployed_sha,
+            "redeploy_of": self.redeploy_of,
         }

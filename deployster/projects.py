@@ -28,7 +28,7 @@ from .envfile import value_problem
 from .errors import Conflict, InvalidRequest, UnknownProject
 from .events import Event, encode
 from .keys import Keys
-from .models import EnvVar, Project, Stage
+from .models import SOURCES, DeploySteps, EnvVar, Project, Stage
 from .outages import REDIS_DOWN, describe
 from .printable import describe_control, find_control
 from .redis_conn import Redis
@@ -153,6 +153,37 @@ def _check_positive(value: float | None, what: str) -> None:
 
 
 QUEUE_POLICIES = ("fifo", "supersede")
+# A git remote's name as a project may give it: nothing git could read as an option.
+_REMOTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}\Z")
+
+
+def validate_steps(changes: dict[str, Any], base: DeploySteps) -> DeploySteps:
+    """``base`` with ``changes`` applied, checked; raises ``InvalidRequest``
+    (``invalid_value``) naming the first bad one."""
+    unknown = set(changes) - set(base.to_dict())
+    if unknown:
+        raise InvalidRequest(f"unknown deploy step option(s): {', '.join(sorted(unknown))}",
+                             code="invalid_value")
+    steps = DeploySteps.from_dict({**base.to_dict(), **changes})
+    if steps.source not in SOURCES:
+        raise InvalidRequest(f"source must be one of {', '.join(SOURCES)}, got {steps.source!r}",
+                             code="invalid_value")
+    if not isinstance(steps.git_remote, str) or not _REMOTE.match(steps.git_remote):
+        raise InvalidRequest(f"git remote {steps.git_remote!r} is not a remote's name "
+                             "(letters, digits, '.', '_', '-', '/')", code="invalid_value")
+    for what, value in (("verify window", steps.verify_window),
+                        ("verify running time", steps.verify_running)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value) or value < 0:
+            raise InvalidRequest(f"{what} must be 0 or more seconds, got {value!r}",
+                                 code="invalid_value")
+    if 0 < steps.verify_window < steps.verify_running:
+        raise InvalidRequest(
+            f"a program cannot be seen RUNNING for {steps.verify_running:g}s within a "
+            f"{steps.verify_window:g}s verify window; widen the window or shorten the time",
+            code="invalid_value")
+    return DeploySteps(steps.source, steps.git_remote, bool(steps.supervisor_update),
+                       float(steps.verify_window), float(steps.verify_running))
 
 
 def _check_policy(policy: str | None) -> None:
@@ -310,8 +341,12 @@ class ProjectRegistry:
         lock_ttl: float | None = None,
         timeout: float | None = None,
         queue_policy: str | None = None,
+        steps: dict[str, Any] | None = None,
     ) -> Project:
         """Register ``path`` (stored as given, made absolute and tidied).
+
+        ``steps``: changes to the default ``DeploySteps`` (source, git_remote,
+        supervisor_update, verify_window, verify_running).
 
         Raises ``Conflict`` (``project_exists``) when a project already has this
         directory, under any spelling, or, for an explicit ``name``, that name;
@@ -325,6 +360,7 @@ class ProjectRegistry:
         _check_positive(lock_ttl, "lock TTL")
         _check_positive(timeout, "timeout")
         _check_policy(queue_policy)
+        deploy_steps = validate_steps(steps or {}, DeploySteps())
         if name is not None and not _NAME.match(name):
             raise InvalidRequest(
                 f"project name {name!r} must be 1-100 letters, digits, '.', '_' or '-'",
@@ -336,6 +372,7 @@ class ProjectRegistry:
             lock_ttl=lock_ttl or self.settings.default_lock_ttl,
             timeout=timeout or self.settings.default_timeout,
             queue_policy=queue_policy or "fifo",
+            steps_json=json.dumps(deploy_steps.to_dict()),
         )
         if not created:
             raise Conflict(f"a project is already registered at {project.path}",
@@ -351,6 +388,7 @@ class ProjectRegistry:
         lock_ttl: float | None = None,
         timeout: float | None = None,
         queue_policy: str = "fifo",
+        steps_json: str = "{}",
     ) -> tuple[Project, bool]:
         """Insert a project at ``path`` unless one has that directory already;
         returns (the project, whether this call created it).
@@ -375,7 +413,7 @@ class ProjectRegistry:
                     self.db, name=candidate, path=path, pipeline_json=pipeline_json,
                     lock_ttl=lock_ttl or self.settings.default_lock_ttl,
                     timeout=timeout or self.settings.default_timeout,
-                    queue_policy=queue_policy,
+                    queue_policy=queue_policy, steps_json=steps_json,
                 )
                 if project is not None:
                     await self._bump()
@@ -398,10 +436,16 @@ class ProjectRegistry:
         lock_ttl: float | None = None,
         timeout: float | None = None,
         queue_policy: str | None = None,
+        steps: dict[str, Any] | None = None,
     ) -> Project:
+        """Change the given fields (None: unchanged); ``steps``: changes to the
+        project's ``DeploySteps``. Raises as ``add`` does."""
         _check_positive(lock_ttl, "lock TTL")
         _check_positive(timeout, "timeout")
         _check_policy(queue_policy)
+        steps_json = None
+        if steps:
+            steps_json = json.dumps(validate_steps(steps, project.steps).to_dict())
         pipeline_json = None
         if pipeline is not None:
             pipeline_json = json.dumps([s.to_dict() for s in validate_pipeline(pipeline)])
@@ -415,7 +459,7 @@ class ProjectRegistry:
         # racing another one is a clear conflict, not a database error.
         if not await store.update_project(
             self.db, project.id, name=name, pipeline_json=pipeline_json,
-            lock_ttl=lock_ttl, timeout=timeout, queue_policy=queue_policy,
+            lock_ttl=lock_ttl, timeout=timeout, queue_policy=queue_policy, steps_json=steps_json,
         ):
             raise Conflict(f"a project named {name!r} already exists", code="project_exists")
         await self._bump()
@@ -439,6 +483,14 @@ class ProjectRegistry:
         """Store (None: remove) a project's token hash and tell every process."""
         await store.set_project_token(self.db, project.id, token_hash)
         await self._bump()
+
+    async def find_by_name(self, name: str) -> Project | None:
+        """The project called ``name`` (the API's ``/projects/<name>``), or None."""
+        await self._fresh(force=True)
+        for project in self._by_id.values():
+            if project.name == name:
+                return project
+        return None
 
     async def find(self, ref: str) -> Project:
         """A project by name, numeric id or path (the CLI's ``<name|id|path>``)."""

@@ -13,16 +13,18 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from . import procgroups
+from . import procgroups, source, supervisor
 from .envfile import render_env, write_env_file
 from .masking import LogSink
 from .models import Job, JobStatus, Project, Reason, Stage
 from .printable import command_header
 from .settings import Settings
+from .supervisor import RestartCommand, parse_restart
 
 READ_CHUNK = 64 * 1024
 # After the shell exits, how long to keep reading output that a background
@@ -30,6 +32,12 @@ READ_CHUNK = 64 * 1024
 DRAIN_AFTER_EXIT = 1.0
 # How often to look whether the shell exited while a child keeps its pipe open.
 EXIT_POLL = 0.05
+# What a step's answer is read from: the end of its output.
+TAIL_BYTES = 8 * 1024
+# A quick read (git rev-parse, supervisorctl status) that takes longer is stuck.
+CAPTURE_TIMEOUT = 60.0
+# How often a restart's verification asks supervisor again.
+VERIFY_POLL = 0.5
 # Variables a deploy command must not inherit from the server: its own
 # configuration. Not only the admin token: DEPLOYSTER_REDIS_URL and
 # DEPLOYSTER_DATABASE_URL may carry passwords, which are no stage secret the
@@ -96,6 +104,8 @@ class Runner:
         self.stale = False
         # Called with each command's pid (its pgid) as it starts.
         self.on_spawn: Callable[[int], Awaitable[None]] | None = None
+        # Called with the full commit once the work tree is pinned to it.
+        self.on_checkout: Callable[[str], Awaitable[None]] | None = None
         self._stopped = asyncio.Event()
         self._started = time.monotonic()
         # Until when (time.monotonic()) the job's lease is surely ours, by this
@@ -115,24 +125,53 @@ class Runner:
 
     async def run(self) -> Outcome:
         job, log = self.job, self.log
-        log.write(
+        log.note(
             f"[deployster] job {job.id} · project {job.project} · commit {job.commit_hash}"
             f" · ref {job.ref_name}\n"
         )
-        try:
-            self._write_env()
-        except (OSError, ValueError) as exc:
-            log.write(f"[deployster] could not write {job.cd}/.env: {exc}\n")
-            return Outcome(JobStatus.FAILED, Reason.INVALID)
-        outcome, closing = await self._run_commands()
+        outcome, closing = await self._run_steps()
         # However the commands ended, nothing they started outlives the job.
         await self._end_leftovers()
         await self._let_go_of_output()
         if outcome.status is JobStatus.COMPLETE:
             closing = f"job complete in {time.monotonic() - self._started:.1f}s"
         # One closing line, always last: how the job ended.
-        log.write(f"[deployster] {closing}\n")
+        log.close_with(f"[deployster] {closing}\n")
         return outcome
+
+    async def _run_steps(self) -> tuple[Outcome, str]:
+        """Source, stage, commands (with the supervisor steps around the last):
+        the outcome, and the closing line's text."""
+        job = self.job
+        if not job.commit_hash or not job.ref_name:
+            self.log.note(
+                "[deployster] the request names no commit_hash or no ref_name (as older "
+                f"clients send): no checkout, no stage; {job.cd} is deployed as it is\n")
+        else:
+            try:
+                if await source.uses_git(self, job.cd, self.project.steps):
+                    sha = await source.pin(self, job, self.project.steps)
+                    if self.on_checkout is not None:
+                        await self.on_checkout(sha)
+            except source.CheckoutFailed as exc:
+                if self.stop_reason:
+                    return self._stopped_outcome()
+                return Outcome(JobStatus.FAILED, Reason.CHECKOUT_FAILED), f"checkout failed: {exc}"
+            except OSError as exc:
+                return (Outcome(JobStatus.FAILED, Reason.CHECKOUT_FAILED),
+                        f"checkout failed: cannot run git in {job.cd}: {exc}")
+            if self.stop_reason:
+                return self._stopped_outcome()
+        try:
+            self._write_env()
+        except (OSError, ValueError) as exc:
+            return (Outcome(JobStatus.FAILED, Reason.INVALID),
+                    f"could not write {job.cd}/.env: {exc}")
+        return await self._run_commands()
+
+    def _stopped_outcome(self) -> tuple[Outcome, str]:
+        reason = self.stop_reason or Reason.INTERRUPTED
+        return Outcome(JobStatus.FAILED, reason), f"job stopped: {reason.replace('_', ' ')}"
 
     async def _run_commands(self) -> tuple[Outcome, str]:
         """Each command in turn; the outcome, and the closing line's text."""
@@ -150,22 +189,124 @@ class Runner:
             self._check_lease()
             if self.stop_reason:
                 break
-            log.write(command_header(index, total, shown))
+            restart = parse_restart(command) if index == total else None
+            if restart is not None and self.project.steps.supervisor_update:
+                failed = await self._update_supervisor(restart)
+                if failed is not None or self.stop_reason:
+                    return failed or self._stopped_outcome()
+            log.note(command_header(index, total, shown))
+            tail = bytearray() if restart is not None else None
             try:
-                code = await self._run_command(command)
+                code = await self._run_command(command, tail=tail)
             except OSError as exc:
                 return (Outcome(JobStatus.FAILED, Reason.INVALID),
                         f"could not start the command in {job.cd}: {exc}")
             self._check_lease()  # killed by the lease guard: not a command failure
             if self.stop_reason:
                 break
+            if code != 0 and restart is not None and tail is not None:
+                said = supervisor.errors_in(tail.decode("utf-8", "replace"))
+                return (Outcome(JobStatus.FAILED, Reason.RESTART_FAILED, code),
+                        f"restart failed: {said[0] if said else f'exit code {code}'}")
             if code != 0:
                 return (Outcome(JobStatus.FAILED, Reason.COMMAND_FAILED, code),
                         f"command {index} exited with code {code}; job failed")
+            if restart is not None and tail is not None:
+                failed = await self._verify_restart(restart, tail.decode("utf-8", "replace"))
+                if failed is not None:
+                    return failed
         if self.stop_reason:
-            return (Outcome(JobStatus.FAILED, self.stop_reason),
-                    f"job stopped: {self.stop_reason.replace('_', ' ')}")
+            return self._stopped_outcome()
         return Outcome(JobStatus.COMPLETE, None, 0), "job complete"
+
+    # ------------------------------------------------------------ supervisor
+
+    async def _update_supervisor(self, restart: RestartCommand) -> tuple[Outcome, str] | None:
+        """``reread``, then ``update`` of the restart's groups only (a bare
+        ``update`` restarts every changed group on the box)."""
+        for args in (("reread",), ("update", *restart.groups)):
+            code, out = await self.step(restart.command(*args))
+            problems = supervisor.errors_in(out)
+            if self.stop_reason:
+                return None
+            if code != 0 or problems:
+                said = problems[0] if problems else f"exit {code}"
+                return (Outcome(JobStatus.FAILED, Reason.RESTART_FAILED),
+                        f"restart failed: supervisorctl {args[0]} failed ({said})")
+        return None
+
+    async def _verify_restart(
+        self, restart: RestartCommand, said: str
+    ) -> tuple[Outcome, str] | None:
+        """None once every process the restart named has been RUNNING for the
+        project's ``verify_running`` seconds; else the failure, with
+        supervisor's own line. supervisorctl 3.x answers ``ERROR (spawn
+        error)`` with exit status 0, so its output is read too."""
+        problems = supervisor.errors_in(said)
+        if problems:
+            return (Outcome(JobStatus.FAILED, Reason.RESTART_FAILED),
+                    f"restart failed: {problems[0]}")
+        steps = self.project.steps
+        if steps.verify_window <= 0:
+            return None
+        names = " ".join(restart.programs)
+        self.log.note(f"[deployster] waiting for {names} to be RUNNING for "
+                       f"{steps.verify_running:g}s (up to {steps.verify_window:g}s)\n")
+        deadline = time.monotonic() + steps.verify_window
+        status = restart.command("status", *restart.programs)
+        while True:
+            _code, out = await self.capture("/bin/sh", "-c", status)
+            verdict = supervisor.judge(supervisor.parse_status(out), steps.verify_running)
+            if verdict.done:
+                self.log.note(f"[deployster] restart verified: {verdict.line}\n")
+                return None
+            if verdict.failed or time.monotonic() >= deadline:
+                late = "" if verdict.failed else (
+                    f"not RUNNING for {steps.verify_running:g}s within "
+                    f"{steps.verify_window:g}s: ")
+                return (Outcome(JobStatus.FAILED, Reason.RESTART_FAILED),
+                        f"restart failed: {late}{verdict.line}")
+            try:
+                await asyncio.wait_for(self._stopped.wait(), VERIFY_POLL)
+            except TimeoutError:
+                pass
+            if self.stop_reason:
+                return None
+
+    # ----------------------------------------------------- deployster's steps
+
+    async def step(self, command: str) -> tuple[int, str]:
+        """Run one of deployster's own commands (git, supervisorctl) as a job's
+        command runs (its process group, its output in the log, cancellable),
+        under a header line of its own; (exit status, its last output)."""
+        self.log.note(f"[deployster] $ {command}\n")
+        tail = bytearray()
+        code = await self._run_command(command, tail=tail)
+        return code, tail.decode("utf-8", "replace")
+
+    async def capture(self, *argv: str) -> tuple[int, str]:
+        """Run ``argv`` quietly in the project directory (a quick read: git
+        rev-parse, supervisorctl status); (exit status, stdout). Never waits
+        more than ``CAPTURE_TIMEOUT`` seconds."""
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=self.job.cd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True, env=self._env())
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), CAPTURE_TIMEOUT)
+        except TimeoutError:
+            procgroups.kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return -1, ""
+        return proc.returncode if proc.returncode is not None else -1, out.decode(
+            "utf-8", "replace")
+
+    def _env(self) -> dict[str, str]:
+        env = child_env(self.job, self.project.stage_for(self.job.ref_name))
+        # git must never wait for a password or a host key nobody can type.
+        env.setdefault("GIT_TERMINAL_PROMPT", "0")
+        env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        return env
 
     def _write_env(self) -> None:
         stage = self.project.stage_for(self.job.ref_name)
@@ -173,13 +314,13 @@ class Runner:
             return
         write_env_file(self.job.cd, render_env(stage, job_id=self.job.id))
         names = ", ".join(v.key for v in stage.environment_variables) or "no variables"
-        self.log.write(f"[deployster] stage {stage.stage_name!r}: wrote .env ({names})\n")
+        self.log.note(f"[deployster] stage {stage.stage_name!r}: wrote .env ({names})\n")
 
     def _check_lease(self) -> None:
         if time.monotonic() >= self.lease_until:
             self.stop(Reason.LOCK_LOST)
 
-    async def _run_command(self, command: str) -> int:
+    async def _run_command(self, command: str, *, tail: bytearray | None = None) -> int:
         """Run one command; its exit status (-1 when it could not be told).
 
         Returns once the shell exited. Output that processes it left in its
@@ -193,13 +334,13 @@ class Runner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own session and process group: pgid == pid
-            env=child_env(self.job, self.project.stage_for(self.job.ref_name)),
+            env=self._env(),
         )
         self.pgid = proc.pid
         self._groups.append(proc.pid)
         if self.on_spawn is not None:
             await self.on_spawn(proc.pid)
-        pump = asyncio.create_task(self._pump(proc.stdout))
+        pump = asyncio.create_task(self._pump(proc.stdout, tail))
         self._outputs.append((pump, proc))
         waiter = asyncio.create_task(_exited(proc))
         stopper = asyncio.create_task(self._stopped.wait())
@@ -221,11 +362,15 @@ class Runner:
             self.pgid = None
         return proc.returncode if proc.returncode is not None else -1
 
-    async def _pump(self, stream: asyncio.StreamReader | None) -> None:
+    async def _pump(self, stream: asyncio.StreamReader | None,
+                    tail: bytearray | None = None) -> None:
         if stream is None:
             return
         while chunk := await stream.read(READ_CHUNK):
             self.log.write_bytes(chunk)
+            if tail is not None:  # the last TAIL_BYTES, for what a step answered
+                tail += chunk
+                del tail[:-TAIL_BYTES]
 
     async def _stop_processes(self) -> None:
         """Cancel, timeout, lost lock: end every process group of the job."""
@@ -233,7 +378,7 @@ class Runner:
         alive = procgroups.members_of(self._groups)
         if not alive:
             return
-        self.log.write(
+        self.log.note(
             f"[deployster] {why}: sending SIGTERM to {self._describe(alive)}; "
             f"up to {self.kill_grace:g}s to exit (DEPLOYSTER_KILL_GRACE)\n"
         )
@@ -246,7 +391,7 @@ class Runner:
         left = procgroups.members_of(self._groups)
         if not left:
             return
-        self.log.write(
+        self.log.note(
             f"[deployster] still running after the job's commands: "
             f"{self._describe(left)}; stopping them (SIGTERM, up to "
             f"{self.kill_grace:g}s to exit). To keep a process running after a deploy, "
@@ -259,12 +404,12 @@ class Runner:
 
     def _report(self, result: procgroups.StopResult) -> None:
         if result.killed:
-            self.log.write(
+            self.log.note(
                 f"[deployster] still running {self.kill_grace:g}s after SIGTERM: "
                 f"{self._describe(result.killed)}; sent SIGKILL\n"
             )
         elif result.signalled:
-            self.log.write(f"[deployster] exited {result.seconds:.1f}s after SIGTERM\n")
+            self.log.note(f"[deployster] exited {result.seconds:.1f}s after SIGTERM\n")
 
     async def _let_go_of_output(self) -> None:
         """Read the job's pipes to their end; a pipe still held open by a process
@@ -282,7 +427,7 @@ class Runner:
         await asyncio.gather(*(pump for pump, _ in self._outputs), return_exceptions=True)
         self._outputs.clear()
         if held:
-            self.log.write(
+            self.log.note(
                 "[deployster] a process outside the job's process groups still holds its "
                 "output open; no longer reading it\n"
             )

@@ -41,8 +41,10 @@ HEALTH_PROBE_TTL_MS = 60_000
 class DeployRequest:
     cd: str
     commands: list[str]
-    commit_hash: str
-    ref_name: str
+    commit_hash: str = ""
+    ref_name: str = ""
+    # The job this request redeploys (control.redeploy): never from a request body.
+    redeploy_of: str | None = None
 
 
 class Deployster:
@@ -157,6 +159,7 @@ class Deployster:
             lock_ttl_ms=int(project.lock_ttl * 1000),
             timeout=project.timeout,
             started_by=started_by,
+            redeploy_of=request.redeploy_of,
         )
         return await self.queue.enqueue(
             job, runner=self.runner_id if run_here else None, policy=project.queue_policy,

@@ -12,7 +12,7 @@ from typing import Any
 from databases import Database
 
 from .clock import iso
-from .models import EnvVar, Job, JobStatus, Project, Stage
+from .models import DeploySteps, EnvVar, Job, JobStatus, Project, Stage
 
 # ----------------------------------------------------------------- projects
 
@@ -40,12 +40,13 @@ def _project_from_row(row: Any) -> Project:
         created_at=row["created_at"],
         token_hash=row["token_hash"],
         token_created_at=row["token_created_at"],
+        steps=DeploySteps.from_dict(json.loads(row["steps_json"] or "{}")),
     )
 
 
 async def insert_project(
     db: Database, *, name: str, path: str, pipeline_json: str, lock_ttl: float, timeout: float,
-    queue_policy: str = "fifo",
+    queue_policy: str = "fifo", steps_json: str = "{}",
 ) -> Project | None:
     """Insert a project; None, storing nothing, when another already holds this
     ``path`` or ``name`` (both UNIQUE). Conditional in the statement itself, so
@@ -53,10 +54,10 @@ async def insert_project(
     now = iso()
     project_id = await db.fetch_val(
         "INSERT INTO projects (name, path, pipeline_json, lock_ttl, timeout, queue_policy, "
-        "created_at, updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, :policy, "
-        ":now, :now) ON CONFLICT DO NOTHING RETURNING id",
+        "steps_json, created_at, updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, "
+        ":policy, :steps, :now, :now) ON CONFLICT DO NOTHING RETURNING id",
         {"name": name, "path": path, "pipeline": pipeline_json, "ttl": lock_ttl,
-         "timeout": timeout, "policy": queue_policy, "now": now},
+         "timeout": timeout, "policy": queue_policy, "steps": steps_json, "now": now},
     )
     if project_id is None:
         return None
@@ -73,7 +74,8 @@ def is_unique_violation(exc: BaseException) -> bool:
 async def update_project(db: Database, project_id: int, **fields: Any) -> bool:
     """Set the given fields (None: unchanged). False, changing nothing, when a
     new ``name`` or ``path`` is another project's by now (both are UNIQUE)."""
-    allowed = {"name", "path", "pipeline_json", "lock_ttl", "timeout", "queue_policy"}
+    allowed = {"name", "path", "pipeline_json", "lock_ttl", "timeout", "queue_policy",
+               "steps_json"}
     sets = {k: v for k, v in fields.items() if k in allowed and v is not None}
     if not sets:
         return True
@@ -130,7 +132,7 @@ async def select_projects(db: Database) -> list[Project]:
 _DEPLOYMENT_COLUMNS = (
     "id", "project_id", "project", "cd", "commit_hash", "ref_name", "stage", "commands",
     "status", "reason", "exit_code", "queued_at", "started_at", "finished_at", "started_by",
-    "log", "log_bytes", "superseded_by", "commands_masked",
+    "log", "log_bytes", "superseded_by", "commands_masked", "deployed_sha", "redeploy_of",
 )
 _RANK = "CASE {t}.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END"
 _UPSERT = (
@@ -170,6 +172,8 @@ def deployment_row(job: Job, *, log: str | None = None) -> dict[str, Any]:
         # The commands are stored masked (never job.raw_commands); the flag
         # keeps a redeploy from running "***" in place of a secret.
         "commands_masked": int(job.commands_masked),
+        "deployed_sha": job.deployed_sha,
+        "redeploy_of": job.redeploy_of,
     }
 
 
@@ -217,6 +221,8 @@ def _job_from_row(row: Any) -> Job:
         started_by=row["started_by"] or "admin",
         superseded_by=row["superseded_by"],
         commands_masked=bool(row["commands_masked"]),
+        deployed_sha=row["deployed_sha"],
+        redeploy_of=row["redeploy_of"],
     )
 
 
@@ -233,14 +239,18 @@ async def select_deployment_log(db: Database, job_id: str) -> str | None:
 
 
 async def select_deployments(
-    db: Database, *, project_id: int | None = None, before: str | None = None, limit: int = 50
+    db: Database, *, project_id: int | None = None, before: str | None = None, limit: int = 50,
+    status: str | None = None,
 ) -> list[Job]:
-    """Newest first; ``before`` (a job id) pages further back."""
+    """Newest first; ``before`` (a job id) pages further back; ``status``: only those."""
     where: list[str] = []
     params: dict[str, Any] = {"limit": limit}
     if project_id is not None:
         where.append("project_id = :project_id")
         params["project_id"] = project_id
+    if status is not None:
+        where.append("status = :status")
+        params["status"] = status
     if before:
         where.append("id < :before")
         params["before"] = before

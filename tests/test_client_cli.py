@@ -773,7 +773,7 @@ async def test_a_stream_cut_mid_way_is_resumed_without_losing_or_repeating_a_byt
 
 
 def make_git_clone(path: Path, origin: Path) -> None:
-    """Make ``path`` (empty) a clone with an upstream, so ``git pull`` succeeds."""
+    """Make ``path`` (empty) a clone of ``origin`` with one commit pushed."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "init", "-q", "--bare", str(origin)], check=True)
     subprocess.run([*git, "clone", "-q", str(origin), str(path)], check=True,
@@ -783,6 +783,11 @@ def make_git_clone(path: Path, origin: Path) -> None:
                    capture_output=True)
     subprocess.run([*git, "branch", "-q", "--set-upstream-to", f"origin/{_branch(path)}"],
                    cwd=path, check=True)
+
+
+def _head(path: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def _branch(path: Path) -> str:
@@ -830,11 +835,13 @@ async def test_the_readme_github_actions_step_is_valid_yaml_and_works(
     bare.mkdir()
     (bare / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
     (bare / "python3").chmod(0o755)
-    # What GitHub sets for every step; this project dir is no git checkout.
+    # The project dir is a clone of the repository CI built; GitHub sets the
+    # commit it built for every step, and the server checks out exactly that.
+    make_git_clone(registered, tmp_path / "origin.git")
+    built = _head(registered)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYSTER_", "GITHUB_"))}
-    base |= {"GITHUB_SHA": "0123456789abcdef" * 2 + "01234567", "GITHUB_REF_NAME": "main",
+    base |= {"GITHUB_SHA": built, "GITHUB_REF_NAME": _branch(registered),
              "PATH": f"{bare}{os.pathsep}{os.environ['PATH']}"}
-    make_git_clone(registered, tmp_path / "origin.git")  # the step runs "git pull" there
     workdir = tmp_path / "ci"
     workdir.mkdir()
     result = run_shell(command, env={**base, **step_env}, cwd=workdir)

@@ -298,9 +298,13 @@ async def test_a_served_job_printing_4_mib_fast_keeps_at_most_the_cap_and_the_ma
     stored = await history_log(core, job_id)
     assert stored == text
     kept, marker = re.split(r"(?=\n\[deployster\] output truncated)", text)
+    # The closing line comes after the marker: how the job ended is never cut.
+    marker, closing = re.split(r"(?<=dropped\n)", marker)
+    assert re.fullmatch(r"\[deployster\] job complete in [\d.]+s\n", closing), closing
     assert re.fullmatch(marker_pattern(cap), marker), marker
     size = len(text.encode())
-    assert size <= cap + len(marker.encode()), f"{size} bytes stored for a {cap}-byte cap"
+    assert size <= cap + len(marker.encode()) + len(closing.encode()), (
+        f"{size} bytes stored for a {cap}-byte cap")
     assert len(kept.encode()) > cap - 64  # not far below it either
     # What was kept is the start of the job's (masked) output, nothing repeated.
     body = kept.partition("| head -c 4194304\n")[2]
@@ -422,8 +426,15 @@ def job_output(log: str) -> str:
     out, header2, after = rest.partition("\n")[2].partition("[2/2] $ ")
     assert header and header2, log[-2000:]
     assert before.startswith("[deployster] job ") and before.count("\n") == 1, before
+    # Before the last command: supervisor's reread and update, as steps of their own.
+    out, steps, updates = out.partition("[deployster] $ supervisorctl reread\n")
+    assert steps and re.fullmatch(r"supervisorctl: reread\n"
+                                  r"\[deployster\] \$ supervisorctl update my-app--main\n"
+                                  r"supervisorctl: update my-app--main\n", updates), updates
     assert re.fullmatch(r"supervisorctl restart my-app--main\n"
                         r"supervisorctl: restart my-app--main\n"
+                        r"\[deployster\] waiting for my-app--main to be RUNNING .*\n"
+                        r"\[deployster\] restart verified: my-app--main +RUNNING .*\n"
                         r"\[deployster\] job complete in \d+\.\ds\n", after), after
     return out
 

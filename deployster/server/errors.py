@@ -29,9 +29,10 @@ def _describe_validation(exc: RequestSchemaValidationError) -> str:
     loc = ".".join(str(p) for p in first.get("loc", ()))
     kind, msg = first.get("type", ""), first.get("msg", "is invalid")
     if kind == "missing":
-        return f"missing field '{loc}' (the body needs cd, commands, commit_hash and ref_name)"
+        return (f"missing field '{loc}' (the body needs cd and commands; commit_hash and "
+                "ref_name are optional)")
     if kind == "model_type" or not loc:
-        return "the body must be a JSON object with cd, commands, commit_hash and ref_name"
+        return "the body must be a JSON object with cd and commands (and commit_hash, ref_name)"
     return f"field '{loc}': {msg.lower()}"
 
 

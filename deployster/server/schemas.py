@@ -50,10 +50,15 @@ class DeployBody(BaseModel):
             "items": {"type": "string", "minLength": 1, "pattern": COMMAND},
         },
     )
-    commit_hash: str = Field(description="The commit to deploy; no control characters.",
-                             json_schema_extra={"pattern": NO_CONTROLS})
-    ref_name: str = Field(description="The branch; selects the pipeline stage. No control "
-                          "characters.", json_schema_extra={"pattern": NO_CONTROLS})
+    commit_hash: str = Field(
+        default="", description="The commit to deploy (with a project whose source is git, "
+        "exactly this commit is checked out); no control characters. The seed's older "
+        "clients sent none: then nothing is checked out and no stage is used.",
+        json_schema_extra={"pattern": NO_CONTROLS})
+    ref_name: str = Field(
+        default="", description="The branch; selects the pipeline stage and the branch the "
+        "commit is checked out on. No control characters.",
+        json_schema_extra={"pattern": NO_CONTROLS})
 
 
 class DeployAccepted(BaseModel):
@@ -86,6 +91,34 @@ class JobReply(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     superseded_by: str | None = None
+    deployed_sha: str | None = None
+    redeploy_of: str | None = None
+
+
+class RedeployAccepted(BaseModel):
+    """A redeploy (or rollback) queued: the new job, the job it repeats and the
+    commit it deploys; ``queued`` and ``message`` as ``POST /deploy`` answers."""
+
+    job_id: str
+    redeploy_of: str
+    commit: str
+    queued: bool | None = None
+    message: str | None = None
+
+
+class RollbackAccepted(RedeployAccepted):
+    """``from_commit``: the commit deployed when the rollback was asked for."""
+
+    from_commit: str | None = None
+
+
+class RollbackBody(BaseModel):
+    """Optional: the job whose commit to go back to (default: the newest complete
+    deploy of another commit than the one deployed now)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    to: str | None = Field(default=None, description="A job id of the project.")
 
 
 # ------------------------------------------------ issue #5: reads of jobs and projects

@@ -178,5 +178,6 @@ async def test_a_job_without_secrets_is_logged_unchanged(
     assert final["status"] == "complete"
     log = await read_full_log(core.redis, core.keys, job_id)
     assert f"{text}\n" in log
-    assert "no newline d[3/3] $ supervisorctl" in log
+    # A header starts a line of its own, after output with no final newline too.
+    assert "no newline d\n[deployster] $ supervisorctl reread" in log
     assert MASK not in log

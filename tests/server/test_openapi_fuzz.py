@@ -12,7 +12,8 @@ Nothing fuzzed can run a command on this machine, and schema-valid bodies carry
 a valid last command: see ``tests/server/schemathesis_hooks.py``. Path
 ``job_id``s are generated, or the id of a real, finished job (so the reads of a
 real record, log and stream are fuzzed too, and a cancel of it is a 409, never
-a cancel).
+a cancel; its command holds a stage secret, so a redeploy or rollback of it is
+a 409 too, never a run).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ MAX_EXAMPLES = int(os.environ.get("DEPLOYSTER_FUZZ_EXAMPLES", "25"))
 NOT_REGISTERED = "/nonexistent/deployster-fuzz"
 OPERATIONS = {"POST /deploy", "GET /status/{job_id}", "GET /healthz", "GET /client",
               "POST /jobs/{job_id}/cancel", "GET /jobs/{job_id}", "GET /jobs/{job_id}/logs",
-              "GET /jobs/{job_id}/stream", "GET /projects"}
+              "GET /jobs/{job_id}/stream", "GET /projects", "POST /jobs/{job_id}/redeploy",
+              "POST /projects/{name}/rollback"}
 
 
 @pytest.fixture
@@ -48,8 +50,11 @@ async def registered(core: Deployster, project_dir: Path) -> Path:
 
 
 def finished_job(server: LiveServer, cd: Path) -> str:
+    """A finished job that cannot be run again: its command holds the stage's
+    secret, so a fuzzed redeploy or rollback of it is refused (409)."""
     with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
-        job_id = str(client.post("/deploy", json=deploy_body(cd, "echo fuzz")).json()["job_id"])
+        job_id = str(client.post("/deploy", json=deploy_body(
+            cd, "echo fuzz https://example.test")).json()["job_id"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if client.get(f"/status/{job_id}").json()["status"] in ("complete", "failed"):
@@ -100,6 +105,10 @@ def test_every_operation_passes_every_schemathesis_check(
     assert seen["POST /deploy"][404], seen["POST /deploy"]
     assert 200 not in seen["POST /deploy"], seen["POST /deploy"]
     for label in ("GET /jobs/{job_id}", "GET /jobs/{job_id}/logs", "GET /jobs/{job_id}/stream"):
-        assert seen[label][200] and seen[label][404], (label, seen[label])
+        # A generated id: 404, or 400 when the generated cursor is refused first.
+        assert seen[label][200] and seen[label][404] + seen[label][400], (label, seen[label])
+    # Nothing was run again either.
+    for label in ("POST /jobs/{job_id}/redeploy", "POST /projects/{name}/rollback"):
+        assert 200 not in seen[label], (label, seen[label])
     assert 200 not in seen["POST /jobs/{job_id}/cancel"], seen
     assert "Traceback" not in server.log()

@@ -253,7 +253,8 @@ async def test_a_job_without_secrets_is_still_redeployed(
         assert (await wait_for_status(client, job_id))["status"] == "complete"
         record = (await client.get(f"/jobs/{job_id}")).json()
         assert record["commands_masked"] is False
-        new_id = await control.redeploy(core, job_id, actor="tester")
+        result, _ = await control.redeploy(core, job_id, actor="tester")
+        new_id = result.job_id
         assert new_id != job_id
         assert (await wait_for_status(client, new_id))["status"] == "complete"
     assert (project_dir / "runs.txt").read_text() == "plain\nplain\n"

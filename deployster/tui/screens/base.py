@@ -197,7 +197,8 @@ class CoreScreen(Screen[None]):
 
     async def _redeploy(self, job_id: str) -> None:
         try:
-            new_id = await redeploy(self.reader.core, job_id, actor=self.reader.actor)
+            result, _ = await redeploy(self.reader.core, job_id, actor=self.reader.actor)
+            new_id = result.job_id
         except Exception as exc:
             self.report_error(f"redeploy {short_id(job_id)}", exc)
             return
