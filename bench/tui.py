@@ -1,4 +1,4 @@
-"""Dashboard figures with 500 projects and 50,000 history rows (issue #4).
+"""Dashboard figures with 500 projects and 50,000 history rows (README.md#the-dashboard).
 
 Prints start-up time (app created → the projects table shows every row) and
 the CPU time of that first fetch; refresh CPU time (one overview fetch plus

@@ -1,4 +1,5 @@
-"""Who is calling: the admin token or one project's token (issue #5).
+"""Who is calling: the admin token or one project's token
+(docs/api.md#what-a-project-token-may-see).
 
 The admin token (``DEPLOYSTER_TOKEN``) may do anything. A project token may act
 only on its own project; everything of another project answers 404, as if it

@@ -22,6 +22,7 @@ from typing import Any
 from . import __version__, client
 from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import DeploysterError
+from .logreader import follow
 from .models import SOURCES
 from .outages import RedisRefused, classify, describe
 from .printable import CONTINUATION, escape_controls
@@ -490,10 +491,8 @@ def cmd_job_list(args: argparse.Namespace) -> int:
 
 
 def cmd_job_show(args: argparse.Namespace) -> int:
-    from .logs import job_record
-
     async def body(core: Deployster) -> int:
-        record = await job_record(core, args.job_id)
+        record = await core.job_record(args.job_id)
         if args.json:
             print(json.dumps(record, indent=2))
             return 0
@@ -518,8 +517,6 @@ def cmd_job_show(args: argparse.Namespace) -> int:
 
 
 def cmd_job_logs(args: argparse.Namespace) -> int:
-    from .logs import follow
-
     async def body(core: Deployster) -> int:
         out = sys.stdout.buffer  # a closed pipe (`| head`) ends quietly in main()
         async for _job, part in follow(core, args.job_id, 0):

@@ -142,14 +142,32 @@ async def completed_jobs(core: Deployster, project_id: int, *, limit: int = 200)
     """The project's complete jobs, newest first: the SQL history, plus those
     that ended a moment ago and are not in it yet (the history writer copies a
     job shortly after its end)."""
+    # The pending ids first: the writer clears one only once its row is in
+    # SQL, so a job copied between the two reads is in one of them.
+    pending = cast(list[str], await core.redis.hkeys(core.keys.dirty))
     jobs = {j.id: j for j in await store.select_deployments(
         core.db, project_id=project_id, limit=limit, status=JobStatus.COMPLETE.value)}
-    pending = cast(list[str], await core.redis.hkeys(core.keys.dirty))
     for job in await core.jobs.get_many(list(pending)):
         if job.project_id == project_id:
             jobs[job.id] = job
     return sorted((j for j in jobs.values() if j.status is JobStatus.COMPLETE),
                   key=lambda j: j.id, reverse=True)
+
+
+def rollback_target(project: Project, done: list[Job]) -> tuple[Job, Job]:
+    """What a rollback without ``to`` does, from the project's complete jobs
+    newest first (``completed_jobs``): (the job deployed now, the newest
+    complete job of another commit, which it redeploys). Raises ``Conflict``
+    ``nothing_to_roll_back`` when there is none. The dashboard asks with it
+    before it acts, so that its confirmation names what ``rollback`` does."""
+    current = deployed_commit(done[0]) if done else None
+    earlier = [j for j in done if deployed_commit(j) != current]
+    if not earlier:
+        raise Conflict(
+            f"project {project.name!r} has no complete deploy of another commit than "
+            f"the one deployed now ({(current or 'none')[:12]}); nothing to roll back to",
+            code="nothing_to_roll_back")
+    return done[0], earlier[0]
 
 
 async def rollback(
@@ -172,13 +190,7 @@ async def rollback(
         if target is None or target.project_id != project.id:
             raise NotFound(f"no job {to!r} of project {project.name!r}")
     else:
-        earlier = [j for j in done if deployed_commit(j) != current]
-        if not earlier:
-            raise Conflict(
-                f"project {project.name!r} has no complete deploy of another commit than "
-                f"the one deployed now ({(current or 'none')[:12]}); nothing to roll back to",
-                code="nothing_to_roll_back")
-        target = earlier[0]
+        _, target = rollback_target(project, done)
     result, _ = await redeploy(core, target.id, actor=actor, principal=principal,
                                run_here=run_here)
     return result, target, current

@@ -49,7 +49,12 @@ class Dispatcher:
         # replies (a retried script, the sweep) name it.
         self._active: set[str] = set()
         self._recovering = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        # The three loops start() runs; stop() ends them in this order: the
+        # listener first (no new jobs), the history writer once the jobs have
+        # ended (its last flush records them), the announcer with it.
+        self._listener: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
+        self._history_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # ------------------------------------------------------------- lifecycle
@@ -58,11 +63,9 @@ class Dispatcher:
         with contextlib.suppress(*REDIS_DOWN):
             await recovery.announce(self.core)
             await self.recover()
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="dispatcher-listen"),
-            asyncio.create_task(self._announce_loop(), name="dispatcher-announce"),
-            asyncio.create_task(self.history.run(), name="history-writer"),
-        ]
+        self._listener = asyncio.create_task(self._listen(), name="dispatcher-listen")
+        self._announcer = asyncio.create_task(self._announce_loop(), name="dispatcher-announce")
+        self._history_task = asyncio.create_task(self.history.run(), name="history-writer")
 
     async def stop(self, *, grace: float = 0.0, reason: str = Reason.INTERRUPTED) -> None:
         """Stop taking jobs; give running ones ``grace`` seconds, then end them.
@@ -71,10 +74,9 @@ class Dispatcher:
         a finishing job releases its lock without claiming the next one.
         """
         self._stopping = True
-        listener = self._tasks[:1]
-        for task in listener:
-            task.cancel()
-        await asyncio.gather(*listener, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
         if self._job_tasks and grace > 0:
             log.info("waiting up to %gs for %d running job(s)", grace, len(self._job_tasks))
             await asyncio.wait(set(self._job_tasks), timeout=grace)
@@ -83,11 +85,12 @@ class Dispatcher:
         await self.wait_idle()
         # The history writer stops between flushes, never in one (see its stop()).
         self.history.stop()
-        if self._tasks[2:]:
-            await asyncio.wait(self._tasks[2:], timeout=10)
-        for task in self._tasks[1:]:
+        if self._history_task is not None:
+            await asyncio.wait({self._history_task}, timeout=10)
+        loops = [t for t in (self._announcer, self._history_task) if t is not None]
+        for task in loops:
             task.cancel()
-        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN, Exception):
             await self.history.flush()
         with contextlib.suppress(*REDIS_DOWN):

@@ -1,8 +1,8 @@
 """Errors the core raises for a caller to show.
 
-Each carries a machine ``code`` (SPEC §9) and the HTTP status a front end should
-answer with; the sentence in ``message`` is written for the person who sent the
-request, so front ends show it as is.
+Each carries a machine ``code`` (docs/api.md#error-codes) and the HTTP status
+a front end should answer with; the sentence in ``message`` is written for the
+person who sent the request, so front ends show it as is.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The runner appends through a ``LogWriter``, which batches chunks (a flush every
 50 ms or 256 KiB, one script call per flush) so a chatty build costs a handful of
 round trips, not one per line. Past the per-job byte cap the rest is dropped
 and a marker line says how much — never silently. Readers (the /status cursor,
-history, the dashboard, the log API) read by stream id and never consume anything.
+history, the dashboard, the log API through ``logreader``) read by stream id and
+never consume anything.
 
 An entry's id is ``<byte offset>-1``: where its text starts in the job's whole
 log (see ``redis_scripts/append.lua``, the one script that appends), so a stream
@@ -56,7 +57,8 @@ def human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def _is_continuation(byte: int) -> bool:
+def is_continuation(byte: int) -> bool:
+    """A UTF-8 continuation byte (10xxxxxx): not where a character starts."""
     return byte & 0xC0 == 0x80
 
 
@@ -66,7 +68,7 @@ def utf8_prefix(data: bytes, limit: int, start: int = 0) -> int:
     end = start + max(limit, 0)
     if end >= len(data):
         return len(data)
-    while end > start and _is_continuation(data[end]):
+    while end > start and is_continuation(data[end]):
         end -= 1
     return end
 
@@ -190,8 +192,10 @@ class LogWriter:
             return
         if "\x00" in text:
             # PostgreSQL text cannot hold NUL: one job printing it made every
-            # history batch fail, for all jobs, forever (issue #5 review). Done
-            # here, so the stream and the history copy stay byte for byte alike.
+            # history batch fail, for all jobs, forever (held by
+            # test_nul_in_the_output_does_not_stop_the_history in
+            # tests/server/test_hardening.py). Done here, so the stream and the
+            # history copy stay byte for byte alike.
             text = text.replace("\x00", NUL_REPLACEMENT)
         # A lone surrogate (a str from Python, not from the decoder) becomes '?'.
         data = text.encode("utf-8", "replace")
@@ -327,3 +331,17 @@ async def read_log(
 
 async def read_full_log(redis: Redis, keys: Keys, job_id: str) -> str:
     return "".join([text async for _, text in read_log(redis, keys, job_id)])
+
+
+async def stream_end(redis: Redis, keys: Keys, job_id: str) -> int | None:
+    """Where the live stream ends: the byte offset after its last entry (the
+    log's length so far); None when there is no stream (no output yet, or
+    Redis has let it go)."""
+    last = cast(
+        list[tuple[str, dict[str, str]]],
+        await redis.xrevrange(keys.log(job_id), max="+", min="-", count=1),
+    )
+    if not last:
+        return None
+    entry_id, fields = last[0]
+    return entry_offset(entry_id) + len(fields.get("d", "").encode("utf-8"))

@@ -1,4 +1,5 @@
-"""Secrets out of logs (issue #5): mask them before the log stream sees them.
+"""Secrets out of logs (docs/runner.md#secrets): mask them before the log stream
+sees them.
 
 A job's output goes through a ``Masker`` on its way to the ``LogWriter``, so the
 Redis stream, the SQL history and every reader only ever hold ``***`` where a

@@ -21,7 +21,7 @@ class JobStatus(StrEnum):
 
 
 class Reason(StrEnum):
-    """Why a job ended ``failed`` (SPEC §9)."""
+    """Why a job ended ``failed`` (docs/statuses.md#failure-reasons)."""
 
     COMMAND_FAILED = "command_failed"
     INVALID = "invalid"

@@ -1,25 +1,28 @@
-"""What the operator's dashboard shows, read through the core (issue #4).
+"""What the operator's dashboard shows, read through the core (README.md#the-dashboard).
 
 One call builds every project's row from a single Redis script (lock owner,
 its TTL, queue length) plus the running jobs' records and one SQL query for
-the last finished deployments, so a refresh costs a few round trips whatever
-the number of projects.
+the last finished and last complete deployments (``store.select_last_deploys``),
+so a refresh costs a few round trips whatever the number of projects or the
+size of the history.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from . import store
 from .access import Principal
 from .clock import parse_iso, utcnow
+from .control import deployed_commit
 from .events import Event, decode
 from .logstream import read_log
 from .models import Job, JobStatus, Project
 from .service import Deployster
+from .store import LastDeploys
 from .watchdog import HEARTBEAT_INTERVAL
 
 # A holder whose heartbeat is older than this many beats is shown STALE.
@@ -35,6 +38,9 @@ class ProjectRow:
     heartbeat_age: float | None  # seconds since the holder's last heartbeat
     queue_length: int
     last: Job | None  # the last finished deployment
+    # The last complete deployment: its commit is the one deployed now
+    # (``control.deployed_commit``); None when no deploy ever completed.
+    deployed: Job | None = None
 
     @property
     def stale(self) -> bool:
@@ -54,11 +60,12 @@ class ProjectRow:
 
 
 async def project_rows(
-    core: Deployster, *, last: dict[int, Job] | None = None
+    core: Deployster, *, last: dict[int, LastDeploys] | None = None
 ) -> list[ProjectRow]:
-    """Every project's row. ``last`` (project id -> last finished job, as the
-    previous rows had it) skips the SQL query: a caller that knows no job has
-    finished since (no ``finished`` event) saves most of a refresh's cost."""
+    """Every project's row. ``last`` (project id -> its last finished and last
+    complete job, as the previous rows had them) skips the SQL query: a caller
+    that knows the history has not moved since (no ``history`` event) saves
+    most of a refresh's cost; ``last={}`` reads Redis only."""
     projects = await core.projects.all()
     if not projects:
         return []
@@ -67,7 +74,7 @@ async def project_rows(
     owners = [raw[i * 3] for i in range(len(projects))]
     jobs = {j.id: j for j in await core.jobs.get_many([o for o in owners if o])}
     if last is None:
-        last = await store.select_last_finished(core.db)
+        last = await store.select_last_deploys(core.db)
     now = time.time()
     rows = []
     for i, p in enumerate(projects):
@@ -82,16 +89,20 @@ async def project_rows(
                 running=job,
                 heartbeat_age=(now - float(beat)) if beat else None,
                 queue_length=int(qlen),
-                last=last.get(p.id),
+                last=done.finished if (done := last.get(p.id)) else None,
+                deployed=done.complete if done else None,
             )
         )
     return rows
 
 
 def project_summary(row: ProjectRow) -> dict[str, Any]:
-    """A project for an API reader: its settings and stages with the variables'
-    names only (their values are secrets), its queue length and running job."""
+    """A project for an API reader: its settings, deploy steps and stages with
+    the variables' names only (their values are secrets), its queue length,
+    running job, and the commit deployed now (full, as ``deployed_commit``
+    has it) with the job that deployed it (both None when nothing was)."""
     p = row.project
+    deployed = row.deployed
     return {
         "id": p.id,
         "name": p.name,
@@ -99,6 +110,7 @@ def project_summary(row: ProjectRow) -> dict[str, Any]:
         "lock_ttl": p.lock_ttl,
         "timeout": p.timeout,
         "queue_policy": p.queue_policy,
+        **p.steps.to_dict(),
         "stages": [
             {"stage_name": s.stage_name, "git_branch": s.git_branch,
              "variables": [v.key for v in s.environment_variables]}
@@ -106,15 +118,37 @@ def project_summary(row: ProjectRow) -> dict[str, Any]:
         ],
         "queue_length": row.queue_length,
         "running_job": row.lock_owner,
+        "deployed_commit": deployed_commit(deployed) if deployed else None,
+        "deployed_job": deployed.id if deployed else None,
     }
+
+
+async def deployed_jobs(core: Deployster) -> dict[int, Job]:
+    """Each project's newest complete job (what is deployed now), as of now:
+    the SQL history's, or a job that completed a moment ago and that the
+    history writer has not copied yet (``control.completed_jobs`` counts those
+    too). One SQL query (``store.select_last_deploys``) and two Redis round
+    trips (the not-yet-copied ids, then their records).
+
+    The not-yet-copied ids are read first: the writer clears an id only after
+    its row is in SQL, so a job is never missed between the two reads."""
+    pending = cast(list[str], await core.redis.hkeys(core.keys.dirty))
+    found = {pid: d.complete for pid, d in (await store.select_last_deploys(core.db)).items()
+             if d.complete is not None}
+    for job in await core.jobs.get_many(pending):
+        newest = found.get(job.project_id)
+        if job.status is JobStatus.COMPLETE and (newest is None or job.id > newest.id):
+            found[job.project_id] = job
+    return found
 
 
 async def project_summaries(
     core: Deployster, principal: Principal | None = None
 ) -> list[dict[str, Any]]:
     """Every project ``principal`` may see (all for the admin), as ``project_summary``."""
-    rows = await project_rows(core, last={})  # no "last deployment": skip that query
-    return [project_summary(r) for r in rows
+    rows = await project_rows(core, last={})  # locks and queues: Redis only
+    deployed = await deployed_jobs(core)
+    return [project_summary(replace(r, deployed=deployed.get(r.project.id))) for r in rows
             if principal is None or principal.can_see(r.project.id)]
 
 

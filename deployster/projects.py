@@ -1,5 +1,5 @@
 """Projects: found by their ``cd`` path, registered by the operator or, under
-``DEPLOYSTER_ALLOWED_ROOTS``, on first deploy (SPEC §5).
+``DEPLOYSTER_ALLOWED_ROOTS``, on first deploy (README.md#projects).
 
 Pipeline stages are validated when they are entered, not when a deploy runs:
 keys must be identifiers and no value may hold a newline, CR or NUL, so a stage

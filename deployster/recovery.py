@@ -1,4 +1,5 @@
-"""Crash recovery: jobs whose runner is gone end ``interrupted`` (issue #3).
+"""Crash recovery: jobs whose runner is gone end ``interrupted``
+(docs/runner.md#crash-recovery).
 
 Each dispatcher announces itself with a short-lived key holding its host, boot
 id, pid and the pid's start time, refreshed every couple of seconds. A job in

@@ -1,4 +1,5 @@
-"""Running a job's commands (SPEC §7).
+"""Running a job's commands (docs/runner.md: the header lines, the source step,
+the environment, output, stopping).
 
 Each command runs as ``/bin/sh -c`` in the project directory, in a process group
 of its own (so cancel, timeout and a lost lock can end everything it started),
@@ -42,7 +43,9 @@ VERIFY_POLL = 0.5
 # configuration. Not only the admin token: DEPLOYSTER_REDIS_URL and
 # DEPLOYSTER_DATABASE_URL may carry passwords, which are no stage secret the
 # masker knows, so a command running ``env`` printed them into the log as is
-# (issue #5 review). Other DEPLOYSTER_* variables (not settings) pass on.
+# (held by test_commands_do_not_inherit_the_servers_settings in
+# tests/server/test_hardening.py). Other DEPLOYSTER_* variables (not settings)
+# pass on (docs/runner.md#the-commands-environment).
 _SCRUBBED_ENV = Settings.variables()
 
 

@@ -23,6 +23,7 @@ from .ids import is_job_id, new_job_id
 from .jobs import JobRecords, StatusRead
 from .keys import Keys
 from .lock import DeployLock
+from .logstream import stream_end
 from .masking import secret_mask
 from .models import Job, JobStatus, Project
 from .outages import describe
@@ -183,6 +184,45 @@ class Deployster:
         if job is None or (principal is not None and not principal.can_see(job.project_id)):
             return None
         return job
+
+    async def find_job(self, job_id: str, principal: Principal | None = None) -> Job:
+        """``visible_job``, raising NotFound ("no job <id>") instead of None:
+        the 404 of ``GET /jobs/<id>``, its ``/logs`` and ``/stream``, the same
+        for an unknown job and one ``principal`` may not see."""
+        job = await self.visible_job(job_id, principal)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    async def job_record(
+        self, job_id: str, principal: Principal | None = None
+    ) -> dict[str, Any]:
+        """``GET /jobs/<id>`` and ``deployster job show``: the record, with the
+        queue position while queued and the log's size in bytes (``log_bytes``,
+        the cursor of its end; None when unknown). Raises NotFound. The fields:
+        docs/api.md#endpoints, ``GET /jobs/<job_id>``."""
+        job = await self.find_job(job_id, principal)
+        record = job.to_dict()
+        # A command may hold a secret (CI expanded one into it): stored masked
+        # (``submit``). Masked again here for rows stored before that, and for
+        # a secret set since: a stage value added later is hidden too.
+        project = await self.projects.get(job.project_id)
+        record["commands"] = secret_mask(project, self.settings.token).commands(job.commands)
+        record["commands_masked"] = job.commands_masked
+        if job.status is JobStatus.QUEUED:
+            record["position"] = await self.queue_position(job)
+        record["log_bytes"] = await self._log_bytes(job)
+        return record
+
+    async def _log_bytes(self, job: Job) -> int | None:
+        """The log's length in bytes (its end cursor), None when unknown: the
+        live stream's end, 0 before any output, else the history copy's size."""
+        end = await stream_end(self.redis, self.keys, job.id)
+        if end is not None:
+            return end
+        if not job.status.finished:
+            return 0
+        return await store.select_deployment_log_bytes(self.db, job.id)
 
     async def read_status(
         self, job_id: str, *, principal: Principal | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from typing import Any
+from typing import Any, NamedTuple
 
 from databases import Database
 
@@ -261,17 +261,38 @@ async def select_deployments(
     return [_job_from_row(r) for r in rows]
 
 
-async def select_last_finished(db: Database) -> dict[int, Job]:
-    """Each project's most recent finished deployment (ids sort by time)."""
-    # One index seek per project on (project_id, id), newest first: the cost
-    # follows the number of projects, not the size of the history.
+class LastDeploys(NamedTuple):
+    """A project's newest finished deployment (complete or failed), and its
+    newest complete one: the commit deployed now (None when none completed)."""
+
+    finished: Job
+    complete: Job | None
+
+
+async def select_last_deploys(db: Database) -> dict[int, LastDeploys]:
+    """Each project's newest finished and newest complete deployment, in one
+    query (ids sort by time); a project with no finished one is left out."""
+    # Two index seeks per project on (project_id, id), newest first: the cost
+    # follows the number of projects, not the size of the history. The
+    # complete one's seek walks back over the failures since it, if any.
     rows = await db.fetch_all(
         f"SELECT {_SUMMARY} FROM deployments WHERE id IN ("
         "SELECT (SELECT d.id FROM deployments d WHERE d.project_id = p.id "
-        "AND d.status IN ('complete', 'failed') ORDER BY d.id DESC LIMIT 1) "
-        "FROM projects p)"
+        "AND d.status IN ('complete', 'failed') ORDER BY d.id DESC LIMIT 1) FROM projects p "
+        "UNION ALL "
+        "SELECT (SELECT d.id FROM deployments d WHERE d.project_id = p.id "
+        "AND d.status = 'complete' ORDER BY d.id DESC LIMIT 1) FROM projects p)"
     )
-    return {int(r["project_id"]): _job_from_row(r) for r in rows}
+    jobs = sorted((_job_from_row(r) for r in rows), key=lambda j: j.id, reverse=True)
+    found: dict[int, LastDeploys] = {}
+    for job in jobs:  # newest first: the first of a project is its newest finished
+        last = found.get(job.project_id)
+        if last is None:
+            found[job.project_id] = LastDeploys(
+                job, job if job.status is JobStatus.COMPLETE else None)
+        elif last.complete is None and job.status is JobStatus.COMPLETE:
+            found[job.project_id] = last._replace(complete=job)
+    return found
 
 
 # ----------------------------------------------------------------- pruning

@@ -1,4 +1,5 @@
-"""Per-project tokens (issue #5): create, rotate, revoke, and resolve a sent token.
+"""Per-project tokens: create, rotate, revoke, and resolve a sent token
+(README.md#projects; what a token may do: docs/api.md#what-a-project-token-may-see).
 
 A project token is ``dps_`` + 40 base62 characters from ``secrets`` (about 238
 bits). It is shown once; the database keeps only its SHA-256 (hex). A fast,

@@ -1,4 +1,5 @@
-"""Rules a deploy request must pass before anything is stored (SPEC §4)."""
+"""Rules a deploy request must pass before anything is stored
+(docs/api.md#post-deploy)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The watchdog that guards a running job (SPEC §6, issue #3).
+"""The watchdog that guards a running job (docs/runner.md#the-watchdog).
 
 Every second it checks, in one Lua call (``redis_scripts/beat.lua``), that the
 job is still the one the lock names: it records a heartbeat (the dashboard shows

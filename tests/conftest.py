@@ -9,6 +9,9 @@ nothing is flushed.
 Database: SQLite in the test's directory; tests that take ``any_database_url``
 also run against PostgreSQL when ``DEPLOYSTER_TEST_DATABASE_URL`` points at one
 (a fresh database per test, dropped after).
+
+Fixtures only: what test modules import (``LiveServer``, ``deploy_body``,
+``wait_for_status``, ``REPO``…) lives in ``tests/helpers/``.
 """
 
 from __future__ import annotations
@@ -16,18 +19,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from databases import Database
@@ -36,12 +32,9 @@ from deployster.db import connect_database
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.service import Deployster
 from deployster.settings import Settings
+from tests.helpers.databases import pg_admin_url
 from tests.helpers.redis_proxy import RedisProxy
-
-TOKEN = "test-token-0123456789"
-REPO = Path(__file__).resolve().parent.parent
-STUB_BIN = Path(__file__).resolve().parent / "stubs"
-
+from tests.helpers.server import TOKEN, LiveServer, serving, start_server
 
 # ------------------------------------------------------------------ Redis
 
@@ -90,17 +83,13 @@ def namespace(redis_url: str) -> Iterator[str]:
 # --------------------------------------------------------------- database
 
 
-def _pg_admin_url() -> str | None:
-    return os.environ.get("DEPLOYSTER_TEST_DATABASE_URL") or None
-
-
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'deployster.db'}"
 
 
 def _database_params() -> list[str]:
-    return ["sqlite", "postgresql"] if _pg_admin_url() else ["sqlite"]
+    return ["sqlite", "postgresql"] if pg_admin_url() else ["sqlite"]
 
 
 @pytest.fixture(params=_database_params())
@@ -109,7 +98,7 @@ def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'deployster.db'}"
         return
-    admin = _pg_admin_url()
+    admin = pg_admin_url()
     assert admin is not None
     import asyncpg  # only needed here
 
@@ -196,86 +185,6 @@ def project_dir(tmp_path: Path) -> Path:
 # ------------------------------------------------------------- live server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The DEPLOYSTER_* variables that make another process use ``settings``."""
-    return settings.to_env()
-
-
-@dataclass
-class LiveServer:
-    url: str
-    token: str
-    settings: Settings
-    env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
-
-
-def start_server(settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None,
-                 port: int | None = None) -> LiveServer:
-    port = port or free_port()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "DEPLOYSTER_HOST": "127.0.0.1",
-        "DEPLOYSTER_PORT": str(port),
-        "PATH": f"{STUB_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        **(extra_env or {}),
-    }
-    out = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deployster", "serve"],
-        env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    server = LiveServer(url, settings.token or "", settings, env, process, log_path,
-                        {"x-deployster-token": settings.token or ""})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server did not come up:\n{server.log()}")
-
-
-def serving(settings: Settings, tmp_path: Path, **env: str) -> Iterator[LiveServer]:
-    """A live server for a fixture (``yield from serving(...)``), stopped after."""
-    live = start_server(settings, tmp_path / "server.log", extra_env=env)
-    try:
-        yield live
-    finally:
-        live.stop()
-
-
 @pytest.fixture
 def proxied(settings: Settings, tmp_path: Path, redis_url: str) -> Iterator[
         tuple[LiveServer, RedisProxy]]:
@@ -296,52 +205,3 @@ def proxied(settings: Settings, tmp_path: Path, redis_url: str) -> Iterator[
 def server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
     """``deployster serve`` in a subprocess on a free port, sharing ``settings``."""
     yield from serving(settings, tmp_path)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The single ``deployster: error: …`` line of a failed command (exit 2)."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("deployster: error: ")
-    assert result.stdout == ""
-    return lines[0]
-
-
-# ------------------------------------------------------------------ helpers
-
-
-async def wait_for_status(
-    client: httpx.AsyncClient, job_id: str, *, timeout: float = 30
-) -> dict[str, object]:
-    """Poll /status like the seed's client; returns the final reply with all logs."""
-    logs = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = (await client.get(f"/status/{job_id}")).json()
-        logs.append(reply.get("logs", ""))
-        if reply["status"] in ("complete", "failed", "not_found"):
-            return {**reply, "logs": "".join(logs)}
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
-
-
-def deploy_body(cd: Path | str, *commands: str, commit: str = "abc1234",
-                ref: str = "main") -> dict[str, object]:
-    return {
-        "cd": str(cd),
-        "commands": [*commands, "supervisorctl restart my-app--main"],
-        "commit_hash": commit,
-        "ref_name": ref,
-    }
-
-
-async def wait_for_file(path: Path, timeout: float = 20) -> str:
-    """The stripped content of ``path`` once a job has written it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{path} was not written in {timeout}s")

@@ -1,4 +1,5 @@
-"""Chaos tests (issue #3, points 1, 4, 5, 6, 9): real servers in subprocesses.
+"""Chaos tests: real servers in subprocesses (docs/runner.md#crash-recovery,
+docs/runner.md#the-lease-guard-self-fencing, docs/runner.md#shutdown).
 
 A server is ``kill -9``-ed mid-deploy, frozen with SIGSTOP past its lock TTL,
 cut off from a Redis that is stopped and started again, and sent SIGTERM with
@@ -23,13 +24,8 @@ from deployster.logstream import read_full_log
 from deployster.models import JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import (
-    LiveServer,
-    deploy_body,
-    start_server,
-    wait_for_file,
-    wait_for_status,
-)
+from tests.helpers.deploys import deploy_body, wait_for_file, wait_for_status
+from tests.helpers.server import LiveServer, start_server
 
 # ----------------------------------------------------------------- helpers
 

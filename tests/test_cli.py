@@ -1,4 +1,4 @@
-"""The ``deployster`` command line, run as a real subprocess (SPEC §3).
+"""The ``deployster`` command line (``deployster/cli.py``), run as a real subprocess.
 
 What a user sees: the output of ``project add|list|show|edit``, and for every
 mistake exactly one line on stderr, exit code 2, never a traceback.
@@ -21,7 +21,9 @@ import pytest
 from deployster.access import TOKEN_PATTERN
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import REPO, LiveServer, free_port, one_line_error, settings_env
+from tests.helpers.cli import one_line_error
+from tests.helpers.paths import REPO
+from tests.helpers.server import LiveServer, free_port, settings_env
 
 RESTART = "supervisorctl restart my-app--main"
 

@@ -1,4 +1,4 @@
-"""The CI client, ``deployster deploy`` (issue #5 point 7).
+"""The CI client, ``deployster deploy`` (README.md#github-actions-deployster-deploy).
 
 The SSE parser and the resume logic are unit-tested; everything else runs the
 client as a real subprocess against ``deployster serve`` over real HTTP: exit 0
@@ -31,7 +31,9 @@ from deployster.client import ClientError, DeployClient, SSEParser, log_text, ss
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import REPO, LiveServer, free_port, one_line_error, start_server
+from tests.helpers.cli import one_line_error
+from tests.helpers.paths import REPO
+from tests.helpers.server import LiveServer, free_port, start_server
 
 RESTART = "supervisorctl restart my-app--main"
 README = (REPO / "README.md").read_text()

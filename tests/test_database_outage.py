@@ -18,15 +18,17 @@ import pytest
 from deployster import store
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import _pg_admin_url, deploy_body, start_server, wait_for_status
+from tests.helpers.databases import pg_admin_url
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.server import start_server
 
 needs_postgres = pytest.mark.skipif(
-    not _pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL (PostgreSQL)"
+    not pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL (PostgreSQL)"
 )
 
 
 async def _admin(sql: str) -> None:
-    admin = _pg_admin_url()
+    admin = pg_admin_url()
     assert admin is not None
     conn = await asyncpg.connect(admin)
     try:

@@ -21,7 +21,8 @@ import pytest
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, serving, wait_for_status
+from tests.helpers.deploys import deploy_body, history_row, wait_for_status
+from tests.helpers.server import LiveServer, serving
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
            "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
@@ -218,8 +219,6 @@ async def test_source_none_leaves_the_work_tree_alone(
 async def test_the_history_keeps_the_deployed_commit(
     core: Deployster, live: LiveServer, repos: Repos
 ) -> None:
-    from tests.server.conftest import history_row
-
     await core.projects.add(str(repos.app))
     sha = repos.commit("v2")
     async with live.client() as client:
@@ -237,8 +236,6 @@ async def test_the_history_keeps_the_deployed_commit(
 async def test_a_rollback_restores_the_previous_commits_files(
     core: Deployster, live: LiveServer, repos: Repos
 ) -> None:
-    from tests.server.conftest import history_row
-
     project = await core.projects.add(str(repos.app))
     v2, v3 = repos.commit("v2"), repos.commit("v3")
     async with live.client() as client:

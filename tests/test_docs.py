@@ -6,7 +6,9 @@ every event type (``docs/redis.md``), every job status and failure reason
 (``docs/statuses.md``), every route of the HTTP app (``docs/api.md``). Each
 check also runs the other way where a page lists things in a table or a
 heading, so a removed key, reason or endpoint cannot linger in the docs. Links
-between the pages (and to the README) must resolve, anchors included.
+between the pages (and to the README) must resolve, anchors included, and so
+must every page and heading the code cites; the code, tests, benchmarks and
+scripts cite no note or issue a reader of the repository cannot open.
 """
 
 from __future__ import annotations
@@ -190,3 +192,47 @@ def test_the_pages_cite_nothing_a_reader_cannot_open() -> None:
     cited = [f"{doc.name}: {m.group()}" for doc in sorted(DOCS.glob("*.md"))
              for m in re.finditer(r"SPEC|[Ii]ssue #?\d+", doc.read_text(encoding="utf-8"))]
     assert cited == []
+
+
+# ------------------------------------------------------- citations in the code
+
+# Where code, tests, benchmarks and scripts live; a citation in them names a
+# file from the repository's root ("docs/api.md#error-codes", "README.md#projects").
+CODE = [REPO / name for name in ("deployster", "tests", "bench", "scripts")]
+CODE_SUFFIXES = {".py", ".lua", ".tcss", ".sh"}
+UNOPENABLE = re.compile(r"\bSPEC\b|\bSTYLE\b|[Ii]ssues? #?\d+")
+# Citations left in files that a concurrent change owns; they go with it.
+PENDING: set[tuple[str, str]] = set()
+
+
+def code_files() -> list[Path]:
+    here = Path(__file__).resolve()  # this file spells the patterns it looks for
+    return sorted(path for root in CODE for path in root.rglob("*")
+                  if path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts
+                  and path.resolve() != here)
+
+
+def test_the_code_cites_nothing_a_reader_cannot_open() -> None:
+    """Comments and docstrings cite a docs/ page, the README or the test that
+    holds a rule: never the product notes ("SPEC §4") or an issue number."""
+    files = code_files()
+    assert REPO / "deployster" / "service.py" in files  # the walk works
+    cited = {(str(path.relative_to(REPO)), m.group()) for path in files
+             for m in UNOPENABLE.finditer(path.read_text(encoding="utf-8"))}
+    assert sorted(cited - PENDING) == []
+
+
+def test_the_code_cites_pages_and_headings_that_exist() -> None:
+    citation = re.compile(r"(?<![\w./-])((?:docs/[\w-]+|README)\.md)(?:#([\w-]+))?")
+    found, broken = 0, []
+    for path in code_files():
+        for m in citation.finditer(path.read_text(encoding="utf-8")):
+            found += 1
+            target, anchor = REPO / m.group(1), m.group(2)
+            where = f"{path.relative_to(REPO)}: {m.group()}"
+            if not target.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor and anchor not in slugs(target.read_text(encoding="utf-8")):
+                broken.append(f"{where} (no such heading)")
+    assert found > 10  # the code does cite the pages
+    assert broken == []

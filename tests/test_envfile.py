@@ -27,14 +27,9 @@ from deployster.envfile import render_env, value_problem
 from deployster.models import EnvVar, Stage
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import (
-    LiveServer,
-    deploy_body,
-    one_line_error,
-    serving,
-    settings_env,
-    wait_for_status,
-)
+from tests.helpers.cli import one_line_error
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.server import LiveServer, serving, settings_env
 from tests.test_cli import deployster, ok
 
 # Values that must reach the app exactly. The comment says which quoting the

@@ -24,8 +24,9 @@ import httpx
 from deployster.models import JobStatus
 from deployster.redis_scripts import CANCEL, CLAIM, ENQUEUE, FINISH, STATUS_READ
 from deployster.service import DeployRequest, Deployster
-from tests.conftest import LiveServer, deploy_body, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.redis_proxy import RedisProxy, command, script
+from tests.helpers.server import LiveServer
 
 TRIALS = 10
 

@@ -1,6 +1,6 @@
-"""The core imports neither front end's framework (SPEC §2, STYLE "one home per
-concept"): the CLI and the dashboard must not pay for Quart, and the server must
-not pay for Textual.
+"""The core imports neither front end's framework (README.md#development): the
+CLI and the dashboard must not pay for Quart, and the server must not pay for
+Textual.
 
 Each check runs in a fresh interpreter, so what this test process (or another
 test) already imported can neither hide nor fake an import. Modules are found
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 WEB = ("quart", "hypercorn", "quart_schema")
 TUI = ("textual",)

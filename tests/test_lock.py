@@ -1,4 +1,5 @@
-"""The per-project deploy lock (SPEC §6) against a real Redis, and its watchdog."""
+"""The per-project deploy lock (docs/redis.md#the-lock-and-the-fencing-counter)
+against a real Redis, and its watchdog (docs/runner.md#the-watchdog)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from deployster.models import Job
 from deployster.queue import JobQueue
 from deployster.service import Deployster
 from deployster.watchdog import LOCK_LOST, OK, Watchdog
-from tests.conftest import LiveServer, deploy_body, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
+from tests.helpers.server import LiveServer
 
 PROJECT = 41
 

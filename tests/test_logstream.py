@@ -1,5 +1,6 @@
-"""A job's log as a Redis stream (SPEC §6): batched writes, the byte cap and its
-marker, UTF-8 across chunk boundaries, and reading from a stream id."""
+"""A job's log as a Redis stream (docs/redis.md#the-log-stream): batched writes,
+the byte cap and its marker, UTF-8 across chunk boundaries, and reading from a
+stream id."""
 
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ import pytest
 
 from deployster import logstream
 from deployster.ids import new_job_id
+from deployster.logreader import read_stream
 from deployster.logstream import LogWriter, human_bytes, read_full_log, read_log
 from deployster.models import JobStatus
 from deployster.redis_conn import REDIS_DOWN, redis_from_url
 from deployster.redis_scripts import APPEND
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.helpers.deploys import deploy_body, history_log, wait_for_status
 from tests.helpers.redis_proxy import RedisProxy, script
-from tests.server.conftest import history_log
+from tests.helpers.server import LiveServer, start_server
 
 BIG_CAP = 50 * 1024 * 1024
 
@@ -223,8 +225,6 @@ async def test_a_fenced_out_writer_appends_nothing(core: Deployster) -> None:
 async def test_read_stream_from_any_byte_offset(core: Deployster) -> None:
     """A cursor inside an entry slices it; inside a character skips to the next;
     pages are bounded and ``next`` continues exactly."""
-    from deployster.logs import read_stream
-
     job_id = new_job_id()
     parts = ["día 1\n", "x" * 100, "ünï\n", "end"]
     async with LogWriter(core.redis, core.keys, job_id, cap_bytes=BIG_CAP) as log:

@@ -1,4 +1,4 @@
-"""Secrets out of logs (issue #5): the Masker's forms, its streaming hold-back and
+"""Secrets out of logs (docs/runner.md#secrets): the Masker's forms, its streaming hold-back and
 the MaskingWriter in front of a real LogWriter."""
 
 from __future__ import annotations

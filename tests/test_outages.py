@@ -23,8 +23,9 @@ from databases import Database
 from deployster.embedded_redis import redis_server_binary
 from deployster.outages import REDIS_DOWN, Outage, RedisRefused, classify
 from deployster.redis_conn import redis_from_url
-from tests.conftest import _pg_admin_url, free_port
+from tests.helpers.databases import pg_admin_url
 from tests.helpers.refusing_redis import RefusingRedis
+from tests.helpers.server import free_port
 
 REDIS, DATABASE = Outage.REDIS, Outage.DATABASE
 
@@ -181,13 +182,13 @@ async def test_sqlite_outages_and_mistakes(tmp_path: Path) -> None:
         check(exc, None)
 
 
-@pytest.mark.skipif(not _pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL")
+@pytest.mark.skipif(not pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL")
 async def test_postgresql_outages_and_mistakes(any_database_url: str) -> None:
     if not any_database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL only")
     import asyncpg
 
-    admin_url = _pg_admin_url()
+    admin_url = pg_admin_url()
     assert admin_url is not None
     name = any_database_url.rsplit("/", 1)[1]
     database = Database(any_database_url, min_size=1, max_size=2)

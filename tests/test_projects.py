@@ -1,4 +1,4 @@
-"""Projects (SPEC §5): one project per directory however it is spelled, pipeline
+"""Projects (README.md#projects): one project per directory however it is spelled, pipeline
 stages checked on entry, and self-registration only under the allowed roots."""
 
 from __future__ import annotations

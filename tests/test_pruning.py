@@ -18,7 +18,8 @@ from deployster.db import connect_database
 from deployster.ids import first_id_at, new_job_id
 from deployster.models import Job, JobStatus
 from deployster.settings import Settings
-from tests.conftest import one_line_error, serving
+from tests.helpers.cli import one_line_error
+from tests.helpers.server import serving
 from tests.test_cli import deployster, env  # noqa: F401  (env is a fixture)
 
 DAY = 86400.0

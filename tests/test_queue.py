@@ -1,4 +1,4 @@
-"""The per-project FIFO and the lock hand-off (SPEC §6), against a real Redis,
+"""The per-project FIFO and the lock hand-off (docs/redis.md#the-queue), against a real Redis,
 then over HTTP: serial within a project, parallel across projects, and queued
 jobs surviving a server restart."""
 
@@ -15,8 +15,9 @@ from deployster.ids import new_job_id
 from deployster.models import Job, JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
+from tests.helpers.server import LiveServer, start_server
 
 PROJECT = 17
 

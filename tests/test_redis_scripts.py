@@ -46,7 +46,7 @@ from deployster.redis_scripts import (
 )
 from deployster.service import Deployster
 from deployster.watchdog import OK, Watchdog
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 PACKAGE = "deployster.redis_scripts"
 

@@ -1,4 +1,4 @@
-"""The runner (SPEC §7): real /bin/sh subprocesses, output into the job's real
+"""The runner (docs/runner.md): real /bin/sh subprocesses, output into the job's real
 Redis stream. End-to-end cases go through `deployster serve` over HTTP; the
 others drive a Runner directly, reading the log the way every reader does."""
 
@@ -18,7 +18,8 @@ from deployster.logstream import LogWriter, read_full_log
 from deployster.models import EnvVar, Job, JobStatus, Project, Reason, Stage
 from deployster.runner import Outcome, Runner
 from deployster.service import Deployster
-from tests.conftest import TOKEN, LiveServer, deploy_body, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.server import TOKEN, LiveServer
 
 
 async def run_direct(

@@ -24,7 +24,8 @@ import pytest
 from deployster.models import JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.server import LiveServer, start_server
 
 TTL = 2.0
 ROUNDS, PROJECTS = 5, 4

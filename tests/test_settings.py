@@ -21,7 +21,9 @@ from deployster.errors import ConfigError
 from deployster.models import Job
 from deployster.runner import child_env
 from deployster.settings import Count, Settings
-from tests.conftest import REPO, TOKEN, free_port, one_line_error, start_server
+from tests.helpers.cli import one_line_error
+from tests.helpers.paths import REPO
+from tests.helpers.server import TOKEN, free_port, start_server
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from deployster.procgroups import members
 from deployster.procinfo import pid_alive
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import deploy_body, serving, wait_for_file, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_file, wait_for_status
+from tests.helpers.server import serving
 from tests.test_runner import run_direct
 
 # A worker that needs ``{cleanup}`` seconds to shut down cleanly on SIGTERM; run

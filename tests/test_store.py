@@ -1,4 +1,5 @@
-"""The SQL history (SPEC §8) on SQLite and, when configured, PostgreSQL.
+"""The SQL history (``deployster/store.py``, its schema in ``deployster/db.py``)
+on SQLite and, when configured, PostgreSQL.
 
 Every test takes ``any_database_url``, so each one runs once per backend: the
 same statements must behave the same on both.

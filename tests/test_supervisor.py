@@ -18,7 +18,8 @@ import pytest
 from deployster import supervisor
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, serving, wait_for_status
+from tests.helpers.deploys import wait_for_status
+from tests.helpers.server import LiveServer, serving
 from tests.helpers.supervisord import Supervisord, supervisor_installed
 
 pytestmark = pytest.mark.skipif(not supervisor_installed(),

@@ -1,4 +1,5 @@
-"""The seed's API: ``POST /deploy`` and ``GET /status/<job_id>`` (SPEC §4)."""
+"""The seed's API: ``POST /deploy`` and ``GET /status/<job_id>``
+(docs/api.md#seed-compatibility)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from .. import __version__
 from ..dispatcher import Dispatcher
 from ..service import Deployster
 from ..settings import Settings
-from . import api, client_script, health, jobs, logs, projects
+from . import api, client_script, health, jobs, projects
 from .errors import body_too_large, register_error_handlers
 from .openapi import SECURITY_SCHEMES, TOKEN_SCHEME, DeploysterOpenAPI
 
@@ -28,7 +28,9 @@ class NotTooDeep(DefaultJSONProvider):
 
     ``[[[[…]]]]`` a few thousand levels deep fits in the body limit and made the
     decoder raise RecursionError, which Quart does not treat as a parse error:
-    a 500 with a traceback (issue #5 review). As a ValueError it is a 400.
+    a 500 with a traceback. As a ValueError it is a 400 (held by
+    ``test_json_nested_too_deeply_is_400_not_500`` in
+    ``tests/server/test_hardening.py``).
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
@@ -67,7 +69,6 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(client_script.blueprint)
     app.register_blueprint(jobs.blueprint)
-    app.register_blueprint(logs.blueprint)
     app.register_blueprint(projects.blueprint)
     register_error_handlers(app)
 
@@ -83,8 +84,10 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
             return None
         # No Content-Length (chunked) or too long: read the body in parts and
         # keep at most ``limit`` bytes. Awaiting it whole held up to DRAIN_LIMIT
-        # (64 MiB) in memory per request, before the token was even looked at
-        # (issue #5 review); parts read are dropped as they come.
+        # (64 MiB) in memory per request, before the token was even looked at;
+        # parts read are dropped as they come (held by
+        # test_chunked_bodies_over_the_limit_are_413_and_never_held_whole in
+        # tests/server/test_hardening.py).
         kept: list[bytes] = []
         total = 0
         try:

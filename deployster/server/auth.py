@@ -1,5 +1,6 @@
 """Token check: header ``x-deployster-token``, the admin token or a project's
-(issue #5), compared in constant time (see ``deployster.tokens``)."""
+(docs/api.md#conventions, docs/api.md#what-a-project-token-may-see), compared
+in constant time (see ``deployster.tokens``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def require_token(func: F) -> F:
         sent = request.headers.getlist("x-deployster-token")
         # Exactly one token: with several, which one counts would depend on who
         # reads the headers (a proxy may check the last, we took the first), so
-        # an ambiguous request authenticates as nobody (issue #5 review).
+        # an ambiguous request authenticates as nobody (held by
+        # test_a_request_with_several_token_headers_is_refused in
+        # tests/server/test_hardening.py).
         caller = await core().authenticate(sent[0]) if len(sent) == 1 else None
         if caller is None:
             # Read the unread body first: answering with it still in the socket

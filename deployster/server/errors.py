@@ -1,4 +1,5 @@
-"""Every error leaves as JSON ``{"error", "code"}`` (SPEC §9); never a traceback."""
+"""Every error leaves as JSON ``{"error", "code"}`` (the codes and their
+statuses: docs/api.md#error-codes); never a traceback."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def register_error_handlers(app: Quart) -> None:
             return {"error": "the request body is not valid JSON", "code": "invalid_json"}, 400
         if code == 413:
             # The configured limit, not Quart's backstop (DRAIN_LIMIT): a body
-            # over 64 MiB was told "larger than 67108864 bytes" (issue #5 review).
+            # over 64 MiB was told "larger than 67108864 bytes" (held by
+            # test_chunked_bodies_over_the_limit_are_413_and_never_held_whole in
+            # tests/server/test_hardening.py).
             return body_too_large(app.config.get("DEPLOYSTER_MAX_BODY_BYTES",
                                                  app.config.get("MAX_CONTENT_LENGTH")))
         if code == 415:

@@ -121,7 +121,7 @@ class RollbackBody(BaseModel):
     to: str | None = Field(default=None, description="A job id of the project.")
 
 
-# ------------------------------------------------ issue #5: reads of jobs and projects
+# ------------------------------------- reads of jobs and projects (docs/api.md#endpoints)
 
 
 class StatusNotFound(BaseModel):
@@ -208,9 +208,24 @@ class ProjectSummary(BaseModel):
     lock_ttl: float
     timeout: float
     queue_policy: str
+    source: Literal["auto", "git", "none"] = Field(
+        description="git: each deploy checks out its commit_hash first; none: the "
+        "directory is deployed as it is; auto: git when the directory is the top of a git "
+        "work tree.")
+    git_remote: str = Field(description="The remote a git source fetches from.")
+    supervisor_update: bool = Field(
+        description="supervisorctl reread and update <group> before the final restart.")
+    verify_window: float = Field(
+        description="Seconds the restarted program has to be seen RUNNING (0: no check).")
+    verify_running: float = Field(description="Seconds it must have been RUNNING to count.")
     stages: list[StageSummary]
     queue_length: int
     running_job: str | None = Field(None, description="The job holding the lock, if any.")
+    deployed_commit: str | None = Field(
+        None, description="The commit deployed now: the newest complete job's deployed_sha "
+        "(else its commit_hash); null when no deploy of the project ever completed.")
+    deployed_job: str | None = Field(
+        None, description="The job that deployed it (the newest complete one).")
 
 
 class ProjectsReply(BaseModel):

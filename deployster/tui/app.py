@@ -32,6 +32,7 @@ from textual.screen import ModalScreen
 
 from deployster.events import HISTORY, PROJECTS, SUBSCRIBED
 from deployster.service import Deployster
+from deployster.store import LastDeploys
 
 from .commands import DeploysterCommands
 from .messages import DataRefreshed, RefreshRequested
@@ -76,9 +77,10 @@ class DeploysterApp(App[None]):
         self.overview = Overview([], STARTING, monotonic())
         self.refreshes = 0
         self._wake = asyncio.Event()
-        # The last finished deploys change only when the history writer has
-        # copied a job to SQL: they are queried again after its ``history``
-        # event (or a projects change), and at least every minute.
+        # The last finished deploys (and the last complete ones: what is
+        # deployed) change only when the history writer has copied a job to
+        # SQL: they are queried again after its ``history`` event (or a
+        # projects change), and at least every minute.
         self._last_at = -LAST_MAX_AGE  # when they were last queried
         self._last_stale = True  # the next fetch queries them
         self._frozen = False
@@ -145,7 +147,8 @@ class DeploysterApp(App[None]):
         now = time.monotonic()
         reuse = not self._last_stale and now - self._last_at < LAST_MAX_AGE
         before = self.overview
-        last = {r.project.id: r.last for r in before.rows if r.last} if reuse else None
+        last = {r.project.id: LastDeploys(r.last, r.deployed)
+                for r in before.rows if r.last} if reuse else None
         # Cleared before the query: an event landing while it runs marks the
         # result stale again, so the next fetch cannot miss that write.
         self._last_stale = False

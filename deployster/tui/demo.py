@@ -27,7 +27,7 @@ def _at(seconds_ago: float) -> str:
 def demo_job(project: Project, job_id: str, *, status: JobStatus, commit: str,
              ref: str = "main", started_ago: float | None = None,
              took: float | None = None, reason: str | None = None,
-             commands: list[str] | None = None) -> Job:
+             commands: list[str] | None = None, redeploy_of: str | None = None) -> Job:
     started = _at(started_ago) if started_ago is not None else None
     finished = _at(started_ago - took) if started_ago is not None and took is not None else None
     return Job(
@@ -36,6 +36,7 @@ def demo_job(project: Project, job_id: str, *, status: JobStatus, commit: str,
                               f"supervisorctl restart {project.name}--{ref}"],
         commit_hash=commit, ref_name=ref, status=status, reason=reason,
         queued_at=_at((started_ago or 0) + 3), started_at=started, finished_at=finished,
+        redeploy_of=redeploy_of,
     )
 
 
@@ -65,29 +66,35 @@ def demo_rows() -> list[ProjectRow]:
                         else JobStatus.COMPLETE, commit=commit, started_ago=ago, took=took,
                         reason=reason)
 
+    def quiet(project: Project, last: Job, deployed: Job | None = None) -> ProjectRow:
+        """Nothing locked or queued; ``deployed``: the last complete job (the
+        last one when it completed)."""
+        ok = last.status is JobStatus.COMPLETE
+        return ProjectRow(project, None, None, None, None, 0, last,
+                          last if ok and deployed is None else deployed)
+
+    shop_last = done(shop, _HISTORY[0][0], "9c8d7e6f", 252, 72)
+    pay_last = done(payments, "01JDNZ5X7C9V1B3N5M7Q9W1E3R", "2d3e4f5a", 88_000, 188)
+    worker_last = done(worker, "01JC9AB2Q4W6E8R0T2Y4U6I8O0", "0a1b2c3d", 2 * 86400, 41)
     return [
-        ProjectRow(api, None, None, None, None, 0,
-                   done(api, "01JDQ3A1F8K2M5N9P3R6T0V4X7", "5f4e3d2c", 3608, 8,
-                        "command_failed")),
-        ProjectRow(shop, running.id, 581_000, running, 0.4, 2,
-                   done(shop, _HISTORY[0][0], "9c8d7e6f", 252, 72)),
-        ProjectRow(worker, stale.id, 242_000, stale, 357.0, 1,
-                   done(worker, "01JC9AB2Q4W6E8R0T2Y4U6I8O0", "0a1b2c3d", 2 * 86400, 41)),
+        quiet(api, done(api, "01JDQ3A1F8K2M5N9P3R6T0V4X7", "5f4e3d2c", 3608, 8,
+                        "command_failed"),
+              done(api, "01JDNB7V3X9Z1C5N8M2Q4W6E8R", "1e2d3c4b", 90_200, 9)),
+        ProjectRow(shop, running.id, 581_000, running, 0.4, 2, shop_last, shop_last),
+        ProjectRow(worker, stale.id, 242_000, stale, 357.0, 1, worker_last, worker_last),
         ProjectRow(docs, None, None, None, None, 0, None),
-        ProjectRow(billing, None, None, None, None, 0,
-                   done(billing, "01JDPW3E5R7T9Y1U3I5O7P9A1S", "8b7a6c5d", 21_700, 96)),
-        ProjectRow(blog, None, None, None, None, 0,
-                   done(blog, "01JD2K4M6N8P0Q2R4S6T8V0W2X", "c0ffee12", 12 * 86400, 33)),
-        ProjectRow(landing, None, None, None, None, 0,
-                   done(landing, "01JDQ6B3C5D7E9F1G3H5J7K9M1", "deadbe3f", 1_230, 14,
-                        "timed_out")),
-        ProjectRow(payments, paying.id, 470_000, paying, 1.2, 1,
-                   done(payments, "01JDNZ5X7C9V1B3N5M7Q9W1E3R", "2d3e4f5a", 88_000, 188)),
-        ProjectRow(search, None, None, None, None, 0,
-                   done(search, "01JDM1Q3W5E7R9T1Y3U5I7O9P1", "9a8b7c6d", 3 * 86400 + 4000,
-                        57)),
-        ProjectRow(status, None, None, None, None, 0,
-                   done(status, "01JCA7S9D1F3G5H7J9K1L3Z5X7", "4c5d6e7f", 41 * 86400, 12)),
+        quiet(billing, done(billing, "01JDPW3E5R7T9Y1U3I5O7P9A1S", "8b7a6c5d", 21_700, 96)),
+        # A rollback: its commit is the one deployed now (shown marked).
+        quiet(blog, demo_job(blog, "01JD2K4M6N8P0Q2R4S6T8V0W2X", status=JobStatus.COMPLETE,
+                             commit="c0ffee12", started_ago=12 * 86400, took=33,
+                             redeploy_of="01JCZ8R2T4Y6V8K0M2P4A6S8D0")),
+        # No deploy ever completed: nothing is shown as deployed.
+        quiet(landing, done(landing, "01JDQ6B3C5D7E9F1G3H5J7K9M1", "deadbe3f", 1_230, 14,
+                            "timed_out")),
+        ProjectRow(payments, paying.id, 470_000, paying, 1.2, 1, pay_last, pay_last),
+        quiet(search, done(search, "01JDM1Q3W5E7R9T1Y3U5I7O9P1", "9a8b7c6d",
+                           3 * 86400 + 4000, 57)),
+        quiet(status, done(status, "01JCA7S9D1F3G5H7J9K1L3Z5X7", "4c5d6e7f", 41 * 86400, 12)),
     ]
 
 
@@ -139,7 +146,7 @@ _HISTORY = [
      5_930, 81),
     ("01JDNX0H5B9WQ2R7T3C8DK4MFJ", JobStatus.FAILED, "cancelled", "e4f5a6b7", "feature/cart",
      6_400, 12),
-    ("01JDN4TZ8F3M6A1P9X2GV5KRH7", JobStatus.COMPLETE, None, "d1c2b3a4", "main", 14_520, 69),
+    ("01JDN4TZ8F3M6A1P9X2GV5KRH7", JobStatus.COMPLETE, None, "c3b4a596", "main", 14_520, 69),
     ("01JDKQ2W7E4N8H5C1Y6BJ3TXM9", JobStatus.FAILED, "timed_out", "a9b8c7d6", "main",
      40_211, 600),
     ("01JDK9B6X3R1T8V4Q2N7MZ5HCE", JobStatus.COMPLETE, None, "f0e1d2c3", "main", 43_800, 74),
@@ -151,6 +158,10 @@ _HISTORY = [
      173_010, 305),
     ("01JDCB9V1H6R3M8W2X5KT7QZNF", JobStatus.COMPLETE, None, "1a2b3c4d", "main", 260_900, 66),
 ]
+
+
+# History jobs that redeployed another (here a rollback from f0e1d2c to c3b4a59).
+_REDEPLOYS = {"01JDN4TZ8F3M6A1P9X2GV5KRH7": "01JDH7YQ4C9N3X5B8R1WK6TMDE"}
 
 
 def demo_project() -> tuple[Project, list[Job], list[Job]]:
@@ -167,7 +178,7 @@ def demo_project() -> tuple[Project, list[Job], list[Job]]:
         job.queued_at = _at(waited)
         queue.append(job)
     history = [demo_job(shop, job_id, status=status, reason=reason, commit=commit, ref=ref,
-                        started_ago=ago, took=took)
+                        started_ago=ago, took=took, redeploy_of=_REDEPLOYS.get(job_id))
                for job_id, status, reason, commit, ref, ago, took in _HISTORY]
     return shop, queue, history
 

@@ -116,7 +116,28 @@ def outcome(job: Job) -> str:
 
 
 def commit(job: Job) -> str:
-    return (job.commit_hash or DASH)[:7]
+    """The job's commit, short: the one it checked out once it has (a redeploy
+    deploys exactly that one), else the one asked for: as
+    ``control.deployed_commit``, which this module (text only) does not import."""
+    return (job.deployed_sha or job.commit_hash or DASH)[:7]
+
+
+REDEPLOY = "↺"  # marks a redeploy or rollback (a job with ``redeploy_of``)
+
+
+def commit_cell(job: Job) -> Text:
+    """A table's commit cell: ``commit``, marked ``↺`` for a redeploy. Text,
+    never markup: a commit is a request's text."""
+    if job.redeploy_of:
+        return Text.assemble((REDEPLOY, "cyan"), " ", commit(job))
+    return Text(commit(job))
+
+
+def deployed_text(job: Job) -> str:
+    """What a complete job deployed and when, for a line of facts: "9c8d7e6 on
+    main, 4m 12s ago (03-14 12:00)"."""
+    when = job.finished_at or job.started_at
+    return f"{commit(job)} on {job.ref_name or DASH}, {ago(when)} ({local_time(when)})"
 
 
 # ----------------------------------------------------------- a project's lock

@@ -20,6 +20,7 @@ from deployster import overview
 from deployster.models import Job
 from deployster.overview import LogChunk, LogWindow, ProjectRow
 from deployster.service import Deployster
+from deployster.store import LastDeploys
 
 STARTING = {"redis": "…", "database": "…"}  # health before the first fetch answered
 UP = {"redis": "ok", "database": "ok"}
@@ -69,7 +70,9 @@ class Reader:
         return max(0.0, self.monotonic() - fetched.fetched_at)
 
     # ----------------------------------------------------------- the overview
-    async def project_rows(self, *, last: dict[int, Job] | None = None) -> list[ProjectRow]:
+    async def project_rows(
+        self, *, last: dict[int, LastDeploys] | None = None
+    ) -> list[ProjectRow]:
         """``overview.project_rows``: ``last={}`` reads locks, queues and
         running jobs only (no SQL)."""
         return await overview.project_rows(self.core, last=last)

@@ -1,4 +1,5 @@
-"""The seed's API contract (SPEC §4) over real HTTP against `deployster serve`."""
+"""The seed's API contract (docs/api.md#seed-compatibility) over real HTTP against
+`deployster serve`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 
 from deployster.service import Deployster
-from tests.conftest import LiveServer, deploy_body, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.server import LiveServer
 
 QUEUED = "Another deployment is running; this job is queued."
 

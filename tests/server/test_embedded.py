@@ -16,7 +16,8 @@ import pytest
 
 from deployster.embedded_redis import stop_embedded_redis
 from deployster.settings import Settings
-from tests.conftest import deploy_body, start_server
+from tests.helpers.deploys import deploy_body
+from tests.helpers.server import start_server
 
 
 @pytest.fixture

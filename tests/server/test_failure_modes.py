@@ -1,5 +1,6 @@
-"""Failure modes of issue #3 over real HTTP against `deployster serve`: cancel,
-timeouts, the lock watchdog, queue policies, and every end state in history."""
+"""Failure modes over real HTTP against `deployster serve`: cancel, timeouts,
+the lock watchdog, queue policies, and every end state in history
+(docs/statuses.md, docs/runner.md#the-watchdog)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,9 @@ import pytest
 from deployster import store
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import (
-    REPO,
-    LiveServer,
-    deploy_body,
-    settings_env,
-    wait_for_file,
-    wait_for_status,
-)
-from tests.server.conftest import history_row
+from tests.helpers.deploys import deploy_body, history_row, wait_for_file, wait_for_status
+from tests.helpers.paths import REPO
+from tests.helpers.server import LiveServer, settings_env
 
 QUEUED = "Another deployment is running; this job is queued."
 

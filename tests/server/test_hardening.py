@@ -1,6 +1,6 @@
-"""Attacks on the hardened API (issue #5 review), over real HTTP against
-``deployster serve``: real Redis, real database, no mocks. Each test is the
-regression test of a defect the review found."""
+"""Attacks on the hardened API, over real HTTP against ``deployster serve``:
+real Redis, real database, no mocks. Each test is the regression test of a
+defect an attack found; the code that holds the rule names its test."""
 
 from __future__ import annotations
 
@@ -20,15 +20,10 @@ from deployster import store, tokens
 from deployster.models import Project
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import (
-    REPO,
-    LiveServer,
-    deploy_body,
-    one_line_error,
-    settings_env,
-    start_server,
-    wait_for_status,
-)
+from tests.helpers.cli import one_line_error
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.paths import REPO
+from tests.helpers.server import LiveServer, settings_env, start_server
 
 UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
 MIB = 1024 * 1024
@@ -49,12 +44,12 @@ def no_traceback(server: LiveServer) -> None:
 
 
 async def test_commands_do_not_inherit_the_servers_settings(
-    server: LiveServer, app: Project
+    server: LiveServer, app_project: Project
 ) -> None:
     # DEPLOYSTER_REDIS_URL / DEPLOYSTER_DATABASE_URL may hold passwords that no
     # masker knows: `env` in a deploy printed them into the log.
     async with server.client() as client:
-        reply = await client.post("/deploy", json=deploy_body(app.path, "env"))
+        reply = await client.post("/deploy", json=deploy_body(app_project.path, "env"))
         final = await wait_for_status(client, reply.json()["job_id"])
     assert final["status"] == "complete", final
     logs = str(final["logs"])
@@ -69,11 +64,11 @@ async def test_commands_do_not_inherit_the_servers_settings(
 
 
 async def test_a_request_with_several_token_headers_is_refused(
-    server: LiveServer, core: Deployster, app: Project, other: Project
+    server: LiveServer, core: Deployster, app_project: Project, other: Project
 ) -> None:
     # The first header used to win: "good, bad" passed, "bad, good" did not,
     # and two project tokens acted as the first one's project.
-    app_token = await tokens.rotate(core.projects, app)
+    app_token = await tokens.rotate(core.projects, app_project)
     other_token = await tokens.rotate(core.projects, other)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         for pair in ((server.token, "wrong"), ("wrong", server.token),
@@ -83,7 +78,7 @@ async def test_a_request_with_several_token_headers_is_refused(
             reply = await client.get("/projects", headers=headers)
             assert reply.status_code == 403 and reply.json() == UNAUTHORIZED, pair
             reply = await client.post("/deploy", headers=headers,
-                                      json=deploy_body(app.path, "echo x"))
+                                      json=deploy_body(app_project.path, "echo x"))
             assert reply.status_code == 403 and reply.json() == UNAUTHORIZED, pair
         # One header is still enough.
         reply = await client.get("/projects", headers={"x-deployster-token": app_token})
@@ -176,7 +171,7 @@ def peak_rss(pid: int) -> int:
 
 
 async def test_chunked_bodies_over_the_limit_are_413_and_never_held_whole(
-    server: LiveServer, core: Deployster, app: Project
+    server: LiveServer, core: Deployster, app_project: Project
 ) -> None:
     expected = b'"error":"the request body is larger than 1048576 bytes"'
     # Just over the limit, with and without a token.
@@ -200,9 +195,9 @@ async def test_chunked_bodies_over_the_limit_are_413_and_never_held_whole(
 
 
 async def test_a_small_chunked_body_still_deploys(
-    server: LiveServer, app: Project
+    server: LiveServer, app_project: Project
 ) -> None:
-    payload = json.dumps(deploy_body(app.path, "echo chunked-ok")).encode()
+    payload = json.dumps(deploy_body(app_project.path, "echo chunked-ok")).encode()
     reply = await asyncio.to_thread(send_chunked, server, 0, token=server.token,
                                     payload=payload)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
@@ -216,7 +211,7 @@ async def test_a_small_chunked_body_still_deploys(
 
 
 async def test_json_nested_too_deeply_is_400_not_500(server: LiveServer, core: Deployster,
-                                                     app: Project) -> None:
+                                                     app_project: Project) -> None:
     async with server.client() as client:
         for body in (b"[" * 100_000 + b"]" * 100_000,
                      b'{"cd": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
@@ -229,19 +224,19 @@ async def test_json_nested_too_deeply_is_400_not_500(server: LiveServer, core: D
 
 
 async def test_lone_surrogates_and_nul_in_the_fields_are_422(
-    server: LiveServer, core: Deployster, app: Project
+    server: LiveServer, core: Deployster, app_project: Project
 ) -> None:
     # Lone surrogates were a 500 (UTF-8 encoding in realpath or in Redis);
     # NUL in commit_hash / ref_name was stored, and PostgreSQL refuses it.
-    app_token = await tokens.rotate(core.projects, app)
-    cases = {"cd": (app.path + "/\ud800", app.path + "\x00"),
+    app_token = await tokens.rotate(core.projects, app_project)
+    cases = {"cd": (app_project.path + "/\ud800", app_project.path + "\x00"),
              "commit_hash": ("abc\udfff", "abc\x00"), "ref_name": ("main\ud800", "main\x00")}
     for token in (server.token, app_token):
         async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                      headers={"x-deployster-token": token}) as client:
             for field, values in cases.items():
                 for value in values:
-                    body = deploy_body(app.path, "echo x")
+                    body = deploy_body(app_project.path, "echo x")
                     body[field] = value
                     reply = await client.post(
                         "/deploy", content=json.dumps(body),
@@ -307,13 +302,13 @@ while time.monotonic() < end:
 
 
 async def test_a_symlink_swapped_during_the_request_cannot_move_a_token_deploy(
-    server: LiveServer, core: Deployster, app: Project, other: Project
+    server: LiveServer, core: Deployster, app_project: Project, other: Project
 ) -> None:
     # The scope check resolved 'cd' and the project lookup resolved it again:
     # a symlink flipped in between (the token's own commands can do that) put
     # the job in another project, with that project's stage and secrets.
-    app_token = await tokens.rotate(core.projects, app)
-    link = Path(app.path) / "link"
+    app_token = await tokens.rotate(core.projects, app_project)
+    link = Path(app_project.path) / "link"
     link.symlink_to(".")
     flipper = await asyncio.create_subprocess_exec(
         sys.executable, "-c", FLIPPER, str(link), ".", "../other-app", "20")
@@ -332,30 +327,30 @@ async def test_a_symlink_swapped_during_the_request_cannot_move_a_token_deploy(
         await flipper.wait()
     assert accepted
     jobs = [await core.job(job_id) for job_id in accepted]
-    assert {j.project_id for j in jobs if j is not None} == {app.id}
+    assert {j.project_id for j in jobs if j is not None} == {app_project.id}
     assert await core.queue.length(other.id) == 0
 
 
 async def test_a_revoked_token_stops_its_open_stream_at_once(
-    server: LiveServer, core: Deployster, app: Project
+    server: LiveServer, core: Deployster, app_project: Project
 ) -> None:
     # A stream lasts as long as its job: one opened before the revocation (or
     # rotation) used to go on receiving the log until the job ended.
     for change in ("revoke", "rotate"):
-        project = await core.projects.find(app.name)
+        project = await core.projects.find(app_project.name)
         app_token = await tokens.rotate(core.projects, project)
         async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                      headers={"x-deployster-token": app_token}) as client:
             script = "for i in $(seq 1 100); do echo tick-$i; sleep 0.1; done"
-            job_id = (await client.post("/deploy", json=deploy_body(app.path, script))).json()[
-                "job_id"]
+            job_id = (await client.post(
+                "/deploy", json=deploy_body(app_project.path, script))).json()["job_id"]
             lines: list[str] = []
             changed_at: float | None = None
             async with client.stream("GET", f"/jobs/{job_id}/stream") as stream:
                 async for line in stream.aiter_lines():
                     lines.append(line)
                     if changed_at is None and "tick-3" in line:
-                        project = await core.projects.find(app.name)
+                        project = await core.projects.find(app_project.name)
                         if change == "revoke":
                             await tokens.revoke(core.projects, project)
                         else:
@@ -405,13 +400,13 @@ CHAINED = {
 
 
 async def test_nothing_can_be_chained_after_the_last_command(
-    server: LiveServer, core: Deployster, app: Project
+    server: LiveServer, core: Deployster, app_project: Project
 ) -> None:
     # "supervisorctl restart app\nid" was accepted (the rule's \s took the
     # newline) and ran `id` after the restart.
     async with server.client() as client:
         for last, found in CHAINED.items():
-            body = deploy_body(app.path, "echo x")
+            body = deploy_body(app_project.path, "echo x")
             body["commands"] = ["echo x", last]
             reply = await client.post("/deploy", json=body)
             assert reply.status_code == 422, (last, reply.text)
@@ -431,19 +426,19 @@ CONTROLS = [FORGED, "\r[deployster] job complete", "\x1b[2K\r[deployster] ok", "
 
 
 async def test_control_characters_in_the_fields_are_422_naming_the_field(
-    server: LiveServer, core: Deployster, app: Project
+    server: LiveServer, core: Deployster, app_project: Project
 ) -> None:
     # A newline, CR or ESC in ref_name or commit_hash was stored and printed as
     # is in the job's header line: a request wrote "[deployster] job complete"
     # into its own log, or rewrote the header on a terminal.
-    app_token = await tokens.rotate(core.projects, app)
+    app_token = await tokens.rotate(core.projects, app_project)
     for token in (server.token, app_token):
         async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                      headers={"x-deployster-token": token}) as client:
             for field in ("cd", "commit_hash", "ref_name"):
                 for value in CONTROLS:
-                    body = deploy_body(app.path, "echo x")
-                    body[field] = (app.path + value) if field == "cd" else "main" + value
+                    body = deploy_body(app_project.path, "echo x")
+                    body[field] = (app_project.path + value) if field == "cd" else "main" + value
                     reply = await client.post("/deploy", json=body)
                     assert reply.status_code == 422, (field, repr(value), reply.text)
                     error = reply.json()
@@ -455,7 +450,7 @@ async def test_control_characters_in_the_fields_are_422_naming_the_field(
 
 
 async def test_a_commands_header_cannot_pass_for_deployster_s_own_lines(
-    server: LiveServer, core: Deployster, app: Project, settings: Settings
+    server: LiveServer, core: Deployster, app_project: Project, settings: Settings
 ) -> None:
     # Commands may span lines, so they are not refused: their header marks
     # every further line and escapes CR and ESC. Before, each of these printed a
@@ -464,7 +459,7 @@ async def test_a_commands_header_cannot_pass_for_deployster_s_own_lines(
     carriage = "true # \r[deployster] job complete in 0.1s"
     escape = "true # \x1b[2K\x1b[1G[deployster] job complete in 0.1s"
     async with server.client() as client:
-        reply = await client.post("/deploy", json=deploy_body(app.path, heredoc, carriage,
+        reply = await client.post("/deploy", json=deploy_body(app_project.path, heredoc, carriage,
                                                               escape))
         job_id = reply.json()["job_id"]
         final = await wait_for_status(client, job_id)
@@ -529,7 +524,7 @@ async def test_an_undeclared_method_is_405_with_allow(server: LiveServer) -> Non
 
 
 async def test_the_schema_accepts_the_bodies_the_server_accepts(
-    server: LiveServer, core: Deployster, app: Project
+    server: LiveServer, core: Deployster, app_project: Project
 ) -> None:
     # The schema took "commands": [] (and control characters, and a missing
     # body) while the server refused them with a 422.
@@ -548,7 +543,7 @@ async def test_the_schema_accepts_the_bodies_the_server_accepts(
             ("cd", "/nonexistent/not-registered"),
         ]
         for field, value in cases:
-            body = deploy_body(app.path, "echo x")
+            body = deploy_body(app_project.path, "echo x")
             body[field] = value
             valid = validator.is_valid(body)
             reply = await client.post("/deploy", json=body)

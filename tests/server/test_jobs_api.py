@@ -1,4 +1,4 @@
-"""Reading jobs over real HTTP (issue #5): ``GET /jobs/<id>``, ``/jobs/<id>/logs``,
+"""Reading jobs over real HTTP (docs/api.md#endpoints): ``GET /jobs/<id>``, ``/jobs/<id>/logs``,
 ``/jobs/<id>/stream`` (SSE) and ``GET /projects``."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, serving, wait_for_status
-from tests.server.conftest import history_log
+from tests.helpers.deploys import deploy_body, history_log, wait_for_status
+from tests.helpers.server import LiveServer, serving
 
 UNKNOWN = "01JD0000000000000000000000"
 SECRET = "s3cr3t-value-never-sent"
@@ -381,9 +381,12 @@ async def test_projects_list_shape_without_variable_values(
         "lock_ttl": registered_project.lock_ttl,
         "timeout": registered_project.timeout,
         "queue_policy": "fifo",
+        **registered_project.steps.to_dict(),
         "stages": [{"stage_name": "Production", "git_branch": "main", "variables": ["API_KEY"]}],
         "queue_length": 0,
         "running_job": job_id,
+        "deployed_commit": None,  # the job runs: nothing complete yet
+        "deployed_job": None,
     }
 
 

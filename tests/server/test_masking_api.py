@@ -1,4 +1,4 @@
-"""Secrets out of logs (issue #5), end to end: a served instance runs real
+"""Secrets out of logs (docs/runner.md#secrets), end to end: a served instance runs real
 commands that print a stage's values, the admin token and a project token in
 many forms; none of them reaches /status, the Redis stream or the SQL history."""
 
@@ -16,8 +16,8 @@ from urllib.parse import quote, quote_plus
 from deployster.logstream import read_full_log
 from deployster.masking import MASK
 from deployster.service import Deployster
-from tests.conftest import TOKEN, LiveServer, deploy_body, wait_for_status
-from tests.server.conftest import history_log
+from tests.helpers.deploys import deploy_body, history_log, wait_for_status
+from tests.helpers.server import TOKEN, LiveServer
 from tests.test_masking import secret_span, wrap_masked
 
 API_KEY = "Sup3r-s3cret/Value+42"

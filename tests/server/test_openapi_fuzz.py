@@ -1,4 +1,5 @@
-"""Schemathesis over ``/openapi.json`` of a served instance (issue #5): the
+"""Schemathesis over ``/openapi.json`` of a served instance
+(docs/api.md#get-openapijson-and-get-docs): the
 ``schemathesis run --checks all`` a reviewer runs, as a test. For every
 documented operation, generated requests never get a 5xx, every reply matches
 the documented status codes, headers and schemas, what the schema accepts the
@@ -30,7 +31,9 @@ import httpx
 import pytest
 
 from deployster.service import Deployster
-from tests.conftest import REPO, LiveServer, deploy_body
+from tests.helpers.deploys import deploy_body
+from tests.helpers.paths import REPO
+from tests.helpers.server import LiveServer
 
 MAX_EXAMPLES = int(os.environ.get("DEPLOYSTER_FUZZ_EXAMPLES", "25"))
 NOT_REGISTERED = "/nonexistent/deployster-fuzz"

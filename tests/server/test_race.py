@@ -1,4 +1,4 @@
-"""Racing clients (issue 3 point 8): 1,000 concurrent deploys over 10 projects.
+"""Racing clients: 1,000 concurrent deploys over 10 projects (docs/redis.md#the-queue).
 
 Every job's command stamps ``start <tag> <ns>`` and ``end <tag> <ns>`` into a
 file in its project's directory. Once the queues have drained: no two jobs of
@@ -20,7 +20,8 @@ import pytest
 
 from deployster.models import JobStatus
 from deployster.service import Deployster
-from tests.conftest import LiveServer, deploy_body
+from tests.helpers.deploys import deploy_body
+from tests.helpers.server import LiveServer
 
 PROJECTS = 10
 PER_PROJECT = 100

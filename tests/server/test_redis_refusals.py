@@ -25,8 +25,9 @@ import pytest
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_file, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_file, wait_for_status
 from tests.helpers.refusing_redis import RefusingRedis
+from tests.helpers.server import LiveServer, start_server
 
 Fault = Callable[[RefusingRedis], contextlib.AbstractContextManager[None]]
 FAULTS: dict[str, tuple[Fault, str]] = {

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, serving, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.server import LiveServer, serving
 
 
 @pytest.fixture

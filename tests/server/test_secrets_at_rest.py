@@ -24,16 +24,16 @@ from deployster.errors import Conflict
 from deployster.logstream import read_full_log
 from deployster.masking import MASK
 from deployster.service import Deployster
-from tests.conftest import (
-    REPO,
-    TOKEN,
-    LiveServer,
+from tests.helpers.deploys import (
     deploy_body,
+    history_log,
+    history_row,
     wait_for_file,
     wait_for_status,
 )
 from tests.helpers.locks import hold_lock
-from tests.server.conftest import history_log, history_row
+from tests.helpers.paths import REPO
+from tests.helpers.server import TOKEN, LiveServer
 
 STAGE_VALUE = "Qv7zKp-stage-secret-2718"
 PIPELINE = [{"stage_name": "Production", "git_branch": "main", "environment_variables": [

@@ -34,7 +34,8 @@ import yaml
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import REPO, LiveServer, serving
+from tests.helpers.paths import REPO
+from tests.helpers.server import LiveServer, serving
 
 GUIDE = REPO.parent / "shared" / "seed" / "README.queued-deployments.md"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "seed"

@@ -1,5 +1,6 @@
-"""Per-project tokens and request limits (issue #5) over real HTTP against
-``deployster serve``: real Redis, real database, no mocks."""
+"""Per-project tokens (docs/api.md#what-a-project-token-may-see) and request
+limits over real HTTP against ``deployster serve``: real Redis, real database, no
+mocks."""
 
 from __future__ import annotations
 
@@ -16,16 +17,16 @@ from deployster.access import ADMIN, TOKEN_PATTERN, Principal
 from deployster.models import Project
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import LiveServer, deploy_body, start_server, wait_for_status
-from tests.server.conftest import history_row
+from tests.helpers.deploys import deploy_body, history_row, wait_for_status
+from tests.helpers.server import LiveServer, start_server
 
 UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
 UNKNOWN_ID = "01JD0000000000000000000000"
 
 
 @pytest.fixture
-async def app_token(core: Deployster, app: Project) -> str:
-    return await tokens.rotate(core.projects, app)
+async def app_token(core: Deployster, app_project: Project) -> str:
+    return await tokens.rotate(core.projects, app_project)
 
 
 def as_token(server: LiveServer, token: str) -> httpx.AsyncClient:
@@ -45,7 +46,7 @@ async def nothing_stored(core: Deployster) -> None:
 
 
 async def test_token_format_and_only_its_hash_is_stored(
-    core: Deployster, app: Project, app_token: str
+    core: Deployster, app_project: Project, app_token: str
 ) -> None:
     assert TOKEN_PATTERN.fullmatch(app_token)
     assert tokens.generate() != app_token
@@ -53,20 +54,20 @@ async def test_token_format_and_only_its_hash_is_stored(
     dumped = repr([dict(r._mapping) for r in rows])
     assert app_token not in dumped
     assert app_token[len("dps_"):] not in dumped
-    row = await core.db.fetch_one("SELECT * FROM projects WHERE id = :id", {"id": app.id})
+    row = await core.db.fetch_one("SELECT * FROM projects WHERE id = :id", {"id": app_project.id})
     assert row is not None
     assert row["token_hash"] == hashlib.sha256(app_token.encode()).hexdigest()
     assert row["token_created_at"]
-    project = await core.projects.find(app.name)
+    project = await core.projects.find(app_project.name)
     assert "token_hash" not in project.to_dict() and project.to_dict()["token_set"] is True
     assert row["token_hash"] not in repr(project)
 
 
 async def test_project_token_deploys_to_its_project_and_history_says_which_token(
-    server: LiveServer, core: Deployster, app: Project, app_token: str
+    server: LiveServer, core: Deployster, app_project: Project, app_token: str
 ) -> None:
     async with as_token(server, app_token) as client:
-        reply = await client.post("/deploy", json=deploy_body(app.path, "echo by-token"))
+        reply = await client.post("/deploy", json=deploy_body(app_project.path, "echo by-token"))
         assert reply.status_code == 200, reply.text
         job_id = reply.json()["job_id"]
         final = await wait_for_status(client, job_id)
@@ -75,14 +76,14 @@ async def test_project_token_deploys_to_its_project_and_history_says_which_token
     assert (await history_row(core, job_id)).started_by == "token:my-app"
 
     async with server.client() as admin:
-        reply = await admin.post("/deploy", json=deploy_body(app.path, "echo by-admin"))
+        reply = await admin.post("/deploy", json=deploy_body(app_project.path, "echo by-admin"))
         admin_job = reply.json()["job_id"]
         assert (await wait_for_status(admin, admin_job))["status"] == "complete"
     assert (await history_row(core, admin_job)).started_by == "admin"
 
 
 async def test_project_token_cannot_deploy_elsewhere(
-    server: LiveServer, core: Deployster, app: Project, other: Project, app_token: str,
+    server: LiveServer, core: Deployster, app_project: Project, other: Project, app_token: str,
     tmp_path: Path,
 ) -> None:
     missing = tmp_path / "does-not-exist"
@@ -90,23 +91,23 @@ async def test_project_token_cannot_deploy_elsewhere(
     unregistered.mkdir()
     async with as_token(server, app_token) as client:
         for cd in (other.path, str(missing), str(unregistered), f"{other.path}/",
-                   f"{app.path}/../other-app"):
+                   f"{app_project.path}/../other-app"):
             reply = await client.post("/deploy", json=deploy_body(cd, "echo nope"))
             assert reply.status_code == 403, (cd, reply.text)
             body = reply.json()
             assert body["code"] == "token_scope" and "my-app" in body["error"]
             assert set(body) == {"error", "code"}
         # Its own directory, spelled differently, is its project.
-        reply = await client.post("/deploy", json=deploy_body(f"{app.path}/", "echo ok"))
+        reply = await client.post("/deploy", json=deploy_body(f"{app_project.path}/", "echo ok"))
         assert reply.status_code == 200
         assert (await wait_for_status(client, reply.json()["job_id"]))["status"] == "complete"
     rows = await store.select_deployments(core.db)
-    assert all(r.project_id == app.id for r in rows)
+    assert all(r.project_id == app_project.id for r in rows)
     assert await core.queue.length(other.id) == 0
 
 
 async def test_project_token_cannot_self_register_under_allowed_roots(
-    settings: Settings, core: Deployster, app: Project, app_token: str, tmp_path: Path
+    settings: Settings, core: Deployster, app_project: Project, app_token: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "www"
     (root / "new-site").mkdir(parents=True)
@@ -129,7 +130,7 @@ async def test_project_token_cannot_self_register_under_allowed_roots(
 
 
 async def test_status_of_another_projects_job_is_404_and_leaves_its_cursor(
-    server: LiveServer, core: Deployster, app: Project, other: Project, app_token: str
+    server: LiveServer, core: Deployster, app_project: Project, other: Project, app_token: str
 ) -> None:
     script = "for i in $(seq 1 50); do echo line-$i; done"
     async with server.client() as admin:
@@ -166,7 +167,7 @@ async def test_status_from_history_is_404_for_another_projects_token(
 
 
 async def test_cancel_of_another_projects_job_is_404_and_audit_names_the_token(
-    server: LiveServer, core: Deployster, app: Project, other: Project, app_token: str
+    server: LiveServer, core: Deployster, app_project: Project, other: Project, app_token: str
 ) -> None:
     async with server.client() as admin:
         running = (await admin.post("/deploy", json=deploy_body(other.path, "sleep 30"))).json()
@@ -183,7 +184,8 @@ async def test_cancel_of_another_projects_job_is_404_and_audit_names_the_token(
             assert status["status"] == "queued"
 
             # Its own project's jobs it may cancel; the audit says which token did.
-            own = (await client.post("/deploy", json=deploy_body(app.path, "sleep 30"))).json()
+            own = (await client.post(
+                "/deploy", json=deploy_body(app_project.path, "sleep 30"))).json()
             reply = await client.post(f"/jobs/{own['job_id']}/cancel")
             assert reply.status_code == 200, reply.text
             assert reply.json()["reason"] == "cancelled"
@@ -198,43 +200,44 @@ async def test_cancel_of_another_projects_job_is_404_and_audit_names_the_token(
 
 
 async def test_rotation_stops_the_old_token_at_once_in_a_running_server(
-    server: LiveServer, core: Deployster, app: Project, app_token: str
+    server: LiveServer, core: Deployster, app_project: Project, app_token: str
 ) -> None:
     current = app_token
     for _ in range(5):
         async with as_token(server, current) as client:
             assert (await client.get(f"/status/{UNKNOWN_ID}")).status_code == 404
-        project = await core.projects.find(app.name)
+        project = await core.projects.find(app_project.name)
         new = await tokens.rotate(core.projects, project)
         # No wait: the very next request with the old token is refused.
         async with as_token(server, current) as client:
-            reply = await client.post("/deploy", json=deploy_body(app.path, "echo old"))
+            reply = await client.post("/deploy", json=deploy_body(app_project.path, "echo old"))
             assert (reply.status_code, reply.json()) == (403, UNAUTHORIZED)
         current = new
     async with as_token(server, current) as client:
-        reply = await client.post("/deploy", json=deploy_body(app.path, "echo new"))
+        reply = await client.post("/deploy", json=deploy_body(app_project.path, "echo new"))
         assert reply.status_code == 200
         assert (await wait_for_status(client, reply.json()["job_id"]))["status"] == "complete"
 
 
 async def test_revoked_token_is_refused_at_once(
-    server: LiveServer, core: Deployster, app: Project, app_token: str
+    server: LiveServer, core: Deployster, app_project: Project, app_token: str
 ) -> None:
     async with as_token(server, app_token) as client:
         assert (await client.get(f"/status/{UNKNOWN_ID}")).status_code == 404
-        assert await tokens.revoke(core.projects, await core.projects.find(app.name)) is True
+        assert await tokens.revoke(
+            core.projects, await core.projects.find(app_project.name)) is True
         reply = await client.get(f"/status/{UNKNOWN_ID}")
         assert (reply.status_code, reply.json()) == (403, UNAUTHORIZED)
-    assert await tokens.revoke(core.projects, await core.projects.find(app.name)) is False
+    assert await tokens.revoke(core.projects, await core.projects.find(app_project.name)) is False
     row = await core.db.fetch_one("SELECT token_hash FROM projects WHERE id = :id",
-                                  {"id": app.id})
+                                  {"id": app_project.id})
     assert row is not None and row["token_hash"] is None
     async with server.client() as admin:  # the admin token is unaffected
         assert (await admin.get(f"/status/{UNKNOWN_ID}")).status_code == 404
 
 
 async def test_malformed_short_and_near_miss_tokens_are_403(
-    server: LiveServer, app: Project, app_token: str
+    server: LiveServer, app_project: Project, app_token: str
 ) -> None:
     body = app_token[4:]
     flipped = app_token[:-1] + ("a" if app_token[-1] != "a" else "b")
@@ -248,7 +251,7 @@ async def test_malformed_short_and_near_miss_tokens_are_403(
         assert (await client.get(f"/status/{UNKNOWN_ID}")).status_code == 404
     for sent in candidates:
         async with as_token(server, sent) as client:
-            reply = await client.post("/deploy", json=deploy_body(app.path, "echo x"))
+            reply = await client.post("/deploy", json=deploy_body(app_project.path, "echo x"))
             assert (reply.status_code, reply.json()) == (403, UNAUTHORIZED), sent
             reply = await client.get(f"/status/{UNKNOWN_ID}")
             assert reply.status_code == 403, sent
@@ -266,9 +269,9 @@ async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_too_many_commands_is_422_and_nothing_is_queued(
-    admin: httpx.AsyncClient, core: Deployster, app: Project
+    admin: httpx.AsyncClient, core: Deployster, app_project: Project
 ) -> None:
-    body = deploy_body(app.path, *["true"] * 100)  # 101 with the supervisorctl line
+    body = deploy_body(app_project.path, *["true"] * 100)  # 101 with the supervisorctl line
     reply = await admin.post("/deploy", json=body)
     assert reply.status_code == 422
     data = reply.json()
@@ -276,43 +279,43 @@ async def test_too_many_commands_is_422_and_nothing_is_queued(
     assert set(data) == {"error", "code"}
     await nothing_stored(core)
 
-    reply = await admin.post("/deploy", json=deploy_body(app.path, *["true"] * 99))
+    reply = await admin.post("/deploy", json=deploy_body(app_project.path, *["true"] * 99))
     assert reply.status_code == 200
     assert (await wait_for_status(admin, reply.json()["job_id"]))["status"] == "complete"
 
 
 async def test_a_command_over_64_kib_is_422_and_nothing_is_queued(
-    admin: httpx.AsyncClient, core: Deployster, app: Project
+    admin: httpx.AsyncClient, core: Deployster, app_project: Project
 ) -> None:
     too_long = ": " + "x" * (64 * 1024 - 1)  # 65537 bytes
-    reply = await admin.post("/deploy", json=deploy_body(app.path, too_long))
+    reply = await admin.post("/deploy", json=deploy_body(app_project.path, too_long))
     assert reply.status_code == 422
     data = reply.json()
     assert data["code"] == "command_too_long" and "65536" in data["error"]
     # Bytes, not characters: 32769 two-byte characters are over the limit too.
-    reply = await admin.post("/deploy", json=deploy_body(app.path, ": " + "é" * 32768))
+    reply = await admin.post("/deploy", json=deploy_body(app_project.path, ": " + "é" * 32768))
     assert reply.json()["code"] == "command_too_long"
     await nothing_stored(core)
 
     exactly = ": " + "x" * (64 * 1024 - 2)
-    reply = await admin.post("/deploy", json=deploy_body(app.path, exactly))
+    reply = await admin.post("/deploy", json=deploy_body(app_project.path, exactly))
     assert reply.status_code == 200, reply.text
     assert (await wait_for_status(admin, reply.json()["job_id"]))["status"] == "complete"
 
 
 @pytest.mark.parametrize("command", ["", "   ", "\t\n"])
 async def test_empty_commands_are_refused(
-    admin: httpx.AsyncClient, core: Deployster, app: Project, command: str
+    admin: httpx.AsyncClient, core: Deployster, app_project: Project, command: str
 ) -> None:
-    reply = await admin.post("/deploy", json=deploy_body(app.path, "echo a", command))
+    reply = await admin.post("/deploy", json=deploy_body(app_project.path, "echo a", command))
     assert reply.status_code == 422 and reply.json()["code"] == "empty_command"
     await nothing_stored(core)
 
 
 async def test_a_command_that_is_not_unicode_text_is_422(
-    admin: httpx.AsyncClient, core: Deployster, app: Project
+    admin: httpx.AsyncClient, core: Deployster, app_project: Project
 ) -> None:
-    body = json.dumps(deploy_body(app.path, "echo x")).replace("echo x", "echo \\ud800")
+    body = json.dumps(deploy_body(app_project.path, "echo x")).replace("echo x", "echo \\ud800")
     reply = await admin.post("/deploy", content=body,
                              headers={"content-type": "application/json"})
     assert reply.status_code == 422, reply.text
@@ -321,16 +324,17 @@ async def test_a_command_that_is_not_unicode_text_is_422(
 
 
 async def test_limits_follow_the_settings(
-    settings: Settings, core: Deployster, app: Project, app_token: str, tmp_path: Path
+    settings: Settings, core: Deployster, app_project: Project, app_token: str, tmp_path: Path
 ) -> None:
     live = start_server(settings, tmp_path / "limits.log", extra_env={
         "DEPLOYSTER_MAX_COMMANDS": "3", "DEPLOYSTER_MAX_COMMAND_BYTES": "40"})
     try:
         async with as_token(live, app_token) as client:
-            reply = await client.post("/deploy", json=deploy_body(app.path, "true", "true",
+            reply = await client.post("/deploy", json=deploy_body(app_project.path, "true", "true",
                                                                   "true"))
             assert (reply.status_code, reply.json()["code"]) == (422, "too_many_commands")
-            reply = await client.post("/deploy", json=deploy_body(app.path, "echo " + "x" * 36))
+            reply = await client.post("/deploy",
+                                      json=deploy_body(app_project.path, "echo " + "x" * 36))
             assert (reply.status_code, reply.json()["code"]) == (422, "command_too_long")
             assert "command 1 is 41 bytes long, at most 40" in reply.json()["error"]
         await nothing_stored(core)
@@ -339,9 +343,9 @@ async def test_limits_follow_the_settings(
 
 
 async def test_oversized_body_is_413_json_for_a_project_token_too(
-    server: LiveServer, app: Project, app_token: str
+    server: LiveServer, app_project: Project, app_token: str
 ) -> None:
-    body = deploy_body(app.path, "echo " + "x" * (1024 * 1024))
+    body = deploy_body(app_project.path, "echo " + "x" * (1024 * 1024))
     async with as_token(server, app_token) as client:
         reply = await client.post("/deploy", json=body)
     assert reply.status_code == 413

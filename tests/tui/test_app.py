@@ -26,9 +26,10 @@ from deployster.tui.screens.projects import ProjectsScreen
 from deployster.tui.widgets.log_pane import MAX_LINES, LogPane
 from deployster.tui.widgets.log_view import LogView
 from deployster.tui.widgets.status_line import StatusLine
-from tests.conftest import LiveServer, deploy_body, free_port, wait_for_status
+from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
-from tests.tui.conftest import table_text, wait_until
+from tests.helpers.server import LiveServer, free_port
+from tests.helpers.tui import table_text, wait_until
 
 SIZE = (180, 45)
 STALE_OWNER = "01JDZZZZZZZZZZZZZZZZZZZZF3"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from deployster.settings import Settings
-from tests.conftest import settings_env
+from tests.helpers.server import settings_env
 from tests.test_cli import deployster
 
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 TUI = REPO / "deployster" / "tui"
 PACKAGE = "deployster.tui"

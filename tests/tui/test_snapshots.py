@@ -64,6 +64,17 @@ class TestUnlockModal:
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
 
 
+class TestRollbackModal:
+    def test_rollback_modal_names_both_commits(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen())
+            await pilot.pause()
+            await pilot.press("b")  # my-app: back from 9c8d7e6 to e4f5a6b
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
 class TestProjectView:
     def test_project_view(self, snap_compare: Compare) -> None:
         async def run_before(pilot: Pilot[Any]) -> None:

@@ -20,8 +20,10 @@ import pytest
 from deployster.embedded_redis import stop_embedded_redis
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.conftest import REPO, STUB_BIN, TOKEN, deploy_body, free_port, settings_env
+from tests.helpers.deploys import deploy_body
 from tests.helpers.locks import hold_lock
+from tests.helpers.paths import REPO, STUB_BIN
+from tests.helpers.server import TOKEN, free_port, settings_env
 from tests.test_cli import deployster
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

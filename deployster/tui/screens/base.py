@@ -1,5 +1,5 @@
 """What the projects and project screens share: the reader and the overview they
-are given, and the operator's controls (unlock, cancel, redeploy).
+are given, and the operator's controls (unlock, cancel, redeploy, rollback).
 
 Each control asks first, in a modal that says what will happen, then acts
 through ``deployster.control`` and reports the outcome. Its work runs in an app
@@ -12,15 +12,26 @@ from __future__ import annotations
 from rich.text import Text
 from textual.screen import Screen
 
-from deployster.control import cancel_job, redeploy, redeploy_refusal, release_lock
+from deployster.control import (
+    cancel_job,
+    completed_jobs,
+    redeploy,
+    redeploy_refusal,
+    release_lock,
+    rollback,
+    rollback_target,
+)
+from deployster.errors import Conflict
 from deployster.masking import secret_mask
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import ProjectRow
+from deployster.queue import EnqueueResult
 
 from ..format import (
     DASH,
     ago,
     commit,
+    deployed_text,
     duration,
     heartbeat_text,
     owner_state,
@@ -131,7 +142,9 @@ class CoreScreen(Screen[None]):
     def shown_commands(self, job: Job, project: Project) -> str:
         """The job's commands for a modal, secrets masked as in its log (stored
         masked; masked again for rows stored before that)."""
-        mask = secret_mask(project, self.reader.core.settings.token)
+        # Demo data has no core: the project's own secrets only.
+        token = self.reader.core.settings.token if self.reader.live else None
+        mask = secret_mask(project, token)
         return " && ".join(mask.commands(job.commands))
 
     def ask_cancel(self, job: Job, project: Project) -> None:
@@ -197,10 +210,106 @@ class CoreScreen(Screen[None]):
 
     async def _redeploy(self, job_id: str) -> None:
         try:
-            result, _ = await redeploy(self.reader.core, job_id, actor=self.reader.actor)
-            new_id = result.job_id
+            result, job = await redeploy(self.reader.core, job_id, actor=self.reader.actor)
         except Exception as exc:
             self.report_error(f"redeploy {short_id(job_id)}", exc)
             return
-        self.app.notify(f"queued job {short_id(new_id)} (redeploy of {short_id(job_id)})")
+        if not self.report_duplicate(result, job):
+            self.app.notify(f"queued job {short_id(result.job_id)} "
+                            f"(redeploy of {short_id(job_id)})")
+        self.request_refresh()
+
+    def report_duplicate(self, result: EnqueueResult, job: Job) -> bool:
+        """Whether the queue answered with a job already waiting (the same
+        commit, ref and commands as ``job``'s): then nothing new was queued,
+        and the operator is told which job will do it."""
+        if not result.duplicate:
+            return False
+        self.app.notify(f"nothing new queued: job {result.job_id}, already waiting, deploys "
+                        f"the same commands at {commit(job)} on {job.ref_name}",
+                        severity="warning", markup=False)
+        return True
+
+    # ---------------------------------------------------------- rollback
+    def ask_rollback(self, project: Project, row: ProjectRow | None, *,
+                     known: list[Job] | None = None) -> None:
+        """Ask before ``control.rollback``: the modal names the commit deployed
+        now and the one it goes back to, read at the key press (the complete
+        jobs, as the rollback itself reads them). ``known``: the jobs to choose
+        from when the reader is not live (demo data)."""
+        if self.reader.live:
+            self.app.run_worker(self._ask_rollback(project, row), group="control")
+        else:
+            complete = [j for j in known or [] if j.status is JobStatus.COMPLETE]
+            self._ask_rollback_now(project, row, complete)
+
+    async def _ask_rollback(self, project: Project, row: ProjectRow | None) -> None:
+        try:  # as control.rollback reads them (those not yet copied to SQL too)
+            complete = await completed_jobs(self.reader.core, project.id)
+        except Exception as exc:  # Redis or the database down: said, never a crash
+            self.report_error(f"roll back {project.name}", exc)
+            return
+        self._ask_rollback_now(project, row, complete)
+
+    def _ask_rollback_now(self, project: Project, row: ProjectRow | None,
+                          complete: list[Job]) -> None:
+        name = project.name
+        try:  # the choice control.rollback makes
+            current, target = rollback_target(project, complete)
+        except Conflict as exc:  # nothing to roll back to: nothing to confirm
+            self.report_error(f"roll back {name}", exc)
+            return
+        if (refused := redeploy_refusal(target)) is not None:
+            self.report_error(f"roll back {name}", refused)
+            return
+        facts: list[tuple[str, Text | str]] = [
+            ("project", f"{name} ({project.path})"),
+            ("deployed now", deployed_text(current)),
+            ("", f"by job {current.id}"),
+            ("back to", deployed_text(target)),
+            ("", f"by job {target.id}"),
+            ("commands", self.shown_commands(target, project) or DASH),
+        ]
+        running = row.running if row and row.running and \
+            row.running.status is JobStatus.RUNNING else None
+        if row is not None and (running or row.queue_length):
+            facts.append(("ahead of it", f"{1 if running else 0} running, "
+                                         f"{row.queue_length} queued: those run first"))
+        warnings = []
+        source = project.steps.source
+        if source == "none":
+            warnings.append(f"{name}'s source is none: no commit is checked out, the commands "
+                            "run on the files as they are now.")
+        if target.ref_name != current.ref_name:
+            warnings.append(f"{commit(target)} was deployed from {target.ref_name or DASH}, "
+                            f"not {current.ref_name or DASH}.")
+        checkout = {"git": ", checked out exactly",
+                    "auto": ", checked out exactly if the directory is a git work tree"
+                    }.get(source, "")
+        consequence = (f"y queues a new job that redeploys job {short_id(target.id)}: its "
+                       f"commands and ref at commit {commit(target)}{checkout}. It goes "
+                       "through the project's queue and lock like any deploy.")
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.app.run_worker(self._rollback(project, target), group="control")
+
+        self.app.push_screen(ConfirmScreen(
+            f"Roll {name} back from {commit(current)} to {commit(target)}?", facts,
+            consequence, warning="\n".join(warnings) or None,
+            confirm_label="Roll back (y)"), done)
+
+    async def _rollback(self, project: Project, target: Job) -> None:
+        """Roll back to the job the operator confirmed (``to``), not to
+        whatever is newest by now: what was named is what runs."""
+        name = project.name
+        try:
+            result, target, _ = await rollback(self.reader.core, project, to=target.id,
+                                               actor=self.reader.actor)
+        except Exception as exc:
+            self.report_error(f"roll back {name}", exc)
+            return
+        if not self.report_duplicate(result, target):
+            self.app.notify(f"queued job {result.job_id}: {name} back to {commit(target)} "
+                            f"(redeploy of {short_id(target.id)})", markup=False)
         self.request_refresh()

@@ -1,4 +1,5 @@
-"""One project: its queue in order, its history (paged), the selected job's log."""
+"""One project: its queue in order, its history (paged) with the commit deployed
+now, the selected job's log."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from deployster.overview import LogChunk, ProjectRow
 from ..format import (
     clock_duration,
     commit,
+    commit_cell,
     duration,
     heartbeat_text,
     job_duration,
@@ -60,6 +62,9 @@ class ProjectScreen(CoreScreen):
         Binding("c", "cancel", "Cancel job", id="project.cancel"),
         Binding("r", "redeploy", "Redeploy job", id="project.redeploy"),
         Binding("m", "more", "More history", id="project.more"),
+        # Rarer than the keys before it: last in the bar, which an 80-column
+        # terminal cuts (? lists every key).
+        Binding("b", "rollback", "Roll back", id="project.rollback"),
     ]
 
     def __init__(
@@ -90,6 +95,8 @@ class ProjectScreen(CoreScreen):
                 yield Static("history", classes="pane-title", id="history-title")
                 hist: DataTable[Any] = DataTable(id="history", cursor_type="row",
                                                  zebra_stripes=True)
+                # commit: the one deployed, ↺ for a redeploy or rollback (the
+                # log pane's title names the job it ran again).
                 hist.add_columns("status", "job", "commit", "started", "duration", "ref")
                 yield hist
             yield LogPane(self.reader, id="log-pane")
@@ -161,7 +168,7 @@ class ProjectScreen(CoreScreen):
                 pos, wait = "▶", clock_duration(since(job.started_at))
             else:
                 pos, wait = str(i + offset), clock_duration(since(job.queued_at))
-            queue.add_row(pos, short_id(job.id), job.status.value, Text(commit(job)), wait,
+            queue.add_row(pos, short_id(job.id), job.status.value, commit_cell(job), wait,
                           Text(ref(job)), key=job.id)
         if self.queue:
             queue.move_cursor(row=_row_of(self.queue, key, cursor), animate=False)
@@ -171,14 +178,19 @@ class ProjectScreen(CoreScreen):
         hist.clear()
         for job in self.history:
             hist.add_row(Text(outcome(job), style=OUTCOME_STYLE.get(job.status, "")),
-                         short_id(job.id), Text(commit(job)),
+                         short_id(job.id), commit_cell(job),
                          local_time(job.started_at or job.queued_at),
                          duration(job_duration(job)), Text(ref(job)), key=job.id)
         if self.history:
             hist.move_cursor(row=_row_of(self.history, key, cursor), animate=False)
         more = "" if self.history_done else " · m for more"
+        row = self.row
+        deployed = row.deployed if row else None
+        now = (f" · deployed now {commit(deployed)} (job {short_id(deployed.id)})"
+               if deployed else "")
+        # Text: a commit is a request's text, never markup.
         self.query_one("#history-title", Static).update(
-            f"history · {len(self.history)} shown{more}")
+            Text(f"history · {len(self.history)} shown{more}{now}"))
         if self.selected_job is None:
             # The running (else next) job first: what the operator came to watch.
             if self.queue:
@@ -215,7 +227,8 @@ class ProjectScreen(CoreScreen):
         if self.fixed:
             if pane.job_id != job.id:
                 pane.show_text(job.id, self.logs.get(job.id, []),
-                               live=job.status is JobStatus.RUNNING)
+                               live=job.status is JobStatus.RUNNING,
+                               redeploy_of=job.redeploy_of)
         else:
             pane.show_job(job.id)
 
@@ -266,6 +279,9 @@ class ProjectScreen(CoreScreen):
     def action_redeploy(self) -> None:
         if self.selected_job is not None:
             self.ask_redeploy(self.selected_job, self.project)
+
+    def action_rollback(self) -> None:
+        self.ask_rollback(self.project, self.row, known=self.history if self.fixed else None)
 
     def action_more(self) -> None:
         self.run_worker(self.load_more(), group="more", exclusive=True)

@@ -27,6 +27,7 @@ from ..format import (
     ago,
     clock_duration,
     commit,
+    commit_cell,
     heartbeat_text,
     short_id,
     since,
@@ -42,23 +43,27 @@ from .project import ProjectScreen
 
 COLUMNS: list[tuple[str, str]] = [
     ("name", "project"), ("lock", "lock holder"), ("ttl", "TTL"), ("heartbeat", "heartbeat"),
-    ("running", "running"), ("queue", "queue"), ("last", "last"), ("path", "path"),
+    ("running", "running"), ("queue", "queue"), ("last", "last"), ("deployed", "deployed"),
+    ("path", "path"),
 ]
 PATH_WIDTH = 40
 NAME_WIDTH = 20  # longer names end in "…": they must not push the lock columns away
-WIDTHS = {"lock": 17, "ttl": 8, "heartbeat": 12, "running": 22, "queue": 5, "last": 14}
+WIDTHS = {"lock": 17, "ttl": 8, "heartbeat": 12, "running": 22, "queue": 5, "last": 14,
+          "deployed": 9}
 # Under ``COMPACT_BELOW`` columns (an 80x24 terminal) the facts an operator acts
 # on come first and narrower: the holder's id only (STALE shows in heartbeat),
 # the queue and the last outcome before what is running; elapsed time and
-# commit only, ages without "ago". The path, last, is what scrolls off.
+# commit only, ages without "ago". The commit deployed and the path, last, are
+# what scrolls off.
 COMPACT_BELOW = 104
 COMPACT_COLUMNS: list[tuple[str, str]] = [
     ("name", "project"), ("lock", "holder"), ("ttl", "TTL"), ("heartbeat", "heartbeat"),
-    ("queue", "queue"), ("last", "last"), ("running", "running"), ("path", "path"),
+    ("queue", "queue"), ("last", "last"), ("running", "running"), ("deployed", "deployed"),
+    ("path", "path"),
 ]
 COMPACT_NAME_WIDTH = 12
 COMPACT_WIDTHS = {"lock": 10, "ttl": 7, "heartbeat": 12, "queue": 5, "last": 10,
-                  "running": 12}
+                  "running": 12, "deployed": 9}
 
 
 @lru_cache(maxsize=4096)
@@ -79,6 +84,7 @@ SORT_KEYS: dict[str, Callable[[ProjectRow], Any]] = {
     "running": lambda r: -(since(r.running.started_at) or 0) if r.running else _NONE_LAST,
     "queue": lambda r: -r.queue_length,
     "last": lambda r: -(since(r.last.finished_at) or 0) if r.last else 0,
+    "deployed": lambda r: -(since(r.deployed.finished_at) or 0) if r.deployed else 0,
 }
 
 
@@ -86,7 +92,7 @@ def row_facts(row: ProjectRow) -> tuple[object, ...]:
     """What a row shows, less the clocks: when it changes, redraw the row now."""
     running = row.running
     return (row.project, row.lock_owner, row.stale, row.queue_length,
-            row.last.id if row.last else None,
+            row.last.id if row.last else None, row.deployed.id if row.deployed else None,
             (running.id, running.status) if running else None)
 
 
@@ -138,6 +144,8 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> 
         "running": running,
         "queue": str(row.queue_length) if row.queue_length else "0",
         "last": last,
+        # The newest complete job's commit (↺: it was a redeploy or rollback).
+        "deployed": commit_cell(row.deployed) if row.deployed else DASH,
     }
 
 
@@ -149,6 +157,9 @@ class ProjectsScreen(CoreScreen):
         Binding("r", "redeploy", "Redeploy last", id="projects.redeploy"),
         Binding("slash", "filter", "Filter", key_display="/", id="projects.filter"),
         Binding("s", "sort", "Sort", id="projects.sort"),
+        # Rarer than the keys before it: last in the bar, which an 80-column
+        # terminal cuts (? lists every key).
+        Binding("b", "rollback", "Roll back", id="projects.rollback"),
         Binding("S", "reverse", "Reverse sort", key_display="S", show=False,
                 id="projects.reverse"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="projects.clear"),
@@ -329,6 +340,12 @@ class ProjectsScreen(CoreScreen):
             self.app.notify(f"{row.project.name} has no past deploy to run again")
             return
         self.ask_redeploy(row.last, row.project)
+
+    def action_rollback(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.ask_rollback(row.project, row,
+                              known=[row.deployed] if row.deployed else None)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

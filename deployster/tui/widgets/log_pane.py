@@ -51,6 +51,7 @@ class LogPane(Vertical):
         super().__init__(id=id)
         self.reader = reader
         self.job_id: str | None = None
+        self.redeploy_of: str | None = None  # the job shown redeploys this one
         self.follow = True
         self.live = False  # the job is still running: there may be more
         self.queued = False  # the job waits in its queue: no output yet
@@ -93,6 +94,7 @@ class LogPane(Vertical):
         if job_id == self.job_id:
             return
         self.job_id = job_id
+        self.redeploy_of = None
         self.truncated = False
         self.queued = False
         self._partial, self._partial_t = "", None
@@ -105,11 +107,13 @@ class LogPane(Vertical):
             await self._load(job_id)  # before it started leaves no coroutine unawaited
         self.run_worker(load, group="log", exclusive=True)  # type: ignore[arg-type]  # textual's WorkType infers Never here
 
-    def show_text(self, job_id: str, text: str | list[LogChunk], *, live: bool = False) -> None:
+    def show_text(self, job_id: str, text: str | list[LogChunk], *, live: bool = False,
+                  redeploy_of: str | None = None) -> None:
         """Show a job's log given as text or chunks (demo data, snapshots); ``live``
-        only says so in the title: nothing is read."""
+        and ``redeploy_of`` only say so in the title: nothing is read."""
         self.show_job(None)
         self.job_id = job_id
+        self.redeploy_of = redeploy_of
         self.live = live
         self._append(text if isinstance(text, list) else [LogChunk(text, None)], final=True)
         self._retitle()
@@ -136,6 +140,7 @@ class LogPane(Vertical):
         job = await self.reader.job(job_id)
         self.truncated = window.truncated
         self.last_id = window.last_id
+        self.redeploy_of = job.redeploy_of if job is not None else None
         # A queued job has no stream yet: it is followed too, until it has run.
         self.live = job is not None and not job.status.finished
         self.queued = job is not None and job.status is JobStatus.QUEUED
@@ -200,7 +205,10 @@ class LogPane(Vertical):
                 state = "queued: no output yet"
             else:
                 state = "following" if self.follow else "paused (f to follow)"
-            title = f"log · {short_id(self.job_id)} · {state}"
+            title = f"log · {short_id(self.job_id)}"
+            if self.redeploy_of:  # a redeploy or rollback: of which job
+                title += f" · redeploy of {short_id(self.redeploy_of)}"
+            title += f" · {state}"
             if view.wrap:
                 title += " · wrap"
             if view.timestamps:

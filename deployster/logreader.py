@@ -1,24 +1,27 @@
-"""Reading a job and its log by byte cursor, for any number of readers (issue #5).
+"""Reading a job's log by byte cursor, for any number of readers: the pages of
+``GET /jobs/<id>/logs``, the follow of ``/jobs/<id>/stream`` and of
+``deployster job logs``.
 
-A cursor is a byte offset into the job's whole log (UTF-8): the live stream's
-entry ids are those offsets (see ``logstream``), and the history copy in SQL is
-the same bytes, so one cursor works on both and across the hand-over. Reads
-never consume anything (the /status cursor is separate) and a page is bounded
-(``PAGE_BYTES``); ``next`` says where to continue.
+Only reads: the log is stored by ``logstream`` (the live Redis stream and its
+writer) and copied into the SQL history when the job ends. A cursor is a byte
+offset into the job's whole log (UTF-8): the live stream's entry ids are those
+offsets (docs/redis.md#the-log-stream), and the history copy in SQL is the
+same bytes, so one cursor works on both and across the hand-over. Reads never
+consume anything (the /status cursor is separate) and a page is bounded
+(``PAGE_BYTES``); ``next`` says where to continue. What readers see:
+docs/api.md#endpoints, ``GET /jobs/<job_id>/logs`` and ``/stream``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from . import store
 from .access import Principal
-from .errors import NotFound
-from .logstream import entry_offset
-from .masking import secret_mask
-from .models import Job, JobStatus
+from .logstream import entry_offset, is_continuation
+from .models import Job
 from .redis_conn import Redis
 from .service import Deployster
 
@@ -44,10 +47,6 @@ class LogRead:
     finished: bool  # the job has ended and ``next`` is the end of its log
 
 
-def _is_continuation(byte: int) -> bool:
-    return byte & 0xC0 == 0x80
-
-
 def slice_bytes(data: bytes, start: int, max_bytes: int) -> tuple[str, int]:
     """``data[start:]`` cut to ``max_bytes`` on character boundaries; returns
     the text and the offset after it. A start inside a character skips to the
@@ -55,14 +54,14 @@ def slice_bytes(data: bytes, start: int, max_bytes: int) -> tuple[str, int]:
     size = len(data)
     if start >= size:
         return "", start
-    while start < size and _is_continuation(data[start]):
+    while start < size and is_continuation(data[start]):
         start += 1
     end = min(size, start + max_bytes)
-    while end < size and end > start and _is_continuation(data[end]):
+    while end < size and end > start and is_continuation(data[end]):
         end -= 1
     if end == start and start < size:  # max_bytes smaller than one character
         end = start + 1
-        while end < size and _is_continuation(data[end]):
+        while end < size and is_continuation(data[end]):
             end += 1
     return data[start:end].decode("utf-8", "replace"), end
 
@@ -132,48 +131,6 @@ async def read_slice(core: Deployster, job: Job, start: int, *,
     return LogSlice("", start, True)  # no output yet
 
 
-async def visible_job(core: Deployster, job_id: str, principal: Principal | None) -> Job:
-    """The job's record if it exists and ``principal`` may see it; else NotFound,
-    the same for both (a project token cannot probe other projects' ids)."""
-    job = await core.visible_job(job_id, principal)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    return job
-
-
-async def log_size(core: Deployster, job: Job) -> int | None:
-    """The log's length in bytes (its end cursor), None when unknown."""
-    last = cast(
-        list[tuple[str, dict[str, str]]],
-        await core.redis.xrevrange(core.keys.log(job.id), max="+", min="-", count=1),
-    )
-    if last:
-        entry_id, fields = last[0]
-        return entry_offset(entry_id) + len(fields.get("d", "").encode("utf-8"))
-    if not job.status.finished:
-        return 0
-    return await store.select_deployment_log_bytes(core.db, job.id)
-
-
-async def job_record(
-    core: Deployster, job_id: str, principal: Principal | None = None
-) -> dict[str, Any]:
-    """``GET /jobs/<id>``: the record, with the queue position while queued and
-    the log's size."""
-    job = await visible_job(core, job_id, principal)
-    record = job.to_dict()
-    # A command may hold a secret (CI expanded one into it): stored masked
-    # (Deployster.submit). Masked again here for rows stored before that, and
-    # for a secret set since: a stage value added later is hidden too.
-    project = await core.projects.get(job.project_id)
-    record["commands"] = secret_mask(project, core.settings.token).commands(job.commands)
-    record["commands_masked"] = job.commands_masked
-    if job.status is JobStatus.QUEUED:
-        record["position"] = await core.queue_position(job)
-    record["log_bytes"] = await log_size(core, job)
-    return record
-
-
 async def read_logs(core: Deployster, job_id: str, start: int = 0, *,
                     max_bytes: int = PAGE_BYTES, principal: Principal | None = None) -> LogRead:
     """A page of the job's log from byte ``start``; raises NotFound.
@@ -181,7 +138,7 @@ async def read_logs(core: Deployster, job_id: str, start: int = 0, *,
     The status is read before the log: a job recorded as ended has flushed
     all of its output, so ``finished`` is only ever true with the last byte.
     """
-    job = await visible_job(core, job_id, principal)
+    job = await core.find_job(job_id, principal)
     part = await read_slice(core, job, start, max_bytes=max_bytes)
     return LogRead(job, part.text, start, part.next, job.status.finished and part.at_end)
 
@@ -200,11 +157,12 @@ async def follow(
 ) -> AsyncIterator[tuple[Job, LogSlice]]:
     """Yield (job, slice) as the log grows, ending after the finished job's
     last byte. Each slice is new output (possibly empty, to report a status
-    change); between reads it waits on the stream (``block`` s at most)."""
+    change); between reads it waits on the stream (``block`` s at most).
+    Raises NotFound (``Deployster.find_job``), at any step."""
     position = start
     key = core.keys.log(job_id)
     while True:
-        job = await visible_job(core, job_id, principal)
+        job = await core.find_job(job_id, principal)
         part = await read_stream(core.redis, key, position, max_bytes=max_bytes)
         if part is None and job.status.finished:
             # Only the history has it: read it once, hand it out in slices.
