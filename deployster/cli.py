@@ -244,7 +244,7 @@ def _print_project(project: Any, *, as_json: bool, deployed: Any = None) -> None
     if as_json:
         data = project.to_dict()
         data["deployed_commit"] = deployed_commit(deployed) if deployed else None
-        data["deployed_by_job"] = deployed.id if deployed else None
+        data["deployed_job"] = deployed.id if deployed else None
         print(json.dumps(data, indent=2))
         return
     print(f"name:      {project.name}")

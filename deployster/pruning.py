@@ -2,7 +2,10 @@
 
 Finished deployments requested before a cut-off go, except each project's
 ``keep`` newest finished ones: a quiet project still shows its last deploy and
-can be redeployed. Queued and running rows are never touched. Age is the job
+can be redeployed. Each project's newest complete one stays too, however old
+and whatever ``keep`` says: it is what is deployed now, what ``GET /projects``
+and the dashboard show as the deployed commit, and what a rollback goes back
+from (``docs/deploy-steps.md``). Queued and running rows are never touched. Age is the job
 id's time (ULIDs sort by when the deploy was requested), which the
 ``(project_id, id)`` index serves without reading any log.
 
@@ -36,7 +39,10 @@ async def prune_history(
     dry_run: bool = False,
 ) -> PruneResult:
     """Delete finished deployments requested more than ``older_than`` seconds
-    ago, keeping each project's ``keep`` newest finished ones."""
+    ago, keeping each project's ``keep`` newest finished ones and its newest
+    complete one.
+
+    Raises ``ValueError`` when ``older_than`` is not positive or ``keep`` negative."""
     if older_than <= 0 or keep < 0:
         raise ValueError("older_than must be positive and keep not negative")
     cutoff = (time.time() if now is None else now) - older_than
@@ -49,11 +55,12 @@ async def prune_history(
             if kept_oldest is None:
                 continue  # fewer than ``keep`` finished deploys: all stay
             bound = min(bound, kept_oldest)
+        spare = await store.select_newest_complete_id(db, project_id) or ""
         if dry_run:
-            deleted += await store.count_finished_before(db, project_id, bound)
+            deleted += await store.count_finished_before(db, project_id, bound, spare=spare)
             continue
         while ids := await store.select_finished_ids_before(db, project_id, bound,
-                                                             limit=BATCH):
-            await store.delete_finished_through(db, project_id, ids[-1])
+                                                             limit=BATCH, spare=spare):
+            await store.delete_finished_through(db, project_id, ids[-1], spare=spare)
             deleted += len(ids)
     return PruneResult(deleted, cutoff)

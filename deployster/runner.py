@@ -33,6 +33,9 @@ READ_CHUNK = 64 * 1024
 DRAIN_AFTER_EXIT = 1.0
 # How often to look whether the shell exited while a child keeps its pipe open.
 EXIT_POLL = 0.05
+# Seconds a process found in a job's group at its end is given to finish
+# detaching itself (setsid) before it counts as a leftover to stop.
+LEFTOVER_SETTLE = 0.2
 # What a step's answer is read from: the end of its output.
 TAIL_BYTES = 8 * 1024
 # A quick read (git rev-parse, supervisorctl status) that takes longer is stuck.
@@ -378,28 +381,36 @@ class Runner:
     async def _stop_processes(self) -> None:
         """Cancel, timeout, lost lock: end every process group of the job."""
         why = (self.stop_reason or "stopped").replace("_", " ")
-        alive = procgroups.members_of(self._groups)
-        if not alive:
-            return
-        self.log.note(
-            f"[deployster] {why}: sending SIGTERM to {self._describe(alive)}; "
+        await self._stop_groups(
+            f"[deployster] {why}: sending SIGTERM to {{named}}; "
             f"up to {self.kill_grace:g}s to exit (DEPLOYSTER_KILL_GRACE)\n"
         )
-        self._report(await procgroups.stop_groups(self._groups, self.kill_grace))
 
     async def _end_leftovers(self) -> None:
         """Stop what the job's commands left running in their process groups
         (``nohup daemon &``), named in the log, as CI runners end a job's
-        orphans: SIGTERM, the grace period, SIGKILL."""
-        left = procgroups.members_of(self._groups)
-        if not left:
+        orphans: SIGTERM, the grace period, SIGKILL.
+
+        A process that detaches itself (``setsid``) is still listed in the group
+        for the moment it takes to do so: look again after ``LEFTOVER_SETTLE``
+        seconds before naming anything, so it is left alone."""
+        if not procgroups.members_of(self._groups):
             return
-        self.log.note(
-            f"[deployster] still running after the job's commands: "
-            f"{self._describe(left)}; stopping them (SIGTERM, up to "
-            f"{self.kill_grace:g}s to exit). To keep a process running after a deploy, "
-            "run it under supervisor, or start it with setsid and its own log file\n"
+        await asyncio.sleep(LEFTOVER_SETTLE)
+        await self._stop_groups(
+            "[deployster] still running after the job's commands: "
+            f"{{named}}; stopping them (SIGTERM, up to {self.kill_grace:g}s to exit). "
+            "To keep a process running after a deploy, run it under supervisor, "
+            "or start it with setsid and its own log file\n"
         )
+
+    async def _stop_groups(self, notice: str) -> None:
+        """TERM, grace, KILL for what is left in the job's groups; ``notice``
+        (with ``{named}`` for the processes) goes to the log first."""
+        alive = procgroups.members_of(self._groups)
+        if not alive:
+            return
+        self.log.note(notice.replace("{named}", self._describe(alive)))
         self._report(await procgroups.stop_groups(self._groups, self.kill_grace))
 
     def _describe(self, found: list[procgroups.Member] | tuple[procgroups.Member, ...]) -> str:

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     max_streams: Count = 200
     # SQL history: finished deploys requested more than this many days ago are
     # deleted (hourly, by the server), except each project's ``history_keep``
-    # newest. 0 keeps everything.
+    # newest and its newest complete one (pruning.py). 0 keeps everything.
     history_days: Seconds = 0.0
     history_keep: Count = 20
 

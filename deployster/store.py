@@ -313,27 +313,42 @@ async def select_nth_newest_finished(db: Database, project_id: int, n: int) -> s
         "ORDER BY id DESC LIMIT 1 OFFSET :offset", {"p": project_id, "offset": n - 1})
 
 
+async def select_newest_complete_id(db: Database, project_id: int) -> str | None:
+    """The id of the project's newest complete deployment (what is deployed now)."""
+    return await db.fetch_val(
+        "SELECT id FROM deployments WHERE project_id = :p AND status = 'complete' "
+        "ORDER BY id DESC LIMIT 1", {"p": project_id})
+
+
+# ``spare``: a deployment id the three below leave out ('' spares none; ids are
+# never empty).
+
+
 async def select_finished_ids_before(
-    db: Database, project_id: int, before: str, *, limit: int
+    db: Database, project_id: int, before: str, *, limit: int, spare: str = ""
 ) -> list[str]:
     """Oldest first: the project's finished deployments with ids below ``before``."""
     rows = await db.fetch_all(
         f"SELECT id FROM deployments WHERE project_id = :p AND {_FINISHED} AND id < :before "
-        "ORDER BY id LIMIT :limit", {"p": project_id, "before": before, "limit": limit})
+        "AND id <> :spare ORDER BY id LIMIT :limit",
+        {"p": project_id, "before": before, "limit": limit, "spare": spare})
     return [str(r["id"]) for r in rows]
 
 
-async def count_finished_before(db: Database, project_id: int, before: str) -> int:
+async def count_finished_before(db: Database, project_id: int, before: str,
+                                *, spare: str = "") -> int:
     return int(await db.fetch_val(
         f"SELECT COUNT(*) FROM deployments WHERE project_id = :p AND {_FINISHED} "
-        "AND id < :before", {"p": project_id, "before": before}) or 0)
+        "AND id < :before AND id <> :spare",
+        {"p": project_id, "before": before, "spare": spare}) or 0)
 
 
-async def delete_finished_through(db: Database, project_id: int, last: str) -> None:
+async def delete_finished_through(db: Database, project_id: int, last: str,
+                                  *, spare: str = "") -> None:
     """Delete the project's finished deployments with ids up to ``last``."""
     await db.execute(
-        f"DELETE FROM deployments WHERE project_id = :p AND {_FINISHED} AND id <= :last",
-        {"p": project_id, "last": last})
+        f"DELETE FROM deployments WHERE project_id = :p AND {_FINISHED} AND id <= :last "
+        "AND id <> :spare", {"p": project_id, "last": last, "spare": spare})
 
 
 # ------------------------------------------------------------------- audit

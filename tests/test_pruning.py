@@ -99,6 +99,25 @@ async def test_keep_zero_removes_every_old_finished_deploy(db: Database) -> None
     assert await stored_ids(db) == {new.id}
 
 
+async def test_the_deployed_job_stays_however_old_it_is(db: Database) -> None:
+    # What is deployed now is the newest complete job; failures since it and
+    # ``keep`` must not take it: the dashboard, GET /projects and a rollback
+    # read it (pruning.py).
+    deployed = job_at(8, 90)
+    older = job_at(8, 95)
+    failures = [job_at(8, 80 - i, JobStatus.FAILED) for i in range(3)]
+    await insert(db, [older, deployed, *failures])
+    # keep=2 keeps the two newest failures; the deployed job stays either way.
+    for keep, gone in ((0, 4), (2, 2)):
+        dry = await pruning.prune_history(db, older_than=30 * DAY, keep=keep, now=NOW,
+                                          dry_run=True)
+        assert dry.deleted == gone
+    result = await pruning.prune_history(db, older_than=30 * DAY, keep=0, now=NOW)
+    assert result.deleted == 4
+    assert await stored_ids(db) == {deployed.id}
+    assert await store.select_newest_complete_id(db, 8) == deployed.id
+
+
 async def test_bad_arguments_are_refused(db: Database) -> None:
     with pytest.raises(ValueError):
         await pruning.prune_history(db, older_than=0, keep=5)
