@@ -230,12 +230,13 @@ class BenchEnv:
         path.chmod(0o755)
         return path
 
-    def project(self, dirname: str) -> Path:
-        """Create a project directory and register it (``deployster project add``)."""
+    def project(self, dirname: str, *options: str) -> Path:
+        """Create a project directory and register it (``deployster project add``
+        with ``options``, e.g. ``--verify-window 0``)."""
         path = self.tmp / dirname
         path.mkdir()
         result = subprocess.run(
-            [sys.executable, "-m", "deployster", "project", "add", str(path)],
+            [sys.executable, "-m", "deployster", "project", "add", str(path), *options],
             env=self.env(), cwd=REPO, capture_output=True, text=True, timeout=60,
         )
         if result.returncode != 0:

@@ -8,7 +8,11 @@ the others are queued behind it. Every job's first command appends
 ``last <job id> <ns timestamp>``. When the gate opens the queue runs through;
 the gaps between job k's ``last`` and job k+1's ``first`` are the hand-off
 latency (they include ending the shell, recording the end, releasing the lock,
-claiming the next job, loading it and spawning its first command).
+claiming the next job, loading it and spawning its first command). The
+project's deploy steps around the restart (``supervisorctl reread``/``update``
+before it, the wait for ``RUNNING`` after it) are off, so the restart is the
+last command; its directory is no git work tree, so no checkout runs
+(``docs/runner.md``).
 
     python bench/handoff.py [--jobs 100] [--redis-url URL] [--database-url PG_URL]
 
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         gate = env.tmp / "gate"
         env.write_stub("supervisorctl",
                        f'echo "last $DEPLOYSTER_JOB_ID $(date +%s%N)" >> \'{stamps}\'\n')
-        project = env.project("handoff-app")
+        project = env.project("handoff-app", "--no-supervisor-update", "--verify-window", "0")
         server = env.serve()
 
         stamp_first = f'echo "first $DEPLOYSTER_JOB_ID $(date +%s%N)" >> \'{stamps}\''

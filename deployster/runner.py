@@ -25,14 +25,13 @@ from .masking import LogSink
 from .models import Job, JobStatus, Project, Reason, Stage
 from .printable import command_header
 from .settings import Settings
+from .spawn import Child, spawn
 from .supervisor import RestartCommand, parse_restart
 
 READ_CHUNK = 64 * 1024
 # After the shell exits, how long to keep reading output that a background
 # child may still hold the pipe open for, before we stop listening.
 DRAIN_AFTER_EXIT = 1.0
-# How often to look whether the shell exited while a child keeps its pipe open.
-EXIT_POLL = 0.05
 # Seconds a process found in a job's group at its end is given to finish
 # detaching itself (setsid) before it counts as a leftover to stop.
 LEFTOVER_SETTLE = 0.2
@@ -75,23 +74,6 @@ def child_env(job: Job, stage: Stage | None = None) -> dict[str, str]:
     return env
 
 
-async def _exited(proc: asyncio.subprocess.Process) -> int:
-    """The shell's exit status, as soon as the shell exits.
-
-    ``proc.wait()`` alone also waits until every pipe is closed (Python 3.11), so
-    a background child holding stdout (``sleep 300 &``) would hang the job.
-    """
-    wait = asyncio.ensure_future(proc.wait())
-    try:
-        while proc.returncode is None:
-            await asyncio.wait({wait}, timeout=EXIT_POLL)
-            if wait.done():
-                return wait.result()
-        return proc.returncode
-    finally:
-        wait.cancel()
-
-
 class Runner:
     """Runs one job; ``stop(reason)`` ends it early from any task."""
 
@@ -105,7 +87,7 @@ class Runner:
         self._groups: list[int] = []  # every command's group, until the job ends
         # Each command's output reader, kept until the job ends: a process left
         # in the background may still write (see _let_go_of_output).
-        self._outputs: list[tuple[asyncio.Task[None], asyncio.subprocess.Process]] = []
+        self._outputs: list[tuple[asyncio.Task[None], Child]] = []
         # Set when someone else already ended this job: nothing more is recorded.
         self.stale = False
         # Called with each command's pid (its pgid) as it starts.
@@ -294,18 +276,18 @@ class Runner:
         """Run ``argv`` quietly in the project directory (a quick read: git
         rev-parse, supervisorctl status); (exit status, stdout). Never waits
         more than ``CAPTURE_TIMEOUT`` seconds."""
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.job.cd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True, env=self._env())
+        proc = await spawn([*argv], cwd=self.job.cd, env=self._env(), merge_stderr=False)
+        assert proc.stdout is not None
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), CAPTURE_TIMEOUT)
+            async with asyncio.timeout(CAPTURE_TIMEOUT):
+                out = await proc.stdout.read()
+                code = await proc.wait()
         except TimeoutError:
             procgroups.kill_group(proc.pid, signal.SIGKILL)
+            proc.close_output()
             await proc.wait()
             return -1, ""
-        return proc.returncode if proc.returncode is not None else -1, out.decode(
-            "utf-8", "replace")
+        return code, out.decode("utf-8", "replace")
 
     def _env(self) -> dict[str, str]:
         env = child_env(self.job, self.project.stage_for(self.job.ref_name))
@@ -333,22 +315,15 @@ class Runner:
         group still write keeps being read (those end with the job, see
         ``_end_leftovers``); a stop request ends every group of the job.
         """
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", command,
-            cwd=self.job.cd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own session and process group: pgid == pid
-            env=self._env(),
-        )
+        # Its own session and process group (pgid == pid), started off the loop.
+        proc = await spawn(["/bin/sh", "-c", command], cwd=self.job.cd, env=self._env())
         self.pgid = proc.pid
         self._groups.append(proc.pid)
         if self.on_spawn is not None:
             await self.on_spawn(proc.pid)
         pump = asyncio.create_task(self._pump(proc.stdout, tail))
         self._outputs.append((pump, proc))
-        waiter = asyncio.create_task(_exited(proc))
+        waiter = asyncio.create_task(proc.wait())
         stopper = asyncio.create_task(self._stopped.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -435,9 +410,7 @@ class Runner:
         held = [(pump, proc) for pump, proc in pending if not pump.done()]
         for pump, proc in held:
             pump.cancel()
-            transport = getattr(proc, "_transport", None)
-            if transport is not None:
-                transport.close()
+            proc.close_output()
         await asyncio.gather(*(pump for pump, _ in self._outputs), return_exceptions=True)
         self._outputs.clear()
         if held:

@@ -52,6 +52,11 @@ async def uses_git(runner: Steps, cd: str, steps: DeploySteps) -> bool:
     the top of a git work tree."""
     if steps.source != "auto":
         return steps.source == "git"
+    # The top of a work tree holds ``.git`` (a directory, or a file in a linked
+    # worktree or submodule): without one there is nothing to ask git, and a
+    # deploy of a plain directory spawns no process before its first command.
+    if not os.path.lexists(os.path.join(cd, ".git")):
+        return False
     code, top = await runner.capture("git", "rev-parse", "--show-toplevel")
     return code == 0 and os.path.realpath(top.strip()) == os.path.realpath(cd)
 
