@@ -5,7 +5,7 @@ Finished deployments requested before a cut-off go, except each project's
 can be redeployed. Each project's newest complete one stays too, however old
 and whatever ``keep`` says: it is what is deployed now, what ``GET /projects``
 and the dashboard show as the deployed commit, and what a rollback goes back
-from (``docs/deploy-steps.md``). Queued and running rows are never touched. Age is the job
+from (``docs/api.md``). Queued and running rows are never touched. Age is the job
 id's time (ULIDs sort by when the deploy was requested), which the
 ``(project_id, id)`` index serves without reading any log.
 

@@ -3,7 +3,7 @@
 ``asyncio.create_subprocess_exec`` forks and execs in the loop's own thread,
 and Python 3.11's default child watcher then starts a new thread per child to
 wait for it; under load that was a quarter of the loop's time, and it sat on
-every hand-off from one queued job to the next (issue 15, ``bench/handoff.py``).
+every hand-off from one queued job to the next (``bench/handoff.py``).
 Here the fork/exec runs on a small thread pool of its own, the child's exit is
 watched on the loop through a pidfd (Linux 5.3+; elsewhere a thread waits), and
 its output is a plain ``asyncio.StreamReader``.
