@@ -25,7 +25,7 @@ from deployster.models import JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body, wait_for_file, wait_for_status
-from tests.helpers.server import LiveServer, start_server
+from tests.helpers.server import LiveServer, register, start_server
 
 # ----------------------------------------------------------------- helpers
 
@@ -211,11 +211,7 @@ async def test_a_job_runs_through_a_redis_outage_and_keeps_its_output(
 ) -> None:
     url = ensure_embedded_redis(own_redis_dir)
     outage_settings = settings.with_overrides(redis_url=url)
-    setup = await Deployster.open(outage_settings)
-    try:
-        await setup.projects.add(str(project_dir))
-    finally:
-        await setup.close()
+    await register(outage_settings, project_dir)
 
     live = start_server(outage_settings, tmp_path / "server.log")
     live_servers.append(live)

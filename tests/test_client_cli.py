@@ -33,7 +33,7 @@ from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.cli import one_line_error
 from tests.helpers.paths import REPO
-from tests.helpers.server import LiveServer, free_port, start_server
+from tests.helpers.server import LiveServer, free_port, register, start_server
 
 RESTART = "supervisorctl restart my-app--main"
 README = (REPO / "README.md").read_text()
@@ -1010,11 +1010,7 @@ async def test_503_redis_down_is_retried_after_retry_after_then_deploys(
 ) -> None:
     url = ensure_embedded_redis(own_redis_dir)
     outage = settings.with_overrides(redis_url=url)
-    setup = await Deployster.open(outage)
-    try:
-        await setup.projects.add(str(project_dir))
-    finally:
-        await setup.close()
+    await register(outage, project_dir)
     live = start_server(outage, tmp_path / "server.log")
     try:
         stop_embedded_redis(own_redis_dir)

@@ -35,6 +35,7 @@ from pathlib import Path
 import redis
 
 from deployster.embedded_redis import redis_server_binary
+from tests.helpers.processes import stop_process
 
 _PROBE = "refusing-redis:probe"
 
@@ -75,12 +76,7 @@ class RefusingRedis:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self._limit_file_size(resource.RLIM_INFINITY)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            stop_process(self.process, grace=10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def client(self) -> redis.Redis:

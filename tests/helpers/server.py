@@ -3,8 +3,9 @@
 ``start_server`` waits until ``/healthz`` answers 200 and returns a
 ``LiveServer`` (its URL, token, settings, environment, process and log); the
 ``server`` fixture (``tests/conftest.py``) is one per test, ``serving`` one for
-a fixture of a module's own. ``TOKEN`` is the admin token of the tests'
-settings.
+a fixture of a module's own; ``register`` adds projects for a server whose
+settings the ``core`` fixture does not share. ``TOKEN`` is the admin token of
+the tests' settings.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import httpx
 
+from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.paths import REPO, STUB_BIN
+from tests.helpers.processes import stop_process
 
 TOKEN = "test-token-0123456789"
 
@@ -55,14 +58,19 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
+
+
+async def register(settings: Settings, *paths: Path) -> None:
+    """Register ``paths`` as projects through a core of its own, closed after:
+    for a server on ``settings`` that the ``core`` fixture does not use (say,
+    a Redis of the test's own)."""
+    setup = await Deployster.open(settings)
+    try:
+        for path in paths:
+            await setup.projects.add(str(path))
+    finally:
+        await setup.close()
 
 
 def start_server(settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None,

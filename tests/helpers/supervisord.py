@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.helpers.processes import stop_process
+
 BIN = Path(sys.executable).parent
 
 
@@ -74,12 +76,7 @@ files = {self.programs}/*.conf
                  tb: TracebackType | None) -> None:
         if self.process is not None and self.process.poll() is None:
             self.ctl("stop", "all")
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            stop_process(self.process, grace=15)
 
     def log(self) -> str:
         path = self.dir / "supervisord.log"

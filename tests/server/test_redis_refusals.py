@@ -23,11 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body, wait_for_file, wait_for_status
 from tests.helpers.refusing_redis import RefusingRedis
-from tests.helpers.server import LiveServer, start_server
+from tests.helpers.server import LiveServer, register, start_server
 
 Fault = Callable[[RefusingRedis], contextlib.AbstractContextManager[None]]
 FAULTS: dict[str, tuple[Fault, str]] = {
@@ -47,11 +46,7 @@ async def live(
     settings: Settings, refusing: RefusingRedis, project_dir: Path, tmp_path: Path
 ) -> Any:
     own = settings.with_overrides(redis_url=refusing.url)
-    setup = await Deployster.open(own)
-    try:
-        await setup.projects.add(str(project_dir))
-    finally:
-        await setup.close()
+    await register(own, project_dir)
     server = start_server(own, tmp_path / "server.log")
     try:
         yield server
