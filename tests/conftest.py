@@ -145,11 +145,14 @@ async def db(any_database_url: str) -> AsyncIterator[Database]:
 # ---------------------------------------------------------------- settings
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
+def _new_dir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return _new_dir(tmp_path / "data")
 
 
 @pytest.fixture
@@ -177,9 +180,14 @@ async def core(settings: Settings) -> AsyncIterator[Deployster]:
 
 @pytest.fixture
 def project_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "my-app"
-    path.mkdir()
-    return path
+    return _new_dir(tmp_path / "my-app")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A directory to list in ``allowed_roots``: a deploy of a directory below
+    it registers the project itself."""
+    return _new_dir(tmp_path / "srv")
 
 
 # ------------------------------------------------------------- live server

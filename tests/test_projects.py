@@ -290,13 +290,6 @@ async def test_find_by_name_id_or_path(core: Deployster, project_dir: Path) -> N
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "srv"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def rooted_core(settings: Settings, root: Path) -> AsyncIterator[Deployster]:
     the_core = await Deployster.open(settings.with_overrides(allowed_roots=[root]))
     try:

@@ -21,13 +21,6 @@ from tests.helpers.server import LiveServer, serving
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "srv"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def rooted(settings: Settings, root: Path, tmp_path: Path) -> Iterator[LiveServer]:
     yield from serving(settings.with_overrides(allowed_roots=(root,)), tmp_path)
 
