@@ -1,4 +1,5 @@
-"""Helpers for the dashboard's Pilot tests: what a test reads off the screen."""
+"""Helpers for the dashboard's Pilot tests: what a test reads off the screen,
+and the steps most of them take to get there."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
+
+from deployster.tui.screens.confirm import ConfirmScreen
+from deployster.tui.screens.project import ProjectScreen
 
 
 async def wait_until(pilot: Pilot[Any], predicate: Callable[[], object], *,
@@ -30,3 +35,35 @@ def table_text(table: DataTable[Any]) -> list[str]:
         cells = table.get_row(key)
         rows.append(" | ".join(str(getattr(c, "plain", c)) for c in cells))
     return rows
+
+
+def confirm_text(app: App[Any]) -> str:
+    """The text of the confirmation modal on screen (fails if none is open)."""
+    screen = app.screen
+    assert isinstance(screen, ConfirmScreen)
+    return "\n".join(str(s.render()) for s in screen.query(Static))
+
+
+async def modal_text(pilot: Pilot[Any], *keys: str) -> str:
+    """Press ``keys`` (none: the modal is opening already), wait for the
+    confirmation modal, and return its text."""
+    await pilot.press(*keys)
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen), what="modal")
+    return confirm_text(pilot.app)
+
+
+async def projects(pilot: Pilot[Any], count: int = 1, *, showing: str = "") -> DataTable[Any]:
+    """The projects table (the screen the dashboard opens on) once it lists
+    ``count`` projects, the first row showing ``showing`` (e.g. "✔": the last
+    deploy completed)."""
+    table = pilot.app.screen.query_one("#projects", DataTable)
+    await wait_until(pilot, lambda: table.row_count == count and showing in table_text(table)[0],
+                     what=f"{count} project row(s) showing {showing!r}")
+    return table
+
+
+async def open_project(pilot: Pilot[Any]) -> None:
+    """Enter on the selected project: its view (queue, history, log) is on screen."""
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen),
+                     what="project")

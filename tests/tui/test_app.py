@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from deployster import store
-from deployster.models import Job, JobStatus
+from deployster.models import Job, JobStatus, Project
 from deployster.redis_conn import redis_from_url
 from deployster.service import DeployRequest, Deployster
 from deployster.tui.app import binding_sections, make_app
@@ -29,20 +31,29 @@ from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
 from tests.helpers.server import LiveServer, free_port
-from tests.helpers.tui import table_text, wait_until
+from tests.helpers.tui import modal_text, open_project, projects, table_text, wait_until
 
 SIZE = (180, 45)
 STALE_OWNER = "01JDZZZZZZZZZZZZZZZZZZZZF3"
 
 
-def confirm_text(app: object) -> str:
-    screen = app.screen  # type: ignore[attr-defined]
-    assert isinstance(screen, ConfirmScreen)
-    return "\n".join(str(s.render()) for s in screen.query(Static))
+async def queued_behind_a_lock(core: Deployster, project: Project, cd: Path,
+                               commands: list[str], commit: str, ref: str) -> str:
+    """The id of a job that stays queued: the lock is held, and nobody runs
+    jobs here (no dispatcher)."""
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
+    queued = await core.submit(DeployRequest(str(cd), commands, commit, ref), run_here=False)
+    return queued.job_id
 
 
-def projects_table(app: object) -> DataTable[object]:
-    return app.screen.query_one("#projects", DataTable)  # type: ignore[attr-defined]
+async def the_queued_job(pilot: Pilot[Any]) -> tuple[DataTable[Any], str]:
+    """The project view's queue once it lists the one queued job, and that
+    job's row; the queue has the focus (its keys act on the job)."""
+    await open_project(pilot)
+    queue = pilot.app.screen.query_one("#queue", DataTable)
+    await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
+    queue.focus()
+    return queue, table_text(queue)[0]
 
 
 async def test_projects_view_shows_each_project_and_the_header_counts(
@@ -54,8 +65,7 @@ async def test_projects_view_shows_each_project_and_the_header_counts(
     await hold_lock(core, (await core.projects.find("worker")).id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 3, what="three rows")
+        table = await projects(pilot, 3)
         rows = table_text(table)
         assert [r.split(" | ")[0] for r in rows] == ["api", "my-app", "worker"]
         worker = rows[2]
@@ -73,8 +83,7 @@ async def test_ttl_counts_down_every_second(core: Deployster, project_dir: Path)
     await hold_lock(core, project.id, STALE_OWNER, 120_000)
     app = make_app(core, poll_interval=60)  # no fetch: the countdown is local
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        table = await projects(pilot)
         before = str(table.get_cell(str(project.id), "ttl"))
         await asyncio.sleep(2.1)
         await pilot.pause()
@@ -89,8 +98,7 @@ async def test_filter_and_sort(core: Deployster, tmp_path: Path) -> None:
         await core.projects.add(str(tmp_path / name))
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 3, what="three rows")
+        table = await projects(pilot, 3)
         await pilot.press("slash")
         assert app.screen.query_one("#filter", Input).has_focus
         await pilot.press(*"api")
@@ -115,11 +123,8 @@ async def test_unlock_releases_the_lock_and_records_an_audit_event(
     await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
-        await pilot.press("u")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        table = await projects(pilot)
+        shown = await modal_text(pilot, "u")
         assert STALE_OWNER in shown  # the holder, in full
         assert "TTL" in shown and ("4m" in shown or "5m" in shown)
         assert "STALE" in shown  # heartbeat
@@ -146,8 +151,7 @@ async def test_unlock_never_deletes_a_newer_lock(core: Deployster, project_dir: 
     await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await projects(pilot)
         await pilot.press("u")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
         # While the operator reads the modal, the lock passes to a newer job.
@@ -164,34 +168,24 @@ async def test_cancel_a_queued_job_from_the_project_view(
     core: Deployster, project_dir: Path
 ) -> None:
     project = await core.projects.add(str(project_dir))
-    # Nobody runs jobs here (no dispatcher), and the lock is held: it stays queued.
-    await hold_lock(core, project.id, STALE_OWNER, 300_000)
-    request = DeployRequest(str(project_dir), ["echo hi", "supervisorctl restart my-app--main"],
-                            "a1b2c3d4", "main")
-    queued = await core.submit(request, run_here=False)
+    job_id = await queued_behind_a_lock(core, project, project_dir,
+                                        ["echo hi", "supervisorctl restart my-app--main"],
+                                        "a1b2c3d4", "main")
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        table = await projects(pilot)
         assert str(table.get_cell(str(project.id), "queue")) == "1"
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
-        queue = app.screen.query_one("#queue", DataTable)
-        await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
-        row = table_text(queue)[0]
+        queue, row = await the_queued_job(pilot)
         assert "a1b2c3d" in row and "main" in row and "queued" in row
-        queue.focus()
-        await pilot.press("c")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
-        assert queued.job_id in shown and "removes the job from the queue" in shown
+        shown = await modal_text(pilot, "c")
+        assert job_id in shown and "removes the job from the queue" in shown
         await pilot.press("y")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="closed")
         await wait_until(pilot, lambda: queue.row_count == 0, what="the queue to empty")
-    job = await core.job(queued.job_id)
+    job = await core.job(job_id)
     assert job is not None and job.status is JobStatus.FAILED and job.reason == "cancelled"
     events = await store.select_audit_events(core.db)
-    assert events[0]["action"] == "job.cancel" and events[0]["job_id"] == queued.job_id
+    assert events[0]["action"] == "job.cancel" and events[0]["job_id"] == job_id
 
 
 async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
@@ -203,27 +197,18 @@ async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
     path = tmp_path / "apps[" / "x]"
     path.mkdir(parents=True)
     project = await core.projects.add(str(path), name="brackets")
-    await hold_lock(core, project.id, STALE_OWNER, 300_000)  # the job stays queued
-    request = DeployRequest(str(path), ["echo [b]hi[/b]", "supervisorctl restart brackets"],
-                            "[/x]abc123", "feat/[/x]")
-    queued = await core.submit(request, run_here=False)
+    job_id = await queued_behind_a_lock(
+        core, project, path, ["echo [b]hi[/b]", "supervisorctl restart brackets"],
+        "[/x]abc123", "feat/[/x]")
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        table = await projects(pilot)
         assert "apps[/x]" in table_text(table)[0]
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
-        queue = app.screen.query_one("#queue", DataTable)
-        await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
-        row = table_text(queue)[0]
+        _, row = await the_queued_job(pilot)
         assert "[/x]abc" in row and "feat/[/x]" in row
-        queue.focus()
-        await pilot.press("r")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        shown = await modal_text(pilot, "r")
         assert "Redeploy brackets at [/x]abc?" in shown and "echo [b]hi[/b]" in shown
-        assert queued.job_id in shown
+        assert job_id in shown
         await pilot.press("n")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="closed")
         assert app.is_running
@@ -251,12 +236,8 @@ async def test_redeploy_queues_a_new_job_with_the_same_commands(
     old = await _finished_deploy(server, core, project_dir, 'echo first-run "$API_KEY"')
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
-                         what="the last deploy")
-        await pilot.press("r")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        await projects(pilot, showing="✔")  # the last deploy
+        shown = await modal_text(pilot, "r")
         assert old in shown and 'echo first-run "$API_KEY"' in shown and "abc1234" in shown
         await pilot.press("y")
         await wait_until(pilot, lambda: any("redeploy of" in n.message
@@ -283,9 +264,7 @@ async def test_redeploy_of_a_job_whose_commands_held_a_secret_is_refused(
     old = await _finished_deploy(server, core, project_dir, f"echo first-run # {secret}")
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
-                         what="the last deploy")
+        await projects(pilot, showing="✔")  # the last deploy
         await pilot.press("r")
         await wait_until(pilot, lambda: any("cannot be redeployed" in n.message
                                             for n in app._notifications), what="refusal")
@@ -307,11 +286,8 @@ async def test_log_follows_a_running_job_and_shows_history_of_finished_ones(
         job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "running" in
-                         table_text(table)[0], what="the running job")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        await projects(pilot, showing="running")
+        await open_project(pilot)
         pane = app.screen.query_one(LogPane)
         await wait_until(pilot, lambda: "line-1" in pane.text, what="the first line")
         assert "line-8" not in pane.text
@@ -384,8 +360,7 @@ async def test_every_action_is_in_the_command_palette(
     await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await projects(pilot)
         await pilot.press("ctrl+p")
         await pilot.press(*"unlock")
         await pilot.pause(0.5)
@@ -461,10 +436,8 @@ async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -
     await store.upsert_deployments(core.db, rows)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        await projects(pilot)
+        await open_project(pilot)
         hist = app.screen.query_one("#history", DataTable)
         await wait_until(pilot, lambda: hist.row_count == 50, what="the first page")
         assert "m for more" in str(app.screen.query_one("#history-title", Static).render())
@@ -481,8 +454,7 @@ async def test_no_refresh_while_a_modal_is_open(core: Deployster, project_dir: P
     await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core, poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        await projects(pilot)
         await pilot.press("u")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
         await pilot.pause(0.3)
@@ -508,12 +480,8 @@ async def test_cancel_the_running_job_from_the_projects_view(
         job = (await client.post("/deploy", json=deploy_body(project_dir, "sleep 60"))).json()
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "running" in
-                         table_text(table)[0], what="the running job")
-        await pilot.press("c")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        table = await projects(pilot, showing="running")
+        shown = await modal_text(pilot, "c")
         assert job["job_id"] in shown and "stops the running job" in shown
         await pilot.press("y")
         await wait_until(pilot, lambda: table_text(table)[0].split(" | ")[1] == "—",
@@ -534,8 +502,7 @@ async def test_redis_down_is_shown_and_the_dashboard_keeps_running(
     await core.projects.add(str(project_dir))
     app = make_app(core, poll_interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1, what="the row")
+        table = await projects(pilot)
         working = core.redis
         core.redis = redis_from_url(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
         try:
@@ -722,9 +689,8 @@ async def test_the_selection_stays_on_its_job_when_history_grows(
         await _insert_history_row(core, {**base, "id": f"01JD{i:022d}"})
     app = make_app(core, poll_interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: projects_table(app).row_count == 1, what="the row")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="open")
+        await projects(pilot)
+        await open_project(pilot)
         screen = app.screen
         assert isinstance(screen, ProjectScreen)
         hist = screen.query_one("#history", DataTable)
@@ -750,15 +716,11 @@ async def test_the_unlock_modal_reads_the_lock_again(
     await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core, poll_interval=60)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "STALE" in
-                         table_text(table)[0], what="the locked row")
+        await projects(pilot, showing="STALE")  # the locked row
         newer = "01JDNEWERNEWERNEWERNEWER00"
         assert await core.lock.release(project.id, STALE_OWNER)
         assert await hold_lock(core, project.id, newer, 120_000)
-        await pilot.press("u")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        shown = await modal_text(pilot, "u")
         assert newer in shown and STALE_OWNER not in shown
         assert re.search(r"TTL\s+(2m 00s|1m 5\ds)", shown), shown
 
@@ -771,7 +733,7 @@ async def test_q_quits_from_a_modal_too(core: Deployster, project_dir: Path, mod
     await hold_lock(core, project.id, STALE_OWNER, 300_000)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: projects_table(app).row_count == 1, what="the row")
+        await projects(pilot)
         await pilot.press("question_mark" if modal == "help" else "u")
         kind = HelpScreen if modal == "help" else ConfirmScreen
         await wait_until(pilot, lambda: isinstance(app.screen, kind), what="the modal")

@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.app import App
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from deployster import store
@@ -22,26 +24,24 @@ from deployster.tui.screens.project import ProjectScreen
 from deployster.tui.screens.projects import ProjectsScreen
 from tests.helpers.deploys import deploy_body, history_row, wait_for_status
 from tests.helpers.server import LiveServer
-from tests.helpers.tui import table_text, wait_until
+from tests.helpers.tui import modal_text, open_project, projects, table_text, wait_until
 
 SIZE = (180, 45)
 SHA_OLD = "1111111" + "a" * 33  # full SHA-1s, as a git source stores them
 SHA_NEW = "2222222" + "b" * 33
 
 
-def confirm_text(app: App[Any]) -> str:
-    screen = app.screen
-    assert isinstance(screen, ConfirmScreen)
-    return "\n".join(str(s.render()) for s in screen.query(Static))
-
-
-def projects_table(app: App[Any]) -> DataTable[Any]:
-    return app.screen.query_one("#projects", DataTable)
-
-
 def notes(app: App[Any]) -> list[str]:
     """The notifications shown so far, oldest first."""
     return [n.message for n in app._notifications]
+
+
+async def deployed_now(pilot: Pilot[Any], project: Project, commit: str) -> DataTable[Any]:
+    """The projects table once the project's row shows ``commit`` deployed now."""
+    table = await projects(pilot)
+    await wait_until(pilot, lambda: str(table.get_cell(str(project.id), "deployed")) == commit,
+                     what=f"{commit} deployed now")
+    return table
 
 
 async def finished_deploy(server: LiveServer, core: Deployster, cd: Path, commit: str) -> str:
@@ -70,6 +70,17 @@ async def in_history(core: Deployster, *jobs: Job) -> None:
     await store.upsert_deployments(core.db, [store.deployment_row(j, log="ok\n") for j in jobs])
 
 
+@pytest.fixture
+async def two_deploys(core: Deployster, project_dir: Path) -> tuple[Project, Job, Job]:
+    """my-app, with two completed deploys in its history: the older of commit
+    1111111 (SHA_OLD), the newer of 2222222 (SHA_NEW)."""
+    project = await core.projects.add(str(project_dir))
+    older = past_job(project, 1, commit="1111aaa", deployed_sha=SHA_OLD)
+    newer = past_job(project, 2, commit="2222bbb", deployed_sha=SHA_NEW)
+    await in_history(core, older, newer)
+    return project, older, newer
+
+
 async def nothing_queued(core: Deployster, project: Project) -> None:
     assert await core.queue.queued_ids(project.id) == []
     assert not [e for e in await store.select_audit_events(core.db)
@@ -84,14 +95,8 @@ async def test_b_rolls_back_to_the_previous_commit_through_the_queue(
     new = await finished_deploy(server, core, project_dir, "2222bbb")
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        key = str(project.id)
-        await wait_until(pilot, lambda: table.row_count == 1 and
-                         str(table.get_cell(key, "deployed")) == "2222bbb",
-                         what="the commit deployed now")
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        table = await deployed_now(pilot, project, "2222bbb")
+        shown = await modal_text(pilot, "b")
         assert f"Roll {project.name} back from 2222bbb to 1111aaa?" in shown
         now, back = shown.index("deployed now"), shown.index("back to")
         assert now < shown.index(new) < back < shown.index(old)  # each job with its commit
@@ -111,10 +116,9 @@ async def test_b_rolls_back_to_the_previous_commit_through_the_queue(
             assert (await wait_for_status(client, job_id))["status"] == "complete"
         await history_row(core, job_id, "complete")
         # The history event refreshes the dashboard: deployed now, marked a redeploy.
-        await wait_until(pilot, lambda: str(table.get_cell(key, "deployed")) == "↺ 1111aaa",
-                         what="the rollback deployed")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        await wait_until(pilot, lambda: str(table.get_cell(str(project.id), "deployed")) ==
+                         "↺ 1111aaa", what="the rollback deployed")
+        await open_project(pilot)
         hist = app.screen.query_one("#history", DataTable)
         await wait_until(pilot, lambda: hist.row_count == 3, what="three deploys")
         assert [r.split(" | ")[2] for r in table_text(hist)] == [
@@ -127,30 +131,19 @@ async def test_b_rolls_back_to_the_previous_commit_through_the_queue(
 
 
 async def test_declining_the_rollback_queues_nothing_from_either_screen(
-    core: Deployster, project_dir: Path
+    core: Deployster, two_deploys: tuple[Project, Job, Job]
 ) -> None:
-    project = await core.projects.add(str(project_dir))
-    older = past_job(project, 1, commit="1111aaa", deployed_sha=SHA_OLD)
-    newer = past_job(project, 2, commit="2222bbb", deployed_sha=SHA_NEW)
-    await in_history(core, older, newer)
+    project, older, newer = two_deploys
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and
-                         str(table.get_cell(str(project.id), "deployed")) == "2222222",
-                         what="the deployed commit (the one checked out)")
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        await deployed_now(pilot, project, "2222222")  # the commit checked out
+        shown = await modal_text(pilot, "b")
         assert "back from 2222222 to 1111111?" in shown
         assert older.id in shown and newer.id in shown
         await pilot.press("n")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen), what="closed")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        assert "back from 2222222 to 1111111?" in confirm_text(app)
+        await open_project(pilot)
+        assert "back from 2222222 to 1111111?" in await modal_text(pilot, "b")
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="closed")
         await pilot.pause(0.3)
@@ -158,46 +151,34 @@ async def test_declining_the_rollback_queues_nothing_from_either_screen(
     await nothing_queued(core, project)
 
 
-async def test_nothing_to_roll_back_is_said_and_nothing_is_queued(
-    core: Deployster, project_dir: Path
-) -> None:
-    """Only one commit ever completed (a failure of another commit does not
-    count): there is no earlier commit, so no modal either."""
-    project = await core.projects.add(str(project_dir))
-    await in_history(core, past_job(project, 1, commit="1111aaa"),
-                     past_job(project, 2, commit="2222bbb", status=JobStatus.FAILED,
-                              reason="command_failed"),
-                     past_job(project, 3, commit="1111aaa"))
-    app = make_app(core)
-    async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
-                         what="the last deploy")
-        await pilot.press("b")
-        await wait_until(pilot, lambda: any("nothing to roll back" in n for n in notes(app)),
-                         what="the refusal")
-        message = next(n for n in notes(app) if "nothing to roll back" in n)
-        assert message.startswith(f"roll back {project.name}: ") and "1111aaa" in message
-        assert not isinstance(app.screen, ConfirmScreen)
-    await nothing_queued(core, project)
-
-
-async def test_a_rollback_to_commands_that_held_a_secret_is_refused(
-    core: Deployster, project_dir: Path
+@pytest.mark.parametrize(
+    ("history", "refusal", "detail"),
+    [
+        # Only one commit ever completed (a failure of another commit does not
+        # count): there is no earlier commit, so no modal either.
+        pytest.param([{"commit": "1111aaa"},
+                      {"commit": "2222bbb", "status": JobStatus.FAILED, "reason": "command_failed"},
+                      {"commit": "1111aaa"}],
+                     "nothing to roll back", "1111aaa", id="nothing-to-roll-back"),
+        # The older job's commands were stored with a secret's value masked.
+        pytest.param([{"commit": "1111aaa", "commands_masked": True}, {"commit": "2222bbb"}],
+                     "cannot be redeployed", "stage variable", id="commands-held-a-secret"),
+    ],
+)
+async def test_a_rollback_with_nothing_to_run_is_refused_and_nothing_is_queued(
+    core: Deployster, project_dir: Path, history: list[dict[str, Any]], refusal: str,
+    detail: str,
 ) -> None:
     project = await core.projects.add(str(project_dir))
-    await in_history(core, past_job(project, 1, commit="1111aaa", commands_masked=True),
-                     past_job(project, 2, commit="2222bbb"))
+    await in_history(core, *(past_job(project, n, **job) for n, job in enumerate(history, 1)))
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
-                         what="the last deploy")
+        await projects(pilot, showing="✔")  # the last deploy
         await pilot.press("b")
-        await wait_until(pilot, lambda: any("cannot be redeployed" in n for n in notes(app)),
+        await wait_until(pilot, lambda: any(refusal in n for n in notes(app)),
                          what="the refusal")
-        message = next(n for n in notes(app) if "cannot be redeployed" in n)
-        assert message.startswith(f"roll back {project.name}: ") and "stage variable" in message
+        message = next(n for n in notes(app) if refusal in n)
+        assert message.startswith(f"roll back {project.name}: ") and detail in message
         assert not isinstance(app.screen, ConfirmScreen)
     await nothing_queued(core, project)
 
@@ -216,12 +197,8 @@ async def test_history_shows_each_jobs_deployed_commit_and_its_redeploys(
     await in_history(core, first, broken, again)
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and
-                         str(table.get_cell(str(project.id), "deployed")) == "↺ 1111111",
-                         what="the deployed commit, marked a redeploy")
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen), what="project")
+        await deployed_now(pilot, project, "↺ 1111111")  # marked a redeploy
+        await open_project(pilot)
         hist = app.screen.query_one("#history", DataTable)
         await wait_until(pilot, lambda: hist.row_count == 3, what="the history")
         rows = [r.split(" | ") for r in table_text(hist)]
@@ -236,32 +213,22 @@ async def test_history_shows_each_jobs_deployed_commit_and_its_redeploys(
         await pilot.press("down", "down")  # the first deploy: the one a redeploy runs
         await wait_until(pilot, lambda: "redeploy of" not in str(log_title.render()),
                          what="the first deploy's log")
-        await pilot.press("r")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        shown = confirm_text(app)
+        shown = await modal_text(pilot, "r")
         assert "Redeploy my-app at 1111111?" in shown and "$(git" not in shown
         await pilot.press("n")
 
 
 async def test_y_rolls_back_to_the_commit_the_modal_named(
-    core: Deployster, project_dir: Path
+    core: Deployster, two_deploys: tuple[Project, Job, Job]
 ) -> None:
     """A deploy of a third commit completes while the modal is open: y still
     goes back to the commit the operator read, not to what a rollback asked
     for now would choose (the one deployed before the third)."""
-    project = await core.projects.add(str(project_dir))
-    older = past_job(project, 1, commit="1111aaa", deployed_sha=SHA_OLD)
-    newer = past_job(project, 2, commit="2222bbb", deployed_sha=SHA_NEW)
-    await in_history(core, older, newer)
+    project, older, _ = two_deploys
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and
-                         str(table.get_cell(str(project.id), "deployed")) == "2222222",
-                         what="the deployed commit")
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="modal")
-        assert "back from 2222222 to 1111111?" in confirm_text(app)
+        await deployed_now(pilot, project, "2222222")
+        assert "back from 2222222 to 1111111?" in await modal_text(pilot, "b")
         await in_history(core, past_job(project, 3, commit="3333ccc"))
         await pilot.press("y")
         await wait_until(pilot, lambda: any("queued job" in n for n in notes(app)),
@@ -281,13 +248,9 @@ async def test_a_second_identical_redeploy_names_the_job_already_waiting(
     await in_history(core, past_job(project, 1, commit="1111aaa", deployed_sha=SHA_OLD))
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
-                         what="the last deploy")
+        await projects(pilot, showing="✔")  # the last deploy
         for _ in range(2):
-            await pilot.press("r")
-            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen),
-                             what="modal")
+            await modal_text(pilot, "r")
             await pilot.press("y")
             await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen),
                              what="closed")
@@ -308,9 +271,7 @@ async def test_roll_back_is_in_the_keys_and_the_command_palette(
                      past_job(project, 2, commit="2222bbb"))
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        table = projects_table(app)
-        await wait_until(pilot, lambda: table.row_count == 1 and "✔" in table_text(table)[0],
-                         what="the last deploy")
+        await projects(pilot, showing="✔")  # the last deploy
         await pilot.press("question_mark")
         await wait_until(pilot, lambda: len(app.screen.query("#help-keys")) == 1, what="help")
         keys = str(app.screen.query_one("#help-keys", Static).render())
@@ -319,9 +280,7 @@ async def test_roll_back_is_in_the_keys_and_the_command_palette(
         await pilot.press("ctrl+p")
         await pilot.press(*"roll back")
         await pilot.pause(0.5)
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen),
-                         what="the rollback modal, from the palette")
-        assert "back from 2222bbb to 1111aaa?" in confirm_text(app)
+        # The palette's entry opens the rollback modal.
+        assert "back from 2222bbb to 1111aaa?" in await modal_text(pilot, "enter")
         await pilot.press("n")
     await nothing_queued(core, project)
