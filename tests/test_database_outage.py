@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
 from deployster import store
@@ -20,7 +20,7 @@ from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.databases import pg_admin_url
 from tests.helpers.deploys import deploy_body, wait_for_status
-from tests.helpers.server import start_server
+from tests.helpers.server import LiveServer, start_server
 
 needs_postgres = pytest.mark.skipif(
     not pg_admin_url(), reason="needs DEPLOYSTER_TEST_DATABASE_URL (PostgreSQL)"
@@ -45,30 +45,43 @@ async def _block(name: str) -> None:
     )
 
 
-@needs_postgres
-async def test_database_outage_gives_503_and_history_catches_up(
-    settings: Settings, any_database_url: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def pg_url(any_database_url: str) -> str:
+    """The test's own PostgreSQL database (the SQLite run is skipped)."""
     if not any_database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL only")
-    name = any_database_url.rsplit("/", 1)[1]
-    root = tmp_path / "apps"
-    app = root / "app"
-    app.mkdir(parents=True)
-    own = settings.with_overrides(database_url=any_database_url, allowed_roots=(root,))
+    return any_database_url
+
+
+@pytest.fixture
+async def warm(settings: Settings, pg_url: str, root: Path, project_dir: Path,
+               tmp_path: Path) -> AsyncIterator[tuple[Deployster, LiveServer]]:
+    """A core and a live server on ``pg_url`` (``root`` allowed; the project
+    ``project_dir``, outside it, registered). The server has deployed the
+    project once already: it has been serving, its project cache is warm."""
+    own = settings.with_overrides(database_url=pg_url, allowed_roots=(root,))
     core = await Deployster.open(own)
-    await core.projects.add(str(app))
+    await core.projects.add(str(project_dir))
     server = start_server(own, tmp_path / "server.log")
     try:
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers,
-                                     timeout=30) as client:
-            # A server that has been serving: its project cache is warm.
-            warm = (await client.post("/deploy", json=deploy_body(app, "echo warm"))).json()
-            deadline = time.monotonic() + 30
-            while (await client.get(f"/status/{warm['job_id']}")).json()["status"] != "complete":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        async with server.client() as client:
+            first = (await client.post("/deploy", json=deploy_body(project_dir, "echo warm"))
+                     ).json()
+            assert (await wait_for_status(client, first["job_id"]))["status"] == "complete"
+        yield core, server
+    finally:
+        server.stop()
+        await core.close()
 
+
+@needs_postgres
+async def test_database_outage_gives_503_and_history_catches_up(
+    warm: tuple[Deployster, LiveServer], pg_url: str, root: Path, project_dir: Path
+) -> None:
+    core, server = warm
+    name = pg_url.rsplit("/", 1)[1]
+    try:
+        async with server.client() as client:
             await _block(name)
             health = await client.get("/healthz")
             assert health.status_code == 503
@@ -84,7 +97,7 @@ async def test_database_outage_gives_503_and_history_catches_up(
             assert await core.redis.keys(f"{core.keys.prefix}job:*") == jobs_before
 
             # A registered project still deploys (Redis holds the live state)...
-            reply = await client.post("/deploy", json=deploy_body(app, "echo during"))
+            reply = await client.post("/deploy", json=deploy_body(project_dir, "echo during"))
             assert reply.status_code == 200, reply.text
             job = reply.json()
             deadline = time.monotonic() + 30
@@ -111,63 +124,46 @@ async def test_database_outage_gives_503_and_history_catches_up(
         assert "Traceback" not in server.log()
     finally:
         await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        server.stop()
-        await core.close()
 
 
 @needs_postgres
 async def test_a_database_emptied_under_the_server_loses_no_finished_job(
-    settings: Settings, any_database_url: str, tmp_path: Path
+    warm: tuple[Deployster, LiveServer], pg_url: str, project_dir: Path
 ) -> None:
     """PostgreSQL dropped and created again empty while the server runs: health
     says the tables are missing instead of "ok", the server creates them again,
     and a job that finished meanwhile reaches the history (it was dropped, with
     a warning, as a row the database refused)."""
-    if not any_database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only")
-    name = any_database_url.rsplit("/", 1)[1]
-    app = tmp_path / "app"
-    app.mkdir()
-    own = settings.with_overrides(database_url=any_database_url)
-    core = await Deployster.open(own)
-    await core.projects.add(str(app))
-    server = start_server(own, tmp_path / "server.log")
-    try:
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers,
-                                     timeout=30) as client:
-            # A server that has been serving: its project cache is warm.
-            warm = (await client.post("/deploy", json=deploy_body(app, "echo warm"))).json()
-            assert (await wait_for_status(client, warm["job_id"]))["status"] == "complete"
-            await core.db.disconnect()
-            await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
-            await _admin(f'CREATE DATABASE "{name}"')
-            # Health reads the schema, not only the connection (the server
-            # re-creates the tables within seconds: catch it while it may).
-            health = (await client.get("/healthz")).json()
-            assert health["database"] == "ok" or "tables are missing" in health["database"], health
-            reply = await client.post("/deploy", json=deploy_body(app, "echo after-the-drop"))
-            assert reply.status_code == 200, reply.text
-            job_id = reply.json()["job_id"]
-            await core.db.connect()
-            deadline = time.monotonic() + 60
-            row = None
-            while time.monotonic() < deadline:
-                try:
-                    row = await store.select_deployment(core.db, job_id)
-                except Exception:  # the tables may not be back yet
-                    row = None
-                if row is not None and row.status.value == "complete":
-                    break
-                await asyncio.sleep(0.2)
-            assert row is not None and row.status.value == "complete", row
-            log = await store.select_deployment_log(core.db, job_id)
-            assert log is not None and "after-the-drop\n" in log
-            assert (await client.get("/healthz")).json()["database"] == "ok"
-        assert "cannot be stored, left out" not in server.log()
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
-        await core.close()
+    core, server = warm
+    name = pg_url.rsplit("/", 1)[1]
+    async with server.client() as client:
+        await core.db.disconnect()
+        await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await _admin(f'CREATE DATABASE "{name}"')
+        # Health reads the schema, not only the connection (the server
+        # re-creates the tables within seconds: catch it while it may).
+        health = (await client.get("/healthz")).json()
+        assert health["database"] == "ok" or "tables are missing" in health["database"], health
+        reply = await client.post("/deploy", json=deploy_body(project_dir, "echo after-the-drop"))
+        assert reply.status_code == 200, reply.text
+        job_id = reply.json()["job_id"]
+        await core.db.connect()
+        deadline = time.monotonic() + 60
+        row = None
+        while time.monotonic() < deadline:
+            try:
+                row = await store.select_deployment(core.db, job_id)
+            except Exception:  # the tables may not be back yet
+                row = None
+            if row is not None and row.status.value == "complete":
+                break
+            await asyncio.sleep(0.2)
+        assert row is not None and row.status.value == "complete", row
+        log = await store.select_deployment_log(core.db, job_id)
+        assert log is not None and "after-the-drop\n" in log
+        assert (await client.get("/healthz")).json()["database"] == "ok"
+    assert "cannot be stored, left out" not in server.log()
+    assert "Traceback" not in server.log()
 
 
 async def test_health_reads_the_schema_not_only_the_connection(core: Deployster) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployster.models import Project
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body, history_row, wait_for_status
@@ -78,6 +79,18 @@ async def deploy(client: httpx.AsyncClient, payload: dict[str, object]) -> dict[
     assert reply.status_code == 200, reply.text
     final = await wait_for_status(client, reply.json()["job_id"], timeout=60)
     return {**final, "job_id": reply.json()["job_id"]}
+
+
+async def deploy_v2_then_v3(
+    core: Deployster, client: httpx.AsyncClient, repos: Repos
+) -> tuple[Project, dict[str, object], dict[str, object], str, str]:
+    """Register the app, push two new commits and deploy them one after the
+    other: the project, the final status of each deploy, the commits (v2, v3)."""
+    project = await core.projects.add(str(repos.app))
+    v2, v3 = repos.commit("v2"), repos.commit("v3")
+    first = await deploy(client, body(repos.app, v2, "true"))
+    second = await deploy(client, body(repos.app, v3, "true"))
+    return project, first, second, v2, v3
 
 
 async def test_the_guides_workflow_deploys_the_new_commit_without_a_git_command(
@@ -236,11 +249,8 @@ async def test_the_history_keeps_the_deployed_commit(
 async def test_a_rollback_restores_the_previous_commits_files(
     core: Deployster, live: LiveServer, repos: Repos
 ) -> None:
-    project = await core.projects.add(str(repos.app))
-    v2, v3 = repos.commit("v2"), repos.commit("v3")
     async with live.client() as client:
-        first = await deploy(client, body(repos.app, v2, "true"))
-        second = await deploy(client, body(repos.app, v3, "true"))
+        project, first, second, v2, v3 = await deploy_v2_then_v3(core, client, repos)
         assert (repos.app / "app.txt").read_text() == "v3"
         reply = await client.post(f"/projects/{project.name}/rollback")
         assert reply.status_code == 200, reply.text
@@ -261,11 +271,8 @@ async def test_a_rollback_restores_the_previous_commits_files(
 async def test_redeploy_and_rollback_from_the_cli(
     core: Deployster, live: LiveServer, repos: Repos
 ) -> None:
-    project = await core.projects.add(str(repos.app))
-    v2, v3 = repos.commit("v2"), repos.commit("v3")
     async with live.client() as client:
-        first = await deploy(client, body(repos.app, v2, "true"))
-        await deploy(client, body(repos.app, v3, "true"))
+        project, first, _, v2, v3 = await deploy_v2_then_v3(core, client, repos)
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "deployster", "rollback", project.name, "--to",
             str(first["job_id"]), env=live.env, stdout=asyncio.subprocess.PIPE,

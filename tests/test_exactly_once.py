@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from deployster.models import JobStatus
 from deployster.redis_scripts import CANCEL, CLAIM, ENQUEUE, FINISH, STATUS_READ
@@ -44,14 +45,20 @@ async def finish_within(client: httpx.AsyncClient, job_id: str, seconds: float =
         return "never"
 
 
+@pytest.fixture
+async def served(core: Deployster, proxied: tuple[LiveServer, RedisProxy],
+                 project_dir: Path) -> tuple[LiveServer, RedisProxy]:
+    """The server behind the Redis proxy, with ``project_dir`` registered
+    (default lock TTL: 600 s)."""
+    await core.projects.add(str(project_dir))
+    return proxied
+
+
 async def test_a_lost_reply_to_the_hand_off_neither_strands_nor_repeats_the_next_job(
-    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
-    tmp_path: Path,
+    served: tuple[LiveServer, RedisProxy], project_dir: Path, tmp_path: Path
 ) -> None:
-    live, proxy = proxied
-    await core.projects.add(str(project_dir))  # default lock TTL: 600 s
+    live, proxy = served
     record, gate = tmp_path / "ran", tmp_path / "gate"
-    finish = script(FINISH.source)
     async with live.client() as client:
         for trial in range(TRIALS):
             gate.unlink(missing_ok=True)
@@ -61,7 +68,7 @@ async def test_a_lost_reply_to_the_hand_off_neither_strands_nor_repeats_the_next
             second = (await client.post("/deploy", json=deploy_body(
                 project_dir, f"echo b{trial} >> {record}", commit=f"b{trial}"))).json()
             assert second.get("queued"), second
-            trap = proxy.lose_reply(finish)  # A's end: recorded, its reply lost
+            trap = proxy.lose_reply(script(FINISH.source))  # A's end: recorded, its reply lost
             gate.touch()
             assert await asyncio.to_thread(trap.wait, 20), "the finish script never ran"
             assert await finish_within(client, first) == "complete"
@@ -71,16 +78,13 @@ async def test_a_lost_reply_to_the_hand_off_neither_strands_nor_repeats_the_next
 
 
 async def test_a_lost_reply_to_the_enqueue_on_an_idle_project_starts_the_job_at_once(
-    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
-    tmp_path: Path,
+    served: tuple[LiveServer, RedisProxy], project_dir: Path, tmp_path: Path
 ) -> None:
-    live, proxy = proxied
-    await core.projects.add(str(project_dir))
+    live, proxy = served
     record = tmp_path / "ran"
-    enqueue = script(ENQUEUE.source)
     async with live.client() as client:
         for trial in range(TRIALS):
-            trap = proxy.lose_reply(enqueue)
+            trap = proxy.lose_reply(script(ENQUEUE.source))
             reply = await client.post("/deploy", json=deploy_body(
                 project_dir, f"echo j{trial} >> {record}", commit=f"c{trial}"))
             assert trap.fired
@@ -92,18 +96,16 @@ async def test_a_lost_reply_to_the_enqueue_on_an_idle_project_starts_the_job_at_
 
 
 async def test_a_lost_reply_to_a_claim_still_runs_the_job_once(
-    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
+    core: Deployster, served: tuple[LiveServer, RedisProxy], project_dir: Path,
     tmp_path: Path,
 ) -> None:
     """A job queued by someone who runs no dispatcher (the dashboard's
     redeploy) is claimed by the server through the claim script."""
-    live, proxy = proxied
-    await core.projects.add(str(project_dir))
+    live, proxy = served
     record = tmp_path / "ran"
-    claim = script(CLAIM.source)
     async with live.client() as client:
         for trial in range(TRIALS):
-            trap = proxy.lose_reply(claim)
+            trap = proxy.lose_reply(script(CLAIM.source))
             result = await core.submit(DeployRequest(
                 cd=str(project_dir), commands=deploy_body(
                     project_dir, f"echo q{trial} >> {record}")["commands"],  # type: ignore[arg-type]
@@ -114,11 +116,9 @@ async def test_a_lost_reply_to_a_claim_still_runs_the_job_once(
 
 
 async def test_a_lost_reply_to_a_cancel_still_answers_cancelled(
-    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
-    tmp_path: Path,
+    served: tuple[LiveServer, RedisProxy], project_dir: Path, tmp_path: Path
 ) -> None:
-    live, proxy = proxied
-    await core.projects.add(str(project_dir))
+    live, proxy = served
     gate = tmp_path / "gate"
     cancel = script(CANCEL.source)
     async with live.client() as client:
@@ -137,12 +137,11 @@ async def test_a_lost_reply_to_a_cancel_still_answers_cancelled(
 
 
 async def test_a_lost_reply_to_a_status_read_loses_and_repeats_no_line(
-    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
+    core: Deployster, served: tuple[LiveServer, RedisProxy], project_dir: Path,
 ) -> None:
     """The seed's /status moves a cursor: a read whose reply was lost must not
     have moved it for good, or the client never sees those lines."""
-    live, proxy = proxied
-    await core.projects.add(str(project_dir))
+    live, proxy = served
     status_read = script(STATUS_READ.source)
     printer = "for i in $(seq 1 60); do echo line-$i; sleep 0.05; done"
     async with live.client() as client:
@@ -167,14 +166,12 @@ async def test_a_lost_reply_to_a_status_read_loses_and_repeats_no_line(
 
 
 async def test_a_job_whose_start_meets_a_redis_outage_starts_once_redis_answers(
-    core: Deployster, proxied: tuple[LiveServer, RedisProxy], project_dir: Path,
-    tmp_path: Path,
+    served: tuple[LiveServer, RedisProxy], project_dir: Path, tmp_path: Path
 ) -> None:
     """The enqueue claimed the job for this server; reading its record to start
     it fails (every reply lost for 2 s). It must start once Redis answers, not
     sit "running" with no process until its 600 s lock expires."""
-    live, proxy = proxied
-    await core.projects.add(str(project_dir))
+    live, proxy = served
     record = tmp_path / "ran"
     async with live.client() as client:
         window = proxy.lose_replies(command("HGETALL"), 2.0)

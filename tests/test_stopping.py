@@ -63,21 +63,35 @@ async def until_gone(pid: int, timeout: float = 10) -> None:
     raise AssertionError(f"pid {pid} still alive after {timeout}s")
 
 
+async def run_the_handler(settings: Settings, core: Deployster, project_dir: Path,
+                          tmp_path: Path, *, cleanup: float, grace: float,
+                          timeout: float | None = None) -> dict[str, object]:
+    """Deploy the worker that needs ``cleanup`` seconds after SIGTERM (as
+    ``project_dir``, registered with ``timeout``) on a server whose kill grace
+    is ``grace`` seconds. Without a timeout to stop it, the job is cancelled
+    once the worker is ready (its handler set). Returns the final /status
+    reply; the worker's pid stays in ``project_dir / "ready"``."""
+    command = write_handler(project_dir, cleanup)
+    await core.projects.add(str(project_dir), timeout=timeout)
+    for live in serving(settings, tmp_path, DEPLOYSTER_KILL_GRACE=str(grace)):
+        async with live.client() as client:
+            job = (await client.post("/deploy", json=deploy_body(project_dir, command))).json()
+            if timeout is None:
+                await wait_for_file(project_dir / "ready")
+                reply = await client.post(f"/jobs/{job['job_id']}/cancel")
+                assert reply.status_code == 200, reply.text
+            final = await wait_for_status(client, job["job_id"])
+    return final
+
+
 # ------------------------------------------------------------- the grace
 
 
 async def test_cancel_gives_the_whole_group_the_grace_before_sigkill(
     settings: Settings, core: Deployster, project_dir: Path, tmp_path: Path
 ) -> None:
-    command = write_handler(project_dir, cleanup=2)
-    await core.projects.add(str(project_dir))
-    for live in serving(settings, tmp_path, DEPLOYSTER_KILL_GRACE="10"):
-        async with live.client() as client:
-            job = (await client.post("/deploy", json=deploy_body(project_dir, command))).json()
-            pid = int(await wait_for_file(project_dir / "ready"))
-            reply = await client.post(f"/jobs/{job['job_id']}/cancel")
-            assert reply.status_code == 200, reply.text
-            final = await wait_for_status(client, job["job_id"])
+    final = await run_the_handler(settings, core, project_dir, tmp_path, cleanup=2, grace=10)
+    pid = int((project_dir / "ready").read_text())
     assert (final["status"], final["reason"]) == ("failed", "cancelled")
     # The handler ran to its end: two seconds after SIGTERM, not killed at 0.1 s.
     assert (project_dir / "cleaned").read_text() == "clean"
@@ -93,12 +107,8 @@ async def test_cancel_gives_the_whole_group_the_grace_before_sigkill(
 async def test_a_timeout_gives_the_grace_too(
     settings: Settings, core: Deployster, project_dir: Path, tmp_path: Path
 ) -> None:
-    command = write_handler(project_dir, cleanup=1.5)
-    await core.projects.add(str(project_dir), timeout=1)
-    for live in serving(settings, tmp_path, DEPLOYSTER_KILL_GRACE="10"):
-        async with live.client() as client:
-            job = (await client.post("/deploy", json=deploy_body(project_dir, command))).json()
-            final = await wait_for_status(client, job["job_id"])
+    final = await run_the_handler(settings, core, project_dir, tmp_path, cleanup=1.5, grace=10,
+                                  timeout=1)
     assert (final["status"], final["reason"]) == ("failed", "timed_out")
     assert (project_dir / "cleaned").read_text() == "clean"
     log = str(final["logs"])
@@ -110,14 +120,8 @@ async def test_a_timeout_gives_the_grace_too(
 async def test_past_the_grace_what_is_left_gets_sigkill_and_the_log_names_it(
     settings: Settings, core: Deployster, project_dir: Path, tmp_path: Path
 ) -> None:
-    command = write_handler(project_dir, cleanup=60)
-    await core.projects.add(str(project_dir))
-    for live in serving(settings, tmp_path, DEPLOYSTER_KILL_GRACE="1"):
-        async with live.client() as client:
-            job = (await client.post("/deploy", json=deploy_body(project_dir, command))).json()
-            pid = int(await wait_for_file(project_dir / "ready"))
-            await client.post(f"/jobs/{job['job_id']}/cancel")
-            final = await wait_for_status(client, job["job_id"])
+    final = await run_the_handler(settings, core, project_dir, tmp_path, cleanup=60, grace=1)
+    pid = int((project_dir / "ready").read_text())
     log = str(final["logs"])
     assert re.search(rf"\[deployster\] still running 1s after SIGTERM: pid {pid} "
                      r"\([^)]*python3 handler\.py\); sent SIGKILL\n", log), log
