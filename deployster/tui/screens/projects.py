@@ -109,15 +109,21 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> dict[str, Any]:
-    if row.lock_owner is None:
-        lock: Text | str = DASH
-    elif compact:
-        lock = Text(short_id(row.lock_owner), style="bold red" if row.stale else "")
-    elif row.stale:
-        lock = Text.assemble(short_id(row.lock_owner) + " ", ("STALE", "bold reverse red"))
-    else:
-        lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
+CLOCK_COLUMNS = ("ttl", "heartbeat", "running", "last")  # what moves with time alone
+
+
+@lru_cache(maxsize=1024)
+def _last_cell(status: JobStatus, when: str) -> Text:
+    """The last deploy's cell: its outcome and age (made once a text: the
+    ages of every ticking row are built each second; never mutated)."""
+    ok = status is JobStatus.COMPLETE
+    return Text.assemble((GLYPH[status], "green" if ok else "red"), f" {when}")
+
+
+def clock_cells(row: ProjectRow, since_fetch: float, *,
+                compact: bool = False) -> dict[str, Any]:
+    """The cells of ``row_cells`` whose text moves with time (``CLOCK_COLUMNS``):
+    the rest changes only with the row's facts."""
     job = row.running
     if job is not None and job.status is JobStatus.RUNNING:
         # Elapsed first: a long ref name is what gets cut, not the clock.
@@ -130,20 +136,32 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> 
     if row.last is None:
         last: Text | str = DASH
     else:
-        ok = row.last.status is JobStatus.COMPLETE
         when = ago(row.last.finished_at or row.last.started_at)
-        last = Text.assemble((GLYPH[row.last.status], "green" if ok else "red"),
-                             f" {when.removesuffix(' ago') if compact else when}")
+        last = _last_cell(row.last.status, when.removesuffix(" ago") if compact else when)
+    return {
+        "ttl": ttl_text(row, since_fetch),
+        "heartbeat": heartbeat_text(row, since_fetch),
+        "running": running,
+        "last": last,
+    }
+
+
+def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> dict[str, Any]:
+    if row.lock_owner is None:
+        lock: Text | str = DASH
+    elif compact:
+        lock = Text(short_id(row.lock_owner), style="bold red" if row.stale else "")
+    elif row.stale:
+        lock = Text.assemble(short_id(row.lock_owner) + " ", ("STALE", "bold reverse red"))
+    else:
+        lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
     name = _clip(row.project.name, COMPACT_NAME_WIDTH if compact else NAME_WIDTH)
     return {
         "name": Text(name, style="bold"),
         "path": Text(short_path(row.project.path)),  # a directory may hold "[/x]"
         "lock": lock,
-        "ttl": ttl_text(row, since_fetch),
-        "heartbeat": heartbeat_text(row, since_fetch),
-        "running": running,
+        **clock_cells(row, since_fetch, compact=compact),
         "queue": str(row.queue_length) if row.queue_length else "0",
-        "last": last,
         # The newest complete job's commit (↺: it was a redeploy or rollback).
         "deployed": commit_cell(row.deployed) if row.deployed else DASH,
     }
@@ -175,6 +193,10 @@ class ProjectsScreen(CoreScreen):
         self._shown: dict[str, ProjectRow] = {}
         self._cells: dict[str, dict[str, Any]] = {}
         self._facts: dict[str, tuple[object, ...]] = {}
+        # What the rows on screen were drawn from (the overview, filter and
+        # sort): while it holds, a tick redraws the rows in ``_ticking`` only.
+        self._drawn: tuple[object, ...] = ()
+        self._ticking: list[tuple[str, ProjectRow]] = []
         self._tick = 0
         self.compact = False  # the narrow layout (set from the screen's width)
 
@@ -204,7 +226,7 @@ class ProjectsScreen(CoreScreen):
             table = self.table
             table.clear(columns=True)
             self._add_columns(table)
-            self._keys, self._cells, self._facts = [], {}, {}
+            self._keys, self._cells, self._facts, self._drawn = [], {}, {}, ()
             self.render_rows()
 
     @property
@@ -239,15 +261,21 @@ class ProjectsScreen(CoreScreen):
         shown = self.overview
         self._tick += clocks
         everything = clocks and self._tick % 60 == 1
-        self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
-                                        self.since_fetch())
-        rows = self.visible_rows()
         since_fetch = self.since_fetch()
+        self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
+                                        since_fetch)
+        drawn = (shown, self.filter_text, self.sort_column, self.sort_reverse)
+        if clocks and not everything and self._same_view(drawn):
+            # Time alone moved: the rows, their order and facts are as drawn.
+            self._tick_clocks(since_fetch)
+            return
+        rows = self.visible_rows()
         table = self.table
         keys = [str(r.project.id) for r in rows]
         self._shown = {str(r.project.id): r for r in rows}
         if keys == self._keys:
             # Only cells whose text changed: an idle project costs no redraw.
+            changes: list[tuple[str, str, Any]] = []
             for r in rows:
                 key = str(r.project.id)
                 facts = row_facts(r)
@@ -257,10 +285,10 @@ class ProjectsScreen(CoreScreen):
                 self._facts[key] = facts
                 cells = row_cells(r, since_fetch, compact=self.compact)
                 old = self._cells.get(key, {})
-                for column, value in cells.items():
-                    if old.get(column) != value:
-                        table.update_cell(key, column, value)
+                changes += [(key, column, value) for column, value in cells.items()
+                            if old.get(column) != value]
                 self._cells[key] = cells
+            table.update_cells(changes)
         else:
             selected = self.selected_key()
             table.clear()
@@ -274,7 +302,33 @@ class ProjectsScreen(CoreScreen):
             self._keys = keys
             if selected in keys:
                 table.move_cursor(row=keys.index(selected), animate=False)
+        # A row that does not tick now never will until its facts change (a
+        # deploy only gets older): a new overview draws it again.
+        self._ticking = [(str(r.project.id), r) for r in rows if ticking(r)]
+        self._drawn = drawn
         self._label_columns()
+
+    def _same_view(self, drawn: tuple[object, ...]) -> bool:
+        """Whether ``drawn`` (overview, filter, sort) is what is on screen."""
+        old = self._drawn
+        return bool(old) and old[0] is drawn[0] and old[1:] == drawn[1:]
+
+    def _tick_clocks(self, since_fetch: float) -> None:
+        """Redraw the clocks (``CLOCK_COLUMNS``) of the rows that tick, the
+        cells whose text changed only."""
+        still = []
+        changes: list[tuple[str, str, Any]] = []
+        for key, row in self._ticking:
+            if not ticking(row):
+                continue
+            still.append((key, row))
+            cells = self._cells[key]
+            for column, value in clock_cells(row, since_fetch, compact=self.compact).items():
+                if cells[column] is not value and cells[column] != value:
+                    cells[column] = value
+                    changes.append((key, column, value))
+        self._ticking = still
+        self.table.update_cells(changes)
 
     def _label_columns(self) -> None:
         table = self.table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 from rich.text import Text
 from textual.widget import Widget
@@ -15,13 +16,23 @@ from ..format import duration
 OLD_DATA = 3.0
 
 
-def summary(rows: list[ProjectRow], health: dict[str, str], now: datetime,
-            age: float = 0.0) -> Text:
+class Counts(NamedTuple):
+    """What the line counts over every project's row."""
+
+    projects: int
+    running: int  # locks held
+    queued: int
+    stale: int
+
+    @classmethod
+    def of(cls, rows: list[ProjectRow]) -> Counts:
+        return cls(len(rows), sum(1 for r in rows if r.lock_owner is not None),
+                   sum(r.queue_length for r in rows), sum(1 for r in rows if r.stale))
+
+
+def summary(counts: Counts, health: dict[str, str], now: datetime, age: float = 0.0) -> Text:
     """Health first: on an 80-column terminal what is cut is the end of the
     line, and "redis down" must never be what goes."""
-    running = sum(1 for r in rows if r.lock_owner is not None)
-    queued = sum(r.queue_length for r in rows)
-    stale = sum(1 for r in rows if r.stale)
     text = Text.assemble((" deployster ", "bold reverse"), " ")
     for label, key in (("redis", "redis"), ("db", "database")):
         state = health.get(key, "…")
@@ -29,10 +40,11 @@ def summary(rows: list[ProjectRow], health: dict[str, str], now: datetime,
         text.append(" ·")
     if age > OLD_DATA:
         text.append(f" data from {duration(age)} ago ·", style="bold red")
-    projects = "project" if len(rows) == 1 else "projects"
-    text.append(f" {len(rows)} {projects} · {running} running · {queued} queued")
-    if stale:
-        text.append(f" · {stale} STALE", style="bold red")
+    projects = "project" if counts.projects == 1 else "projects"
+    text.append(f" {counts.projects} {projects} · {counts.running} running · "
+                f"{counts.queued} queued")
+    if counts.stale:
+        text.append(f" · {counts.stale} STALE", style="bold red")
     text.append(f"   {now:%H:%M:%S}")
     return text
 
@@ -44,13 +56,17 @@ class StatusLine(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.text = Text()
+        self._rows: list[ProjectRow] | None = None  # what ``_counts`` counted
+        self._counts = Counts(0, 0, 0, 0)
 
     def render(self) -> Text:
         return self.text
 
     def show(self, rows: list[ProjectRow], health: dict[str, str], now: datetime,
              age: float = 0.0) -> None:
-        text = summary(rows, health, now, age)
+        if rows is not self._rows:  # counted once a fetch, not once a tick
+            self._rows, self._counts = rows, Counts.of(rows)
+        text = summary(self._counts, health, now, age)
         if text != self.text:
             self.text = text
             self.refresh()
