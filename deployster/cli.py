@@ -21,9 +21,9 @@ from typing import Any
 
 from . import __version__, client
 from .control import completed_jobs, deployed_commit, redeploy, rollback
-from .errors import DeploysterError
+from .errors import Conflict, DeploysterError
 from .logreader import follow
-from .models import SOURCES
+from .models import SOURCES, JobStatus
 from .outages import RedisRefused, classify, describe
 from .printable import CONTINUATION, escape_controls
 from .projects import QUEUE_POLICIES
@@ -128,13 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     edit.set_defaults(handler=cmd_project_edit)
 
     lst = psub.add_parser("list", help="list registered projects")
-    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.add_argument("--json", action="store_true",
+                     help="print JSON: the objects of the API's GET /projects")
     lst.set_defaults(handler=cmd_project_list)
 
     show = psub.add_parser("show", help="show one project")
     show.add_argument("project", metavar="NAME|ID|PATH")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=cmd_project_show)
+
+    remove = psub.add_parser(
+        "remove", help="remove a project (refused while it has queued or running jobs, "
+                       "unless --force); its history is kept unless --drop-history",
+        description="Remove a project: its token stops working and deploys to its directory "
+                    "are refused (or, under DEPLOYSTER_ALLOWED_ROOTS, register it anew). Its "
+                    "deploys stay in the history ('deployster job list') unless "
+                    "--drop-history. Recorded as an audit event.")
+    remove.add_argument("project", metavar="NAME|ID|PATH")
+    remove.add_argument("--force", action="store_true",
+                        help="cancel its queued jobs and stop its running one (as 'job cancel' "
+                             "does), wait for it to end, then remove it")
+    remove.add_argument("--drop-history", action="store_true",
+                        help="also delete its deploys and their logs from the history")
+    remove.set_defaults(handler=cmd_project_remove)
 
     token = psub.add_parser(
         "token", help="create or rotate a project's API token (printed once), or --revoke it"
@@ -169,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
         "redeploy", help="queue a job again: its commands, ref and the very commit it deployed")
     jredeploy.add_argument("job_id")
     jredeploy.set_defaults(handler=cmd_job_redeploy)
+
+    unlock = sub.add_parser(
+        "unlock", help="release a project's deploy lock (shows the holder, asks first)",
+        description="Release a project's deploy lock, as the dashboard's 'u' does: only if "
+                    "the holder shown still holds it (compare-and-set), recorded as an audit "
+                    "event; the queue is woken so that a running server starts the next job. "
+                    "A holder still running ends lock_lost.")
+    unlock.add_argument("project", metavar="NAME|ID|PATH")
+    unlock.add_argument("-y", "--yes", action="store_true",
+                        help="do not ask: release it if the holder shown still holds it")
+    unlock.set_defaults(handler=cmd_unlock)
 
     back = sub.add_parser(
         "rollback", help="redeploy the newest complete deploy of another commit than the one "
@@ -395,17 +422,50 @@ def cmd_project_edit(args: argparse.Namespace) -> int:
     return asyncio.run(_with_core(_settings(), body))
 
 
+# The most terminal cells a list shows of a value (the rest is cut, "…"): a
+# long name or ref must not push every later column off the screen.
+NAME_CAP = 32
+REF_CAP = 40
+
+
 def cmd_project_list(args: argparse.Namespace) -> int:
+    from .overview import project_summaries
+    from .table import Column, render
+
     async def body(core: Deployster) -> int:
-        projects = await core.projects.all()
+        projects = await project_summaries(core)
         if args.json:
-            print(json.dumps([p.to_dict() for p in projects], indent=2))
+            print(json.dumps(projects, indent=2))
         elif not projects:
             print("no projects yet: register one with 'deployster project add PATH'")
         else:
-            width = max(len(p.name) for p in projects)
-            for p in projects:
-                print(f"{p.id:>4}  {p.name:<{width}}  {p.path}")
+            columns = [Column("ID", right=True), Column("NAME", NAME_CAP),
+                       Column("QUEUED", right=True), Column("RUNNING"),
+                       Column("DEPLOYED"), Column("PATH")]
+            rows = [[str(p["id"]), p["name"], str(p["queue_length"]), p["running_job"] or "-",
+                     (p["deployed_commit"] or "-")[:12], escape_controls(p["path"])]
+                    for p in projects]
+            print("\n".join(render(columns, rows)))
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_project_remove(args: argparse.Namespace) -> int:
+    from .control import remove_project
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project)
+        done = await remove_project(core, project, force=args.force,
+                                    drop_history=args.drop_history,
+                                    actor=f"cli:{getpass.getuser()}")
+        for job_id in done.cancelled:
+            print(f"cancelled job {job_id}")
+        if done.dropped is None:
+            history = "its deploys stay in the history ('deployster job list')"
+        else:
+            history = f"{done.dropped} deploy(s) deleted from the history"
+        print(f"removed project {project.name!r} (id {project.id}); {history}")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -461,6 +521,7 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
 
 def cmd_job_list(args: argparse.Namespace) -> int:
     from . import store
+    from .table import Column, render
 
     async def body(core: Deployster) -> int:
         project = await core.projects.find(args.project) if args.project else None
@@ -471,20 +532,22 @@ def cmd_job_list(args: argparse.Namespace) -> int:
         live = {j.id: j for j in await core.jobs.get_many([j.id for j in rows])}
         jobs = [live.get(j.id, j) for j in rows]
         if args.json:
-            # Commands may hold secrets: 'job show' prints them masked.
-            print(json.dumps([{k: v for k, v in j.to_dict().items() if k != "commands"}
-                              for j in jobs], indent=2))
+            # GET /jobs/<id>'s fields but the commands (they may hold secrets:
+            # 'job show' prints them masked), position and log_bytes (a read each).
+            print(json.dumps([{**{k: v for k, v in j.to_dict().items() if k != "commands"},
+                               "commands_masked": j.commands_masked} for j in jobs],
+                             indent=2))
             return 0
         if not jobs:
             print(f"no deploys yet{f' of {project.name}' if project else ''}")
             return 0
-        width = max(len(j.project) for j in jobs)
-        for j in jobs:
-            state = j.status.value + (f" ({j.reason})" if j.reason else "")
-            when = j.started_at or j.queued_at or ""
-            print(f"{j.id}  {j.project:<{width}}  {state:<24}  "
-                  f"{escape_controls(j.commit_hash[:7]):<7}  {escape_controls(j.ref_name)}  "
-                  f"{when}")
+        columns = [Column("JOB"), Column("PROJECT", NAME_CAP), Column("STATUS"),
+                   Column("COMMIT"), Column("REF", REF_CAP), Column("QUEUED AT"),
+                   Column("STARTED AT")]
+        table = [[j.id, j.project, j.status.value + (f" ({j.reason})" if j.reason else ""),
+                 escape_controls(j.commit_hash[:7]) or "-", escape_controls(j.ref_name) or "-",
+                 j.queued_at or "-", j.started_at or "-"] for j in jobs]
+        print("\n".join(render(columns, table)))
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -525,6 +588,90 @@ def cmd_job_logs(args: argparse.Namespace) -> int:
                 out.flush()
             if part.at_end and not args.follow:
                 break
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read one line of stdin (a pipe works too: ``echo y |``);
+    no answer (end of input) is no."""
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        answer, echoed = sys.stdin.readline(), sys.stdin.isatty()
+    except (AttributeError, ValueError):  # no stdin (closed, or None)
+        answer, echoed = "", False
+    if not echoed:  # a terminal echoed the answer; say what a pipe gave
+        print(answer.strip(), file=sys.stderr)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _span(seconds: float) -> str:
+    """A duration for a person: 4.2s, 9m 41s, 2h 05m."""
+    if seconds < 60:
+        return f"{max(seconds, 0):.1f}s"
+    minutes = int(seconds) // 60
+    if minutes < 60:
+        return f"{minutes}m {int(seconds) % 60:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _lock_facts(row: Any, queued: list[str]) -> list[str]:
+    """What the operator must know before releasing a lock: who holds it, for
+    how long still, whether that job still runs, and what waits behind it."""
+    job = row.running
+    if row.lock_ttl_ms is not None and row.lock_ttl_ms < 0:
+        ttl = "no expiry"
+    else:
+        ttl = f"{_span((row.lock_ttl_ms or 0) / 1000)} left"
+    beat = "none" if row.heartbeat_age is None else f"{_span(row.heartbeat_age)} ago"
+    if job is None:
+        holder = "no live job record: nobody is running it"
+    elif job.status is not JobStatus.RUNNING:
+        holder = f"not running (the job is {job.status.value})"
+    elif row.stale:
+        holder = "marked running, but its heartbeat stopped: its runner is likely gone"
+    else:
+        holder = "still running: its heartbeat is fresh"
+    shown = ", ".join(queued[:5]) + (", …" if len(queued) > 5 else "")
+    return [
+        f"project:    {row.project.name} ({escape_controls(row.project.path)})",
+        f"holder:     {row.lock_owner}",
+        f"TTL:        {ttl}",
+        f"heartbeat:  {beat}{' (STALE)' if row.stale else ''}",
+        f"owning job: {holder}",
+        f"queued:     {len(queued)} job(s) waiting" + (f": {shown}" if queued else ""),
+    ]
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from .control import release_lock
+    from .overview import project_rows
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project)
+        row = next((r for r in await project_rows(core, last={}) if r.project.id == project.id),
+                   None)
+        if row is None or row.lock_owner is None:
+            raise Conflict(f"project {project.name!r} is not locked: nothing to release",
+                           code="not_locked")
+        owner = row.lock_owner
+        print("\n".join(_lock_facts(row, await core.queue.queued_ids(project.id))))
+        if row.running is not None and row.running.status is JobStatus.RUNNING \
+                and not row.stale:
+            print("warning:    the holder is alive and renewing its lock; releasing it ends "
+                  "that job (lock_lost) and lets the next one start")
+        print(f"Releasing frees the lock only if {owner} still holds it (compare-and-set: a "
+              "newer lock is never deleted), records an audit event and wakes the queue, so a "
+              "running server starts the next queued job.")
+        sys.stdout.flush()
+        if not args.yes and not _confirm(f"Release {project.name}'s deploy lock? [y/N] "):
+            print("deployster: not released (answer y, or pass --yes)", file=sys.stderr)
+            return 1
+        if not await release_lock(core, project.id, owner, actor=f"cli:{getpass.getuser()}"):
+            raise Conflict(f"{project.name}'s lock was not released: {owner} no longer holds "
+                           "it (nothing changed)", code="lock_moved")
+        print(f"released {project.name}'s lock (was held by {owner})")
         return 0
 
     return asyncio.run(_with_core(_settings(), body))

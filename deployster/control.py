@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import cast
 
-from . import store
+from . import events, store
 from .access import Principal
 from .errors import Conflict, NotFound
 from .models import Job, JobStatus, Project, Reason
@@ -77,6 +78,148 @@ async def release_lock(
                 "holder_now": state.owner if not released else None},
     )
     return released
+
+
+# Seconds a stopped job's processes get to exit on top of DEPLOYSTER_KILL_GRACE
+# (SIGTERM, the grace, SIGKILL, then seen gone) before a forced removal gives up.
+STOP_MARGIN = 10.0
+# Seconds a history drop waits for the history writer to copy the project's
+# jobs that ended a moment ago: dropped first, they would be written back.
+DRAIN_WAIT = 5.0
+# Redis keys deleted per round trip when a history drop forgets job records.
+DELETE_BATCH = 500
+
+
+async def project_jobs(core: Deployster, project_id: int) -> tuple[list[Job], list[Job]]:
+    """The project's queued jobs, in queue order, and its running ones (those
+    in the running registry, and the lock's holder while its record says
+    running)."""
+    queued = [j for j in await core.jobs.get_many(await core.queue.queued_ids(project_id))
+              if j.status is JobStatus.QUEUED]
+    holder = (await core.lock.state(project_id)).owner
+    candidates = dict.fromkeys([*await core.jobs.running(), *([holder] if holder else [])])
+    running = [j for j in await core.jobs.get_many(list(candidates))
+               if j.project_id == project_id and j.status is JobStatus.RUNNING]
+    return queued, running
+
+
+def _jobs_text(queued: list[Job], running: list[Job]) -> str:
+    parts = []
+    if queued:
+        parts.append(f"{len(queued)} queued job{'s' if len(queued) != 1 else ''}")
+    if running:
+        parts.append(f"a running job ({', '.join(j.id for j in running)})")
+    return " and ".join(parts)
+
+
+async def _stop_jobs(
+    core: Deployster, jobs: list[Job], *, actor: str, wait: float
+) -> tuple[list[str], list[str]]:
+    """Cancel ``jobs`` as ``cancel_job`` does (an audit event each), then wait
+    up to ``wait`` seconds for the running ones to end. Returns (the ids
+    cancelled, the ids still running). A job that ended meanwhile is skipped."""
+    cancelled: list[str] = []
+    for job in jobs:
+        try:
+            await cancel_job(core, job.id, actor=actor, wait=0)
+        except (Conflict, NotFound):
+            continue
+        cancelled.append(job.id)
+    pending = [j.id for j in jobs if j.status is JobStatus.RUNNING and j.id in cancelled]
+    deadline = time.monotonic() + wait
+    while pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        pending = [j.id for j in await core.jobs.get_many(pending) if not j.status.finished]
+    return cancelled, pending
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``remove_project`` did."""
+
+    project: Project
+    cancelled: list[str] = field(default_factory=list)  # job ids it cancelled
+    dropped: int | None = None  # deployments deleted from the history; None: kept
+
+
+async def remove_project(
+    core: Deployster, project: Project, *, force: bool = False, drop_history: bool = False,
+    actor: str = "admin",
+) -> Removal:
+    """Remove a project: its row (its token stops working at once), its live
+    state in Redis and, with ``drop_history``, its history; records an audit
+    event (``project.remove``).
+
+    A project with queued or running jobs raises ``Conflict``
+    (``project_busy``), nothing changed, unless ``force``: then its queued
+    jobs are cancelled and its running one stopped as ``cancel_job`` does
+    (each an audit event), and the removal waits up to the kill grace plus
+    ``STOP_MARGIN`` seconds for it to end; still running then, it raises
+    ``Conflict`` and the project stays (its cancels stand).
+
+    The history is kept by default: ``deployster job list`` still shows the
+    project's deploys, under its name.
+    """
+    queued, running = await project_jobs(core, project.id)
+    if (queued or running) and not force:
+        raise Conflict(
+            f"project {project.name!r} has {_jobs_text(queued, running)}; nothing was "
+            "removed. Wait for its jobs to end or cancel them, or remove it with --force "
+            "(which cancels them)", code="project_busy")
+    wait = core.settings.kill_grace + STOP_MARGIN
+    cancelled, still = await _stop_jobs(core, [*queued, *running], actor=actor, wait=wait)
+    if still:
+        raise Conflict(
+            f"job {still[0]} of project {project.name!r} was told to stop but still runs "
+            f"after {wait:g}s; the project was not removed (its queued jobs stay "
+            "cancelled): run the removal again once the job has ended", code="project_busy")
+    await core.projects.remove(project)
+    # A deploy accepted meanwhile by a server whose cache still held the
+    # project would only fail ``invalid``: it is cancelled now, and said so.
+    late_queued, late_running = await project_jobs(core, project.id)
+    late, _ = await _stop_jobs(core, [*late_queued, *late_running], actor=actor, wait=wait)
+    cancelled += late
+    holder = (await core.lock.state(project.id)).owner
+    if holder is not None:  # a holder that no longer runs (a stale lock)
+        await core.lock.release(project.id, holder)
+    await core.queue.forget(project.id)
+    dropped = await _drop_history(core, project.id) if drop_history else None
+    await store.insert_audit_event(
+        core.db, actor=actor, action="project.remove", project_id=project.id,
+        detail={"name": project.name, "path": project.path, "cancelled": cancelled,
+                "history": "kept" if dropped is None else "dropped",
+                "deployments_dropped": dropped},
+    )
+    return Removal(project, cancelled, dropped)
+
+
+async def _drop_history(core: Deployster, project_id: int) -> int:
+    """Delete the project's deployments from the history and their live
+    records and logs from Redis; returns how many jobs went.
+
+    A job that ended a moment ago (a cancel above) is copied to SQL by the
+    history writer of a running server within a second or so: deleted before
+    that, its row would be written back. So this first waits, up to
+    ``DRAIN_WAIT`` seconds, for the project's jobs to leave the ``dirty``
+    hash, then takes what is left there out of the writer's hands."""
+    deadline = time.monotonic() + DRAIN_WAIT
+    while True:
+        waiting = cast(list[str], await core.redis.hkeys(core.keys.dirty))
+        pending = [j.id for j in await core.jobs.get_many(waiting) if j.project_id == project_id]
+        if not pending or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    ids = sorted(set(await store.select_deployment_ids(core.db, project_id)) | set(pending))
+    for start in range(0, len(ids), DELETE_BATCH):
+        chunk = ids[start:start + DELETE_BATCH]
+        async with core.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(core.keys.dirty, *chunk)
+            pipe.delete(*(key for i in chunk for key in (core.keys.job(i), core.keys.log(i))))
+            await pipe.execute()
+    await store.delete_deployments(core.db, project_id)
+    if ids:  # a dashboard showing the history reads it again
+        await core.redis.publish(core.keys.feed, events.encode(events.HISTORY))
+    return len(ids)
 
 
 def redeploy_refusal(job: Job) -> Conflict | None:

@@ -468,6 +468,15 @@ class ProjectRegistry:
             raise UnknownProject(f"project {project.name!r} no longer exists")
         return updated
 
+    async def remove(self, project: Project) -> None:
+        """Delete the project's row and tell every process: its token stops
+        working at once (``by_token_hash`` checks the version), and a deploy to
+        its path is refused as for any unknown directory (or registers it anew
+        under ``DEPLOYSTER_ALLOWED_ROOTS``). Its jobs and history are the
+        caller's (``control.remove_project``)."""
+        await store.delete_project(self.db, project.id)
+        await self._bump()
+
     async def by_token_hash(self, token_hash: str) -> Project | None:
         """The project whose token hashes to ``token_hash``, never a revoked one.
 

@@ -135,3 +135,10 @@ class JobQueue:
     async def length(self, project_id: int) -> int:
         return cast(int, await self.redis.llen(self.keys.queue(project_id)))
 
+    async def forget(self, project_id: int) -> None:
+        """Delete what Redis keeps beside a removed project's queue: its
+        request signatures, fencing counter and last claimed job. Call it once
+        the project's jobs have ended: its queue, empty by then, is gone
+        already (Redis drops an empty key), and ``queues`` no longer names it."""
+        await self.redis.delete(self.keys.signatures(project_id), self.keys.fence(project_id),
+                                self.keys.current(project_id))

@@ -128,6 +128,18 @@ async def delete_project(db: Database, project_id: int) -> None:
     await db.execute("DELETE FROM projects WHERE id = :id", {"id": project_id})
 
 
+async def select_deployment_ids(db: Database, project_id: int) -> list[str]:
+    """Every deployment id the history holds for the project."""
+    rows = await db.fetch_all("SELECT id FROM deployments WHERE project_id = :p",
+                              {"p": project_id})
+    return [str(r["id"]) for r in rows]
+
+
+async def delete_deployments(db: Database, project_id: int) -> None:
+    """Delete the project's whole history (every deployment and its log)."""
+    await db.execute("DELETE FROM deployments WHERE project_id = :p", {"p": project_id})
+
+
 async def select_project(db: Database, project_id: int) -> Project | None:
     row = await db.fetch_one("SELECT * FROM projects WHERE id = :id", {"id": project_id})
     return _project_from_row(row) if row else None

@@ -25,19 +25,10 @@ from deployster.models import JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body, wait_for_file, wait_for_status
+from tests.helpers.processes import pid_gone
 from tests.helpers.server import LiveServer, register, start_server
 
 # ----------------------------------------------------------------- helpers
-
-
-def pid_gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie that init has not reaped yet."""
-    try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (ProcessLookupError, FileNotFoundError):
-        return True
-    return state == "Z"
 
 
 async def wait_until_gone(pid: int, timeout: float = 15) -> bool:

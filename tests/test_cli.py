@@ -6,6 +6,8 @@ mistake exactly one line on stderr, exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import hashlib
 import json
 import os
@@ -18,11 +20,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployster import store
 from deployster.access import TOKEN_PATTERN
-from deployster.service import Deployster
+from deployster.clock import iso
+from deployster.ids import new_job_id
+from deployster.models import Job, JobStatus
+from deployster.service import DeployRequest, Deployster
 from deployster.settings import Settings
+from deployster.table import cell_width
 from tests.helpers.cli import one_line_error
+from tests.helpers.deploys import deploy_body, history_row, wait_for_file
+from tests.helpers.locks import hold_lock
 from tests.helpers.paths import REPO
+from tests.helpers.processes import pid_gone
 from tests.helpers.server import LiveServer, free_port, settings_env
 
 RESTART = "supervisorctl restart my-app--main"
@@ -36,12 +46,14 @@ def env(settings: Settings) -> dict[str, str]:
 
 
 def deployster(
-    env: dict[str, str], *args: str, cwd: Path = REPO, timeout: float = 60
+    env: dict[str, str], *args: str, cwd: Path = REPO, timeout: float = 60,
+    answer: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """The command's result; ``answer``: what is typed on its stdin (else none)."""
     return subprocess.run(
         [sys.executable, "-m", "deployster", *args],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        **({"input": answer} if answer is not None else {"stdin": subprocess.DEVNULL}),
     )
 
 
@@ -73,8 +85,9 @@ def test_add_list_and_show_a_project(env: dict[str, str], project_dir: Path) -> 
     project_id = int(out.split("(id ", 1)[1].split(")", 1)[0])
 
     listed = ok(deployster(env, "project", "list")).splitlines()
-    assert len(listed) == 1
-    assert listed[0].split() == [str(project_id), "my-app", path]
+    assert [line.split() for line in listed] == [
+        ["ID", "NAME", "QUEUED", "RUNNING", "DEPLOYED", "PATH"],
+        [str(project_id), "my-app", "0", "-", "-", path]]
 
     as_json = json.loads(ok(deployster(env, "project", "list", "--json")))
     assert [(p["id"], p["name"], p["path"]) for p in as_json] == [(project_id, "my-app", path)]
@@ -185,7 +198,7 @@ def test_project_token_is_printed_once_and_only_its_hash_is_stored(
     detail = json.loads(ok(deployster(env, "project", "show", "my-app", "--json")))
     assert detail["token_set"] is True and digest not in json.dumps(detail)
     listed = json.loads(ok(deployster(env, "project", "list", "--json")))
-    assert listed[0]["token_set"] is True and digest not in json.dumps(listed)
+    assert digest not in json.dumps(listed)
 
     # Rotating (here by path) prints a new one and says the old one is replaced.
     again, note = _token_lines(deployster(env, "project", "token", f"{project_dir}/"))
@@ -357,17 +370,27 @@ def test_job_list_show_and_logs(env: dict[str, str], server: LiveServer,
 
     # The history writer copies a job a moment after it ends.
     deadline = time.monotonic() + 20
-    while len(ok(deployster(env, "job", "list")).splitlines()) < 3:
+    while len(ok(deployster(env, "job", "list")).splitlines()) < 4:  # a header, 3 jobs
         assert time.monotonic() < deadline, "the deploys never reached the history"
         time.sleep(0.2)
-    listed = ok(deployster(env, "job", "list")).splitlines()
+    header, *listed = ok(deployster(env, "job", "list")).splitlines()
+    assert header.split() == ["JOB", "PROJECT", "STATUS", "COMMIT", "REF", "QUEUED", "AT",
+                              "STARTED", "AT"]
     assert [line.split()[0] for line in listed] == [elsewhere, failed, first]  # newest first
-    assert listed[1].split()[1:5] == ["my-app", "failed", "(command_failed)", "abc1234"]
+    assert listed[1].split()[1:6] == ["my-app", "failed", "(command_failed)", "abc1234", "main"]
     mine = ok(deployster(env, "job", "list", "my-app", "--limit", "1")).splitlines()
-    assert [line.split()[0] for line in mine] == [failed]
+    assert [line.split()[0] for line in mine[1:]] == [failed]
+    projects = json.loads(ok(deployster(env, "project", "list", "--json")))
+    assert projects == httpx.get(f"{server.url}/projects", headers=server.headers).json()[
+        "projects"]
+    assert "s3cret-url" not in json.dumps(projects)  # stage values are secrets
     as_json = json.loads(ok(deployster(env, "job", "list", "--json")))
     assert [j["job_id"] for j in as_json] == [elsewhere, failed, first]
     assert all("commands" not in j for j in as_json)  # they may hold secrets
+    # The fields of GET /jobs/<id>, but the commands and what only one job's read has.
+    for job in as_json:
+        api = httpx.get(f"{server.url}/jobs/{job['job_id']}", headers=server.headers).json()
+        assert job == {k: v for k, v in api.items() if k not in ("commands", "log_bytes")}
 
     shown = ok(deployster(env, "job", "show", first))
     assert f"job_id:       {first}\n" in shown and "status:       complete\n" in shown
@@ -475,3 +498,276 @@ def test_a_real_outage_still_says_so_in_one_line(env: dict[str, str], tmp_path: 
     del odd["DEPLOYSTER_REDIS_URL"]
     line = one_line_error(deployster(odd, "project", "list"))
     assert "Not a directory" in line and "Redis" not in line, line
+
+
+# ------------------------------------------------- removing a project
+
+
+async def _queue(core: Deployster, cd: Path, command: str, *, start: bool = False) -> str:
+    """A deploy queued through the core. ``start``: claimed at once for the
+    core's runner, which never runs it (a server that crashed with it)."""
+    result = await core.submit(DeployRequest(str(cd), [command, RESTART]), run_here=start)
+    return result.job_id
+
+
+async def _project_keys_left(core: Deployster, project_id: int) -> list[str]:
+    k = core.keys
+    keys = [k.lock(project_id), k.queue(project_id), k.signatures(project_id),
+            k.fence(project_id), k.current(project_id)]
+    return [key for key in keys if await core.redis.exists(key)]
+
+
+async def _audit(core: Deployster) -> list[tuple[str, str, str | None]]:
+    """(action, actor, job id) of every audit event, oldest first."""
+    return [(e["action"], e["actor"], e["job_id"])
+            for e in reversed(await store.select_audit_events(core.db))]
+
+
+async def test_remove_is_refused_while_a_job_waits_then_forced(
+    core: Deployster, env: dict[str, str], project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    project = await core.projects.find("my-app")
+    waiting = await _queue(core, project_dir, "echo later")
+
+    line = one_line_error(deployster(env, "project", "remove", "my-app"))
+    assert line == ("deployster: error: project 'my-app' has 1 queued job; nothing was "
+                    "removed. Wait for its jobs to end or cancel them, or remove it with "
+                    "--force (which cancels them)")
+    assert "my-app" in ok(deployster(env, "project", "list"))
+    assert await core.queue.queued_ids(project.id) == [waiting]
+    assert await _audit(core) == []
+
+    out = ok(deployster(env, "project", "remove", "my-app", "--force"))
+    assert out == (f"cancelled job {waiting}\nremoved project 'my-app' (id {project.id}); its "
+                   "deploys stay in the history ('deployster job list')\n")
+    job = await core.job(waiting)
+    assert job is not None and (job.status, job.reason) == (JobStatus.FAILED, "cancelled")
+    assert json.loads(ok(deployster(env, "project", "list", "--json"))) == []
+    actor = f"cli:{getpass.getuser()}"
+    assert await _audit(core) == [("job.cancel", actor, waiting),
+                                  ("project.remove", actor, None)]
+    assert await _project_keys_left(core, project.id) == []
+
+
+async def test_remove_force_stops_the_running_job_and_the_token_stops_working(
+    core: Deployster, env: dict[str, str], server: LiveServer, project_dir: Path,
+    tmp_path: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    project = await core.projects.find("my-app")
+    token, _ = _token_lines(deployster(env, "project", "token", "my-app"))
+    pid_file = tmp_path / "pid"
+    async with server.client() as client:
+        running = (await client.post("/deploy", json=deploy_body(
+            project_dir, f"sleep 300 & echo $! > {pid_file}; wait"))).json()["job_id"]
+        pid = int(await wait_for_file(pid_file))
+        waiting = (await client.post("/deploy", json=deploy_body(
+            project_dir, "echo later"))).json()["job_id"]
+
+    line = one_line_error(deployster(env, "project", "remove", "my-app"))
+    assert f"has 1 queued job and a running job ({running}); nothing was removed" in line
+    assert not pid_gone(pid)
+
+    out = ok(deployster(env, "project", "remove", "my-app", "--force"))
+    assert out.splitlines() == [
+        f"cancelled job {waiting}", f"cancelled job {running}",
+        f"removed project 'my-app' (id {project.id}); its deploys stay in the history "
+        "('deployster job list')"]
+    assert pid_gone(pid)  # stopped and seen gone before the command returned
+    for job_id in (waiting, running):
+        job = await core.job(job_id)
+        assert job is not None and (job.status, job.reason) == (JobStatus.FAILED, "cancelled")
+    assert await _project_keys_left(core, project.id) == []
+
+    async with server.client() as client:
+        refused = await client.get("/status/01JD0000000000000000000000",
+                                   headers={"x-deployster-token": token})
+        assert (refused.status_code, refused.json()["code"]) == (403, "unauthorized")
+        again = await client.post("/deploy", json=deploy_body(project_dir, "echo again"))
+        assert (again.status_code, again.json()["code"]) == (404, "unknown_project")
+
+
+async def test_remove_keeps_the_history_unless_told_to_drop_it(
+    core: Deployster, env: dict[str, str], server: LiveServer, project_dir: Path,
+    tmp_path: Path
+) -> None:
+    other = tmp_path / "other-app"
+    other.mkdir()
+    ok(deployster(env, "project", "add", str(project_dir)))
+    ok(deployster(env, "project", "add", str(other)))
+    ids = {p.name: p.id for p in await core.projects.all()}
+    kept = _deploy(server, project_dir, "echo kept")
+    dropped = _deploy(server, other, "echo dropped")
+    for job_id in (kept, dropped):
+        await history_row(core, job_id)
+
+    out = ok(deployster(env, "project", "remove", "my-app"))
+    assert out == (f"removed project 'my-app' (id {ids['my-app']}); its deploys stay in the "
+                   "history ('deployster job list')\n")
+    out = ok(deployster(env, "project", "remove", "other-app", "--drop-history"))
+    assert out == (f"removed project 'other-app' (id {ids['other-app']}); 1 deploy(s) "
+                   "deleted from the history\n")
+
+    listed = json.loads(ok(deployster(env, "job", "list", "--json")))
+    assert [(j["job_id"], j["project"]) for j in listed] == [(kept, "my-app")]
+    assert "kept\n" in ok(deployster(env, "job", "logs", kept))
+    for args in (["show", dropped], ["logs", dropped]):
+        assert "no job" in one_line_error(deployster(env, "job", *args))
+    events = {e["detail"]["name"]: e["detail"] for e in await store.select_audit_events(core.db)
+              if e["action"] == "project.remove"}
+    assert (events["my-app"]["history"], events["my-app"]["deployments_dropped"]) == (
+        "kept", None)
+    assert (events["other-app"]["history"], events["other-app"]["deployments_dropped"]) == (
+        "dropped", 1)
+
+
+def test_removing_an_unknown_project_is_one_line(env: dict[str, str]) -> None:
+    line = one_line_error(deployster(env, "project", "remove", "ghost", "--force"))
+    assert "'ghost'" in line and "deployster project list" in line
+
+
+# ---------------------------------------------------------------- unlock
+
+
+async def test_unlock_shows_the_holder_asks_and_releases_with_yes(
+    core: Deployster, env: dict[str, str], project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir), "--lock-ttl", "600"))
+    project = await core.projects.find("my-app")
+    holder = await _queue(core, project_dir, "echo first", start=True)
+    waiting = await _queue(core, project_dir, "echo next")
+
+    for answer in (None, "n\n", "\n"):  # no answer (no terminal), no, just enter
+        result = deployster(env, "unlock", "my-app", answer=answer)
+        assert result.returncode == 1, result.stderr
+        assert f"holder:     {holder}\n" in result.stdout
+        assert "heartbeat:  none (STALE)\n" in result.stdout
+        assert "owning job: marked running, but its heartbeat stopped" in result.stdout
+        assert f"queued:     1 job(s) waiting: {waiting}\n" in result.stdout
+        assert result.stderr.startswith("Release my-app's deploy lock? [y/N] ")
+        assert result.stderr.endswith("deployster: not released (answer y, or pass --yes)\n")
+        assert (await core.lock.state(project.id)).owner == holder
+    assert await _audit(core) == []
+
+    out = ok(deployster(env, "unlock", "my-app", "--yes"))
+    lines = out.splitlines()
+    assert lines[:2] == [f"project:    my-app ({project.path})", f"holder:     {holder}"]
+    assert lines[2].startswith("TTL:        9m ") and lines[2].endswith("s left")
+    assert lines[-1] == f"released my-app's lock (was held by {holder})"
+    assert (await core.lock.state(project.id)).owner is None
+    assert await _audit(core) == [("lock.release", f"cli:{getpass.getuser()}", holder)]
+    [event] = await store.select_audit_events(core.db)
+    assert event["detail"]["released"] is True
+
+
+async def test_unlock_releases_nothing_when_the_holder_changed_while_it_asked(
+    core: Deployster, env: dict[str, str], project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    project = await core.projects.find("my-app")
+    assert await hold_lock(core, project.id, "seen-holder", ttl_ms=60_000)
+    asking = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "deployster", "unlock", "my-app", env=env, cwd=REPO,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        assert asking.stdout is not None
+        shown = b""  # it asks once the facts are out
+        while not shown.startswith(b"Releasing frees the lock"):
+            shown = await asyncio.wait_for(asking.stdout.readline(), 30)
+            assert shown, "the command ended without asking"
+        assert await core.lock.release(project.id, "seen-holder")
+        assert await hold_lock(core, project.id, "newer-holder", ttl_ms=60_000)
+        _, err = await asyncio.wait_for(asking.communicate(b"y\n"), 30)
+    finally:
+        if asking.returncode is None:
+            asking.kill()
+    assert asking.returncode == 2
+    assert err.decode().splitlines()[-1] == (
+        "deployster: error: my-app's lock was not released: seen-holder no longer holds it "
+        "(nothing changed)")
+    assert (await core.lock.state(project.id)).owner == "newer-holder"
+    [event] = await store.select_audit_events(core.db)
+    assert (event["action"], event["detail"]["released"]) == ("lock.release", False)
+
+
+def test_unlock_with_no_lock_held_is_refused_in_one_line(
+    env: dict[str, str], project_dir: Path
+) -> None:
+    ok(deployster(env, "project", "add", str(project_dir)))
+    line = one_line_error(deployster(env, "unlock", "my-app", "--yes"))
+    assert line == "deployster: error: project 'my-app' is not locked: nothing to release"
+    assert "'ghost'" in one_line_error(deployster(env, "unlock", "ghost", "--yes"))
+
+
+# ------------------------------------------------------------- list columns
+
+
+def _column_starts(header: str) -> dict[str, int]:
+    """Each header word's first column (headers are single words, or joined
+    by one space)."""
+    starts, at = {}, 0
+    for name in header.split("  "):
+        if name:
+            starts[name.strip()] = header.index(name.strip(), at)
+            at = starts[name.strip()] + len(name.strip())
+    return starts
+
+
+def _at_cell(row: str, cell: int) -> int:
+    """The index of the character shown at terminal cell ``cell`` of ``row``."""
+    for index in range(len(row)):
+        if cell_width(row[:index]) == cell:
+            return index
+    raise AssertionError(f"no character starts at cell {cell} of {row!r}")
+
+
+def _assert_aligned(lines: list[str], left: list[str]) -> None:
+    """Every row's value of each ``left`` column starts under its header, on
+    the terminal (a wide character takes two cells)."""
+    starts = _column_starts(lines[0])
+    for row in lines[1:]:
+        for name in left:
+            at = _at_cell(row, starts[name])
+            assert row[at - 2:at] == "  " and row[at] != " ", (name, lines)
+
+
+# Wide characters: two terminal cells each.
+WIDE_REF = "release/日本語-" + "r" * 50
+
+
+async def test_lists_keep_their_columns_with_a_60_char_project_name(
+    core: Deployster, env: dict[str, str], project_dir: Path, tmp_path: Path
+) -> None:
+    long = "a-very-long-project-name-" + "x" * 35
+    assert len(long) == 60
+    short = tmp_path / "web"
+    short.mkdir()
+    ok(deployster(env, "project", "add", str(project_dir), "--name", long))
+    ok(deployster(env, "project", "add", str(short)))
+    # A finished deploy of each, as the history writer stores them.
+    now = iso()
+    jobs = [Job(id=new_job_id(), project_id=p.id, project=p.name, cd=p.path,
+                commands=["echo hi", RESTART], commit_hash="abc1234def", ref_name=ref,
+                status=JobStatus.COMPLETE, queued_at=now, started_at=now, finished_at=now)
+            for p, ref in zip(await core.projects.all(), ["main", WIDE_REF], strict=True)]
+    await store.upsert_deployments(core.db, [store.deployment_row(j, log="") for j in jobs])
+
+    projects = ok(deployster(env, "project", "list")).splitlines()
+    assert len(projects) == 3
+    _assert_aligned(projects, ["NAME", "RUNNING", "DEPLOYED", "PATH"])
+    assert long not in "\n".join(projects) and long[:31] + "…" in projects[1]
+    assert [p["name"] for p in json.loads(ok(deployster(env, "project", "list", "--json")))] \
+        == [long, "web"]
+
+    history = ok(deployster(env, "job", "list")).splitlines()
+    assert len(history) == 3
+    _assert_aligned(history, ["PROJECT", "STATUS", "COMMIT", "REF", "QUEUED AT",
+                              "STARTED AT"])
+    assert any(line.endswith(f"{now}  {now}") for line in history[1:])
+    listed = json.loads(ok(deployster(env, "job", "list", "--json")))
+    assert sorted(j["project"] for j in listed) == sorted([long, "web"])
+    assert {j["ref_name"] for j in listed} == {"main", WIDE_REF}
+    shown = "release/日本語-" + "r" * 24 + "…"  # 40 cells
+    assert any(shown + "  " in line for line in history) and WIDE_REF not in "".join(history)
