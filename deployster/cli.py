@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
+import ipaddress
 import json
 import logging
 import math
 import os
 import sys
+import textwrap
 import threading
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, client
+from . import __version__, admin_token, client
 from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import Conflict, DeploysterError
 from .logreader import follow
@@ -28,7 +32,7 @@ from .outages import RedisRefused, classify, describe
 from .printable import CONTINUATION, escape_controls
 from .projects import QUEUE_POLICIES
 from .service import Deployster
-from .settings import Settings
+from .settings import CONFIG_VAR, FILE, Settings, env_name
 
 
 def _days(text: str) -> float:
@@ -72,10 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deployster {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = sub.add_parser("serve", help="run the deploy server (HTTP API + job runner)")
+    serve = sub.add_parser(
+        "serve", help="run the deploy server (HTTP API + job runner)",
+        description="Run the deploy server: the HTTP API and the job runner. Without "
+                    "DEPLOYSTER_TOKEN the admin token is the one kept in the data dir, "
+                    "made on the first start ('deployster token' prints it).",
+        epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", help="address to listen on (DEPLOYSTER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port to listen on (DEPLOYSTER_PORT, 3259)")
     serve.set_defaults(handler=cmd_serve)
+
+    config = sub.add_parser(
+        "config", help="print every setting in effect and where it came from (secrets hidden)")
+    config.set_defaults(handler=cmd_config)
+
+    token = sub.add_parser(
+        "token", help="print the admin token kept in the data dir (made if there is none), "
+                      "or --rotate it")
+    token.add_argument("--rotate", action="store_true",
+                       help="replace it: the old token stops working at once")
+    token.set_defaults(handler=cmd_token)
 
     tui = sub.add_parser("tui", help="the operator dashboard (same Redis and database as "
                                      "the server)")
@@ -308,19 +328,94 @@ def _print_project(project: Any, *, as_json: bool, deployed: Any = None) -> None
 # ----------------------------------------------------------------- commands
 
 
+# serve --help's settings: names in a column this wide, lines at most this long.
+HELP_NAME_WIDTH = max(len(env_name(name)) for name in Settings.model_fields) + 2
+HELP_WIDTH = 100
+
+
+def settings_help() -> str:
+    """Every setting, one line each (its docstring in ``Settings``): the
+    epilog of ``serve --help``."""
+    lines = ["settings: DEPLOYSTER_* variables, or the keys of the TOML file named by "
+             f"{CONFIG_VAR}", "(in lower case, without the prefix); the environment wins. "
+             "'deployster config' prints those in effect.", ""]
+    for name, field in Settings.model_fields.items():
+        lines += textwrap.wrap(field.description or "", width=HELP_WIDTH,
+                               initial_indent=f"  {env_name(name):<{HELP_NAME_WIDTH}}",
+                               subsequent_indent=" " * (HELP_NAME_WIDTH + 2))
+    return "\n".join(lines)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server.serve import serve
 
     settings = _settings(host=args.host, port=args.port)
-    settings.require_token()
     asyncio.run(serve(settings))
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    settings, origins = Settings.load()
+    if settings.token:
+        where = (f"the config file {os.environ.get(CONFIG_VAR)}" if origins["token"] == FILE
+                 else "DEPLOYSTER_TOKEN")
+        raise DeploysterError(
+            f"the admin token is set by {where}, which wins over the one kept in the data "
+            f"dir: {'change it there' if args.rotate else 'it is the token to send'}")
+    if args.rotate:
+        print(admin_token.rotate(settings.data_dir))
+        sys.stdout.flush()
+        print("deployster: the admin token was replaced: the old one no longer works; "
+              "update the secret CI sends", file=sys.stderr)
+        return 0
+    token, created = admin_token.ensure(settings.data_dir)
+    print(token)
+    if created:
+        sys.stdout.flush()
+        print(f"deployster: made the admin token, kept in "
+              f"{admin_token.token_path(settings.data_dir)}", file=sys.stderr)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings, origins = Settings.load()
+    config_file = os.environ.get(CONFIG_VAR)
+    print(f"config file: {config_file} ({CONFIG_VAR})" if config_file
+          else f"config file: none ({CONFIG_VAR} is not set)")
+    rows = [(env_name(name), *_shown_setting(settings, name, origins[name]))
+            for name in Settings.model_fields]
+    name_width = max(len(name) for name, _, _ in rows)
+    value_width = min(max(len(value) for _, value, _ in rows), 60)
+    for name, value, origin in rows:
+        print(f"{name:<{name_width}}  {value:<{value_width}}  ({origin})")
+    return 0
+
+
+def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str]:
+    """A setting's value as ``deployster config`` prints it, and its origin:
+    the token never (where it is kept instead), URLs with passwords masked, an
+    unset URL as what is used in its place."""
+    text = settings.to_env()[env_name(name)]
+    if name == "token":
+        if settings.token:
+            return "(set, hidden)", origin
+        path = admin_token.token_path(settings.data_dir)
+        try:
+            kept = admin_token.read(settings.data_dir)
+        except DeploysterError as exc:
+            return "(unreadable)", exc.message
+        if kept:
+            return "(kept, hidden)", f"data dir: {path}"
+        return "(none yet: serve makes one)", f"data dir: {path}"
+    if name == "redis_url":
+        return settings.redis_shown, origin
+    if name == "database_url":
+        return settings.database_shown, origin
+    return (text if text else "(empty)"), origin
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     settings = _settings(host=args.host, port=args.port)
-    if args.serve:
-        settings.require_token()
     # Log lines would tear the screen: they go to a file in the data dir.
     _log_to_file(settings.data_dir / "tui.log")
     return asyncio.run(run_tui(settings, serve=args.serve))
@@ -354,6 +449,10 @@ async def run_tui(settings: Settings, *, serve: bool = False) -> int:
         if sock is not None:
             sock.close()
         raise
+    if serve:
+        from .server.serve import make_admin_token
+
+        make_admin_token(settings)
     stop = asyncio.Event()
     server: asyncio.Task[None] | None = None
     code = 0
@@ -734,9 +833,36 @@ def cmd_history_prune(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     try:
-        return client.run(client.options_from(args))
+        options = client.options_from(args)
+        if not options.token.strip() and _is_loopback(options.url):
+            # A deploy to this machine's server: its admin token, as it reads it.
+            options = dataclasses.replace(options, token=_local_admin_token())
+        return client.run(options)
     except client.ClientError as exc:
         raise DeploysterError(exc.message, code=exc.code) from None
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (127.0.0.0/8, ::1, localhost):
+    the kept admin token is never sent anywhere else."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _local_admin_token() -> str:
+    """The admin token a server of these settings uses (DEPLOYSTER_TOKEN is
+    known to be unset): the config file's, else the one kept in the data dir;
+    "" when there is none (the client then says it needs a token)."""
+    try:
+        settings = Settings.from_env()
+        return settings.token or admin_token.read(settings.data_dir) or ""
+    except DeploysterError:
+        return ""
 
 
 # ----------------------------------------------------------------- entry

@@ -227,7 +227,8 @@ class Dispatcher:
             return
         # Secrets out of logs: the writer's exit releases what the masker held
         # back before the log is closed, so before the job's end is recorded.
-        masker = Masker(job_secrets(project.pipeline if project else (), core.settings.token))
+        admin = core.admin_token.current()
+        masker = Masker(job_secrets(project.pipeline if project else (), admin))
         async with MaskingWriter(LogWriter(
             core.redis, core.keys, job.id, cap_bytes=core.settings.log_cap_bytes,
             fence=job.fence,

@@ -16,6 +16,7 @@ from databases import Database
 
 from . import store, tokens
 from .access import Principal
+from .admin_token import AdminToken
 from .clock import iso
 from .db import connect_database, latest_version, schema_version
 from .errors import Forbidden, NotFound
@@ -58,6 +59,8 @@ class Deployster:
         self.queue = JobQueue(redis, self.keys)
         self.jobs = JobRecords(redis, self.keys)
         self.projects = ProjectRegistry(db, redis, self.keys, settings)
+        # DEPLOYSTER_TOKEN, or the one kept in the data dir (followed as it rotates).
+        self.admin_token = AdminToken(settings)
         # Identifies this process as the runner of the jobs it claims.
         self.runner_id = uuid.uuid4().hex[:12]
 
@@ -85,7 +88,8 @@ class Deployster:
     # ------------------------------------------------------------------- auth
     async def authenticate(self, sent: str | None) -> Principal | None:
         """Who a request's token authenticates as (admin or one project); None: nobody."""
-        return await tokens.resolve(sent, admin_token=self.settings.token, registry=self.projects)
+        return await tokens.resolve(sent, admin_token=self.admin_token.current(),
+                                    registry=self.projects)
 
     async def _check_scope(self, principal: Principal, cd: str) -> Project:
         """A project token deploys only to its own project's directory; returns
@@ -141,7 +145,7 @@ class Deployster:
         # Stored and shown masked; the commands as sent are kept beside them
         # only when that changed something (see Job), for the runner alone.
         commands = list(request.commands)
-        shown = secret_mask(project, self.settings.token).commands(commands)
+        shown = secret_mask(project, self.admin_token.current()).commands(commands)
         masked = shown != commands
         # No await between taking the id and queue.enqueue sending it: enqueues
         # reach Redis in call order (see autopipe), so ids join a project's queue
@@ -207,7 +211,8 @@ class Deployster:
         # (``submit``). Masked again here for rows stored before that, and for
         # a secret set since: a stage value added later is hidden too.
         project = await self.projects.get(job.project_id)
-        record["commands"] = secret_mask(project, self.settings.token).commands(job.commands)
+        admin = self.admin_token.current()
+        record["commands"] = secret_mask(project, admin).commands(job.commands)
         record["commands_masked"] = job.commands_masked
         if job.status is JobStatus.QUEUED:
             record["position"] = await self.queue_position(job)

@@ -13,6 +13,7 @@ convert stops the command with one ``ConfigError`` line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from types import NoneType, UnionType
@@ -31,6 +32,9 @@ from .errors import ConfigError
 
 ENV_PREFIX = "DEPLOYSTER_"
 CONFIG_VAR = f"{ENV_PREFIX}CONFIG"
+
+# Where a setting's value came from (``Settings.load``).
+DEFAULT, FILE, ENVIRONMENT, FLAG = "default", "file", "environment", "flag"
 
 
 def env_name(field: str) -> str:
@@ -81,45 +85,64 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         # The admin token must not reach a log through a validation error.
         hide_input_in_errors=True,
+        use_attribute_docstrings=True,
     )
+
+    # Each field's docstring is its one-line meaning: `serve --help` and
+    # `deployster config` show it (pydantic's use_attribute_docstrings).
 
     # Kept out of repr() and out of error messages.
     token: str | None = Field(default=None, repr=False)
+    """The admin token, sent in the x-deployster-token header (unset: the data dir's kept one)."""
     host: str = "127.0.0.1"
+    """The address `serve` listens on."""
     port: Count = 3259
+    """The port `serve` listens on."""
     data_dir: UserPath = Field(default_factory=_default_data_dir)
+    """The SQLite file, the embedded Redis (socket, append-only file) and the kept admin token."""
     redis_url: str | None = None
+    """A Redis/Valkey server, redis://host:6379/0 or unix:///path (unset: the embedded Redis)."""
     database_url: str | None = None
+    """postgresql://user:pass@host/db or sqlite:///path (unset: SQLite in the data dir)."""
     allowed_roots: PathList = ()
-    # Prefix for several deployster instances sharing one Redis: keys become
-    # "<ns>:deployster:…" and the lock "<ns>:lock:deploy:<id>".
+    """`:`-separated directories where an unknown project registers itself on its first deploy."""
+    # Keys become "<ns>:deployster:…" and the lock "<ns>:lock:deploy:<id>".
     namespace: str = ""
+    """A prefix of every Redis key, for several deployster instances sharing one Redis."""
     default_lock_ttl: Seconds = 600.0
+    """The lock TTL of a new project, seconds."""
     default_timeout: Seconds = 3600.0
+    """The job timeout of a new project, seconds."""
     log_cap_bytes: Count = 50 * 1024 * 1024
-    # How long a finished job's record and log stream stay in Redis after they
-    # reached SQL (the /status cursor lives there; history keeps the rest).
+    """A job's log cap, bytes; the excess is dropped with a marker line."""
+    # The /status cursor lives in Redis; the history keeps the rest.
     retention: Seconds = 24 * 3600.0
-    # Slow safety net for lost pub/sub notifications and expired locks.
+    """Seconds a finished job's record and log stay in Redis after reaching the SQL history."""
+    # A slow safety net for lost pub/sub notifications and expired locks.
     sweep_interval: Seconds = 2.0
+    """Seconds between the dispatcher's safety sweeps (a missed wake-up, an expired lock)."""
     kill_grace: Seconds = 5.0
-    # On SIGTERM, how long running jobs may go on before they are interrupted.
+    """Seconds between SIGTERM and SIGKILL when a job is stopped."""
     shutdown_grace: Seconds = 30.0
+    """On SIGTERM, seconds running jobs may go on before they are interrupted."""
     max_body_bytes: Count = 1024 * 1024
-    # Per deploy request: how many commands, and how long each may be (UTF-8 bytes).
+    """The largest request body, bytes (larger: 413)."""
     max_commands: Count = 100
+    """The most commands one deploy request may list."""
     max_command_bytes: Count = 64 * 1024
-    # Jobs that may wait in one project's queue; past it a deploy gets 429 (0: no cap).
+    """The longest command of a deploy request, UTF-8 bytes."""
     max_queue: Count = 100
-    # Seconds without an event before an SSE stream sends a keep-alive comment.
+    """Deploys that may wait in one project's queue; past it 429 (0: no cap)."""
     sse_keepalive: Seconds = 15.0
-    # Live log streams one server serves at once (each holds a Redis connection).
+    """Seconds without an event before a log stream sends a keep-alive comment."""
     max_streams: Count = 200
-    # SQL history: finished deploys requested more than this many days ago are
-    # deleted (hourly, by the server), except each project's ``history_keep``
-    # newest and its newest complete one (pruning.py). 0 keeps everything.
+    """Live log streams one server serves at once (each holds a Redis connection)."""
+    # Deleted hourly by the server, except each project's ``history_keep``
+    # newest and its newest complete one (pruning.py).
     history_days: Seconds = 0.0
+    """Finished deploys requested more than this many days ago leave the SQL history (0: never)."""
     history_keep: Count = 20
+    """Finished deploys each project keeps in the history whatever their age."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -142,14 +165,26 @@ class Settings(BaseSettings):
         ``overrides`` (command-line flags; ``None`` means the flag was not
         given). Raises ``ConfigError`` for an unreadable file, an unknown key or
         a value that does not convert."""
+        return cls.load(**overrides)[0]
+
+    @classmethod
+    def load(cls, **overrides: Any) -> tuple[Self, dict[str, str]]:
+        """``from_env``, and where each field's value came from: ``DEFAULT``,
+        ``FILE``, ``ENVIRONMENT`` or ``FLAG`` (what ``deployster config``
+        shows). Raises ``ConfigError`` as ``from_env`` does."""
         config_file = os.environ.get(CONFIG_VAR)
         values = _read_toml(Path(config_file)) if config_file else {}
+        origins = dict.fromkeys(values, FILE)
         by_variable = {env_name(name): name for name in cls.model_fields}
-        values.update(
-            (by_variable.get(key, key), raw) for key, raw in EnvSettingsSource(cls)().items()
-        )
-        values.update((k, v) for k, v in overrides.items() if v is not None)
-        return cls._validated(values)
+        from_variables = {
+            by_variable.get(key, key): raw for key, raw in EnvSettingsSource(cls)().items()
+        }
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        for given, origin in ((from_variables, ENVIRONMENT), (flags, FLAG)):
+            values.update(given)
+            origins.update(dict.fromkeys(given, origin))
+        settings = cls._validated(values)
+        return settings, {name: origins.get(name, DEFAULT) for name in cls.model_fields}
 
     def with_overrides(self, **overrides: Any) -> Self:
         """A copy with these fields replaced (``None`` included), converted and
@@ -201,14 +236,19 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.data_dir / 'deployster.db'}"
 
-    def require_token(self) -> str:
-        if not self.token:
-            raise ConfigError(
-                "DEPLOYSTER_TOKEN is not set: export a long random secret, e.g. "
-                "DEPLOYSTER_TOKEN=$(openssl rand -hex 32), and send it in the "
-                "x-deployster-token header."
-            )
-        return self.token
+    @property
+    def redis_shown(self) -> str:
+        """The Redis in use, for a log line or a message: its URL with the
+        password masked, or the embedded one's socket."""
+        if self.redis_url:
+            return mask_url(self.redis_url)
+        return f"unix://{self.redis_socket} (embedded)"
+
+    @property
+    def database_shown(self) -> str:
+        """The database in use, its URL's password masked."""
+        return mask_url(self.effective_database_url)
+
 
 
 def _config_error(cls: type[Settings], exc: ValidationError, values: dict[str, Any]) -> ConfigError:
@@ -240,6 +280,24 @@ def _kind(annotation: Any) -> str:
     if origin in (tuple, list) and args:
         return f"list of {_kind(args[0])}"
     return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password in it shown as ``***``: the one in
+    ``user:password@`` and a ``password=`` query parameter (redis-py reads
+    both). Text that is no URL comes back as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The user info ends at the last "@": a password with a raw "/", "?" or
+    # "@" in it (a URL no client parses as meant) is masked whole, never in part.
+    userinfo, at, _ = rest.rpartition("@")
+    if at and ":" in userinfo and not userinfo.startswith("/"):
+        rest = f"{userinfo.split(':', 1)[0]}:***@{rest[len(userinfo) + 1:]}"
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:query_at], rest[query_at:]
+    tail = re.sub(r"([?&]password=)[^&#]*", r"\1***", tail, flags=re.IGNORECASE)
+    return f"{scheme}://{head}{tail}"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -316,18 +316,6 @@ def test_command_line_typos_exit_2_without_a_traceback(
 # --------------------------------------------------------------------- serve
 
 
-@pytest.mark.parametrize("token", [None, ""])
-def test_serve_without_a_token_says_so_in_one_line(
-    env: dict[str, str], token: str | None
-) -> None:
-    env = {k: v for k, v in env.items() if k != "DEPLOYSTER_TOKEN"}
-    if token is not None:
-        env["DEPLOYSTER_TOKEN"] = token
-    env["DEPLOYSTER_PORT"] = str(free_port())
-    line = one_line_error(deployster(env, "serve"))
-    assert line.startswith("deployster: error: DEPLOYSTER_TOKEN is not set")
-
-
 def test_serve_on_a_port_in_use_says_so_in_one_line(env: dict[str, str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from deployster.errors import ConfigError
 from deployster.models import Job
 from deployster.runner import child_env
-from deployster.settings import Count, Settings
+from deployster.settings import Count, Settings, mask_url
 from tests.helpers.cli import one_line_error
 from tests.helpers.paths import REPO
 from tests.helpers.server import TOKEN, free_port, start_server
@@ -369,14 +369,37 @@ def test_the_token_is_not_in_an_error_message(
     assert "918273645" not in str(invalid.value)
 
 
-def test_require_token_says_how_to_set_one() -> None:
-    with pytest.raises(ConfigError) as refused:
-        Settings(token="").require_token()
-    assert refused.value.message == (
-        "DEPLOYSTER_TOKEN is not set: export a long random secret, e.g. "
-        "DEPLOYSTER_TOKEN=$(openssl rand -hex 32), and send it in the "
-        "x-deployster-token header.")
-    assert Settings(token="s3cret").require_token() == "s3cret"
+def test_where_each_value_came_from(environ: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What ``deployster config`` shows beside each value (tests/server/test_startup.py
+    runs the command)."""
+    config = toml_file(tmp_path, 'port = 1111\nhost = "10.0.0.1"\nnamespace = "ns"\n')
+    environ.setenv("DEPLOYSTER_CONFIG", str(config))
+    environ.setenv("DEPLOYSTER_PORT", "2222")
+    environ.setenv("DEPLOYSTER_NAMESPACE", "")  # empty: unset, so the file's value
+    loaded, origins = Settings.load(host="127.0.0.9", kill_grace=None)
+    assert loaded == Settings.from_env(host="127.0.0.9")
+    assert (origins["port"], origins["host"], origins["namespace"]) == (
+        "environment", "flag", "file")
+    assert {origins[name] for name in Settings.model_fields} - {
+        origins["port"], origins["host"], origins["namespace"]} == {"default"}
+
+
+def test_every_setting_says_what_it_is_in_one_line() -> None:
+    """Its docstring in ``Settings``: ``serve --help`` lists it."""
+    for name, field in Settings.model_fields.items():
+        assert field.description and "\n" not in field.description, name
+
+
+def test_passwords_in_urls_are_masked() -> None:
+    assert mask_url("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert mask_url("postgresql://app:p@ss/w@db/x?sslmode=require") == (
+        "postgresql://app:***@db/x?sslmode=require")
+    assert mask_url("redis://:p?w@h/0") == "redis://:***@h/0"
+    assert mask_url("unix:///run/redis.sock?db=1&password=pw") == (
+        "unix:///run/redis.sock?db=1&password=***")
+    for unchanged in ("redis://127.0.0.1:6379/0", "sqlite:////var/lib/d.db", "redis://user@h/0",
+                      "not a url"):
+        assert mask_url(unchanged) == unchanged
 
 
 # ------------------------------------------- a new field needs its type only

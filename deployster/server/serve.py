@@ -6,10 +6,12 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
+from .. import admin_token
 from ..errors import ConfigError
 from ..service import Deployster
 from ..settings import Settings
@@ -53,14 +55,37 @@ def hypercorn_config(sock: socket.socket) -> Config:
     return config
 
 
+def make_admin_token(settings: Settings) -> None:
+    """A server needs an admin token: DEPLOYSTER_TOKEN, else the one kept in
+    the data dir, made on the first start and shown then (on stderr), with how
+    to use it."""
+    if settings.token:
+        return
+    token, created = admin_token.ensure(settings.data_dir)
+    if not created:
+        return
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"deployster: made the admin token, kept in "
+          f"{admin_token.token_path(settings.data_dir)} (mode 0600):\n\n    {token}\n\n"
+          f"Send it in the x-deployster-token header to {url}, e.g.\n"
+          f"    curl -H \"x-deployster-token: $(deployster token)\" {url}/projects\n"
+          "'deployster token' prints it again; 'deployster token --rotate' replaces it.\n"
+          "(DEPLOYSTER_TOKEN, when set, is used instead.)\n", file=sys.stderr, flush=True)
+
+
 async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) -> None:
     """Open Redis and the database first (so a bad URL fails fast), then serve."""
-    settings.require_token()
     sock = bind_socket(settings)
     try:
         core = await Deployster.open(settings)
     except BaseException:
         sock.close()
+        raise
+    try:
+        make_admin_token(settings)
+    except BaseException:
+        sock.close()
+        await core.close()
         raise
     stop = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,10 +94,9 @@ async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) ->
     try:
         app = create_app(settings, core)
         log.info(
-            "deployster listening on http://%s:%s (redis: %s, database: %s)",
-            settings.host, settings.port,
-            "embedded" if settings.embedded_redis else "external",
-            settings.effective_database_url.split(":", 1)[0],
+            "deployster listening on http://%s:%s (data dir: %s; redis: %s; database: %s)",
+            settings.host, settings.port, settings.data_dir, settings.redis_shown,
+            settings.database_shown,
         )
         await hypercorn_serve(app, hypercorn_config(sock), shutdown_trigger=stop.wait)
     finally:

@@ -143,7 +143,7 @@ class CoreScreen(Screen[None]):
         """The job's commands for a modal, secrets masked as in its log (stored
         masked; masked again for rows stored before that)."""
         # Demo data has no core: the project's own secrets only.
-        token = self.reader.core.settings.token if self.reader.live else None
+        token = self.reader.core.admin_token.current() if self.reader.live else None
         mask = secret_mask(project, token)
         return " && ".join(mask.commands(job.commands))
 
