@@ -877,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except DeploysterError as exc:
         print(f"deployster: error: {exc.message}", file=sys.stderr)
-        code = 2
+        code = exc.exit_status
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:

@@ -13,6 +13,8 @@ class DeploysterError(Exception):
 
     code = "error"
     http_status = 400
+    # The command line's exit status when this ends a command.
+    exit_status = 2
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -87,3 +89,12 @@ class Unavailable(DeploysterError):
 
     code = "unavailable"
     http_status = 503
+
+
+class Unreachable(Unavailable):
+    """A service the settings name did not answer while the server started
+    (a wrong URL, or a service down): it stops with exit status 1 rather than
+    serve without it (an outage after start-up is waited out instead)."""
+
+    code = "unreachable"
+    exit_status = 1

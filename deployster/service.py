@@ -8,9 +8,11 @@ front ends need. It knows nothing about HTTP or terminals.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from databases import Database
 
@@ -19,7 +21,7 @@ from .access import Principal
 from .admin_token import AdminToken
 from .clock import iso
 from .db import connect_database, latest_version, schema_version
-from .errors import Forbidden, NotFound
+from .errors import DeploysterError, Forbidden, NotFound, Unreachable
 from .ids import is_job_id, new_job_id
 from .jobs import JobRecords, StatusRead
 from .keys import Keys
@@ -27,7 +29,7 @@ from .lock import DeployLock
 from .logstream import stream_end
 from .masking import secret_mask
 from .models import Job, JobStatus, Project
-from .outages import describe
+from .outages import classify, describe
 from .projects import ProjectRegistry
 from .queue import EnqueueResult, JobQueue
 from .redis_conn import Redis, connect_redis
@@ -37,6 +39,31 @@ from .validation import check_commands, check_text_fields
 
 # The health check's write probe expires after this long (one key per namespace).
 HEALTH_PROBE_TTL_MS = 60_000
+# While the server starts, seconds between tries of a service that does not answer.
+ANSWER_RETRY = 0.5
+
+T = TypeVar("T")
+
+
+async def _answering(attempt: Callable[[], Awaitable[T]], deadline: float, named: str) -> T:
+    """``attempt()``'s result, tried again while it fails with an outage until
+    ``deadline`` (``time.monotonic()``). Raises ``Unreachable``: "<named> does
+    not answer: <why>" past the deadline, "<named> cannot be used: <why>" at
+    once for any other failure (a refused login); a ``DeploysterError`` (an
+    unsupported URL) goes through as it is."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(attempt(), max(left, ANSWER_RETRY))
+        except DeploysterError:
+            raise
+        except Exception as exc:
+            why = " ".join((str(exc) or type(exc).__name__).split())
+            if classify(exc) is None and not isinstance(exc, TimeoutError):
+                raise Unreachable(f"{named} cannot be used: {why}") from None
+            if time.monotonic() + ANSWER_RETRY >= deadline:
+                raise Unreachable(f"{named} does not answer: {why}") from None
+        await asyncio.sleep(ANSWER_RETRY)
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,32 @@ class Deployster:
         redis = await connect_redis(settings)
         try:
             db = await connect_database(settings.effective_database_url)
+        except BaseException:
+            await redis.aclose()
+            raise
+        return cls(settings, redis, db)
+
+    @classmethod
+    async def open_answering(cls, settings: Settings, within: float) -> Deployster:
+        """``open``, once Redis answers PING and the database connects, each
+        given until ``within`` seconds from now (a service started beside
+        this one may still be coming up). Raises ``Unreachable`` naming the
+        first that does not answer, its URL's password masked, or at once for
+        a failure that is no outage (a URL Redis cannot parse, a login the
+        database refuses)."""
+        deadline = time.monotonic() + within
+        redis_named = f"Redis at {settings.redis_shown}" + (
+            " (DEPLOYSTER_REDIS_URL)" if settings.redis_url else "")
+        try:
+            redis = await connect_redis(settings)
+        except ValueError as exc:  # redis-py's word for a URL it cannot use
+            raise Unreachable(f"{redis_named} cannot be used: {exc}") from None
+        try:
+            await _answering(redis.ping, deadline, redis_named)
+            db = await _answering(
+                lambda: connect_database(settings.effective_database_url), deadline,
+                f"the database at {settings.database_shown}"
+                + (" (DEPLOYSTER_DATABASE_URL)" if settings.database_url else ""))
         except BaseException:
             await redis.aclose()
             raise

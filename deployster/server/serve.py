@@ -19,6 +19,10 @@ from .app import create_app
 
 log = logging.getLogger("deployster.server")
 
+# How long a Redis or database that does not answer is waited for at start-up
+# before the server gives up (exit 1); after start-up an outage is waited out.
+START_WAIT = 8.0
+
 
 def bind_socket(settings: Settings) -> socket.socket:
     """Bind the listening socket before anything starts.
@@ -74,10 +78,11 @@ def make_admin_token(settings: Settings) -> None:
 
 
 async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) -> None:
-    """Open Redis and the database first (so a bad URL fails fast), then serve."""
+    """Open Redis and the database first (so a bad URL fails fast: ``Unreachable``
+    within ``START_WAIT`` seconds), then serve."""
     sock = bind_socket(settings)
     try:
-        core = await Deployster.open(settings)
+        core = await Deployster.open_answering(settings, within=START_WAIT)
     except BaseException:
         sock.close()
         raise

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from deployster import admin_token
 from deployster.embedded_redis import redis_server_binary
 from deployster.service import Deployster
 from deployster.settings import Settings, env_name
+from tests.helpers.databases import pg_admin_url
 from tests.helpers.paths import REPO
 from tests.helpers.server import LiveServer, free_port, settings_env, start_server
 from tests.test_cli import deployster, ok
@@ -263,3 +265,51 @@ def test_serve_help_lists_every_setting_with_its_meaning(cli_env: dict[str, str]
         assert field.description, f"{name} has no docstring in Settings"
         assert f"{env_name(name)} {field.description}" in help_text, name
     assert "deployster config" in out
+
+
+# ----------------------------------------------------- fail fast on a wrong URL
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "shown"),
+    [
+        ("DEPLOYSTER_REDIS_URL", "redis://:pw-123@127.0.0.1:{port}/0",
+         "Redis at redis://:***@127.0.0.1:{port}/0 (DEPLOYSTER_REDIS_URL) does not answer"),
+        ("DEPLOYSTER_DATABASE_URL", "postgresql://deployster:pw-123@127.0.0.1:{port}/x",
+         "the database at postgresql://deployster:***@127.0.0.1:{port}/x "
+         "(DEPLOYSTER_DATABASE_URL) does not answer"),
+        ("DEPLOYSTER_REDIS_URL", "http://user:pw-123@127.0.0.1:{port}/",
+         "Redis at http://user:***@127.0.0.1:{port}/ (DEPLOYSTER_REDIS_URL) cannot be used"),
+    ],
+)
+def test_serve_with_a_url_that_does_not_answer_exits_1_naming_it(
+    cli_env: dict[str, str], variable: str, url: str, shown: str
+) -> None:
+    port = free_port()
+    env = {**cli_env, variable: url.format(port=port), "DEPLOYSTER_PORT": str(free_port())}
+    result = deployster(env, "serve", timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"deployster: error: {shown.format(port=port)}")
+    assert "pw-123" not in result.stderr and "Traceback" not in result.stderr
+    assert "listening" not in result.stderr
+
+
+def test_serve_with_a_database_login_refused_exits_1_naming_it(
+    cli_env: dict[str, str],
+) -> None:
+    """Not an outage: said at once (PostgreSQL only)."""
+    admin = pg_admin_url()
+    if admin is None:
+        pytest.skip("DEPLOYSTER_TEST_DATABASE_URL does not name a PostgreSQL")
+    where = urllib.parse.urlsplit(admin)
+    url = f"postgresql://no_such_role:pw-123@{where.hostname}:{where.port or 5432}{where.path}"
+    env = {**cli_env, "DEPLOYSTER_DATABASE_URL": url, "DEPLOYSTER_PORT": str(free_port())}
+    result = deployster(env, "serve", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(
+        f"deployster: error: the database at {url.replace('pw-123', '***')} "
+        "(DEPLOYSTER_DATABASE_URL) cannot be used: ")
+    assert "no_such_role" in result.stderr and "pw-123" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
