@@ -24,7 +24,7 @@ from deployster.service import Deployster
 from deployster.settings import Settings, env_name
 from tests.helpers.databases import pg_admin_url
 from tests.helpers.paths import REPO
-from tests.helpers.server import LiveServer, free_port, settings_env, start_server
+from tests.helpers.server import LiveServer, free_port, serving, settings_env, start_server
 from tests.test_cli import deployster, ok
 
 MADE = "deployster: made the admin token"
@@ -42,6 +42,12 @@ def cli_env(tokenless: Settings) -> dict[str, str]:
     return {**inherited, **settings_env(tokenless)}
 
 
+@pytest.fixture
+def tokenless_server(tokenless: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """``deployster serve`` with no DEPLOYSTER_TOKEN, on its first start."""
+    yield from serving(tokenless, tmp_path)
+
+
 def kept(settings: Settings) -> str:
     return (settings.data_dir / "token").read_text().strip()
 
@@ -55,15 +61,14 @@ def status_with(server: LiveServer, token: str) -> int:
 
 
 def test_without_a_token_serve_makes_one_keeps_it_and_says_how_to_use_it(
-    tokenless: Settings, tmp_path: Path, cli_env: dict[str, str]
+    tokenless: Settings, tokenless_server: LiveServer, tmp_path: Path,
+    cli_env: dict[str, str],
 ) -> None:
-    server = start_server(tokenless, tmp_path / "first.log")
-    try:
-        token = kept(tokenless)
-        assert status_with(server, token) == 200
-        assert status_with(server, "") == 403 and status_with(server, token + "x") == 403
-    finally:
-        server.stop()
+    server = tokenless_server
+    token = kept(tokenless)
+    assert status_with(server, token) == 200
+    assert status_with(server, "") == 403 and status_with(server, token + "x") == 403
+    server.stop()
     log = server.log()
     path = tokenless.data_dir / "token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -102,47 +107,39 @@ def test_deployster_token_wins_over_the_kept_one(
 
 
 def test_rotating_the_kept_token_stops_the_old_one_at_once(
-    tokenless: Settings, tmp_path: Path, cli_env: dict[str, str]
+    tokenless: Settings, tokenless_server: LiveServer, cli_env: dict[str, str]
 ) -> None:
-    server = start_server(tokenless, tmp_path / "server.log")
-    try:
-        old = kept(tokenless)
-        rotated = deployster(cli_env, "token", "--rotate")
-        assert rotated.returncode == 0, rotated.stderr
-        new = rotated.stdout.strip()
-        assert new != old and new == kept(tokenless)
-        assert "the old one no longer works" in rotated.stderr
-        assert status_with(server, old) == 403
-        assert status_with(server, new) == 200
-        assert ok(deployster(cli_env, "token")) == f"{new}\n"
-    finally:
-        server.stop()
+    old = kept(tokenless)
+    rotated = deployster(cli_env, "token", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip()
+    assert new != old and new == kept(tokenless)
+    assert "the old one no longer works" in rotated.stderr
+    assert status_with(tokenless_server, old) == 403
+    assert status_with(tokenless_server, new) == 200
+    assert ok(deployster(cli_env, "token")) == f"{new}\n"
     assert stat.S_IMODE((tokenless.data_dir / "token").stat().st_mode) == 0o600
 
 
 async def test_every_process_of_the_data_dir_reads_the_kept_token(
-    tokenless: Settings, tmp_path: Path, project_dir: Path, cli_env: dict[str, str]
+    tokenless: Settings, tokenless_server: LiveServer, project_dir: Path,
+    cli_env: dict[str, str],
 ) -> None:
     """The server masks it in a job's log; the dashboard's and the CLI's core
     hold it; ``deployster deploy`` to this machine sends it by itself."""
-    server = start_server(tokenless, tmp_path / "server.log")
+    server = tokenless_server
+    token = kept(tokenless)
+    core = await Deployster.open(tokenless)
     try:
-        token = kept(tokenless)
-        core = await Deployster.open(tokenless)
-        try:
-            assert core.admin_token.current() == token
-            await core.projects.add(str(project_dir))
-        finally:
-            await core.close()
-        deployed = deployster(
-            {**cli_env, "DEPLOYSTER_URL": server.url, "PATH": f"{REPO}/tests/stubs:"
-             f"{os.environ['PATH']}"},
-            "deploy", "--cd", str(project_dir), "--",
-            f"cat {tokenless.data_dir / 'token'}", "supervisorctl restart my-app--main")
-        assert deployed.returncode == 0, deployed.stderr
-        assert token not in deployed.stdout and "***" in deployed.stdout
+        assert core.admin_token.current() == token
+        await core.projects.add(str(project_dir))
     finally:
-        server.stop()
+        await core.close()
+    deployed = deployster(
+        {**cli_env, "DEPLOYSTER_URL": server.url}, "deploy", "--cd", str(project_dir), "--",
+        f"cat {tokenless.data_dir / 'token'}", "supervisorctl restart my-app--main")
+    assert deployed.returncode == 0, deployed.stderr
+    assert token not in deployed.stdout and "***" in deployed.stdout
     # Never sent elsewhere: to another host the client asks for a token.
     elsewhere = deployster({**cli_env, "DEPLOYSTER_URL": "http://192.0.2.1:9"}, "deploy",
                            "--cd", str(project_dir), "--", "supervisorctl restart x")
