@@ -1,5 +1,8 @@
-"""The README keeps the user's original examples verbatim and starts with the
-two set-up commands (install + serve, install + test)."""
+"""The README starts with the two set-up commands (install + serve, install +
+test), keeps the user's original examples with only their two mistakes
+corrected, and documents every setting. Its "First ten minutes" runs for real in
+tests/test_first_ten_minutes.py, its curl example in
+tests/server/test_seed_guide.py."""
 
 from __future__ import annotations
 
@@ -28,14 +31,42 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert README.index(first) < 1200, "the commands belong in the README's first lines"
 
 
-def test_readme_carries_the_seed_examples_unchanged() -> None:
+# Where the README's copies of the seed's two examples differ from the seed, and
+# nothing else (README.md#curl): printf, so "\n" is a line break under bash (the
+# seed's echo printed it as is); in the curl example an unquoted heredoc, so
+# $(git rev-parse HEAD) is run (the seed's quoted one sent the text itself).
+STATUS_LINES = [(f'echo "\\n{what}"', f"printf '\\n{what}\\n'")
+                for what in ("Deployment complete", "Deployment failed", "Job not found")]
+HEREDOC = [("<<'JSON' | tee", "<<JSON | tee")]
+
+
+def corrected(text: str, corrections: list[tuple[str, str]]) -> str:
+    for seed, ours in corrections:
+        assert seed in text, seed
+        text = text.replace(seed, ours)
+    return text
+
+
+def test_readme_carries_the_seed_examples_corrected() -> None:
     workflow = (SEED / "workflow.yml").read_text(encoding="utf-8")
     curl = (SEED / "local-curl.sh").read_text(encoding="utf-8")
     readme_blocks = fenced_blocks(README)
-    assert curl in readme_blocks
+    assert corrected(curl, HEREDOC + STATUS_LINES) in readme_blocks
     # The workflow's steps are the seed's, line for line (comments aside).
     steps = workflow[workflow.index("      - name: Trigger deploy") :]
-    assert any(steps in block for block in readme_blocks)
+    assert any(corrected(steps, STATUS_LINES) in block for block in readme_blocks)
+    # The seed's mistakes are not in it.
+    assert curl not in README and steps not in README
+    for seed, _ in STATUS_LINES:
+        assert seed not in README
+
+
+def test_no_readme_example_quotes_a_heredoc_that_needs_the_shell() -> None:
+    """A command substitution in a quoted heredoc is sent as text (the seed's
+    mistake); in the workflow, ${{ … }} is filled in before the shell runs."""
+    for block in fenced_blocks(README):
+        for heredoc in re.finditer(r"<<'(\w+)'.*?\n(.*?)^\s*\1$", block, re.S | re.M):
+            assert "$(" not in heredoc.group(2) and "`" not in heredoc.group(2), block
 
 
 def test_every_setting_is_in_the_configuration_table() -> None:

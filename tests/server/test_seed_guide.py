@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -392,6 +393,50 @@ async def test_local_curl_example_deploys(
     assert_deployed(result.stdout)
     job_id = json.loads(result.stdout.splitlines()[0])["job_id"]
     assert f"[deployster] job {job_id} " in result.stdout
+
+
+def _readme_curl_example() -> str:
+    """Our README's copy of the local example (the seed's, corrected: tests/test_readme.py)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [text for lang, text in _fenced_blocks(readme)
+              if lang in ("bash", "sh") and text.startswith("# Trigger deploy")]
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> tuple[Path, str]:
+    """A git work tree with one commit, and that commit's hash."""
+    path = tmp_path / "checkout"
+    path.mkdir()
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "the commit"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    return path, head
+
+
+async def test_the_readme_curl_example_sends_the_commit_and_prints_line_breaks(
+    server: LiveServer, guide_project: Path, tmp_path: Path, checkout: tuple[Path, str]
+) -> None:
+    """Run where the README says to, in the checkout of the commit to deploy:
+    the job gets that commit, not the text ``$(git rev-parse HEAD)``, and the
+    status lines end with a line break, not a literal ``\\n``."""
+    workdir, head = checkout
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "LANG": "C.UTF-8", "DEPLOYSTER_TOKEN": server.token, "DEPLOYSTER_URL": server.url}
+    with _LOCAL_EXAMPLE_LOCK.open("a+") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        result = await run_bash(["bash"], _readme_curl_example(),
+                                tmp_path / "readme-curl-example.sh", cwd=workdir, env=env)
+
+    assert result.code == 0, result.output
+    assert "\nDeployment complete\n" in result.stdout
+    assert "\\n" not in result.stdout
+    job_id = json.loads(result.stdout.splitlines()[0])["job_id"]
+    async with server.client() as client:
+        assert (await client.get(f"/jobs/{job_id}")).json()["commit_hash"] == head
 
 
 async def test_failing_deploy_ends_the_seed_client_with_an_error(
