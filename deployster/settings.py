@@ -18,7 +18,14 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any, Self, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -54,6 +61,10 @@ def _split_paths(value: Any) -> Any:
         return [part for part in value.split(os.pathsep) if part]
     return value
 
+
+# Redis connections of the server beyond one per live log stream, by default:
+# the requests in flight, the dispatcher, the runners and the history writer.
+REDIS_HEADROOM = 100
 
 # A path where a leading "~" is the user's home.
 UserPath = Annotated[Path, AfterValidator(_expand_user)]
@@ -115,11 +126,27 @@ class Settings(BaseSettings):
     sse_keepalive: Seconds = 15.0
     # Live log streams one server serves at once (each holds a Redis connection).
     max_streams: Count = 200
+    # The server's Redis connections: a command waits for a free one, never
+    # fails for want of one. 0: max_streams + REDIS_HEADROOM. Else more than
+    # max_streams, or live streams would leave the requests none (checked below).
+    redis_connections: Count = 0
     # SQL history: finished deploys requested more than this many days ago are
     # deleted (hourly, by the server), except each project's ``history_keep``
     # newest and its newest complete one (pruning.py). 0 keeps everything.
     history_days: Seconds = 0.0
     history_keep: Count = 20
+
+    @field_validator("redis_connections")
+    @classmethod
+    def _more_connections_than_streams(cls, value: int, info: ValidationInfo) -> int:
+        streams = info.data.get("max_streams")  # absent: that field failed first
+        if value and streams is not None and value <= streams:
+            raise ValueError(
+                f"must be 0 (the default: {env_name('max_streams')} + {REDIS_HEADROOM}) or more "
+                f"than {env_name('max_streams')} ({streams}): each live stream holds a "
+                "connection"
+            )
+        return value
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -192,6 +219,12 @@ class Settings(BaseSettings):
         return not self.redis_url
 
     @property
+    def redis_pool_size(self) -> int:
+        """The most Redis connections the server opens (``redis_connections``,
+        0 meaning ``max_streams`` + ``REDIS_HEADROOM``)."""
+        return self.redis_connections or self.max_streams + REDIS_HEADROOM
+
+    @property
     def redis_socket(self) -> Path:
         return self.data_dir / "redis.sock"
 
@@ -224,6 +257,8 @@ def _config_error(cls: type[Settings], exc: ValidationError, values: dict[str, A
     shown = f"{env_name(name)}={given!r}" if field.repr else env_name(name)
     if error["type"] in ("greater_than_equal", "finite_number"):
         return ConfigError(f"{shown} must be a finite number, 0 or more")
+    if error["type"] == "value_error":  # a check of ours: its message
+        return ConfigError(f"{shown} {error['ctx']['error']}")
     return ConfigError(f"{shown} is not a valid {_kind(field.annotation)}")
 
 
