@@ -23,7 +23,11 @@ run (one job at a time) during the measurement instead.
     python bench/deploy_throughput.py [--requests 2000] [--rounds 3] [--concurrency 64]
                                       [--clients 2] [--client raw|httpx]
 
-Target: deploys/bare >= 0.5.
+Target: deploys/bare >= 0.8 (the deploy route adds at most a quarter to the
+framework's own cost). The server CPU per request is the steadier figure on a
+busy machine: req/s moves with whatever else runs. ``deployster serve`` tunes
+the garbage collector (``serve.tune_gc``); the bare endpoint runs Python's
+defaults, as a bare app would.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from _harness import (
 
 from deployster.keys import Keys
 
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.8
 
 
 # ------------------------------------------------------------ bare server

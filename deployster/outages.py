@@ -18,6 +18,13 @@ input and is reported as that.
   that refuses or no longer exists); SQLite's busy, locked, read-only, I/O,
   full-disk and cannot-open results, told apart by result code: SQLite raises
   ``OperationalError`` for a syntax error or a missing table too.
+- **Not an outage: a full connection pool of ours.** redis-py's
+  ``MaxConnectionsError`` says that every connection of the client's own pool
+  was busy, not that Redis is out: it is reported as the bug it is (a 500 from
+  the API, with its traceback in the log), never as ``redis_unavailable``.
+  ``redis_conn``'s clients do not raise it (a command waits for a free
+  connection). Being a ``ConnectionError`` it is still caught by ``except
+  REDIS_DOWN``, whose retry is right for it too.
 - **An ``OSError``** counts only when one of the client libraries raised it
   (asyncpg lets the socket's ``ConnectionRefusedError`` through as is). By
   itself it is not an outage: a ``BrokenPipeError`` is usually stdout's reader
@@ -35,7 +42,7 @@ import sqlite3
 import traceback
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .db import TABLES
@@ -217,6 +224,8 @@ def classify(exc: BaseException) -> Outage | None:
     """Which backing service ``exc`` says is out: ``Outage.REDIS``,
     ``Outage.DATABASE``, or None (not an outage: a bug, bad input, a closed
     stdout…). The rules are in this module's docstring."""
+    if isinstance(exc, MaxConnectionsError):
+        return None
     if isinstance(exc, REDIS_DOWN):
         return Outage.REDIS
     if _database_down(exc):

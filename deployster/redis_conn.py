@@ -15,9 +15,11 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from .embedded_redis import ensure_embedded_redis
 from .outages import REDIS_DOWN, refusal
-from .settings import Settings
+from .settings import REDIS_HEADROOM, Settings
 
 Redis = aioredis.Redis
+
+DEFAULT_POOL_SIZE = Settings.model_fields["max_streams"].default + REDIS_HEADROOM
 
 # Re-exported: what a dropped, refused or write-refusing Redis raises (see
 # ``outages``); callers keep their state and retry, the API answers 503.
@@ -64,9 +66,19 @@ async def resolve_redis_url(settings: Settings) -> str:
     return await asyncio.to_thread(ensure_embedded_redis, settings.data_dir)
 
 
-def redis_from_url(url: str) -> Redis:
-    client = aioredis.Redis.from_url(
+def redis_from_url(url: str, max_connections: int | None = None) -> Redis:
+    """A client whose pool holds at most ``max_connections`` connections
+    (default: the default settings' ``redis_pool_size``). A command that finds
+    them all busy waits for one (redis-py's ``BlockingConnectionPool`` with no
+    timeout) instead of failing: its default pool raised ``MaxConnectionsError``
+    at the 101st command in flight, a ``ConnectionError`` the API answered as
+    ``503 redis_unavailable`` (held by ``tests/server/test_load.py``). A
+    command that cannot get a connection from Redis itself still fails at once.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections or DEFAULT_POOL_SIZE,
+        timeout=None,
         decode_responses=True,
         health_check_interval=15,
         # Fail fast while Redis is down: the API answers 503 and the background
@@ -77,10 +89,10 @@ def redis_from_url(url: str) -> Redis:
     )
     # Connections are made on first use, from these arguments; the protocol is
     # known only now (a URL may say ?protocol=2).
-    kwargs = client.connection_pool.connection_kwargs
+    kwargs = pool.connection_kwargs
     kwargs["parser_class"] = _parser_for(kwargs.get("protocol"))
-    return client
+    return aioredis.Redis.from_pool(pool)
 
 
 async def connect_redis(settings: Settings) -> Redis:
-    return redis_from_url(await resolve_redis_url(settings))
+    return redis_from_url(await resolve_redis_url(settings), settings.redis_pool_size)

@@ -19,7 +19,14 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any, Self, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -58,6 +65,10 @@ def _split_paths(value: Any) -> Any:
         return [part for part in value.split(os.pathsep) if part]
     return value
 
+
+# Redis connections of the server beyond one per live log stream, by default:
+# the requests in flight, the dispatcher, the runners and the history writer.
+REDIS_HEADROOM = 100
 
 # A path where a leading "~" is the user's home.
 UserPath = Annotated[Path, AfterValidator(_expand_user)]
@@ -137,12 +148,26 @@ class Settings(BaseSettings):
     """Seconds without an event before a log stream sends a keep-alive comment."""
     max_streams: Count = 200
     """Live log streams one server serves at once (each holds a Redis connection)."""
+    redis_connections: Count = 0
+    """Redis connections a server opens at most, waiting for a free one (0: max_streams + 100)."""
     # Deleted hourly by the server, except each project's ``history_keep``
     # newest and its newest complete one (pruning.py).
     history_days: Seconds = 0.0
     """Finished deploys requested more than this many days ago leave the SQL history (0: never)."""
     history_keep: Count = 20
     """Finished deploys each project keeps in the history whatever their age."""
+
+    @field_validator("redis_connections")
+    @classmethod
+    def _more_connections_than_streams(cls, value: int, info: ValidationInfo) -> int:
+        streams = info.data.get("max_streams")  # absent: that field failed first
+        if value and streams is not None and value <= streams:
+            raise ValueError(
+                f"must be 0 (the default: {env_name('max_streams')} + {REDIS_HEADROOM}) or more "
+                f"than {env_name('max_streams')} ({streams}): each live stream holds a "
+                "connection"
+            )
+        return value
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -227,6 +252,12 @@ class Settings(BaseSettings):
         return not self.redis_url
 
     @property
+    def redis_pool_size(self) -> int:
+        """The most Redis connections the server opens (``redis_connections``,
+        0 meaning ``max_streams`` + ``REDIS_HEADROOM``)."""
+        return self.redis_connections or self.max_streams + REDIS_HEADROOM
+
+    @property
     def redis_socket(self) -> Path:
         return self.data_dir / "redis.sock"
 
@@ -264,6 +295,8 @@ def _config_error(cls: type[Settings], exc: ValidationError, values: dict[str, A
     shown = f"{env_name(name)}={given!r}" if field.repr else env_name(name)
     if error["type"] in ("greater_than_equal", "finite_number"):
         return ConfigError(f"{shown} must be a finite number, 0 or more")
+    if error["type"] == "value_error":  # a check of ours: its message
+        return ConfigError(f"{shown} {error['ctx']['error']}")
     return ConfigError(f"{shown} is not a valid {_kind(field.annotation)}")
 
 

@@ -22,6 +22,7 @@ working in every server process as soon as the command returns.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -73,9 +74,14 @@ def is_admin_token(sent: str, admin_token: str | None) -> bool:
     if not admin_token:
         return False
     return hmac.compare_digest(
-        hashlib.sha256(sent.encode("utf-8", "surrogatepass")).digest(),
-        hashlib.sha256(admin_token.encode("utf-8", "surrogatepass")).digest(),
+        hashlib.sha256(sent.encode("utf-8", "surrogatepass")).digest(), _digest(admin_token)
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(admin_token: str) -> bytes:
+    """The admin token's SHA-256, made once (it changes only with a restart)."""
+    return hashlib.sha256(admin_token.encode("utf-8", "surrogatepass")).digest()
 
 
 async def resolve(

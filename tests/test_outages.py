@@ -9,6 +9,7 @@ checked on every row.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -134,6 +135,34 @@ async def test_redis_unreachable_is_a_redis_outage(tmp_path: Path) -> None:
         finally:
             for client in (closed, gone, mute):
                 await client.aclose()
+
+
+async def test_a_full_connection_pool_is_no_outage_and_ours_waits(
+    redis_url: str, namespace: str
+) -> None:
+    """redis-py's own pool refuses a command when its connections are all busy
+    (``MaxConnectionsError``, a ``ConnectionError``): not Redis being out, so
+    never reported as that (``except REDIS_DOWN`` may still retry it). A
+    client of ``redis_conn`` waits for a free connection instead."""
+    channel = f"{namespace}:channel"
+    plain = aioredis.Redis(
+        connection_pool=aioredis.ConnectionPool.from_url(redis_url, max_connections=1))
+    ours = redis_from_url(redis_url, max_connections=1)
+    # A subscriber holds its connection (here the pool's only one) until closed.
+    subscribers = [plain.pubsub(), ours.pubsub()]
+    try:
+        await subscribers[0].subscribe(channel)
+        full = await raised(plain.ping)
+        assert classify(full) is None, repr(full)
+        await subscribers[1].subscribe(channel)
+        ping = asyncio.create_task(ours.ping())
+        await asyncio.sleep(0.2)
+        assert not ping.done()  # waiting, not failed
+        await subscribers[1].aclose()
+        assert await ping is True
+    finally:
+        for closing in (*subscribers, plain, ours):
+            await closing.aclose()
 
 
 # --------------------------------------------------------------- database

@@ -65,6 +65,7 @@ def every_field_changed(tmp_path: Path) -> Settings:
         max_queue=0,
         sse_keepalive=2.5,
         max_streams=9,
+        redis_connections=10,
         history_days=30.0,
         history_keep=4,
     )
@@ -113,6 +114,7 @@ def test_every_field_from_the_environment(
         "DEPLOYSTER_MAX_QUEUE": "0",
         "DEPLOYSTER_SSE_KEEPALIVE": "2.5",
         "DEPLOYSTER_MAX_STREAMS": "9",
+        "DEPLOYSTER_REDIS_CONNECTIONS": "10",
         "DEPLOYSTER_HISTORY_DAYS": "30",
         "DEPLOYSTER_HISTORY_KEEP": "4",
     }
@@ -147,6 +149,7 @@ max_command_bytes = 512
 max_queue = 0
 sse_keepalive = 2.5
 max_streams = 9
+redis_connections = 10
 history_days = 30
 history_keep = 4
 """)
@@ -259,6 +262,15 @@ def test_settings_are_immutable() -> None:
     assert settings.port == 3259
 
 
+def test_the_redis_pool_exceeds_the_live_streams_by_default() -> None:
+    # Each live stream holds a connection; the requests need some beside them.
+    assert Settings().redis_connections == 0
+    assert Settings().redis_pool_size == 300
+    assert Settings(max_streams=20).redis_pool_size == 120
+    assert Settings(max_streams=0).redis_pool_size == 100
+    assert Settings(max_streams=20, redis_connections=21).redis_pool_size == 21
+
+
 # --------------------------------------------------------------- bad values
 
 
@@ -280,6 +292,15 @@ def test_settings_are_immutable() -> None:
          "DEPLOYSTER_HISTORY_DAYS='-inf' must be a finite number, 0 or more"),
         (Settings, "DEPLOYSTER_SHUTDOWN_GRACE", "-0.5",
          "DEPLOYSTER_SHUTDOWN_GRACE='-0.5' must be a finite number, 0 or more"),
+        (Settings, "DEPLOYSTER_REDIS_CONNECTIONS", "-1",
+         "DEPLOYSTER_REDIS_CONNECTIONS='-1' must be a finite number, 0 or more"),
+        (Settings, "DEPLOYSTER_REDIS_CONNECTIONS", "many",
+         "DEPLOYSTER_REDIS_CONNECTIONS='many' is not a valid int"),
+        # No more connections than live streams: they would leave requests none.
+        (Settings, "DEPLOYSTER_REDIS_CONNECTIONS", "200",
+         "DEPLOYSTER_REDIS_CONNECTIONS='200' must be 0 (the default: DEPLOYSTER_MAX_STREAMS "
+         "+ 100) or more than DEPLOYSTER_MAX_STREAMS (200): each live stream holds a "
+         "connection"),
         # A field of a kind Settings has none of yet is refused by its type too.
         (WithNewFields, "DEPLOYSTER_VERBOSE", "maybe",
          "DEPLOYSTER_VERBOSE='maybe' is not a valid bool"),
@@ -304,6 +325,9 @@ def test_a_bad_variable_is_one_line_naming_it(
         ("port = 80.5", "DEPLOYSTER_PORT=80.5 is not a valid int"),
         ("kill_grace = nan", "DEPLOYSTER_KILL_GRACE=nan must be a finite number, 0 or more"),
         ("max_streams = -3", "DEPLOYSTER_MAX_STREAMS=-3 must be a finite number, 0 or more"),
+        ("max_streams = 10\nredis_connections = 5",
+         "DEPLOYSTER_REDIS_CONNECTIONS=5 must be 0 (the default: DEPLOYSTER_MAX_STREAMS + 100) "
+         "or more than DEPLOYSTER_MAX_STREAMS (10): each live stream holds a connection"),
         ("namespace = 5", "DEPLOYSTER_NAMESPACE=5 is not a valid str"),
         ("allowed_roots = 5", "DEPLOYSTER_ALLOWED_ROOTS=5 is not a valid list of Path"),
         ("data_dir = [1]", "DEPLOYSTER_DATA_DIR=[1] is not a valid Path"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from quart import Quart, request
+from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import Info, QuartSchema
 from werkzeug.exceptions import RequestTimeout
@@ -40,6 +40,22 @@ class NotTooDeep(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from None
 
 
+def skip_schema_for_responses(app: Quart) -> None:
+    """A handler's finished ``Response`` goes straight to Quart's
+    ``make_response``: QuartSchema's wrapper around it (pydantic conversion of
+    a returned model or dict) returns a ``Response`` unchanged, after a dozen
+    type checks on every request."""
+    converting = app.make_response
+    plain = getattr(converting, "__wrapped__", converting)
+
+    async def make_response(result: Any) -> Any:
+        if isinstance(result, Response):
+            return await plain(result)
+        return await converting(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     """Build the app. Without ``core`` it opens one when serving starts.
 
@@ -65,6 +81,7 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     )
     # After QuartSchema, which installs its own provider (pydantic-aware dumps).
     app.json = type("JSONProvider", (NotTooDeep, type(app.json)), {})(app)
+    skip_schema_for_responses(app)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(client_script.blueprint)

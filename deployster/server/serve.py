@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -77,6 +78,27 @@ def make_admin_token(settings: Settings) -> None:
           "(DEPLOYSTER_TOKEN, when set, is used instead.)\n", file=sys.stderr, flush=True)
 
 
+# Tracked objects allocated (net) between two young collections; Python's
+# default is 700.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Less collector work per request, once start-up is done.
+
+    Everything made so far (modules, the app, the core: ~100,000 objects) lives
+    as long as the process: frozen, a full collection no longer walks it all
+    again. And at Python's default threshold a young collection ran every ~8
+    requests under load, promoting the objects of the requests in flight to
+    older generations, whose collections then walked them too. With a larger
+    young generation those die first. Together: the collector's CPU over a
+    server's life through 10,000 deploy requests (bench/deploy_throughput.py)
+    went from ~0.8 s to ~0.1 s, of ~5.5 s in all.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) -> None:
     """Open Redis and the database first (so a bad URL fails fast: ``Unreachable``
     within ``START_WAIT`` seconds), then serve."""
@@ -103,6 +125,7 @@ async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) ->
             settings.host, settings.port, settings.data_dir, settings.redis_shown,
             settings.database_shown,
         )
+        tune_gc()
         await hypercorn_serve(app, hypercorn_config(sock), shutdown_trigger=stop.wait)
     finally:
         sock.close()  # a no-op once Hypercorn has the fd

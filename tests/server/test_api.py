@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
-from deployster.service import Deployster
+from deployster.server.api import plain_deploy_body
+from deployster.server.schemas import DeployBody
+from deployster.service import DeployRequest, Deployster
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.server import LiveServer
 
@@ -154,6 +158,46 @@ async def test_bad_bodies_are_clear_4xx_and_store_nothing(
     data = reply.json()
     assert data["code"] == code and data["error"]
     assert await core.redis.keys(f"{core.keys.prefix}job:*") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"cd": "/x", "commands": ["supervisorctl restart a"]}',
+        '{"cd": "/x", "commands": ["true", "supervisorctl restart a"], "commit_hash": "c0ffee",'
+        ' "ref_name": "main", "extra": [1, {"x": null}]}',
+        '{"cd": "/x", "commands": []}',
+        '{"cd": "", "commands": [""], "commit_hash": "", "ref_name": ""}',
+        '{"cd": "/x\\u0000\\ud800", "commands": ["\\u00e9"]}',
+        '{"cd": "/x", "commands": ["a"], "commit_hash": null}',
+        '{"cd": "/x", "commands": ["a"], "ref_name": 5}',
+        '{"cd": "/x", "commands": ["a", null]}',
+        '{"cd": "/x", "commands": [["a"]]}',
+        '{"cd": "/x", "commands": "a"}',
+        '{"cd": "/x", "commands": {"0": "a"}}',
+        '{"cd": true, "commands": ["a"]}',
+        '{"cd": 1.5, "commands": ["a"]}',
+        '{"cd": "/x"}',
+        '{"commands": ["a"]}',
+        "{}",
+        '[{"cd": "/x", "commands": ["a"]}]',
+        '"text"',
+        "5",
+        "null",
+    ],
+)
+def test_the_plain_body_check_takes_what_the_schema_takes(body: str) -> None:
+    """``POST /deploy`` reads a well-formed body without pydantic
+    (``plain_deploy_body``); pydantic reads, and refuses, every other. What the
+    plain check takes, ``DeployBody`` takes alike."""
+    data = json.loads(body)
+    plain = plain_deploy_body(data)
+    try:
+        model = DeployBody.model_validate(data)
+    except ValidationError:
+        assert plain is None
+        return
+    assert plain == DeployRequest(**model.model_dump())
 
 
 async def test_oversized_body_is_413_json(server: LiveServer, registered: Path) -> None:
