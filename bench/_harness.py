@@ -30,11 +30,17 @@ from types import TracebackType
 import httpx
 import redis
 
+import deployster
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "bench-token-" + uuid.uuid4().hex
 REPO = Path(__file__).resolve().parent.parent
+# Where the deployster this process imported lives. Subprocesses (``python -m
+# deployster``) start there: ``-m`` puts the working directory first on
+# sys.path, so with ``PYTHONPATH=<another checkout>`` a server started from
+# REPO would run REPO's code, not the checkout being measured.
+CODE_ROOT = Path(deployster.__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------ options
@@ -237,14 +243,16 @@ class BenchEnv:
         path.mkdir()
         result = subprocess.run(
             [sys.executable, "-m", "deployster", "project", "add", str(path), *options],
-            env=self.env(), cwd=REPO, capture_output=True, text=True, timeout=60,
+            env=self.env(), cwd=CODE_ROOT, capture_output=True, text=True, timeout=60,
         )
         if result.returncode != 0:
             raise SystemExit(f"project add failed: {result.stderr.strip()}")
         return path
 
-    def serve(self, **extra_env: str) -> Server:
-        server = Server.start(self.env(**extra_env), self.tmp / f"server{len(self._servers)}.log")
+    def serve(self, *, argv: list[str] | None = None, **extra_env: str) -> Server:
+        """``deployster serve`` (or ``argv``, another server), stopped on exit."""
+        server = Server.start(self.env(**extra_env), self.tmp / f"server{len(self._servers)}.log",
+                              argv=argv)
         self._servers.append(server)
         return server
 
@@ -295,7 +303,7 @@ class Server:
             process = subprocess.Popen(
                 argv or [sys.executable, "-m", "deployster", "serve"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO,
+                cwd=CODE_ROOT,
             )
         server = cls(f"http://127.0.0.1:{port}", process, log_path)
         deadline = time.monotonic() + timeout

@@ -88,6 +88,10 @@ def serve_bare() -> int:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/status/<job_id>")  # status_polls.py's reference: a queued job's answer
+    async def status(job_id: str) -> dict[str, Any]:
+        return {"status": "queued", "logs": "", "position": len(job_id)}
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         probes = [run(target, f"{label}/1", args.probe, concurrency=1, clients=1)
                   for label, target in targets.items()] if args.probe > 0 else []
         with redis.Redis.from_url(env.redis_url) as client:
-            queued = sum(int(client.llen(key))
+            queued = sum(int(client.zcard(key))
                          for key in client.scan_iter(Keys(env.namespace).queue("*")))
         sent = args.warmup + args.requests * args.rounds + (args.probe if probes else 0)
         gate.touch()

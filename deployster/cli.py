@@ -715,9 +715,10 @@ def _span(seconds: float) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
-def _lock_facts(row: Any, queued: list[str]) -> list[str]:
+def _lock_facts(row: Any, queued: list[str], total: int) -> list[str]:
     """What the operator must know before releasing a lock: who holds it, for
-    how long still, whether that job still runs, and what waits behind it."""
+    how long still, whether that job still runs, and what waits behind it
+    (``total`` jobs, the first of them ``queued``)."""
     job = row.running
     if row.lock_ttl_ms is not None and row.lock_ttl_ms < 0:
         ttl = "no expiry"
@@ -732,14 +733,14 @@ def _lock_facts(row: Any, queued: list[str]) -> list[str]:
         holder = "marked running, but its heartbeat stopped: its runner is likely gone"
     else:
         holder = "still running: its heartbeat is fresh"
-    shown = ", ".join(queued[:5]) + (", …" if len(queued) > 5 else "")
+    shown = ", ".join(queued[:5]) + (", …" if total > 5 else "")
     return [
         f"project:    {row.project.name} ({escape_controls(row.project.path)})",
         f"holder:     {row.lock_owner}",
         f"TTL:        {ttl}",
         f"heartbeat:  {beat}{' (STALE)' if row.stale else ''}",
         f"owning job: {holder}",
-        f"queued:     {len(queued)} job(s) waiting" + (f": {shown}" if queued else ""),
+        f"queued:     {total} job(s) waiting" + (f": {shown}" if queued else ""),
     ]
 
 
@@ -755,7 +756,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
             raise Conflict(f"project {project.name!r} is not locked: nothing to release",
                            code="not_locked")
         owner = row.lock_owner
-        print("\n".join(_lock_facts(row, await core.queue.queued_ids(project.id))))
+        print("\n".join(_lock_facts(row, *await core.queue.window(project.id, 5))))
         if row.running is not None and row.running.status is JobStatus.RUNNING \
                 and not row.stale:
             print("warning:    the holder is alive and renewing its lock; releasing it ends "

@@ -59,9 +59,12 @@ class Dispatcher:
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Announce this runner, end jobs orphaned by a crash, start listening."""
+        """Announce this runner, move queues an older version kept as lists
+        into sorted sets, end jobs orphaned by a crash, start listening."""
         with contextlib.suppress(*REDIS_DOWN):
             await recovery.announce(self.core)
+            if moved := await self.core.queue.upgrade():
+                log.info("moved %d queued job(s) from the old list queues", moved)
             await self.recover()
         self._listener = asyncio.create_task(self._listen(), name="dispatcher-listen")
         self._announcer = asyncio.create_task(self._announce_loop(), name="dispatcher-announce")

@@ -6,7 +6,8 @@ the /status call only moves a cursor kept in the job record, in one Lua script
 are read together, so the reply that first says ``complete``/``failed`` carries
 the last lines (the runner flushes its output before it records the end), two
 concurrent calls never return the same line, and every other reader sees the
-whole log.
+whole log. The same script checks the caller may see the job and reads a
+queued job's position: a poll is one Redis round trip.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
+from .errors import NotFound
 from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
@@ -27,6 +29,7 @@ class StatusRead:
     reason: str | None
     logs: str
     superseded_by: str | None = None
+    position: int | None = None  # 1-based place in the queue, while queued
 
 
 class JobRecords:
@@ -50,13 +53,23 @@ class JobRecords:
             rows = await pipe.execute()
         return [Job.from_redis(r) for r in rows if r]
 
-    async def read_status(self, job_id: str) -> StatusRead | None:
-        """Status plus the output since the previous call (moves the cursor)."""
-        result = await self.scripts.status_read(job_id=job_id, nonce=uuid.uuid4().hex)
-        if not result:
+    async def read_status(self, job_id: str, *, visible: int | None = None) -> StatusRead | None:
+        """Status plus the output since the previous call (moves the cursor),
+        and the position while queued; None when Redis has no such job.
+
+        ``visible``: the only project whose jobs the caller may see (None: any).
+        Another project's job raises ``NotFound``, exactly as an unknown one
+        would, and its cursor stays where it was (its owner's reads lose nothing).
+        """
+        result = await self.scripts.status_read(
+            job_id=job_id, nonce=uuid.uuid4().hex, project="" if visible is None else visible)
+        if result is None:
             return None
-        status, reason, logs, superseded_by = result
-        return StatusRead(JobStatus(status), reason or None, logs, superseded_by or None)
+        if result == 0:
+            raise NotFound(f"no job {job_id!r}")
+        status, reason, logs, superseded_by, position = result
+        return StatusRead(JobStatus(status), reason or None, logs, superseded_by or None,
+                          int(position) or None)
 
     async def running(self) -> dict[str, str]:
         """Running job id -> runner id."""

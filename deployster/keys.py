@@ -10,7 +10,10 @@ instances sharing one Redis.
 | lock:deploy:<project>       | string | the owning job id, with a TTL                 |
 | deployster:job:<id>         | hash   | the live job record (status, cursor, fence…)  |
 | deployster:log:<id>         | stream | the job's output, one entry per chunk         |
-| deployster:queue:<project>  | list   | queued job ids, FIFO                          |
+| deployster:waiting:<project>| zset   | queued job ids, scored by enqueue order (FIFO)|
+| deployster:seq:<project>    | string | the queue's enqueue counter (the scores)      |
+| deployster:byref:<project>:<ref> | set | queued job ids of one ref (supersede)     |
+| deployster:queue:<project>  | list   | legacy: the queue before it was a zset        |
 | deployster:queues           | set    | projects whose queue may be non-empty         |
 | deployster:running          | hash   | running job id -> runner id                   |
 | deployster:fence:<project>  | string | fencing counter, bumped at every claim        |
@@ -45,7 +48,27 @@ class Keys:
     def lock(self, project_id: int | str) -> str:
         return f"{self.lock_prefix}{project_id}"
 
+    @property
+    def queue_prefix(self) -> str:
+        return f"{self.prefix}waiting:"
+
     def queue(self, project_id: int | str) -> str:
+        """The project's queue: a sorted set of job ids scored by ``queue_seq``."""
+        return f"{self.queue_prefix}{project_id}"
+
+    def queue_seq(self, project_id: int | str) -> str:
+        return f"{self.prefix}seq:{project_id}"
+
+    def byref_prefix(self, project_id: int | str) -> str:
+        return f"{self.prefix}byref:{project_id}:"
+
+    def byref(self, project_id: int | str, ref: str) -> str:
+        """The project's queued job ids of one ref: what ``supersede`` replaces."""
+        return f"{self.byref_prefix(project_id)}{ref}"
+
+    def legacy_queue(self, project_id: int | str) -> str:
+        """Legacy: the queue as a list (FIFO), as deployster kept it before the
+        sorted set. Only read, to move its jobs over (``JobQueue.upgrade``)."""
         return f"{self.prefix}queue:{project_id}"
 
     def fence(self, project_id: int | str) -> str:

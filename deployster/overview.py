@@ -152,9 +152,24 @@ async def project_summaries(
             if principal is None or principal.can_see(r.project.id)]
 
 
-async def queued_jobs(core: Deployster, project_id: int) -> list[Job]:
-    """The project's queue, in order."""
-    return await core.jobs.get_many(await core.queue.queued_ids(project_id))
+# Queued jobs a project screen shows: the head of the queue, never all of it.
+QUEUE_WINDOW = 50
+
+
+@dataclass(frozen=True)
+class QueueWindow:
+    """The head of a project's queue, in order, and how many jobs are queued."""
+
+    jobs: list[Job]
+    total: int
+
+
+async def queued_jobs(core: Deployster, project_id: int, *,
+                      limit: int = QUEUE_WINDOW) -> QueueWindow:
+    """The first ``limit`` queued jobs of the project and the queue's length:
+    two round trips and ``limit`` records, however long the queue."""
+    ids, total = await core.queue.window(project_id, limit)
+    return QueueWindow(await core.jobs.get_many(ids), total)
 
 
 async def history(

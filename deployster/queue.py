@@ -6,6 +6,11 @@ start the next) are single Lua scripts (``redis_scripts/enqueue.lua``,
 each atomically, so two servers, or a server and the dashboard, can never start
 two jobs of a project or start one job twice. A release publishes an event;
 whoever runs a dispatcher claims the next job at once, no polling.
+
+A queue is a sorted set scored by a per-project enqueue counter, beside one set
+of queued ids per ref (docs/redis.md#the-queue): no request or refresh does
+work that grows with the queue (the head, a position, the same-ref jobs, the
+length and a window of it are each a log-time or constant-time read).
 """
 
 from __future__ import annotations
@@ -123,22 +128,55 @@ class JobQueue:
         ))
 
     async def queued_ids(self, project_id: int) -> list[str]:
-        return [str(i) for i in await self.redis.lrange(self.keys.queue(project_id), 0, -1)]
+        """Every queued job id, head first (tests and tools; readers that show
+        a queue take a ``window``)."""
+        return [str(i) for i in await self.redis.zrange(self.keys.queue(project_id), 0, -1)]
+
+    async def window(self, project_id: int, limit: int) -> tuple[list[str], int]:
+        """The first ``limit`` queued job ids, head first, and how many are
+        queued: one round trip, whatever the queue's length."""
+        key = self.keys.queue(project_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrange(key, 0, limit - 1)
+            pipe.zcard(key)
+            ids, total = await pipe.execute()
+        return [str(i) for i in ids], int(total)
 
     async def position(self, project_id: int, job_id: str) -> int | None:
-        pos = await self.redis.lpos(self.keys.queue(project_id), job_id)
-        return None if pos is None else cast(int, pos) + 1
+        """1-based place in the queue; None when the job is not in it."""
+        rank = await self.redis.zrank(self.keys.queue(project_id), job_id)
+        return None if rank is None else cast(int, rank) + 1
 
     async def projects_with_queue(self) -> list[int]:
         return [int(p) for p in await self.redis.smembers(self.keys.queues)]
 
     async def length(self, project_id: int) -> int:
-        return cast(int, await self.redis.llen(self.keys.queue(project_id)))
+        return cast(int, await self.redis.zcard(self.keys.queue(project_id)))
+
+    async def upgrade(self) -> int:
+        """Move every queue an older deployster kept as a list into its sorted
+        set (``upgrade_queue.lua``, atomic per project, order kept, a no-op the
+        second time); returns how many jobs moved. Every non-empty list's
+        project is in ``queues`` (the list's scripts added it with each push and
+        dropped it only once the list was empty), so those are the ones visited.
+        A dispatcher runs it at start; claims and enqueues also move a list an
+        older server still pushes to (see ``queue.lua``)."""
+        projects = await self.projects_with_queue()
+        if not projects:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for project_id in projects:
+                await self.scripts.upgrade_queue(project_id=project_id, client=pipe)
+            moved = await pipe.execute()
+        return sum(int(n) for n in moved)
 
     async def forget(self, project_id: int) -> None:
         """Delete what Redis keeps beside a removed project's queue: its
-        request signatures, fencing counter and last claimed job. Call it once
-        the project's jobs have ended: its queue, empty by then, is gone
-        already (Redis drops an empty key), and ``queues`` no longer names it."""
+        request signatures, fencing counter, last claimed job, enqueue counter
+        and any list an older version left. Call it once the project's jobs
+        have ended: its queue and its per-ref sets, empty by then (each job's
+        end took it out of both), are gone already (Redis drops an empty key),
+        and ``queues`` no longer names it."""
         await self.redis.delete(self.keys.signatures(project_id), self.keys.fence(project_id),
-                                self.keys.current(project_id))
+                                self.keys.current(project_id), self.keys.queue_seq(project_id),
+                                self.keys.legacy_queue(project_id))

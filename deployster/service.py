@@ -282,32 +282,29 @@ class Deployster:
             return 0
         return await store.select_deployment_log_bytes(self.db, job.id)
 
-    async def read_status(
-        self, job_id: str, *, principal: Principal | None = None
-    ) -> tuple[StatusRead, Job | None]:
-        """The /status read: status plus output since the previous call.
+    async def read_status(self, job_id: str, *, principal: Principal | None = None) -> StatusRead:
+        """The /status read: status plus output since the previous call, and
+        the queue position while queued; one Redis round trip (``status_read.lua``).
 
-        A job ``principal`` may not see is reported exactly like an unknown one,
-        and its cursor is left where it was (the owner's reads lose nothing).
+        A job ``principal`` may not see is reported exactly like an unknown one
+        (``NotFound``), and its cursor is left where it was (the owner's reads
+        lose nothing).
         """
         if not is_job_id(job_id):
             raise NotFound(f"no job {job_id!r}")
-        if principal is not None and not principal.is_admin:
-            owner = await self.redis.hget(self.keys.job(job_id), "project_id")
-            if owner is not None and not principal.can_see(int(owner)):
-                raise NotFound(f"no job {job_id!r}")
-        read = await self.jobs.read_status(job_id)
+        visible = None if principal is None else principal.project_id
+        read = await self.jobs.read_status(job_id, visible=visible)
         if read is not None:
-            job = await self.jobs.get(job_id) if read.status is JobStatus.QUEUED else None
-            return read, job
+            return read
         # Finished long ago: Redis let the record go, history has all of it.
         job = await store.select_deployment(self.db, job_id)
         if job is None or (principal is not None and not principal.can_see(job.project_id)):
             raise NotFound(f"no job {job_id!r}")
         log = await store.select_deployment_log(self.db, job_id) or ""
-        return StatusRead(job.status, job.reason, log, job.superseded_by), job
+        return StatusRead(job.status, job.reason, log, job.superseded_by)
 
     async def queue_position(self, job: Job) -> int | None:
+        """1-based place of a queued ``job`` in its project's queue (None: not in it)."""
         return await self.queue.position(job.project_id, job.id)
 
     # ----------------------------------------------------------------- health

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from deployster import overview
 from deployster.errors import QueueFull
 from deployster.ids import new_job_id
 from deployster.models import Job, JobStatus
@@ -385,3 +386,139 @@ async def test_http_429_with_retry_after_when_the_queue_is_full(
             assert (await wait_for_status(client, later.json()["job_id"]))["status"] == "complete"
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------ indexed queue
+
+
+async def test_supersede_ends_exactly_the_queued_jobs_of_its_ref_among_many(
+    core: Deployster,
+) -> None:
+    refs = ["main", "dev", "feat/x", "release:1"]  # a ':' in a ref is just a character
+    jobs = [make_job(ref=refs[i % len(refs)]) for i in range(200)]
+    for job in jobs:
+        await core.queue.enqueue(job, runner=None)
+    # One job of 'dev' left on its own first: cancelled.
+    devs = [j for j in jobs if j.ref_name == "dev"]
+    await core.queue.cancel(devs[3])
+    newest = make_job(ref="dev")
+    result = await core.queue.enqueue(newest, runner=None, policy="supersede")
+    others = [j.id for j in jobs if j.ref_name != "dev"]
+    assert await core.queue.queued_ids(PROJECT) == [*others, newest.id]
+    assert result.position == len(others) + 1
+    for job in devs:
+        record = await core.jobs.get(job.id)
+        assert record is not None and record.status is JobStatus.FAILED
+        if job is devs[3]:
+            assert record.reason == "cancelled" and record.superseded_by is None
+        else:
+            assert record.reason == "superseded" and record.superseded_by == newest.id
+    for job_id in others:
+        assert await status_of(core, job_id) is JobStatus.QUEUED
+    # The ref's index moved on with the queue: the next supersede of 'dev'
+    # replaces only the job that superseded the rest; one of 'main' all of main.
+    again = make_job(ref="dev")
+    await core.queue.enqueue(again, runner=None, policy="supersede")
+    assert (await core.jobs.get(newest.id)).superseded_by == again.id  # type: ignore[union-attr]
+    main = make_job(ref="main")
+    await core.queue.enqueue(main, runner=None, policy="supersede")
+    left = [j.id for j in jobs if j.ref_name in ("feat/x", "release:1")]
+    assert await core.queue.queued_ids(PROJECT) == [*left, again.id, main.id]
+    # A claimed job has left its ref's set: superseding its ref leaves it running.
+    claimed = await core.queue.claim(PROJECT, "r1")
+    assert claimed == left[0]
+    await core.queue.enqueue(make_job(ref="feat/x"), runner=None, policy="supersede")
+    assert await status_of(core, claimed) is JobStatus.RUNNING
+
+
+async def test_positions_close_up_after_cancels(core: Deployster) -> None:
+    assert await hold_lock(core, PROJECT, "nobody", 60_000)
+    jobs = [make_job() for _ in range(10)]
+    for job in jobs:
+        await core.queue.enqueue(job, runner="r1")
+    for gone in (jobs[0], jobs[4], jobs[9]):
+        assert await core.queue.cancel(gone) == "queued"
+    left = [j for j in jobs if j not in (jobs[0], jobs[4], jobs[9])]
+    for place, job in enumerate(left, 1):
+        assert await core.queue.position(PROJECT, job.id) == place
+        read = await core.read_status(job.id)
+        assert (read.status, read.position) == (JobStatus.QUEUED, place)
+    assert await core.queue.position(PROJECT, jobs[4].id) is None
+    assert (await core.read_status(jobs[4].id)).position is None
+    last = make_job()
+    assert (await core.queue.enqueue(last, runner="r1")).position == len(left) + 1
+    # Emptied by cancels, the project leaves the set the sweep visits.
+    for job in [*left, last]:
+        await core.queue.cancel(job)
+    assert await core.queue.length(PROJECT) == 0
+    assert PROJECT not in await core.queue.projects_with_queue()
+
+
+async def test_the_dashboard_reads_a_window_of_a_long_queue(core: Deployster) -> None:
+    jobs = [make_job() for _ in range(120)]
+    await asyncio.gather(*(core.queue.enqueue(j, runner=None) for j in jobs))
+    window = await overview.queued_jobs(core, PROJECT, limit=50)
+    assert window.total == 120
+    assert [j.id for j in window.jobs] == [j.id for j in jobs[:50]]
+    assert all(j.status is JobStatus.QUEUED for j in window.jobs)
+
+
+# ------------------------------------------------------------ the list queue of old
+
+
+async def store_legacy(core: Deployster, jobs: list[Job]) -> None:
+    """``jobs`` as a version that kept the queue as a list left them: records
+    queued, ids pushed on the list, the project in ``queues``."""
+    for job in jobs:
+        job.status, job.queued_at = JobStatus.QUEUED, "2026-01-01T00:00:00.000Z"
+        await core.redis.hset(core.keys.job(job.id), mapping={
+            "signature": job.signature(), **job.to_redis()})
+        await core.redis.rpush(core.keys.legacy_queue(job.project_id), job.id)
+        await core.redis.sadd(core.keys.queues, job.project_id)
+
+
+async def test_upgrade_moves_a_list_queue_in_order_once(core: Deployster) -> None:
+    jobs = [make_job(ref="main" if i % 2 else "dev") for i in range(30)]
+    other = [make_job(PROJECT + 1) for _ in range(3)]
+    await store_legacy(core, jobs + other)
+    # Cancelled while it waited in the old list: its id stayed there.
+    await core.jobs.set_fields(jobs[5].id, status="failed", reason="cancelled")
+    waiting = [j.id for j in jobs if j is not jobs[5]]
+
+    assert await core.queue.upgrade() == len(waiting) + len(other)
+    assert await core.queue.queued_ids(PROJECT) == waiting
+    assert await core.queue.queued_ids(PROJECT + 1) == [j.id for j in other]
+    assert not await core.redis.exists(core.keys.legacy_queue(PROJECT))
+    assert await core.queue.upgrade() == 0  # a second start changes nothing
+    assert await core.queue.queued_ids(PROJECT) == waiting
+    # The moved jobs are indexed by ref: supersede finds them.
+    newest = make_job(ref="dev")
+    result = await core.queue.enqueue(newest, runner=None, policy="supersede")
+    mains = [j.id for j in jobs if j.ref_name == "main" and j is not jobs[5]]
+    assert await core.queue.queued_ids(PROJECT) == [*mains, newest.id]
+    assert result.position == len(mains) + 1
+    # And they run in their old order.
+    assert await core.queue.claim(PROJECT, "r1") == mains[0]
+
+
+async def test_no_job_is_lost_around_an_upgrade(core: Deployster) -> None:
+    old = [make_job() for _ in range(50)]
+    await store_legacy(core, old)
+    # A new server's enqueue racing the upgrade: either runs first, nothing is
+    # lost, and the old jobs stay ahead (an enqueue moves the list first).
+    new = make_job()
+    moved, _ = await asyncio.gather(core.queue.upgrade(), core.queue.enqueue(new, runner=None))
+    assert moved in (0, len(old))
+    assert await core.queue.queued_ids(PROJECT) == [*(j.id for j in old), new.id]
+    # An older server still running beside it pushes to the list after the
+    # upgrade: the project's next enqueue, or claim, moves that job too.
+    late, later = make_job(), make_job()
+    await store_legacy(core, [late])
+    after = make_job()
+    result = await core.queue.enqueue(after, runner=None)
+    assert result.position == len(old) + 3
+    await store_legacy(core, [later])
+    assert await core.queue.claim(PROJECT, "r1") == old[0].id
+    assert await core.queue.queued_ids(PROJECT) == [
+        *(j.id for j in old[1:]), new.id, late.id, after.id, later.id]
+    assert not await core.redis.exists(core.keys.legacy_queue(PROJECT))

@@ -40,6 +40,7 @@ from deployster.redis_scripts import (
     SCRIPTS,
     SETTLE,
     STATUS_READ,
+    UPGRADE_QUEUE,
     Lua,
     Scripts,
     lua_text,
@@ -178,9 +179,11 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         "lock": keys.lock(P), "queue": keys.queue(P), "fence": keys.fence(P),
         "queues": keys.queues, "running": keys.running, "dirty": keys.dirty,
         "events": keys.events, "current": keys.current(P), "sigs": keys.signatures(P),
-        "job": keys.job(J), "feed": keys.feed, "log": keys.log(J),
+        "job": keys.job(J), "feed": keys.feed, "log": keys.log(J), "seq": keys.queue_seq(P),
+        "legacy": keys.legacy_queue(P),
     }
-    head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix}
+    head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix,
+            "byref_prefix": keys.byref_prefix(P), "queue_prefix": keys.queue_prefix}
     # Each call with its named arguments; ARGV names match the arguments' names.
     calls: list[tuple[Lua, dict[str, Any], Callable[..., Awaitable[Any]]]] = [
         (ENQUEUE, dict(runner="rn", job_id=J, policy="pl", signature="sg", fields="fd",
@@ -189,18 +192,20 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (FINISH, dict(runner="rn", job_id=J, fence=4, status="st", reason="rs",
                       exit_code="ec", closing="cl", nonce="nc"), s.finish),
         (CANCEL, dict(job_id=J, nonce="nc"), s.cancel),
+        (UPGRADE_QUEUE, {}, s.upgrade_queue),
         (BEAT, dict(job_id=J, fence=4, heartbeat="hb", ttl_ms=5), s.beat),
         (RELEASE, dict(owner="ow", event="ev"), s.release),
         (APPEND, dict(job_id=J, fence=4, maxlen=9, now_ms=11, batch="bt", expect=12,
                       chunks=["c1", "c2"]), s.append),
-        (STATUS_READ, dict(job_id=J, nonce="nc"), s.status_read),
+        (STATUS_READ, dict(job_id=J, nonce="nc", project=P), s.status_read),
         (SETTLE, dict(job_id=J, version="vs", retention_s=13, finished="1"), s.settle),
     ]
     assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES} == set(SCRIPTS)
     for lua, named, call in calls:
         project = {"project_id": P} if "lock" in lua.keys else {}
         got_keys, got_argv = await call(**project, **named)
-        want_keys = dict(key_values, job=keys.job("-")) if lua is CLAIM else key_values
+        want_keys = (dict(key_values, job=keys.job("-")) if lua in (CLAIM, UPGRADE_QUEUE)
+                     else key_values)
         assert got_keys == [want_keys[n] for n in lua.keys], lua.name
         values = {**head, "runner": "", **{k: str(v) for k, v in named.items()}}
         for name, got in zip(lua.argv, got_argv, strict=False):

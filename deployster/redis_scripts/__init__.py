@@ -1,11 +1,12 @@
 """Every Lua script deployster runs in Redis, and one typed call per script.
 
-The scripts are the ``.lua`` files beside this module, one per script, plus two
-libraries that several scripts share: ``lock.lua`` (every operation on the
-deploy lock; its life is mapped in ``deployster/lock.py``) and ``queue.lua``
-(the queue scripts' ``publish``, ``log_line``, ``end_job`` and ``claim``). Lua
-has no include: a script's text is a prelude, its libraries and its own file,
-joined once, at import.
+The scripts are the ``.lua`` files beside this module, one per script, plus
+three libraries that several scripts share: ``lock.lua`` (every operation on
+the deploy lock; its life is mapped in ``deployster/lock.py``), ``log.lua``
+(where a log stream ends: the next entry's byte offset) and ``queue.lua`` (the
+queue itself, and the queue scripts' ``publish``, ``log_line``, ``end_job`` and
+``claim``). Lua has no include: a script's text is a prelude, its libraries and
+its own file, joined once, at import.
 
 Each script's KEYS and ARGV are declared once, below, as tuples of names
 (``Lua.keys``, ``Lua.argv``). The prelude gives the Lua those names as locals
@@ -87,9 +88,9 @@ def _load(name: str, keys: tuple[str, ...], argv: tuple[str, ...] = (),
 
 # The head every queue script's KEYS and ARGV start with (queue.lua names them).
 QUEUE_KEYS = ("lock", "queue", "fence", "queues", "running", "dirty", "events", "current",
-              "sigs", "job", "feed")
-QUEUE_ARGV = ("job_prefix", "project", "now", "runner", "log_prefix", "now_ms")
-_QUEUE_LIBS = ("lock", "queue")
+              "sigs", "job", "feed", "seq", "legacy")
+QUEUE_ARGV = ("job_prefix", "project", "now", "runner", "log_prefix", "now_ms", "byref_prefix")
+_QUEUE_LIBS = ("lock", "log", "queue")
 
 ENQUEUE = _load("enqueue", QUEUE_KEYS,
                 (*QUEUE_ARGV, "job_id", "policy", "signature", "fields", "cap"), _QUEUE_LIBS)
@@ -97,18 +98,19 @@ CLAIM = _load("claim", QUEUE_KEYS, QUEUE_ARGV, _QUEUE_LIBS)
 FINISH = _load("finish", QUEUE_KEYS, (*QUEUE_ARGV, "job_id", "fence", "status", "reason",
                                       "exit_code", "closing", "nonce"), _QUEUE_LIBS)
 CANCEL = _load("cancel", QUEUE_KEYS, (*QUEUE_ARGV, "job_id", "nonce"), _QUEUE_LIBS)
+UPGRADE_QUEUE = _load("upgrade_queue", QUEUE_KEYS, QUEUE_ARGV, _QUEUE_LIBS)
 BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms"), ("lock",))
 RELEASE = _load("release", ("lock", "events"), ("owner", "event"), ("lock",))
 APPEND = _load("append", ("job", "log"),
-               ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"))
-STATUS_READ = _load("status_read", ("job", "log"), ("nonce",))
+               ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
+STATUS_READ = _load("status_read", ("job", "log"), ("nonce", "job_id", "queue_prefix", "project"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
 
-SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, BEAT, RELEASE, APPEND, STATUS_READ, SETTLE,
-           LOCKS_AND_QUEUES)
-LIBRARIES = ("lock", "queue")
+SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, UPGRADE_QUEUE, BEAT, RELEASE, APPEND, STATUS_READ,
+           SETTLE, LOCKS_AND_QUEUES)
+LIBRARIES = ("lock", "log", "queue")
 
 
 class Scripts:
@@ -140,6 +142,7 @@ class Scripts:
         self._dirty = keys.dirty
         self._events = keys.events
         self._feed = keys.feed
+        self._queue_prefix = keys.queue_prefix
         self._no_job = keys.job("-")  # claim's placeholder for the head's job key
 
     def _register(self, lua: Lua) -> AsyncScript:
@@ -161,6 +164,10 @@ class Scripts:
     @cached_property
     def _cancel(self) -> AsyncScript:
         return self._register(CANCEL)
+
+    @cached_property
+    def _upgrade_queue(self) -> AsyncScript:
+        return self._register(UPGRADE_QUEUE)
 
     @cached_property
     def _beat(self) -> AsyncScript:
@@ -191,10 +198,12 @@ class Scripts:
         k = self.keys
         return [k.lock(project_id), k.queue(project_id), k.fence(project_id), self._queues,
                 self._running, self._dirty, self._events, k.current(project_id),
-                k.signatures(project_id), job_key, self._feed]
+                k.signatures(project_id), job_key, self._feed, k.queue_seq(project_id),
+                k.legacy_queue(project_id)]
 
     def _queue_argv(self, project_id: int, runner: str) -> list[str | int]:
-        return [self._job_prefix, project_id, iso(), runner, self._log_prefix, now_ms()]
+        return [self._job_prefix, project_id, iso(), runner, self._log_prefix, now_ms(),
+                self.keys.byref_prefix(project_id)]
 
     def enqueue(
         self, *, project_id: int, runner: str, job_id: str, policy: str, signature: str,
@@ -228,6 +237,11 @@ class Scripts:
         return self._cancel(keys=self._queue_keys(project_id, self.keys.job(job_id)),
                             args=[*self._queue_argv(project_id, ""), job_id, nonce])
 
+    def upgrade_queue(self, *, project_id: int, client: Any = None) -> Awaitable[Any]:
+        """upgrade_queue.lua; ``client``: a pipeline to queue it on (default: run it now)."""
+        return self._upgrade_queue(keys=self._queue_keys(project_id, self._no_job),
+                                   args=self._queue_argv(project_id, ""), client=client)
+
     # -- the lock's renewal (watchdog.py) and release (lock.py)
     def beat(
         self, *, project_id: int, job_id: str, fence: int, heartbeat: str, ttl_ms: int | str
@@ -250,10 +264,10 @@ class Scripts:
         return self._append(keys=[self.keys.job(job_id), self.keys.log(job_id)],
                             args=[fence, maxlen, now_ms, batch, expect, *chunks])
 
-    def status_read(self, *, job_id: str, nonce: str) -> Awaitable[Any]:
-        """status_read.lua."""
+    def status_read(self, *, job_id: str, nonce: str, project: int | str = "") -> Awaitable[Any]:
+        """status_read.lua; ``project`` '' lets any project's job be read."""
         return self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)],
-                                 args=[nonce])
+                                 args=[nonce, job_id, self._queue_prefix, project])
 
     # -- history (history.py) and the dashboard (overview.py)
     def settle(

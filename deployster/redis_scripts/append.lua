@@ -15,8 +15,9 @@
 -- job's whole log (the concatenation of every entry's 'd', UTF-8), so an id is
 -- also a cursor into the history copy of the log, byte for byte. (Sequence 1
 -- because Redis refuses the id 0-0.) The offset is computed here, from the last
--- entry, so any number of writers (the runner, the closing line of whoever ends
--- the job) continue one numbering without sharing state. Each entry also
+-- entry (log.lua's log_offset, which queue.lua's closing lines use too), so
+-- any number of writers (the runner, the closing line of whoever ends the
+-- job) continue one numbering without sharing state. Each entry also
 -- carries 't', the epoch milliseconds it was written at, and 'b', the id of
 -- the batch it came in.
 --
@@ -43,14 +44,8 @@ local function has_batch(f)
   end
   return false
 end
-local offset = 0
-local last = redis.call('XREVRANGE', K_LOG, '+', '-', 'COUNT', 1)[1]
-if last then
-  offset = tonumber(string.match(last[1], '^(%d+)'))
-  local f = last[2]
-  for j = 1, #f, 2 do
-    if f[j] == 'd' then offset = offset + #f[j + 1] end
-  end
+local offset, _, f = log_offset(K_LOG)
+if f then
   if BATCH ~= '' and has_batch(f) then return 1 + offset end
   local expect = tonumber(EXPECT)
   if BATCH ~= '' and expect and expect ~= offset then

@@ -1,8 +1,8 @@
 -- cancel: a queued job leaves the queue and ends at once; a running one is
 -- flagged (its watchdog sees the flag within a second) and its runner told.
--- KEYS: lock queue fence queues running dirty events current sigs job feed
--- ARGV: job_prefix project now runner log_prefix now_ms job_id nonce
---   (the first eleven KEYS and six ARGV: see queue.lua) job_id: the job, whose
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy
+-- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id nonce
+--   (the first thirteen KEYS and seven ARGV: see queue.lua) job_id: the job, whose
 --   record is KEYS job; nonce: names this request, the same for every retry.
 -- Returns the job's status before ('' when unknown); a retry with the same
 -- nonce (its reply was lost) gets the first answer again, not "already finished".
@@ -15,8 +15,7 @@ if status == 'queued' or status == 'running' then
   redis.call('HSET', K_JOB, 'cancel_nonce', NONCE, 'cancel_before', status)
 end
 if status == 'queued' then
-  redis.call('LREM', K_QUEUE, 0, JOB_ID)
-  if redis.call('LLEN', K_QUEUE) == 0 then redis.call('SREM', K_QUEUES, PROJECT) end
+  -- end_job takes it out of the queue (and its ref's set).
   end_job(JOB_ID, 'failed', 'cancelled', nil, 'job cancelled while queued')
 elseif status == 'running' then
   redis.call('HSET', K_JOB, 'cancel_requested', '1')

@@ -1,8 +1,8 @@
 -- enqueue: store a job at the tail of its project's queue; with a runner, claim
 -- the head of the queue in the same step if the lock is free.
--- KEYS: lock queue fence queues running dirty events current sigs job feed
--- ARGV: job_prefix project now runner log_prefix now_ms job_id policy signature fields cap
---   (the first eleven KEYS and six ARGV: see queue.lua) job_id: the new job,
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy
+-- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id policy signature fields cap
+--   (the first thirteen KEYS and seven ARGV: see queue.lua) job_id: the new job,
 --   whose record is KEYS job; policy: the project's queue policy ('fifo',
 --   'supersede'); signature: the request's identity (models.Job.signature);
 --   fields: the job's fields as one JSON object (one argument to encode
@@ -10,6 +10,7 @@
 -- Returns {started id or '', position, job id answering the request}; position
 -- -1 (and no job id) when the queue is full and nothing was stored.
 
+queue_upgrade()  -- an older server's list, before any position is read
 local cap = tonumber(CAP)
 -- A retry of a call whose reply was lost (the job id is the request's own):
 -- answer what the first call did and change nothing. Without this the retry
@@ -17,7 +18,7 @@ local cap = tonumber(CAP)
 local seen = redis.call('HMGET', K_JOB, 'status', 'runner')
 if seen[1] then
   if seen[1] == 'queued' then
-    local at = redis.call('LPOS', K_QUEUE, JOB_ID)
+    local at = redis.call('ZRANK', K_QUEUE, JOB_ID)
     return {'', at and at + 1 or 0, JOB_ID}
   end
   if seen[1] == 'running' and seen[2] == RUNNER then return {JOB_ID, 0, JOB_ID} end
@@ -26,29 +27,31 @@ end
 -- An identical request (same commit, ref, commands) still queued: that job answers.
 local same = redis.call('HGET', K_SIGS, SIGNATURE)
 if same and redis.call('HGET', JOB_PREFIX .. same, 'status') == 'queued' then
-  local pos = redis.call('LPOS', K_QUEUE, same)
+  local pos = redis.call('ZRANK', K_QUEUE, same)
   if pos then return {'', pos + 1, same} end
 end
-if cap > 0 and redis.call('LLEN', K_QUEUE) >= cap then return {'', -1, ''} end
+if cap > 0 and redis.call('ZCARD', K_QUEUE) >= cap then return {'', -1, ''} end
 local fields = {}
 for k, v in pairs(cjson.decode(FIELDS)) do
   fields[#fields + 1] = k
   fields[#fields + 1] = v
 end
 redis.call('HSET', K_JOB, unpack(fields))
+local ref = redis.call('HGET', K_JOB, 'ref_name')
 if POLICY == 'supersede' then
-  -- Older still-queued requests for the same ref are replaced by this one.
-  local ref = redis.call('HGET', K_JOB, 'ref_name')
-  for _, qid in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
-    local q = redis.call('HMGET', JOB_PREFIX .. qid, 'status', 'ref_name')
-    if q[1] == 'queued' and q[2] == ref then
-      redis.call('LREM', K_QUEUE, 0, qid)
+  -- Older still-queued requests for the same ref are replaced by this one:
+  -- the ref's own set, never a scan of the queue (end_job takes each out of
+  -- the queue and the set; an id there no longer queued just leaves).
+  for _, qid in ipairs(redis.call('SMEMBERS', byref(ref))) do
+    if redis.call('HGET', JOB_PREFIX .. qid, 'status') == 'queued' then
       end_job(qid, 'failed', 'superseded', {'superseded_by', JOB_ID},
               'job superseded by ' .. JOB_ID .. ' before it started')
+    else
+      queue_remove(qid, ref)
     end
   end
 end
-redis.call('RPUSH', K_QUEUE, JOB_ID)
+queue_push(JOB_ID, ref)
 redis.call('HSET', K_SIGS, SIGNATURE, JOB_ID)
 redis.call('SADD', K_QUEUES, PROJECT)
 -- Not marked dirty: history takes a job when it starts or ends (Redis, with its
@@ -58,7 +61,7 @@ redis.call('SADD', K_QUEUES, PROJECT)
 publish('enqueued', JOB_ID, nil, RUNNER ~= '')
 local claimed = claim()
 -- The job was pushed last and a claim pops from the head: unless it was the one
--- claimed, its place is the queue's length (O(1), where LPOS scans the list).
+-- claimed, its place is the queue's length.
 local pos = 0
-if claimed ~= JOB_ID then pos = redis.call('LLEN', K_QUEUE) end
+if claimed ~= JOB_ID then pos = redis.call('ZCARD', K_QUEUE) end
 return {claimed or '', pos, JOB_ID}

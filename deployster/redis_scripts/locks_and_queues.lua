@@ -12,6 +12,6 @@ local out = {}
 for i = 1, n do
   out[#out + 1] = lock_holder(KEYS[i])
   out[#out + 1] = lock_ttl(KEYS[i])
-  out[#out + 1] = redis.call('LLEN', KEYS[n + i])
+  out[#out + 1] = redis.call('ZCARD', KEYS[n + i])
 end
 return out

@@ -90,14 +90,14 @@ async def status(job_id: str) -> Any:
     Ended jobs report `complete` or `failed` (with `reason`); 404 is
     `{"status": "not_found"}`.
     """
-    read, job = await core().read_status(job_id, principal=principal())
+    # One Redis round trip (the script reads status, output and position), and
+    # jsonify as in deploy(): the poll seed clients repeat every few seconds.
+    read = await core().read_status(job_id, principal=principal())
     reply: dict[str, Any] = {"status": read.status.value, "logs": read.logs}
     if read.reason:
         reply["reason"] = read.reason
     if read.superseded_by:
         reply["superseded_by"] = read.superseded_by
-    if job is not None and read.status.value == "queued":
-        position = await core().queue_position(job)
-        if position is not None:
-            reply["position"] = position
-    return reply
+    if read.position is not None:
+        reply["position"] = read.position
+    return jsonify(reply)

@@ -18,7 +18,7 @@ from typing import Any
 
 from deployster import overview
 from deployster.models import Job
-from deployster.overview import LogChunk, LogWindow, ProjectRow
+from deployster.overview import LogChunk, LogWindow, ProjectRow, QueueWindow
 from deployster.service import Deployster
 from deployster.store import LastDeploys
 
@@ -87,8 +87,9 @@ class Reader:
         return overview.watch_events(self.core)
 
     # ------------------------------------------------------------- a project
-    async def queue(self, project_id: int) -> list[Job]:
-        """The project's queued jobs, in order."""
+    async def queue(self, project_id: int) -> QueueWindow:
+        """The head of the project's queue (``overview.QUEUE_WINDOW`` jobs, in
+        order) and its length."""
         return await overview.queued_jobs(self.core, project_id)
 
     async def history(self, project_id: int, *, before: str | None = None,

@@ -188,6 +188,29 @@ async def test_cancel_a_queued_job_from_the_project_view(
     assert events[0]["action"] == "job.cancel" and events[0]["job_id"] == job_id
 
 
+async def test_a_long_queue_shows_its_head_and_its_length(
+    core: Deployster, project_dir: Path
+) -> None:
+    # The project view reads the head of the queue, not all of it: a queue of
+    # thousands must not freeze the dashboard.
+    project = await core.projects.add(str(project_dir))
+    ids = [await queued_behind_a_lock(core, project, project_dir,
+                                      ["echo hi", "supervisorctl restart my-app--main"],
+                                      f"c{n:06d}", "main") for n in range(60)]
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await projects(pilot)
+        assert str(table.get_cell(str(project.id), "queue")) == "60"
+        await open_project(pilot)
+        queue = app.screen.query_one("#queue", DataTable)
+        await wait_until(pilot, lambda: queue.row_count == 50, what="the head of the queue")
+        rows = table_text(queue)
+        assert rows[0].split(" | ")[:2] == ["1", f"{ids[0][:4]}…{ids[0][-4:]}"]
+        assert "c000049" in rows[49] and not any("c000050" in r for r in rows)
+        title = str(app.screen.query_one("#queue-title", Static).render())
+        assert title == "queue · 60 job(s) · first 50 shown"
+
+
 async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
     core: Deployster, tmp_path: Path
 ) -> None:

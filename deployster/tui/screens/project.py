@@ -78,6 +78,9 @@ class ProjectScreen(CoreScreen):
         self.project = project
         self.fixed = logs is not None
         self.queue: list[Job] = queue or []
+        # Jobs in the queue, the running one included: more than ``self.queue``
+        # holds once the queue is longer than the window read (QUEUE_WINDOW).
+        self.queue_total = len(self.queue)
         self.history: list[Job] = history or []
         self.history_done = self.fixed
         self.logs = logs or {}
@@ -130,11 +133,12 @@ class ProjectScreen(CoreScreen):
             log.warning("project %s: reload failed", self.project.name, exc_info=True)
 
     async def _reload(self) -> None:
-        queue = await self.reader.queue(self.project.id)
+        window = await self.reader.queue(self.project.id)
         row = self.row
         running = row.running if row and row.running and \
             row.running.status is JobStatus.RUNNING else None
-        self.queue = ([running] if running else []) + queue
+        self.queue = ([running] if running else []) + window.jobs
+        self.queue_total = (1 if running else 0) + window.total
         async with self._history_lock:  # never interleaved with a page load
             limit = max(PAGE, len(self.history))
             rows = await self.reader.history(self.project.id, limit=limit + 1)
@@ -172,7 +176,10 @@ class ProjectScreen(CoreScreen):
                           Text(ref(job)), key=job.id)
         if self.queue:
             queue.move_cursor(row=_row_of(self.queue, key, cursor), animate=False)
-        self.query_one("#queue-title", Static).update(f"queue · {len(self.queue)} job(s)")
+        hidden = self.queue_total - len(self.queue)
+        self.query_one("#queue-title", Static).update(
+            f"queue · {self.queue_total} job(s)" + (f" · first {len(self.queue)} shown"
+                                                    if hidden > 0 else ""))
         hist = self.query_one("#history", DataTable)
         cursor, key = hist.cursor_row, _key_at_cursor(hist)
         hist.clear()
