@@ -50,7 +50,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
         help=f"Redis to use (default: {DEFAULT_REDIS} if it answers, else an embedded "
-        "redis-server in a temp dir)",
+        "redis-server in a temp dir; 'embedded' for one of the bench's own)",
     )
     parser.add_argument(
         "--database-url",
@@ -181,6 +181,9 @@ class BenchEnv:
 
     # -- resources
     def _resolve_redis(self) -> str:
+        if self.redis_url_arg == "embedded":  # a Redis of the bench's own
+            self._embedded_dir = self.tmp / "redis"
+            return ensure_embedded_redis(self._embedded_dir)
         if self.redis_url_arg:
             if not redis_answers(self.redis_url_arg):
                 raise SystemExit(f"Redis at {self.redis_url_arg} does not answer")

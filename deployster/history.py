@@ -133,6 +133,10 @@ class HistoryWriter:
             text = None
             if job.status.finished:
                 text = await read_full_log(core.redis, core.keys, job_id)
+                # A job written again after its log reached SQL may have no
+                # stream left: its row keeps its log (None leaves the column).
+                if not text and job.extra.get("log_in_sql"):
+                    text = None
             rows.append(store.deployment_row(job, log=text))
         try:
             await store.upsert_deployments(core.db, rows)
@@ -144,6 +148,7 @@ class HistoryWriter:
                         type(exc).__name__, exc)
             await self._write_each(rows)
         retention = max(1, int(core.settings.retention))
+        log_grace = max(1, min(retention, int(core.settings.log_grace)))
         any_finished = False
         async with core.redis.pipeline(transaction=False) as pipe:  # one round trip
             for job_id, version in batch:
@@ -151,8 +156,8 @@ class HistoryWriter:
                 finished = "1" if job is not None and job.status.finished else "0"
                 any_finished |= finished == "1"
                 await core.scripts.settle(job_id=job_id, version=version,
-                                          retention_s=retention, finished=finished,
-                                          client=pipe)
+                                          retention_s=retention, log_grace_s=log_grace,
+                                          finished=finished, client=pipe)
             if any_finished:  # the dashboard's "last deploy" can be read again
                 pipe.publish(core.keys.feed, events.encode(events.HISTORY))
             await pipe.execute()

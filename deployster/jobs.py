@@ -30,6 +30,10 @@ class StatusRead:
     logs: str
     superseded_by: str | None = None
     position: int | None = None  # 1-based place in the queue, while queued
+    # The log has left Redis for SQL: the byte offset to read it from there
+    # ('end': nothing left), and the read's nonce for ``JobRecords.sql_read``.
+    sql_from: str | None = None
+    nonce: str = ""
 
 
 class JobRecords:
@@ -61,15 +65,28 @@ class JobRecords:
         Another project's job raises ``NotFound``, exactly as an unknown one
         would, and its cursor stays where it was (its owner's reads lose nothing).
         """
+        nonce = uuid.uuid4().hex
         result = await self.scripts.status_read(
-            job_id=job_id, nonce=uuid.uuid4().hex, project="" if visible is None else visible)
+            job_id=job_id, nonce=nonce, project="" if visible is None else visible)
         if result is None:
             return None
         if result == 0:
             raise NotFound(f"no job {job_id!r}")
-        status, reason, logs, superseded_by, position = result
+        status, reason, logs, superseded_by, position, sql_from = result
         return StatusRead(JobStatus(status), reason or None, logs, superseded_by or None,
-                          int(position) or None)
+                          int(position) or None, sql_from or None, nonce)
+
+    async def sql_read(self, job_id: str, read: StatusRead, log: bytes) -> str:
+        """The rest of a /status read whose log has left Redis (``read.sql_from``
+        set): the bytes of ``log`` (the SQL copy) from the cursor on, and the
+        cursor moved to the end (``status_sql.lua``); '' when another read took
+        them first or nothing was left."""
+        if read.sql_from in (None, "end"):
+            return ""
+        if not await self.scripts.status_sql(job_id=job_id, nonce=read.nonce,
+                                             from_end=read.sql_from or "0"):
+            return ""
+        return log[int(read.sql_from or 0):].decode("utf-8", "replace")
 
     async def running(self) -> dict[str, str]:
         """Running job id -> runner id."""

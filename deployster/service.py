@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from databases import Database
@@ -294,6 +294,14 @@ class Deployster:
             raise NotFound(f"no job {job_id!r}")
         visible = None if principal is None else principal.project_id
         read = await self.jobs.read_status(job_id, visible=visible)
+        if read is not None and read.sql_from is not None:
+            # The finished job's log has left Redis (DEPLOYSTER_LOG_GRACE): the
+            # rest comes from SQL, from the same byte on (docs/redis.md).
+            log = ""
+            if read.sql_from != "end":
+                log = await store.select_deployment_log(self.db, job_id) or ""
+            text = await self.jobs.sql_read(job_id, read, log.encode("utf-8"))
+            return replace(read, logs=text)
         if read is not None:
             return read
         # Finished long ago: Redis let the record go, history has all of it.

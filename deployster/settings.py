@@ -128,7 +128,9 @@ class Settings(BaseSettings):
     """A job's log cap, bytes; the excess is dropped with a marker line."""
     # The /status cursor lives in Redis; the history keeps the rest.
     retention: Seconds = 24 * 3600.0
-    """Seconds a finished job's record and log stay in Redis after reaching the SQL history."""
+    """Seconds a finished job's record stays in Redis after reaching the SQL history."""
+    log_grace: Seconds = 30.0
+    """Seconds a finished job's log stream stays in Redis once the log is in SQL."""
     # A slow safety net for lost pub/sub notifications and expired locks.
     sweep_interval: Seconds = 2.0
     """Seconds between the dispatcher's safety sweeps (a missed wake-up, an expired lock)."""

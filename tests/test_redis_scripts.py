@@ -40,6 +40,7 @@ from deployster.redis_scripts import (
     SCRIPTS,
     SETTLE,
     STATUS_READ,
+    STATUS_SQL,
     UPGRADE_QUEUE,
     Lua,
     Scripts,
@@ -198,7 +199,9 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (APPEND, dict(job_id=J, fence=4, maxlen=9, now_ms=11, batch="bt", expect=12,
                       chunks=["c1", "c2"]), s.append),
         (STATUS_READ, dict(job_id=J, nonce="nc", project=P), s.status_read),
-        (SETTLE, dict(job_id=J, version="vs", retention_s=13, finished="1"), s.settle),
+        (STATUS_SQL, dict(job_id=J, nonce="nc", from_end="17"), s.status_sql),
+        (SETTLE, dict(job_id=J, version="vs", retention_s=13, log_grace_s=7,
+                        finished="1"), s.settle),
     ]
     assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES} == set(SCRIPTS)
     for lua, named, call in calls:
@@ -269,8 +272,10 @@ async def test_every_script_runs_on_redis_6_2(own_redis_dir: Path) -> None:
         assert await queue.claim(1, "r") is None
         version = await client.hget(keys.dirty, first.id)
         assert await queue.scripts.settle(job_id=first.id, version=version, retention_s=60,
-                                          finished="1") == 1
-        assert 0 < await client.ttl(keys.job(first.id)) <= 60
+                                          log_grace_s=5, finished="1") == 1
+        assert 30 < await client.ttl(keys.job(first.id)) <= 60
+        assert 0 < await client.ttl(keys.log(first.id)) <= 5
+        assert await client.hget(keys.job(first.id), "log_in_sql") == "1"
         assert await queue.scripts.locks_and_queues([1]) == [None, -2, 0]
     finally:
         await client.aclose()

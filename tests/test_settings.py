@@ -56,6 +56,7 @@ def every_field_changed(tmp_path: Path) -> Settings:
         default_timeout=120.0,
         log_cap_bytes=1000,
         retention=10.0,
+        log_grace=5.0,
         sweep_interval=0.25,
         kill_grace=1.5,
         shutdown_grace=7.0,
@@ -105,6 +106,7 @@ def test_every_field_from_the_environment(
         "DEPLOYSTER_DEFAULT_TIMEOUT": "120",
         "DEPLOYSTER_LOG_CAP_BYTES": "1000",
         "DEPLOYSTER_RETENTION": "10",
+        "DEPLOYSTER_LOG_GRACE": "5",
         "DEPLOYSTER_SWEEP_INTERVAL": "0.25",
         "DEPLOYSTER_KILL_GRACE": "1.5",
         "DEPLOYSTER_SHUTDOWN_GRACE": "7",
@@ -140,6 +142,7 @@ default_lock_ttl = 60.5
 default_timeout = 120
 log_cap_bytes = 1000
 retention = 10.0
+log_grace = 5.0
 sweep_interval = 0.25
 kill_grace = 1.5
 shutdown_grace = 7

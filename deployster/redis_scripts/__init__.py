@@ -104,12 +104,13 @@ RELEASE = _load("release", ("lock", "events"), ("owner", "event"), ("lock",))
 APPEND = _load("append", ("job", "log"),
                ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
 STATUS_READ = _load("status_read", ("job", "log"), ("nonce", "job_id", "queue_prefix", "project"))
+STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
-               ("job_id", "version", "retention_s", "finished"))
+               ("job_id", "version", "retention_s", "log_grace_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
 
 SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, UPGRADE_QUEUE, BEAT, RELEASE, APPEND, STATUS_READ,
-           SETTLE, LOCKS_AND_QUEUES)
+           STATUS_SQL, SETTLE, LOCKS_AND_QUEUES)
 LIBRARIES = ("lock", "log", "queue")
 
 
@@ -184,6 +185,10 @@ class Scripts:
     @cached_property
     def _status_read(self) -> AsyncScript:
         return self._register(STATUS_READ)
+
+    @cached_property
+    def _status_sql(self) -> AsyncScript:
+        return self._register(STATUS_SQL)
 
     @cached_property
     def _settle(self) -> AsyncScript:
@@ -269,15 +274,19 @@ class Scripts:
         return self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)],
                                  args=[nonce, job_id, self._queue_prefix, project])
 
+    def status_sql(self, *, job_id: str, nonce: str, from_end: str) -> Awaitable[Any]:
+        """status_sql.lua: the cursor to the log's end after a read from SQL."""
+        return self._status_sql(keys=[self.keys.job(job_id)], args=[nonce, from_end])
+
     # -- history (history.py) and the dashboard (overview.py)
     def settle(
-        self, *, job_id: str, version: str, retention_s: int, finished: str,
-        client: Any = None,
+        self, *, job_id: str, version: str, retention_s: int, log_grace_s: int,
+        finished: str, client: Any = None,
     ) -> Awaitable[Any]:
         """settle.lua; ``client``: a pipeline to queue it on (default: run it now)."""
         return self._settle(
             keys=[self._dirty, self.keys.job(job_id), self.keys.log(job_id)],
-            args=[job_id, version, retention_s, finished], client=client,
+            args=[job_id, version, retention_s, log_grace_s, finished], client=client,
         )
 
     def locks_and_queues(self, project_ids: Sequence[int]) -> Awaitable[Any]:

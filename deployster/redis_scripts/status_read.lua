@@ -9,32 +9,53 @@
 --   jobs the caller may see ('' for any: the admin token).
 -- Returns false when the job is unknown, 0 when it is another project's (the
 -- cursor untouched: its owner's reads lose nothing), else {status, reason,
--- text, superseded_by, position}: position 1-based while queued, else 0. A
--- retry of a read whose reply was lost (same nonce) starts again where that
--- read started: the client never saw those lines, so they are neither lost
--- nor, later, repeated.
+-- text, superseded_by, position, sql_from}: position 1-based while queued,
+-- else 0; sql_from '' while the log is read here, else the log has left Redis
+-- for SQL (log_in_sql, see settle.lua) and the caller reads it there from that
+-- byte offset ('end': nothing is left), then moves the cursor with
+-- status_sql.lua. A retry of a read whose reply was lost (same nonce) starts
+-- again where that read started: the client never saw those lines, so they
+-- are neither lost nor, later, repeated.
+--
+-- The cursor is kept twice: ``cursor``, the id of the last entry returned, and
+-- ``cursor_end``, the byte offset after it (an entry's id is its byte offset,
+-- docs/redis.md#the-log-stream), which still says where to go on once the
+-- stream is gone.
 
 local st = redis.call('HMGET', K_JOB, 'status', 'reason', 'cursor', 'superseded_by',
-                      'cursor_nonce', 'cursor_before', 'project_id')
+                      'cursor_nonce', 'cursor_before', 'project_id', 'cursor_end',
+                      'cursor_end_before', 'log_in_sql')
 if not st[1] then return false end
 if PROJECT ~= '' and st[7] ~= PROJECT then return 0 end
-local from = st[3] or '0-0'
-if st[5] == NONCE then from = st[6] or '0-0' end
-local entries = redis.call('XRANGE', K_LOG, '(' .. from, '+')
-local parts = {}
-local last = from
-for i = 1, #entries do
-  last = entries[i][1]
-  local f = entries[i][2]
-  for j = 1, #f, 2 do
-    if f[j] == 'd' then parts[#parts + 1] = f[j + 1] end
-  end
-end
-if last ~= (st[3] or '0-0') then
-  redis.call('HSET', K_JOB, 'cursor', last, 'cursor_nonce', NONCE, 'cursor_before', from)
-end
 local position = 0
 if st[1] == 'queued' and st[7] then
   position = (redis.call('ZRANK', QUEUE_PREFIX .. st[7], JOB_ID) or -1) + 1
 end
-return {st[1], st[2] or '', table.concat(parts), st[4] or '', position}
+local retry = st[5] == NONCE
+local from_end = (retry and st[9]) or st[8] or '0'
+if st[10] == '1' and redis.call('EXISTS', K_LOG) == 0 then
+  return {st[1], st[2] or '', '', st[4] or '', position, from_end}
+end
+local from = st[3] or '0-0'
+if retry then from = st[6] or '0-0' end
+local entries = redis.call('XRANGE', K_LOG, '(' .. from, '+')
+local parts = {}
+local last = from
+local last_end = from_end
+for i = 1, #entries do
+  last = entries[i][1]
+  local f = entries[i][2]
+  local size = 0
+  for j = 1, #f, 2 do
+    if f[j] == 'd' then
+      parts[#parts + 1] = f[j + 1]
+      size = size + #f[j + 1]
+    end
+  end
+  last_end = tostring(tonumber(string.match(last, '^(%d+)')) + size)
+end
+if last ~= (st[3] or '0-0') then
+  redis.call('HSET', K_JOB, 'cursor', last, 'cursor_nonce', NONCE, 'cursor_before', from,
+             'cursor_end', last_end, 'cursor_end_before', from_end)
+end
+return {st[1], st[2] or '', table.concat(parts), st[4] or '', position, ''}
