@@ -32,6 +32,18 @@ async def stream_gone(core: Deployster, job_id: str, timeout: float = 15) -> Non
         await asyncio.sleep(0.1)
 
 
+async def deployed_and_gone(server: LiveServer, core: Deployster, project_dir: Path,
+                            command: str) -> tuple[str, str]:
+    """A finished job of ``command`` whose stream has left Redis: (id, full log)."""
+    await core.projects.add(str(project_dir))
+    async with server.client() as client:
+        reply = await client.post("/deploy", json=deploy_body(project_dir, command))
+    job_id = str(reply.json()["job_id"])
+    full = await history_log(core, job_id)
+    await stream_gone(core, job_id)
+    return job_id, full
+
+
 async def test_readers_go_on_from_sql_once_the_log_left_redis(
     server: LiveServer, project_dir: Path, core: Deployster
 ) -> None:
@@ -71,12 +83,8 @@ async def test_readers_go_on_from_sql_once_the_log_left_redis(
 async def test_a_job_read_only_after_the_switch_reads_it_all_from_sql(
     server: LiveServer, project_dir: Path, core: Deployster
 ) -> None:
-    await core.projects.add(str(project_dir))
+    job_id, full = await deployed_and_gone(server, core, project_dir, "echo only-line")
     async with server.client() as client:
-        reply = await client.post("/deploy", json=deploy_body(project_dir, "echo only-line"))
-        job_id = reply.json()["job_id"]
-        full = await history_log(core, job_id)
-        await stream_gone(core, job_id)
         status = (await client.get(f"/status/{job_id}")).json()
         assert status["status"] == "complete" and status["logs"] == full
         page = (await client.get(f"/jobs/{job_id}/logs")).json()
@@ -91,12 +99,7 @@ async def test_the_history_keeps_the_log_when_the_job_is_written_again(
 ) -> None:
     # A finished job changed after its stream left (any later write marks it
     # dirty again): the writer must not replace the log in SQL with nothing.
-    await core.projects.add(str(project_dir))
-    async with server.client() as client:
-        reply = await client.post("/deploy", json=deploy_body(project_dir, "echo kept"))
-        job_id = reply.json()["job_id"]
-    full = await history_log(core, job_id)
-    await stream_gone(core, job_id)
+    job_id, full = await deployed_and_gone(server, core, project_dir, "echo kept")
     await core.redis.hset(core.keys.dirty, job_id, "again")
     deadline = time.monotonic() + 15
     while await core.redis.hexists(core.keys.dirty, job_id):
