@@ -11,8 +11,8 @@ in ``DataRefreshed`` messages (``messages.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,9 +38,25 @@ class Overview:
     rows: list[ProjectRow]
     health: dict[str, str]
     fetched_at: float
+    # Events the app had heard by this fetch, by project (None: events that
+    # name no project, and reconnections: whatever was missed).
+    events: Mapping[int | None, int] = field(default_factory=dict)
 
     def row(self, project_id: int) -> ProjectRow | None:
         return next((r for r in self.rows if r.project.id == project_id), None)
+
+    def changes(self, project_id: int) -> int:
+        """A count that moved if an event may have changed the project since
+        an earlier overview (its queue, its history): read it again then."""
+        return self.events.get(project_id, 0) + self.events.get(None, 0)
+
+
+def row_facts(row: ProjectRow) -> tuple[object, ...]:
+    """What a row shows, less the clocks: when it changes, redraw the row now."""
+    running = row.running
+    return (row.project, row.lock_owner, row.stale, row.queue_length,
+            row.last.id if row.last else None, row.deployed.id if row.deployed else None,
+            (running.id, running.status) if running else None)
 
 
 class Reader:

@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from deployster import store
+from deployster import events, store
 from deployster.models import Job, JobStatus, Project
 from deployster.redis_conn import redis_from_url
 from deployster.service import DeployRequest, Deployster
@@ -209,6 +209,28 @@ async def test_a_long_queue_shows_its_head_and_its_length(
         assert "c000049" in rows[49] and not any("c000050" in r for r in rows)
         title = str(app.screen.query_one("#queue-title", Static).render())
         assert title == "queue · 60 job(s) · first 50 shown"
+
+
+async def test_the_project_view_reads_on_events_and_counts_time_between_reads(
+    core: Deployster, project_dir: Path
+) -> None:
+    """No poll here (the next one is a minute away): a job queued while the
+    project is open shows from its event alone, and its waiting time moves
+    every second with nothing read."""
+    project = await core.projects.add(str(project_dir))
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
+    app = make_app(core, poll_interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await projects(pilot)
+        await open_project(pilot)
+        queue = app.screen.query_one("#queue", DataTable)
+        await core.submit(DeployRequest(str(project_dir), ["supervisorctl restart x"],
+                                        "a1b2c3d4", "main"), run_here=False)
+        await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
+        job = queue.coordinate_to_cell_key(queue.cursor_coordinate).row_key
+        before = str(queue.get_cell(job, "waiting"))
+        await wait_until(pilot, lambda: str(queue.get_cell(job, "waiting")) != before,
+                         timeout=3, what="the waiting time to move")
 
 
 async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
@@ -445,6 +467,8 @@ async def _insert_history_row(core: Deployster, data: dict[str, object]) -> None
               queued_at="2026-01-01T00:00:00.000Z", started_at="2026-01-01T00:00:01.000Z",
               finished_at="2026-01-01T00:05:00.000Z")
     await store.upsert_deployments(core.db, [store.deployment_row(job, log=str(data["log"]))])
+    # As the history writer does: a dashboard reads the history again.
+    await core.redis.publish(core.keys.feed, events.encode(events.HISTORY))
 
 
 async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -> None:

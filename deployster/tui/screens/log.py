@@ -9,6 +9,7 @@ from textual.screen import Screen
 
 from deployster.overview import LogChunk
 
+from ..messages import DataRefreshed
 from ..reader import Reader
 from ..widgets.footer import KeysFooter
 from ..widgets.log_pane import LogPane
@@ -36,6 +37,14 @@ class LogScreen(Screen[None]):
         else:
             pane.show_text(self.job_id, self.text)
         pane.query_one(LogView).focus()
+
+    def on_data_refreshed(self, _message: DataRefreshed) -> None:
+        # A fetch follows events (a job started or ended) or the slow poll:
+        # the job followed may have moved, read it now.
+        self.query_one(LogPane).wake()
+
+    def on_screen_resume(self) -> None:
+        self.query_one(LogPane).wake()  # not read while ? was open
 
     def action_back(self) -> None:
         self.app.pop_screen()

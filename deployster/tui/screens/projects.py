@@ -34,7 +34,7 @@ from ..format import (
     ttl_text,
 )
 from ..messages import DataRefreshed
-from ..reader import Overview, Reader
+from ..reader import Overview, Reader, row_facts
 from ..widgets.footer import KeysFooter
 from ..widgets.projects_table import ProjectsTable
 from ..widgets.status_line import StatusLine
@@ -86,14 +86,6 @@ SORT_KEYS: dict[str, Callable[[ProjectRow], Any]] = {
     "last": lambda r: -(since(r.last.finished_at) or 0) if r.last else 0,
     "deployed": lambda r: -(since(r.deployed.finished_at) or 0) if r.deployed else 0,
 }
-
-
-def row_facts(row: ProjectRow) -> tuple[object, ...]:
-    """What a row shows, less the clocks: when it changes, redraw the row now."""
-    running = row.running
-    return (row.project, row.lock_owner, row.stale, row.queue_length,
-            row.last.id if row.last else None, row.deployed.id if row.deployed else None,
-            (running.id, running.status) if running else None)
 
 
 def ticking(row: ProjectRow) -> bool:
@@ -244,7 +236,17 @@ class ProjectsScreen(CoreScreen):
         # Changed facts (a lock taken, a job queued or finished) show at once;
         # the clocks (TTL, heartbeat, ages) move with the one-second tick, so a
         # burst of events costs fetches, not a repaint of every row each time.
-        self.render_rows(clocks=False)
+        # Under another screen nothing is drawn: what a hidden screen paints
+        # is repainted on the one above it (``on_screen_resume`` catches up).
+        if self.is_active:
+            self.render_rows(clocks=False)
+
+    def on_screen_suspend(self) -> None:
+        self.clock.pause()
+
+    def on_screen_resume(self) -> None:
+        self.clock.resume()
+        self.render_rows()
 
     # ---------------------------------------------------------------- render
     def visible_rows(self) -> list[ProjectRow]:
@@ -264,10 +266,13 @@ class ProjectsScreen(CoreScreen):
         since_fetch = self.since_fetch()
         self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
                                         since_fetch)
-        drawn = (shown, self.filter_text, self.sort_column, self.sort_reverse)
-        if clocks and not everything and self._same_view(drawn):
+        # The rows, not the overview: a fetch that found nothing new hands
+        # over the same list (app.py), and then nothing is drawn again.
+        drawn = (shown.rows, self.filter_text, self.sort_column, self.sort_reverse)
+        if not everything and self._same_view(drawn):
             # Time alone moved: the rows, their order and facts are as drawn.
-            self._tick_clocks(since_fetch)
+            if clocks:
+                self._tick_clocks(since_fetch)
             return
         rows = self.visible_rows()
         table = self.table
@@ -309,7 +314,7 @@ class ProjectsScreen(CoreScreen):
         self._label_columns()
 
     def _same_view(self, drawn: tuple[object, ...]) -> bool:
-        """Whether ``drawn`` (overview, filter, sort) is what is on screen."""
+        """Whether ``drawn`` (rows, filter, sort) is what is on screen."""
         old = self._drawn
         return bool(old) and old[0] is drawn[0] and old[1:] == drawn[1:]
 

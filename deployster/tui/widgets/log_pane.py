@@ -5,7 +5,10 @@ the log) are ever held, and the view renders only the rows on screen, so a
 million-line log costs what a small one does; the pane's title says when older
 output was left out. Following reads the stream from the last id seen
 (``log_entries(after=…)``); pausing it (``f``) stops reading, and resuming
-continues where it stopped, so nothing is lost.
+continues where it stopped, so nothing is lost. A job that prints nothing is
+read less and less often (``FOLLOW_INTERVAL`` doubling up to
+``FOLLOW_IDLE_INTERVAL``); its screen wakes the pane (``wake``) when the
+job's project moved (it started, it ended).
 
 The keys are k9s's: ``f`` follow, ``w`` wrap, ``t`` timestamps (each stream
 entry's write time), ``/`` search with ``n``/``N`` to the next/previous match,
@@ -15,6 +18,7 @@ entry's write time), ``/`` search with ``n``/``N`` to the next/previous match,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -27,10 +31,12 @@ from deployster.overview import LogChunk
 from ..format import short_id
 from ..reader import Reader
 from .log_view import LogView
+from .status_line import show_line
 
 MAX_LINES = 50_000
 MAX_BYTES = 1024 * 1024
-FOLLOW_INTERVAL = 0.25
+FOLLOW_INTERVAL = 0.25  # seconds between reads of a job that prints
+FOLLOW_IDLE_INTERVAL = 1.0  # at most, for one that printed nothing lately (a queued job)
 
 
 class LogPane(Vertical):
@@ -60,6 +66,7 @@ class LogPane(Vertical):
         self.query_text = ""
         self._partial = ""
         self._partial_t: int | None = None
+        self._wake = asyncio.Event()
 
     def compose(self) -> ComposeResult:
         yield Static("no job selected", id="log-title", classes="pane-title")
@@ -146,12 +153,24 @@ class LogPane(Vertical):
         self.queued = job is not None and job.status is JobStatus.QUEUED
         self._append(window.chunks, final=not self.live)
         self._retitle()
+        interval = FOLLOW_INTERVAL
         while self.live:
-            if self.follow:
-                await self._poll(job_id)
-            await asyncio.sleep(FOLLOW_INTERVAL)
+            # Under another screen (the full log over the project's) the
+            # pane is not read: its screen wakes it when it is on top again.
+            moved = await self._poll(job_id) if self.follow and self.screen.is_active \
+                else False
+            interval = FOLLOW_INTERVAL if moved else min(interval * 2, FOLLOW_IDLE_INTERVAL)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
 
-    async def _poll(self, job_id: str) -> None:
+    def wake(self) -> None:
+        """Read the followed job now (its project moved: it may have started or
+        ended), not at the next slow poll."""
+        self._wake.set()
+
+    async def _poll(self, job_id: str) -> bool:
+        """Read what the job printed since the last read; whether anything moved."""
         chunks: list[LogChunk] = []
         size = 0
         async for entry_id, chunk in self.reader.log_entries(job_id, after=self.last_id):
@@ -169,6 +188,8 @@ class LogPane(Vertical):
             self.queued = queued
             self._append(chunks, final=not self.live)
             self._retitle()
+            return True
+        return False
 
     def _append(self, chunks: list[LogChunk], *, final: bool) -> None:
         """Write complete lines, each with the time its first byte was written;
@@ -220,7 +241,7 @@ class LogPane(Vertical):
                 title += f" · /{self.query_text} {where}"
             if self.truncated:
                 title += f" · showing the last {len(view.lines):,} lines only"
-        self.query_one("#log-title", Static).update(title)
+        show_line(self.query_one("#log-title", Static), title)
 
     # --------------------------------------------------------------- actions
     def _pause(self) -> None:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from rich.text import Text
 from textual.widget import Widget
+from textual.widgets import Static
 
 from deployster.overview import ProjectRow
 
@@ -14,6 +15,14 @@ from ..format import duration
 
 # The rows on screen are older than this (the last fetches failed): say so.
 OLD_DATA = 3.0
+
+
+def show_line(line: Static, text: Text | str) -> None:
+    """Put ``text`` on a one-line ``Static`` (its height fixed by the CSS) if it
+    is not what it shows already: an equal text costs no repaint, and a new
+    one no layout pass (which would repaint the whole screen)."""
+    if line.content != text:
+        line.update(text, layout=False)
 
 
 class Counts(NamedTuple):
