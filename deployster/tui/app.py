@@ -27,6 +27,7 @@ import gc
 import getpass
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -176,16 +177,17 @@ class DeploysterApp(App[None]):
         # result stale again, so the next fetch cannot miss that write.
         self._last_stale = False
         try:
-            rows = await self.reader.project_rows(last=last)
+            rows, runners = await asyncio.gather(self.reader.project_rows(last=last),
+                                                 self.reader.runners())
         except Exception:  # any outage: keep the last rows, say what is down
             if last is None:
                 self._last_stale = True
-            self.overview = Overview(before.rows, await self.reader.health(),
-                                     before.fetched_at, before.events)
+            self.overview = replace(before, health=await self.reader.health())
         else:
             if rows == before.rows:  # nothing moved: the screens see the same list
                 rows = before.rows
-            self.overview = Overview(rows, UP, self.reader.monotonic(), dict(self._events))
+            self.overview = Overview(rows, UP, self.reader.monotonic(), dict(self._events),
+                                     runners)
             if last is None:
                 self._last_at = now
             if not self._frozen:

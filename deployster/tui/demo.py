@@ -18,6 +18,8 @@ from .screens.log import LogScreen
 from .screens.project import ProjectScreen
 
 NOW = datetime(2026, 3, 14, 12, 4, 31, tzinfo=UTC)
+RUNNER = "5e1f0c9a7b3d"  # the one deploy server alive
+GONE_RUNNER = "0b7d2e8f4a61"  # the one that died under worker's job
 
 
 def _at(seconds_ago: float) -> str:
@@ -27,16 +29,21 @@ def _at(seconds_ago: float) -> str:
 def demo_job(project: Project, job_id: str, *, status: JobStatus, commit: str,
              ref: str = "main", started_ago: float | None = None,
              took: float | None = None, reason: str | None = None,
-             commands: list[str] | None = None, redeploy_of: str | None = None) -> Job:
+             commands: list[str] | None = None, redeploy_of: str | None = None,
+             runner: str = RUNNER, beat_ago: float = 0.4) -> Job:
+    """A job; a running one is run by ``runner``, its last heartbeat
+    ``beat_ago`` seconds before ``NOW``."""
     started = _at(started_ago) if started_ago is not None else None
     finished = _at(started_ago - took) if started_ago is not None and took is not None else None
+    extra = ({"runner": runner, "heartbeat": f"{(NOW.timestamp() - beat_ago):.3f}"}
+             if status is JobStatus.RUNNING else {})
     return Job(
         id=job_id, project_id=project.id, project=project.name, cd=project.path,
         commands=commands or ["git pull", "yarn install", "yarn build",
                               f"supervisorctl restart {project.name}--{ref}"],
         commit_hash=commit, ref_name=ref, status=status, reason=reason,
         queued_at=_at((started_ago or 0) + 3), started_at=started, finished_at=finished,
-        redeploy_of=redeploy_of,
+        redeploy_of=redeploy_of, extra=extra,
     )
 
 
@@ -55,10 +62,11 @@ def demo_rows() -> list[ProjectRow]:
     status = Project(10, "status-page", "/srv/www/status-page")
     running = demo_job(shop, RUNNING_JOB, status=JobStatus.RUNNING,
                        commit="a1b2c3d4e5", started_ago=19)
+    # Its runner died 357 s ago, 63 s into the job: its clock stopped there.
     stale = demo_job(worker, "01JCN0P4C7H2Z6WQ3V5D8E9A1", status=JobStatus.RUNNING,
-                     commit="77e1f0a9", started_ago=420)
+                     commit="77e1f0a9", started_ago=420, runner=GONE_RUNNER, beat_ago=357)
     paying = demo_job(payments, "01JDQ7K9W2E5R8T1Y4U7I0O3P6", status=JobStatus.RUNNING,
-                      commit="3e4f5a6b", ref="v2.14.0", started_ago=130)
+                      commit="3e4f5a6b", ref="v2.14.0", started_ago=130, beat_ago=1.2)
 
     def done(project: Project, job_id: str, commit: str, ago: float, took: float,
              reason: str | None = None) -> Job:
@@ -190,19 +198,23 @@ def demo_reader() -> Reader:
                   wall_clock=lambda: NOW)
 
 
-def demo_overview() -> Overview:
-    """The demo rows as a fetch that just answered (at the demo's time 0)."""
-    return Overview(demo_rows(), UP, 0.0)
+def demo_overview(*, runners: frozenset[str] = frozenset({RUNNER})) -> Overview:
+    """The demo rows as a fetch that just answered (at the demo's time 0),
+    ``runners`` alive (the one by default; none: nothing runs the queues)."""
+    return Overview(demo_rows(), UP, 0.0, runners=runners)
 
 
-def demo_app(*, refresh_rows: bool = True) -> DeploysterApp:
+def demo_app(*, refresh_rows: bool = True,
+             runners: frozenset[str] = frozenset({RUNNER})) -> DeploysterApp:
     """The dashboard over the demo rows, frozen at ``NOW``, with no core behind it:
-    it shows, it never acts (for snapshots and screenshots only)."""
+    it shows, it never acts (for snapshots and screenshots only). ``runners``:
+    the deploy servers alive (none: the queues wait, the running jobs' runner
+    is gone)."""
     set_clock(lambda: NOW)
     app = make_app(cast(Deployster, None), live=False, monotonic=lambda: 0.0,
                    wall_clock=lambda: NOW, actor="demo")
     if refresh_rows:
-        app.overview = demo_overview()
+        app.overview = demo_overview(runners=runners)
     return app
 
 
@@ -222,15 +234,16 @@ FAILED_LOG = "".join(
 )
 
 
-def demo_project_screen() -> ProjectScreen:
-    """my-app's project view over the demo data (reads nothing)."""
+def demo_project_screen(*, runners: frozenset[str] = frozenset({RUNNER})) -> ProjectScreen:
+    """my-app's project view over the demo data (reads nothing), ``runners``
+    alive as for ``demo_app``."""
     project, queue, history = demo_project()
     start = int((NOW - timedelta(seconds=3140)).timestamp() * 1000)
     failed = [LogChunk(line, start + i * 1900)
               for i, line in enumerate(FAILED_LOG.splitlines(keepends=True))]
     logs = {RUNNING_JOB: demo_log_chunks(), history[0].id: [LogChunk(DEMO_LOG, None)],
             history[1].id: failed}
-    return ProjectScreen(demo_reader(), demo_overview(), project, queue=queue,
+    return ProjectScreen(demo_reader(), demo_overview(runners=runners), project, queue=queue,
                          history=history, logs=logs)
 
 

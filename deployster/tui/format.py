@@ -89,6 +89,20 @@ def since(iso: str | None) -> float | None:
     return None if when is None else (now() - when).total_seconds()
 
 
+def run_time(job: Job, *, gone: bool = False) -> float | None:
+    """Seconds a running job has run; with ``gone`` (its runner is not alive)
+    until the runner's last heartbeat, when it stopped being run: that clock
+    must not go on. None when it never started (or never beat)."""
+    if not gone:
+        return since(job.started_at)
+    start = _parse(job.started_at) if job.started_at else None
+    try:
+        beat = float(job.extra.get("heartbeat") or "")
+    except ValueError:
+        return None
+    return None if start is None else max(0.0, beat - start.timestamp())
+
+
 def job_duration(job: Job) -> float | None:
     start = _parse(job.started_at) if job.started_at else None
     if start is None:
@@ -169,14 +183,17 @@ def heartbeat_text(row: ProjectRow, since_fetch: float) -> Text:
     return text
 
 
-def owner_state(row: ProjectRow) -> Text:
+def owner_state(row: ProjectRow, *, gone: bool = False) -> Text:
     """Whether the job holding the lock still runs: the fact to know before
-    releasing it."""
+    releasing it. ``gone``: its runner is known not to be alive."""
     job = row.running
     if job is None:
         return Text("no live job record: nobody is running it", style="bold red")
     if job.status is not JobStatus.RUNNING:
         return Text(f"not running (job is {job.status.value})", style="bold red")
+    if gone:
+        return Text("running, but its runner is gone: nobody runs it",
+                    style="bold red")
     if row.stale:
         return Text("marked running, but its heartbeat stopped: the runner is likely gone",
                     style="bold red")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from deployster import overview
-from deployster.models import Job
+from deployster import overview, recovery
+from deployster.models import Job, JobStatus
 from deployster.overview import LogChunk, LogWindow, ProjectRow, QueueWindow
 from deployster.service import Deployster
 from deployster.store import LastDeploys
@@ -41,9 +41,23 @@ class Overview:
     # Events the app had heard by this fetch, by project (None: events that
     # name no project, and reconnections: whatever was missed).
     events: Mapping[int | None, int] = field(default_factory=dict)
+    # The ids of the deploy servers (runners) alive for this data; None: not
+    # known (no fetch answered yet).
+    runners: frozenset[str] | None = None
 
     def row(self, project_id: int) -> ProjectRow | None:
         return next((r for r in self.rows if r.project.id == project_id), None)
+
+    @property
+    def no_runner(self) -> bool:
+        """Known to have no deploy server alive: nothing runs the queues."""
+        return self.runners is not None and not self.runners
+
+    def runner_gone(self, job: Job | None) -> bool:
+        """Whether ``job`` is marked running but its runner is not alive (it
+        crashed, or it was stopped: no one will end the job but recovery)."""
+        return (job is not None and job.status is JobStatus.RUNNING
+                and self.runners is not None and job.extra.get("runner") not in self.runners)
 
     def changes(self, project_id: int) -> int:
         """A count that moved if an event may have changed the project since
@@ -92,6 +106,10 @@ class Reader:
         """``overview.project_rows``: ``last={}`` reads locks, queues and
         running jobs only (no SQL)."""
         return await overview.project_rows(self.core, last=last)
+
+    async def runners(self) -> frozenset[str]:
+        """``recovery.live_runners``: the deploy servers alive now."""
+        return frozenset(await recovery.live_runners(self.core))
 
     async def health(self) -> dict[str, str]:
         """Redis's and the database's state: "ok" or what is wrong."""

@@ -111,6 +111,23 @@ class TestLogView:
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
 
 
+class TestNoRunner:
+    """No deploy server alive: the header says so, the running jobs' runner is
+    gone (their clocks stopped), the queued jobs wait for one."""
+
+    def test_projects_view_no_runner(self, snap_compare: Compare) -> None:
+        assert snap_compare(demo_app(runners=frozenset()), terminal_size=SIZE,
+                            run_before=settle)
+
+    def test_project_view_no_runner(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen(runners=frozenset()))
+            await settle(pilot)
+
+        assert snap_compare(demo_app(runners=frozenset()), terminal_size=SIZE,
+                            run_before=run_before)
+
+
 class TestSmallTerminal:
     """80x24: the compact projects table, the log under the project's tables,
     the unlock modal without padding; ? and q first in the key bar."""

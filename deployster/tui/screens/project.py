@@ -34,6 +34,7 @@ from ..format import (
     job_duration,
     local_time,
     outcome,
+    run_time,
     short_id,
     since,
     ttl_text,
@@ -147,11 +148,12 @@ class ProjectScreen(CoreScreen):
         self.query_one(LogPane).wake()  # not read while it was hidden
 
     def _refreshed(self) -> None:
-        self._render_title()  # the lock's TTL and heartbeat, what is down: no reads
+        # The title (the lock's TTL and heartbeat, what is down) and whether a
+        # runner is alive: no reads, and nothing drawn unless it changed.
+        self._render_tables()
         if not self.fixed and self._reload_due():
             self._start_reload()
             self.query_one(LogPane).wake()
-        self._wind_clock()
 
     def _reload_due(self) -> bool:
         """Whether the queue and history may have moved since the last read."""
@@ -213,13 +215,22 @@ class ProjectScreen(CoreScreen):
         """The queue table's rows (job id, cells), less the times, which tick."""
         offset = 0 if self.queue and self.queue[0].status is JobStatus.RUNNING else 1
         return [(job.id, ("▶" if job.status is JobStatus.RUNNING else str(i + offset),
-                          short_id(job.id), job.status.value, commit_cell(job), Text(ref(job))))
+                          short_id(job.id), self._queue_status(job), commit_cell(job),
+                          Text(ref(job))))
                 for i, job in enumerate(self.queue)]
 
-    @staticmethod
-    def _queue_time(job: Job) -> str:
+    def _queue_status(self, job: Job) -> Text:
+        """A queue row's status, and whether anything will move it: a
+        running job whose runner is gone, a queued job with no runner alive."""
+        if self.overview.runner_gone(job):
+            return Text("runner gone", style="bold red")
+        if job.status is JobStatus.QUEUED and self.overview.no_runner:
+            return Text("queued · no runner", style="bold yellow")
+        return Text(job.status.value)
+
+    def _queue_time(self, job: Job) -> str:
         if job.status is JobStatus.RUNNING:
-            return clock_duration(since(job.started_at))
+            return clock_duration(run_time(job, gone=self.overview.runner_gone(job)))
         return clock_duration(since(job.queued_at))
 
     def _render_queue(self) -> None:
@@ -266,12 +277,15 @@ class ProjectScreen(CoreScreen):
     def _render_tables(self) -> None:
         self._render_title()
         self._render_queue()
-        # The queue's length, and how much of it is shown (its head: the
-        # window read, overview.QUEUE_WINDOW jobs).
+        # The queue's length, how much of it is shown (its head: the window
+        # read, overview.QUEUE_WINDOW jobs), and whether anything will run it.
         hidden = self.queue_total - len(self.queue)
+        shown = f" · first {len(self.queue)} shown" if hidden > 0 else ""
+        waiting = any(j.status is JobStatus.QUEUED for j in self.queue)
+        idle = (" · no runner is alive: they wait until a deploy server runs (deployster serve)"
+                if waiting and self.overview.no_runner else "")
         show_line(self.query_one("#queue-title", Static),
-                  f"queue · {self.queue_total} job(s)" + (f" · first {len(self.queue)} shown"
-                                                          if hidden > 0 else ""))
+                  Text(f"queue · {self.queue_total} job(s){shown}{idle}"))
         self._render_history()
         more = "" if self.history_done else " · m for more"
         row = self.row

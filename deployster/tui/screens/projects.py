@@ -29,6 +29,7 @@ from ..format import (
     commit,
     commit_cell,
     heartbeat_text,
+    run_time,
     short_id,
     since,
     ttl_text,
@@ -112,17 +113,22 @@ def _last_cell(status: JobStatus, when: str) -> Text:
     return Text.assemble((GLYPH[status], "green" if ok else "red"), f" {when}")
 
 
-def clock_cells(row: ProjectRow, since_fetch: float, *,
-                compact: bool = False) -> dict[str, Any]:
+def clock_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
+                gone: bool = False) -> dict[str, Any]:
     """The cells of ``row_cells`` whose text moves with time (``CLOCK_COLUMNS``):
-    the rest changes only with the row's facts."""
+    the rest changes only with the row's facts. ``gone``: the running job's
+    runner is not alive (its clock stopped at the runner's last heartbeat)."""
     job = row.running
     if job is not None and job.status is JobStatus.RUNNING:
         # Elapsed first: a long ref name is what gets cut, not the clock.
-        elapsed = clock_duration(since(job.started_at))
+        elapsed = clock_duration(run_time(job, gone=gone))
         # Text, not a markup string: commit and ref are a request's text.
-        running: Text | str = Text(f"{elapsed} {commit(job)}" if compact else
-                                   f"{elapsed} {commit(job)} {job.ref_name}")
+        if gone:  # what matters then: nobody runs it (its commit is on its screen)
+            running: Text | str = Text.assemble(
+                f"{elapsed} ", ("gone" if compact else "runner gone", "bold red"))
+        else:
+            running = Text(f"{elapsed} {commit(job)}" if compact else
+                           f"{elapsed} {commit(job)} {job.ref_name}")
     else:
         running = DASH
     if row.last is None:
@@ -138,13 +144,16 @@ def clock_cells(row: ProjectRow, since_fetch: float, *,
     }
 
 
-def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> dict[str, Any]:
+def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
+              gone: bool = False) -> dict[str, Any]:
     if row.lock_owner is None:
         lock: Text | str = DASH
     elif compact:
         lock = Text(short_id(row.lock_owner), style="bold red" if row.stale else "")
     elif row.stale:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("STALE", "bold reverse red"))
+    elif gone:  # its heartbeat is fresh, but its runner is not alive: it will stop
+        lock = Text.assemble(short_id(row.lock_owner) + " ", ("gone", "bold red"))
     else:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
     name = _clip(row.project.name, COMPACT_NAME_WIDTH if compact else NAME_WIDTH)
@@ -152,7 +161,7 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> 
         "name": Text(name, style="bold"),
         "path": Text(short_path(row.project.path)),  # a directory may hold "[/x]"
         "lock": lock,
-        **clock_cells(row, since_fetch, compact=compact),
+        **clock_cells(row, since_fetch, compact=compact, gone=gone),
         "queue": str(row.queue_length) if row.queue_length else "0",
         # The newest complete job's commit (↺: it was a redeploy or rollback).
         "deployed": commit_cell(row.deployed) if row.deployed else DASH,
@@ -265,10 +274,11 @@ class ProjectsScreen(CoreScreen):
         everything = clocks and self._tick % 60 == 1
         since_fetch = self.since_fetch()
         self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
-                                        since_fetch)
+                                        since_fetch, shown.runners)
         # The rows, not the overview: a fetch that found nothing new hands
         # over the same list (app.py), and then nothing is drawn again.
-        drawn = (shown.rows, self.filter_text, self.sort_column, self.sort_reverse)
+        drawn = (shown.rows, shown.runners, self.filter_text, self.sort_column,
+                 self.sort_reverse)
         if not everything and self._same_view(drawn):
             # Time alone moved: the rows, their order and facts are as drawn.
             if clocks:
@@ -283,12 +293,13 @@ class ProjectsScreen(CoreScreen):
             changes: list[tuple[str, str, Any]] = []
             for r in rows:
                 key = str(r.project.id)
-                facts = row_facts(r)
+                gone = shown.runner_gone(r.running)
+                facts = (*row_facts(r), gone)
                 if self._facts.get(key) == facts and not (
                         everything or (clocks and ticking(r))):
                     continue
                 self._facts[key] = facts
-                cells = row_cells(r, since_fetch, compact=self.compact)
+                cells = row_cells(r, since_fetch, compact=self.compact, gone=gone)
                 old = self._cells.get(key, {})
                 changes += [(key, column, value) for column, value in cells.items()
                             if old.get(column) != value]
@@ -300,9 +311,10 @@ class ProjectsScreen(CoreScreen):
             self._cells = {}
             for r in rows:
                 key = str(r.project.id)
-                self._facts[key] = row_facts(r)
-                cells = self._cells[key] = row_cells(r, since_fetch,
-                                                     compact=self.compact)
+                gone = shown.runner_gone(r.running)
+                self._facts[key] = (*row_facts(r), gone)
+                cells = self._cells[key] = row_cells(r, since_fetch, compact=self.compact,
+                                                     gone=gone)
                 table.add_row(*(cells[k] for k, _ in self.columns), key=key)
             self._keys = keys
             if selected in keys:
@@ -323,12 +335,14 @@ class ProjectsScreen(CoreScreen):
         cells whose text changed only."""
         still = []
         changes: list[tuple[str, str, Any]] = []
+        shown = self.overview
         for key, row in self._ticking:
             if not ticking(row):
                 continue
             still.append((key, row))
             cells = self._cells[key]
-            for column, value in clock_cells(row, since_fetch, compact=self.compact).items():
+            for column, value in clock_cells(row, since_fetch, compact=self.compact,
+                                             gone=shown.runner_gone(row.running)).items():
                 if cells[column] is not value and cells[column] != value:
                     cells[column] = value
                     changes.append((key, column, value))
