@@ -37,6 +37,7 @@ from textual.screen import ModalScreen
 
 from deployster.events import HISTORY, PROJECTS, SUBSCRIBED
 from deployster.service import Deployster
+from deployster.settings import Settings
 from deployster.store import LastDeploys
 
 from .commands import DeploysterCommands
@@ -76,11 +77,13 @@ class DeploysterApp(App[None]):
         actor: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         super().__init__()
         self.reader = Reader(core, actor=actor or f"tui:{_user()}", live=live,
                              monotonic=monotonic,
-                             wall_clock=wall_clock or (lambda: datetime.now().astimezone()))
+                             wall_clock=wall_clock or (lambda: datetime.now().astimezone()),
+                             settings=settings)
         self.poll_interval = poll_interval
         self.overview = Overview([], STARTING, monotonic())
         self.refreshes = 0

@@ -4,12 +4,14 @@ is relative to ``NOW``, so a picture of it never changes."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import cast
 
 from deployster.clock import iso
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow
 from deployster.service import Deployster
+from deployster.settings import Settings
 
 from .app import DeploysterApp, make_app
 from .format import set_clock
@@ -191,11 +193,18 @@ def demo_project() -> tuple[Project, list[Job], list[Job]]:
     return shop, queue, history
 
 
+def demo_settings() -> Settings:
+    """The settings the demo data is shown as read with: a box's own data
+    dir (embedded Redis, SQLite), projects under /srv/www registering
+    themselves."""
+    return Settings(data_dir=Path("/var/lib/deployster"), allowed_roots=(Path("/srv/www"),))
+
+
 def demo_reader() -> Reader:
     """A reader with no core behind it (``live`` False: it reads nothing), its
     clocks stopped at ``NOW``: as ``demo_app``'s, for screens made outside it."""
     return Reader(cast(Deployster, None), actor="demo", live=False, monotonic=lambda: 0.0,
-                  wall_clock=lambda: NOW)
+                  wall_clock=lambda: NOW, settings=demo_settings())
 
 
 def demo_overview(*, runners: frozenset[str] = frozenset({RUNNER})) -> Overview:
@@ -212,7 +221,7 @@ def demo_app(*, refresh_rows: bool = True,
     is gone)."""
     set_clock(lambda: NOW)
     app = make_app(cast(Deployster, None), live=False, monotonic=lambda: 0.0,
-                   wall_clock=lambda: NOW, actor="demo")
+                   wall_clock=lambda: NOW, actor="demo", settings=demo_settings())
     if refresh_rows:
         app.overview = demo_overview(runners=runners)
     return app

@@ -3,15 +3,18 @@ status, a lock's TTL and heartbeat (plain or rich text; no Textual here)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from functools import lru_cache
+from pathlib import Path
 
 from rich.text import Text
 
 from deployster.clock import parse_iso, utcnow
 from deployster.models import Job, JobStatus
 from deployster.overview import ProjectRow
+from deployster.settings import Settings
 
 DASH = "—"
 
@@ -34,6 +37,28 @@ def now() -> datetime:
 @lru_cache(maxsize=8192)
 def _parse(value: str) -> datetime | None:
     return parse_iso(value)
+
+
+def tilde(path: str | Path) -> str:
+    """A path as a shell user types it: the home directory as ``~``."""
+    text, home = str(path), os.path.expanduser("~")
+    if home != "/" and text.startswith(home + os.sep):
+        return "~" + text[len(home):]
+    return text
+
+
+def data_source(settings: Settings) -> str:
+    """Which data the dashboard shows: the data dir when both the Redis and
+    the database are its own (embedded Redis, SQLite), else the Redis and
+    database URLs (passwords masked); the key namespace when there is one."""
+    default_db = not settings.database_url
+    if settings.embedded_redis and default_db:
+        text = f"data {tilde(settings.data_dir)} (embedded Redis, SQLite)"
+    else:
+        redis = "embedded" if settings.embedded_redis else settings.redis_shown
+        db = f"SQLite in {tilde(settings.data_dir)}" if default_db else settings.database_shown
+        text = f"redis {redis} · db {db}"
+    return f"{text} · namespace {settings.namespace}" if settings.namespace else text
 
 
 def short_id(job_id: str | None) -> str:

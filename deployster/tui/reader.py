@@ -20,6 +20,7 @@ from deployster import overview, recovery
 from deployster.models import Job, JobStatus
 from deployster.overview import LogChunk, LogWindow, ProjectRow, QueueWindow
 from deployster.service import Deployster
+from deployster.settings import Settings
 from deployster.store import LastDeploys
 
 STARTING = {"redis": "…", "database": "…"}  # health before the first fetch answered
@@ -82,18 +83,26 @@ class Reader:
     - ``monotonic`` and ``wall_clock``: the clocks ages and the header's time
       come from (fixed in snapshots, moved by ``bench/tui.py``);
     - ``live`` False: demo data with no core behind it (``demo.py``): nothing
-      is read, screens show what they were given.
+      is read, screens show what they were given;
+    - ``settings``: the settings the data is read with, as the screens name
+      them (the core's; given for demo data).
     """
 
     def __init__(
         self, core: Deployster, *, actor: str, live: bool = True,
         monotonic: Callable[[], float], wall_clock: Callable[[], datetime],
+        settings: Settings | None = None,
     ) -> None:
         self.core = core
         self.actor = actor
         self.live = live
         self.monotonic = monotonic
         self.wall_clock = wall_clock
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings | None:
+        return self._settings or (self.core.settings if self.live else None)
 
     def since(self, fetched: Overview) -> float:
         """Seconds since ``fetched`` was fetched (never negative)."""

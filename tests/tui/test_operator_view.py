@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Static
 from deployster.service import Deployster
 from deployster.settings import Settings
 from deployster.tui.app import make_app
+from deployster.tui.format import data_source
 from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.server import start_server
@@ -82,3 +83,46 @@ async def test_a_dead_runner_is_said_plainly_and_its_job_stops_counting(
                 second.stop()
     finally:
         first.stop(signal.SIGKILL)
+
+
+# ------------------------------------------------------ which data is this?
+
+
+def hint(app: object) -> str:
+    """The line over the projects table saying why it is empty ('' if hidden)."""
+    widget = app.screen.query_one("#projects-hint", Static)  # type: ignore[attr-defined]
+    return str(widget.render()) if widget.display else ""
+
+
+async def test_the_data_shown_is_named_and_an_empty_table_says_how_to_fill_it(
+    core: Deployster, settings: Settings, project_dir: Path
+) -> None:
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one("#projects", DataTable)
+        # The Redis and database this dashboard reads, on the table's border.
+        border = str(table.border_title)
+        assert f"redis {settings.redis_url}" in border and "db sqlite:///" in border
+        assert f"namespace {settings.namespace}" in border
+        await wait_until(pilot, lambda: "No projects yet" in hint(app), what="the hint")
+        assert "deployster project add PATH" in hint(app)
+        assert "DEPLOYSTER_ALLOWED_ROOTS" in hint(app)
+        await core.projects.add(str(project_dir))  # its event brings the row in
+        await wait_until(pilot, lambda: table.row_count == 1, what="the project")
+        assert hint(app) == ""
+        await pilot.press("slash", *"nothing-like-it")
+        await wait_until(pilot, lambda: "No project matches 'nothing-like-it'" in hint(app),
+                         what="the filter's hint")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: hint(app) == "", what="the hint to go")
+
+
+def test_the_data_named_never_shows_a_password(tmp_path: Path) -> None:
+    shown = data_source(Settings(
+        data_dir=tmp_path, redis_url="redis://:r3dis-secret@10.0.0.5:6379/0",
+        database_url="postgresql://deploy:db-secret@10.0.0.6/deployster", namespace="prod"))
+    assert shown == ("redis redis://:***@10.0.0.5:6379/0 · "
+                     "db postgresql://deploy:***@10.0.0.6/deployster · namespace prod")
+    # Everything in the data dir: the data dir says it all.
+    assert data_source(Settings(data_dir=tmp_path)) == \
+        f"data {tmp_path} (embedded Redis, SQLite)"

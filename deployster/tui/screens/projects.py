@@ -6,7 +6,6 @@ from the fetch), so the countdown moves even while nothing is fetched.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -15,7 +14,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.events import Resize
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Static
 from textual.widgets.data_table import ColumnKey
 
 from deployster.models import JobStatus
@@ -28,14 +27,16 @@ from ..format import (
     clock_duration,
     commit,
     commit_cell,
+    data_source,
     heartbeat_text,
     run_time,
     short_id,
     since,
+    tilde,
     ttl_text,
 )
 from ..messages import DataRefreshed
-from ..reader import Overview, Reader, row_facts
+from ..reader import UP, Overview, Reader, row_facts
 from ..widgets.footer import KeysFooter
 from ..widgets.projects_table import ProjectsTable
 from ..widgets.status_line import StatusLine
@@ -69,9 +70,7 @@ COMPACT_WIDTHS = {"lock": 10, "ttl": 7, "heartbeat": 12, "queue": 5, "last": 10,
 
 @lru_cache(maxsize=4096)
 def short_path(path: str) -> str:
-    home = os.path.expanduser("~")
-    if home != "/" and path.startswith(home + os.sep):
-        path = "~" + path[len(home):]
+    path = tilde(path)
     return path if len(path) <= PATH_WIDTH else "…" + path[-(PATH_WIDTH - 1):]
 
 _NONE_LAST = float("inf")
@@ -205,7 +204,12 @@ class ProjectsScreen(CoreScreen):
         yield StatusLine(id="status-line")
         yield Input(placeholder="filter projects (name or path) — enter to keep, esc to clear",
                     id="filter")
+        # Shown when the table has nothing to show: how to get a row into it.
+        yield Static(id="projects-hint", markup=False)
         table = ProjectsTable(id="projects", cursor_type="row", zebra_stripes=True)
+        settings = self.reader.settings
+        if settings is not None:  # which data this is, on the table's border
+            table.border_title = Text(data_source(settings))
         self._add_columns(table)
         yield table
         yield KeysFooter()
@@ -236,6 +240,7 @@ class ProjectsScreen(CoreScreen):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
+        self.query_one("#projects-hint", Static).display = False
         self.clock = self.set_interval(1.0, self.render_rows)  # the clocks tick
         self.table.focus()
         self.render_rows()
@@ -277,7 +282,7 @@ class ProjectsScreen(CoreScreen):
                                         since_fetch, shown.runners)
         # The rows, not the overview: a fetch that found nothing new hands
         # over the same list (app.py), and then nothing is drawn again.
-        drawn = (shown.rows, shown.runners, self.filter_text, self.sort_column,
+        drawn = (shown.rows, shown.runners, shown.health, self.filter_text, self.sort_column,
                  self.sort_reverse)
         if not everything and self._same_view(drawn):
             # Time alone moved: the rows, their order and facts are as drawn.
@@ -285,6 +290,7 @@ class ProjectsScreen(CoreScreen):
                 self._tick_clocks(since_fetch)
             return
         rows = self.visible_rows()
+        self._show_hint(bool(rows))
         table = self.table
         keys = [str(r.project.id) for r in rows]
         self._shown = {str(r.project.id): r for r in rows}
@@ -324,6 +330,31 @@ class ProjectsScreen(CoreScreen):
         self._ticking = [(str(r.project.id), r) for r in rows if ticking(r)]
         self._drawn = drawn
         self._label_columns()
+
+    def _show_hint(self, any_rows: bool) -> None:
+        """Say why the table is empty, and what to do: clear the filter, or
+        register a project (once a fetch answered: before, nothing is known)."""
+        hint = self.query_one("#projects-hint", Static)
+        text: Text | None = None
+        if any_rows:
+            pass
+        elif self.filter_text and self.overview.rows:
+            text = Text(f"No project matches {self.filter_text!r}: esc clears the filter.")
+        elif self.overview.health == UP and not self.overview.rows:
+            settings = self.reader.settings
+            roots = ", ".join(tilde(r) for r in settings.allowed_roots) if settings else ""
+            text = Text.assemble(
+                "No projects yet. Register one with ", ("deployster project add PATH", "bold"),
+                " (run with the same settings as this dashboard), or deploy to a directory "
+                "under ", ("DEPLOYSTER_ALLOWED_ROOTS", "bold"),
+                f" ({roots})" if roots else " (not set here)",
+                ": the first deploy registers it.")
+        if text is None:
+            if hint.display:
+                hint.display = False
+        elif not hint.display or hint.content != text:
+            hint.update(text)
+            hint.display = True
 
     def _same_view(self, drawn: tuple[object, ...]) -> bool:
         """Whether ``drawn`` (rows, filter, sort) is what is on screen."""
