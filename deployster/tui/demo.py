@@ -187,9 +187,16 @@ def demo_project() -> tuple[Project, list[Job], list[Job]]:
         job = demo_job(shop, job_id, status=JobStatus.QUEUED, commit=commit, ref=ref)
         job.queued_at = _at(waited)
         queue.append(job)
-    history = [demo_job(shop, job_id, status=status, reason=reason, commit=commit, ref=ref,
-                        started_ago=ago, took=took, redeploy_of=_REDEPLOYS.get(job_id))
-               for job_id, status, reason, commit, ref, ago, took in _HISTORY]
+    history = []
+    for job_id, status, reason, commit, ref, ago, took in _HISTORY:
+        # Superseded while it waited in the queue: it never started.
+        never = reason == "superseded"
+        job = demo_job(shop, job_id, status=status, reason=reason, commit=commit, ref=ref,
+                       started_ago=None if never else ago, took=None if never else took,
+                       redeploy_of=_REDEPLOYS.get(job_id))
+        if never:
+            job.queued_at = job.finished_at = _at(ago)
+        history.append(job)
     return shop, queue, history
 
 
@@ -258,4 +265,5 @@ def demo_project_screen(*, runners: frozenset[str] = frozenset({RUNNER})) -> Pro
 
 def demo_log_screen() -> LogScreen:
     """The running job's log, full screen, over the demo data (reads nothing)."""
-    return LogScreen(demo_reader(), RUNNING_JOB, text=demo_log_chunks())
+    _, queue, _ = demo_project()
+    return LogScreen(demo_reader(), RUNNING_JOB, text=demo_log_chunks(), job=queue[0])

@@ -37,6 +37,12 @@ def table_text(table: DataTable[Any]) -> list[str]:
     return rows
 
 
+def screen_text(app: App[Any]) -> str:
+    """The screen as the terminal shows it, one line per row (plain text)."""
+    return "\n".join("".join(segment.text for segment in strip)
+                     for strip in app.screen._compositor.render_strips())
+
+
 def confirm_text(app: App[Any]) -> str:
     """The text of the confirmation modal on screen (fails if none is open)."""
     screen = app.screen

@@ -5,19 +5,34 @@ shown, labels that mean one thing, a log's colours (docs: README.md#the-dashboar
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from pathlib import Path
 
+from textual.geometry import Spacing
 from textual.widgets import DataTable, Static
+from textual.widgets._toast import Toast
 
-from deployster.service import Deployster
+from deployster.control import cancel_job
+from deployster.history import HistoryWriter
+from deployster.service import DeployRequest, Deployster
 from deployster.settings import Settings
 from deployster.tui.app import make_app
 from deployster.tui.format import data_source
+from deployster.tui.screens.help import HelpScreen
+from deployster.tui.screens.log import LogScreen
 from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
-from tests.helpers.server import start_server
-from tests.helpers.tui import modal_text, open_project, projects, table_text, wait_until
+from tests.helpers.locks import hold_lock
+from tests.helpers.server import LiveServer, start_server
+from tests.helpers.tui import (
+    modal_text,
+    open_project,
+    projects,
+    screen_text,
+    table_text,
+    wait_until,
+)
 
 SIZE = (180, 45)
 
@@ -126,3 +141,124 @@ def test_the_data_named_never_shows_a_password(tmp_path: Path) -> None:
     # Everything in the data dir: the data dir says it all.
     assert data_source(Settings(data_dir=tmp_path)) == \
         f"data {tmp_path} (embedded Redis, SQLite)"
+
+
+# ------------------------------------------------------ labels that mean one thing
+
+
+async def test_the_cursor_stays_on_its_project_when_the_sort_moves_it(
+    core: Deployster, tmp_path: Path
+) -> None:
+    """A new sort order moves the selected project, and so does its queue
+    growing under a sort by queue length: the cursor (what u, c and r act
+    on) moves with it."""
+    names = ("alpha", "beta", "gamma")
+    for name in names:
+        (tmp_path / name).mkdir()
+        await core.projects.add(str(tmp_path / name))
+    gamma = await core.projects.find("gamma")
+    await hold_lock(core, gamma.id, "01JDZZZZZZZZZZZZZZZZZZZZF3", 300_000)
+    app = make_app(core, poll_interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await projects(pilot, 3)
+        await pilot.press("down", "down")  # gamma, the third row by name
+
+        def selected() -> str:
+            return table_text(table)[table.cursor_row].split(" | ")[0]
+
+        assert selected() == "gamma"
+        await pilot.press("s")  # by lock: the locked one first
+        assert table.cursor_row == 0 and selected() == "gamma"
+        await pilot.press("S")  # reversed: last
+        assert table.cursor_row == 2 and selected() == "gamma"
+        await pilot.press(*"ssss")  # TTL, heartbeat, running, queue
+        assert app.screen.sort_column == "queue"  # type: ignore[attr-defined]
+        assert table.cursor_row == 2 and selected() == "gamma"
+        await core.submit(DeployRequest(str(tmp_path / "gamma"), ["supervisorctl restart x"],
+                                        "a1b2c3d4", "main"), run_here=False)
+        await wait_until(pilot, lambda: table_text(table)[0].startswith("gamma"),
+                         what="gamma to move to the top")
+        assert table.cursor_row == 0 and selected() == "gamma"
+        await pilot.press("down")
+        below = selected()
+        await pilot.resize_terminal(90, 30)  # the compact table: made again
+        await wait_until(pilot, lambda: "holder" in str(table.ordered_columns[1].label),
+                         what="the compact columns")
+        assert table.cursor_row == 1 and selected() == below
+
+
+async def test_the_queue_says_what_its_times_are_and_the_full_log_names_its_job(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    """The queue's waiting column: how long a queued job has waited, and for
+    the running one how long it has run, labelled "run". The full-screen log
+    names the project, the job and its status, which moves as the job ends."""
+    await core.projects.add(str(project_dir))
+    async with server.client() as client:
+        running = (await client.post("/deploy", json=deploy_body(
+            project_dir, "sleep 2", commit="aaaa111"))).json()["job_id"]
+        await client.post("/deploy", json=deploy_body(project_dir, "true", commit="bbbb222"))
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        await projects(pilot, showing="running")
+        await open_project(pilot)
+        queue = app.screen.query_one("#queue", DataTable)
+        await wait_until(pilot, lambda: queue.row_count == 2, what="the queue")
+        first, second = (row.split(" | ") for row in table_text(queue))
+        assert first[2] == "running" and re.fullmatch(r"run 0:0\d", first[4]), first
+        assert second[2] == "queued" and re.fullmatch(r"0:0\d", second[4]), second
+        assert str(queue.ordered_columns[4].label) == "waiting"
+        await pilot.press("l")  # the running job's log, full screen
+        await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="the log")
+        title = app.screen.query_one("#log-screen-title", Static)
+        assert f"{project_dir.name} · job {running} · ▶ running" in str(title.render())
+        await wait_until(pilot, lambda: "✔ complete" in str(title.render()), what="its end")
+
+
+async def test_a_job_cancelled_while_queued_shows_no_start_time(
+    core: Deployster, project_dir: Path
+) -> None:
+    project = await core.projects.add(str(project_dir))
+    await hold_lock(core, project.id, "01JDZZZZZZZZZZZZZZZZZZZZF3", 300_000)
+    queued = await core.submit(DeployRequest(str(project_dir), ["supervisorctl restart x"],
+                                             "a1b2c3d4", "main"), run_here=False)
+    await cancel_job(core, queued.job_id)
+    await HistoryWriter(core).flush()  # as a server's history writer does
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        await projects(pilot)
+        await open_project(pilot)
+        hist = app.screen.query_one("#history", DataTable)
+        await wait_until(pilot, lambda: hist.row_count == 1, what="the cancelled job")
+        status, _, _, started, took, _ = table_text(hist)[0].split(" | ")
+        assert (status, started, took) == ("✘ cancelled", "—", "—")
+
+
+async def test_help_explains_the_columns(core: Deployster, project_dir: Path) -> None:
+    await core.projects.add(str(project_dir))
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        await projects(pilot)
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await pilot.pause(0.2)
+        shown = screen_text(app)
+        for term, says in (("TTL", "time left on the lock"),
+                           ("heartbeat", "how long ago the job holding the lock"),
+                           ("STALE", "the lock is held but nobody renews it")):
+            assert re.search(rf"\b{term} +{says}", shown), shown
+
+
+async def test_a_notification_leaves_the_tables_border_alone(
+    core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    app = make_app(core)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        table = await projects(pilot)
+        await pilot.press("s")  # "sorted by lock holder"
+        await wait_until(pilot, lambda: bool(app.screen.query(Toast)), what="the toast")
+        await pilot.pause(0.3)
+        toast = app.screen.query_one(Toast)
+        inside = table.region.shrink(Spacing(1, 1, 1, 1))  # the round border's inside
+        assert inside.contains_region(toast.region), (toast.region, table.region)

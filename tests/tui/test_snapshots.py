@@ -120,6 +120,15 @@ class TestLogView:
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
 
 
+class TestHelp:
+    def test_help_explains_columns_and_keys(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.press("question_mark")
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
 class TestNoRunner:
     """No deploy server alive: the header says so, the running jobs' runner is
     gone (their clocks stopped), the queued jobs wait for one."""

@@ -96,7 +96,7 @@ def test_tui_shows_the_projects_and_q_quits(
     screen = tmux.wait_for("smoke-app")
     assert "1 project ·" in screen and "redis ok" in screen
     tmux.run("send-keys", "-t", "dash", "?")
-    tmux.wait_for("Keys")
+    tmux.wait_for("what the columns say")
     tmux.run("send-keys", "-t", "dash", "Escape")
     time.sleep(0.5)
     tmux.run("send-keys", "-t", "dash", "q")

@@ -216,7 +216,8 @@ class CoreScreen(Screen[None]):
             ("from job", job.id),
             ("project", job.project),
             ("commit", f"{commit(job)} on {job.ref_name}"),
-            ("ran", ago(job.started_at or job.queued_at)),
+            ("ran", ago(job.started_at)) if job.started_at else
+            ("queued", f"{ago(job.queued_at)}, never started"),
             ("commands", self.shown_commands(job, project) or DASH),
         ]
         consequence = ("y queues a new job with the same commands, commit and ref. "

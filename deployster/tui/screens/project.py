@@ -229,8 +229,11 @@ class ProjectScreen(CoreScreen):
         return Text(job.status.value)
 
     def _queue_time(self, job: Job) -> str:
+        """The ``waiting`` column: how long a queued job has waited; for the
+        running job, how long it has run, said so ("run")."""
         if job.status is JobStatus.RUNNING:
-            return clock_duration(run_time(job, gone=self.overview.runner_gone(job)))
+            gone = self.overview.runner_gone(job)
+            return f"run {clock_duration(run_time(job, gone=gone))}"
         return clock_duration(since(job.queued_at))
 
     def _render_queue(self) -> None:
@@ -266,9 +269,10 @@ class ProjectScreen(CoreScreen):
         cursor, key = hist.cursor_row, _key_at_cursor(hist)
         hist.clear()
         for job in self.history:
+            # A job that never started (cancelled or superseded while queued)
+            # has no start time and no duration: "—", not its queue time.
             hist.add_row(Text(outcome(job), style=OUTCOME_STYLE.get(job.status, "")),
-                         short_id(job.id), commit_cell(job),
-                         local_time(job.started_at or job.queued_at),
+                         short_id(job.id), commit_cell(job), local_time(job.started_at),
                          duration(job_duration(job)), Text(ref(job)), key=job.id)
         self._history_shown = list(self.history)
         if self.history:
@@ -387,7 +391,7 @@ class ProjectScreen(CoreScreen):
         job = self.selected_job
         if job is not None:
             self.app.push_screen(LogScreen(self.reader, job.id, text=self.logs.get(job.id, [])
-                                           if self.fixed else None))
+                                           if self.fixed else None, job=job))
 
     def action_unlock(self) -> None:
         row = self.row

@@ -228,11 +228,14 @@ class ProjectsScreen(CoreScreen):
         compact = event.size.width < COMPACT_BELOW
         if compact != self.compact:
             self.compact = compact
+            selected = self.selected_key()  # the rows are made again: keep it
             table = self.table
             table.clear(columns=True)
             self._add_columns(table)
             self._keys, self._cells, self._facts, self._drawn = [], {}, {}, ()
             self.render_rows()
+            if selected in self._keys:
+                table.move_cursor(row=self._keys.index(selected), animate=False)
 
     @property
     def table(self) -> ProjectsTable:

@@ -23,9 +23,10 @@ import contextlib
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Input, Static
 
-from deployster.models import JobStatus
+from deployster.models import Job, JobStatus
 from deployster.overview import LogChunk
 
 from ..format import short_id
@@ -40,6 +41,14 @@ FOLLOW_IDLE_INTERVAL = 1.0  # at most, for one that printed nothing lately (a qu
 
 
 class LogPane(Vertical):
+    class JobRead(Message):
+        """The pane read its job's record, and its status is not the one it
+        read before (the first read too): its screen may say so."""
+
+        def __init__(self, job: Job) -> None:
+            super().__init__()
+            self.job = job
+
     BINDINGS = [
         Binding("f", "toggle_follow", "Follow", id="log.follow"),
         Binding("w", "toggle_wrap", "Wrap", id="log.wrap"),
@@ -67,6 +76,7 @@ class LogPane(Vertical):
         self._partial = ""
         self._partial_t: int | None = None
         self._wake = asyncio.Event()
+        self._status: tuple[str, str | None] | None = None  # the job's, as last read
 
     def compose(self) -> ComposeResult:
         yield Static("no job selected", id="log-title", classes="pane-title")
@@ -104,6 +114,7 @@ class LogPane(Vertical):
         self.redeploy_of = None
         self.truncated = False
         self.queued = False
+        self._status = None
         self._partial, self._partial_t = "", None
         self.log_view.clear()
         self.workers.cancel_group(self, "log")
@@ -145,6 +156,7 @@ class LogPane(Vertical):
     async def _load_and_follow(self, job_id: str) -> None:
         window = await self.reader.log_window(job_id, max_bytes=MAX_BYTES)
         job = await self.reader.job(job_id)
+        self._read(job)
         self.truncated = window.truncated
         self.last_id = window.last_id
         self.redeploy_of = job.redeploy_of if job is not None else None
@@ -181,6 +193,7 @@ class LogPane(Vertical):
                 size -= len(chunks.pop(0).text)
                 self.truncated = True
         job = await self.reader.job(job_id)
+        self._read(job)
         if job is None or job.status.finished:
             self.live = False
         queued = job is not None and job.status is JobStatus.QUEUED
@@ -190,6 +203,12 @@ class LogPane(Vertical):
             self._retitle()
             return True
         return False
+
+    def _read(self, job: Job | None) -> None:
+        status = (job.status.value, job.reason) if job is not None else None
+        if job is not None and status != self._status:
+            self.post_message(self.JobRead(job))
+        self._status = status
 
     def _append(self, chunks: list[LogChunk], *, final: bool) -> None:
         """Write complete lines, each with the time its first byte was written;
