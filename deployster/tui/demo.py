@@ -108,24 +108,31 @@ def demo_rows() -> list[ProjectRow]:
     ]
 
 
+# ANSI SGR codes, as git, yarn and vite print them to a terminal.
+_G, _R, _C, _Y, _DIM, _B, _OFF = ("\x1b[32m", "\x1b[31m", "\x1b[36m", "\x1b[33m", "\x1b[2m",
+                                  "\x1b[1m", "\x1b[0m")
+
 DEMO_LOG = "".join(
     [
         "[1] $ git pull\n",
         "Updating 9c8d7e6..a1b2c3d\n",
         "Fast-forward\n",
-        " src/pages/checkout.tsx | 12 ++++++------\n",
+        f" src/pages/checkout.tsx | 12 {_G}++++++{_OFF}{_R}------{_OFF}\n",
         "[2] $ yarn install\n",
-        "yarn install v1.22.22\n",
-        "[1/4] Resolving packages...\n",
-        "success Already up-to-date.\n",
+        f"{_B}yarn install v1.22.22{_OFF}\n",
+        f"{_DIM}[1/4]{_OFF} Resolving packages...\n",
+        f"{_G}success{_OFF} Already up-to-date.\n",
         "[3] $ yarn build\n",
-        "vite v5.4.2 building for production...\n",
+        f"{_C}vite v5.4.2 {_G}building for production...{_OFF}\n",
         "transforming...\n",
-        "✓ 412 modules transformed.\n",
-        "dist/index.html                 0.46 kB │ gzip:  0.30 kB\n",
-        "dist/assets/index-4f1c2a.css   12.71 kB │ gzip:  3.18 kB\n",
-        "dist/assets/index-9b7e21.js   143.36 kB │ gzip: 46.12 kB\n",
-        "✓ built in 3.91s\n",
+        f"{_G}✓{_OFF} 412 modules transformed.\n",
+        f"{_DIM}dist/{_OFF}{_G}index.html{_OFF}                 {_B}{_DIM}0.46 kB{_OFF}"
+        f"{_DIM} │ gzip:  0.30 kB{_OFF}\n",
+        f"{_DIM}dist/{_OFF}{_C}assets/index-4f1c2a.css{_OFF}   {_B}{_DIM}12.71 kB{_OFF}"
+        f"{_DIM} │ gzip:  3.18 kB{_OFF}\n",
+        f"{_DIM}dist/{_OFF}{_Y}assets/index-9b7e21.js{_OFF}   {_B}{_DIM}143.36 kB{_OFF}"
+        f"{_DIM} │ gzip: 46.12 kB{_OFF}\n",
+        f"{_G}✓ built in 3.91s{_OFF}\n",
         "[4] $ supervisorctl restart my-app--main\n",
         "my-app--main: stopped\n",
         "my-app--main: started\n",
@@ -242,9 +249,9 @@ FAILED_LOG = "".join(
         "success Already up-to-date.\n",
         "[3] $ yarn build\n",
         "vite v5.4.2 building for production...\n",
-        "src/pages/checkout.tsx(41,7): error TS2322: Type 'string' is not assignable to "
-        "type 'number'.\n",
-        "error Command failed with exit code 2.\n",
+        f"{_C}src/pages/checkout.tsx{_OFF}({_Y}41{_OFF},{_Y}7{_OFF}): {_R}error{_OFF} TS2322: "
+        "Type 'string' is not assignable to type 'number'.\n",
+        f"{_R}error{_OFF} Command failed with exit code 2.\n",
         "[deployster] command 3 (yarn build) exited with code 2\n",
     ]
 )

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.style import Style
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
@@ -41,6 +42,17 @@ def screen_text(app: App[Any]) -> str:
     """The screen as the terminal shows it, one line per row (plain text)."""
     return "\n".join("".join(segment.text for segment in strip)
                      for strip in app.screen._compositor.render_strips())
+
+
+def style_on_screen(app: App[Any], word: str) -> Style:
+    """The style ``word`` is drawn in, where it is lowest on screen (a log's
+    output, under the command that printed it); fails if it is nowhere."""
+    found = [segment.style or Style.null()
+             for strip in app.screen._compositor.render_strips()
+             for segment in strip if word in segment.text]
+    if not found:
+        raise AssertionError(f"{word!r} is not on screen:\n{screen_text(app)}")
+    return found[-1]
 
 
 def confirm_text(app: App[Any]) -> str:

@@ -21,6 +21,7 @@ from deployster.tui.app import make_app
 from deployster.tui.format import data_source
 from deployster.tui.screens.help import HelpScreen
 from deployster.tui.screens.log import LogScreen
+from deployster.tui.widgets.log_pane import LogPane
 from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
@@ -30,6 +31,7 @@ from tests.helpers.tui import (
     open_project,
     projects,
     screen_text,
+    style_on_screen,
     table_text,
     wait_until,
 )
@@ -262,3 +264,45 @@ async def test_a_notification_leaves_the_tables_border_alone(
         toast = app.screen.query_one(Toast)
         inside = table.region.shrink(Spacing(1, 1, 1, 1))  # the round border's inside
         assert inside.contains_region(toast.region), (toast.region, table.region)
+
+
+# ------------------------------------------------------------------- colour
+
+
+# A build's output as tools print it: colours, a progress bar redrawn with
+# carriage returns, and what must not reach the screen as a command (a screen
+# clear and cursor home, a cursor move, a window title, a bell).
+COLOURFUL = (r"printf '\033[32mgreen-word\033[0m plain-word\n'; "
+             r"printf '\033[1;31mstill-red'; printf '\n'; printf 'red-too\033[0m\n'; "
+             r"printf '10%%\r50%%\r\033[33m100%%\033[0m\n'; "
+             r"printf '\033[2J\033[Hafter-clear \033[5Aup \033]0;title\007titled \a!\n'; "
+             r"echo done-here")
+
+
+async def test_a_logs_colours_show_and_its_control_sequences_do_not(
+    server: LiveServer, core: Deployster, project_dir: Path
+) -> None:
+    await core.projects.add(str(project_dir))
+    async with server.client() as client:
+        job = (await client.post("/deploy", json=deploy_body(project_dir, COLOURFUL))).json()
+        await wait_for_status(client, job["job_id"])
+    app = make_app(core)
+    async with app.run_test(size=SIZE) as pilot:
+        await projects(pilot, showing="✔")
+        await open_project(pilot)
+        pane = app.screen.query_one(LogPane)
+        await wait_until(pilot, lambda: "done-here" in pane.text, what="the log")
+        await pilot.pause(0.2)
+        lines = pane.log_view.lines
+        assert "green-word plain-word" in lines and "100%" in lines
+        assert "after-clear up titled �!" in lines  # the bell shown, not rung
+        assert "\x1b" not in screen_text(app)
+        plain = style_on_screen(app, "plain-word").color
+        assert style_on_screen(app, "green-word").color not in (None, plain)
+        red = style_on_screen(app, "still-red")
+        assert red.bold and red.color not in (None, plain)
+        # A colour left on carries to the next line, as in a terminal.
+        assert style_on_screen(app, "red-too").color == red.color
+        assert style_on_screen(app, "100%").color not in (None, plain)
+        # The header is still there: nothing cleared the screen.
+        assert screen_text(app).splitlines()[0].startswith(project_dir.name)

@@ -128,14 +128,14 @@ class LogPane(Vertical):
     def show_text(self, job_id: str, text: str | list[LogChunk], *, live: bool = False,
                   redeploy_of: str | None = None) -> None:
         """Show a job's log given as text or chunks (demo data, snapshots); ``live``
-        and ``redeploy_of`` only say so in the title: nothing is read."""
+        and ``redeploy_of`` only say so in the title (following, paused…):
+        nothing is read."""
         self.show_job(None)
         self.job_id = job_id
         self.redeploy_of = redeploy_of
         self.live = live
         self._append(text if isinstance(text, list) else [LogChunk(text, None)], final=True)
         self._retitle()
-        self.live = False
 
     async def _load(self, job_id: str) -> None:
         try:
