@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Static
 
 from deployster.tui.screens.confirm import ConfirmScreen
 from deployster.tui.screens.project import ProjectScreen
+from deployster.tui.widgets.log_pane import LogPane
 
 
 async def wait_until(pilot: Pilot[Any], predicate: Callable[[], object], *,
@@ -85,3 +86,22 @@ async def open_project(pilot: Pilot[Any]) -> None:
     await pilot.press("enter")
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen),
                      what="project")
+
+
+async def project_table(pilot: Pilot[Any], table: str, rows: int) -> DataTable[Any]:
+    """Open the selected project and return its ``table`` ("queue" or
+    "history") once it lists ``rows`` rows."""
+    await open_project(pilot)
+    found = pilot.app.screen.query_one(f"#{table}", DataTable)
+    await wait_until(pilot, lambda: found.row_count == rows, what=f"{rows} row(s) in {table}")
+    return found
+
+
+async def project_log(pilot: Pilot[Any], *, showing: str, text: str) -> LogPane:
+    """Open the one project once its row shows ``showing`` ("running", "✔"…),
+    and return its log pane once the pane shows ``text``."""
+    await projects(pilot, showing=showing)
+    await open_project(pilot)
+    pane = pilot.app.screen.query_one(LogPane)
+    await wait_until(pilot, lambda: text in pane.text, what=f"{text!r} in the log")
+    return pane

@@ -31,7 +31,15 @@ from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
 from tests.helpers.server import LiveServer, free_port
-from tests.helpers.tui import modal_text, open_project, projects, table_text, wait_until
+from tests.helpers.tui import (
+    modal_text,
+    open_project,
+    project_log,
+    project_table,
+    projects,
+    table_text,
+    wait_until,
+)
 
 SIZE = (180, 45)
 STALE_OWNER = "01JDZZZZZZZZZZZZZZZZZZZZF3"
@@ -332,10 +340,7 @@ async def test_log_follows_a_running_job_and_shows_history_of_finished_ones(
         job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        await projects(pilot, showing="running")
-        await open_project(pilot)
-        pane = app.screen.query_one(LogPane)
-        await wait_until(pilot, lambda: "line-1" in pane.text, what="the first line")
+        pane = await project_log(pilot, showing="running", text="line-1")
         assert "line-8" not in pane.text
         title = str(app.screen.query_one("#log-title", Static).render())
         assert "following" in title
@@ -485,9 +490,7 @@ async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         await projects(pilot)
-        await open_project(pilot)
-        hist = app.screen.query_one("#history", DataTable)
-        await wait_until(pilot, lambda: hist.row_count == 50, what="the first page")
+        hist = await project_table(pilot, "history", 50)  # the first page
         assert "m for more" in str(app.screen.query_one("#history-title", Static).render())
         assert table_text(hist)[0].split(" | ")[1] == "01JA…0119"  # newest first
         await pilot.press("m")

@@ -21,7 +21,6 @@ from deployster.tui.app import make_app
 from deployster.tui.format import data_source
 from deployster.tui.screens.help import HelpScreen
 from deployster.tui.screens.log import LogScreen
-from deployster.tui.widgets.log_pane import LogPane
 from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
@@ -29,6 +28,8 @@ from tests.helpers.server import LiveServer, start_server
 from tests.helpers.tui import (
     modal_text,
     open_project,
+    project_log,
+    project_table,
     projects,
     screen_text,
     style_on_screen,
@@ -229,9 +230,7 @@ async def test_a_job_cancelled_while_queued_shows_no_start_time(
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         await projects(pilot)
-        await open_project(pilot)
-        hist = app.screen.query_one("#history", DataTable)
-        await wait_until(pilot, lambda: hist.row_count == 1, what="the cancelled job")
+        hist = await project_table(pilot, "history", 1)
         status, _, _, started, took, _ = table_text(hist)[0].split(" | ")
         assert (status, started, took) == ("✘ cancelled", "—", "—")
 
@@ -288,10 +287,7 @@ async def test_a_logs_colours_show_and_its_control_sequences_do_not(
         await wait_for_status(client, job["job_id"])
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        await projects(pilot, showing="✔")
-        await open_project(pilot)
-        pane = app.screen.query_one(LogPane)
-        await wait_until(pilot, lambda: "done-here" in pane.text, what="the log")
+        pane = await project_log(pilot, showing="✔", text="done-here")
         await pilot.pause(0.2)
         lines = pane.log_view.lines
         assert "green-word plain-word" in lines and "100%" in lines
