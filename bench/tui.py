@@ -12,16 +12,20 @@ the redraw it causes, CPU seconds of this process), separately for
 the once-a-second clock tick (TTL, heartbeat and ages redrawn: CPU of the
 tick and the repaint it causes) with the first 100 and all the projects on the
 table (``--tick-projects``; 50 of them locked, the first 50 by name: each tick
-redraws a TTL on every line of a 160x50 screen), peak RSS, and how long a
+redraws a TTL on every line of a 160x50 screen), peak RSS, how long a
 1,000,000-line log takes to show its tail and how long the event loop (the UI)
-stalled meanwhile.
+stalled meanwhile, and the idle cost: the share of one core the dashboard
+uses while nothing changes (no lock, no job), on the projects screen and on a
+project's screen (its history and a finished job's log), with the real poll
+and clock (CPU seconds over ``--idle-seconds`` of wall time).
 The tick is paused while refreshes are measured, so each figure is its own.
 Targets: start ≤ 1.5 s, first refresh ≤ 30 ms CPU, steady refresh ≤ 50 ms,
-tick ≤ 5 ms, RSS ≤ 150 MB. Uses Redis on 127.0.0.1:6379 when it answers, else
-the embedded one; SQLite in a temp dir; its own key namespace, deleted
-afterwards.
+tick ≤ 5 ms, RSS ≤ 150 MB, idle < 1 % of a core. Uses Redis on 127.0.0.1:6379
+when it answers, else the embedded one; SQLite in a temp dir; its own key
+namespace, deleted afterwards.
 
     python bench/tui.py [--projects 500] [--history 50000] [--tick-projects 100,500]
+                        [--idle-seconds 20]
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.models import Job, JobStatus
 from deployster.service import Deployster
 from deployster.settings import Settings
-from deployster.tui.app import DeploysterApp, make_app
+from deployster.tui.app import POLL_INTERVAL, DeploysterApp, make_app
 from deployster.tui.format import set_clock
 from deployster.tui.messages import DataRefreshed
 from deployster.tui.reader import Overview
@@ -131,8 +135,22 @@ async def big_log(core: Deployster, app: DeploysterApp, pilot: Pilot[None],
     return opened, max(stalls)
 
 
+async def idle_share(seconds: float) -> float:
+    """The share of one core this process used over ``seconds`` of wall time
+    (the dashboard runs meanwhile: this only waits)."""
+    c0, t0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (time.process_time() - c0) / (time.monotonic() - t0)
+
+
+async def unlock_all(core: Deployster, projects: int) -> None:
+    """Release the seeded locks: from then on nothing changes."""
+    for pid in range(1, projects + 1):
+        await core.redis.delete(core.keys.lock(pid))
+
+
 async def main(projects: int, history: int, refreshes: int, log_lines: int,
-               tick_projects: list[int]) -> None:
+               tick_projects: list[int], idle_seconds: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dst-bench-tui-"))
     url, embedded = redis_url(tmp)
     namespace = f"bench{uuid.uuid4().hex[:8]}"
@@ -203,8 +221,15 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int,
                 repaints.append(time.process_time() - c0)
             screen.post_message(DataRefreshed(full))
             screen.clock.resume()  # type: ignore[attr-defined]
+            # Idle: the real poll and clock, nothing locked, queued or running.
+            await unlock_all(core, projects)
+            app.poll_interval = POLL_INTERVAL
+            app.request_refresh()
+            await pilot.pause(2.0)
+            idle_projects = await idle_share(idle_seconds)
             await pilot.press("enter")  # the first project: queue, history page, log
-            await pilot.pause(0.5)
+            await pilot.pause(2.0)
+            idle_project = await idle_share(idle_seconds)
             rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             log_open, log_stall = await big_log(core, app, pilot, log_lines)
 
@@ -225,6 +250,10 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int,
         print(f"repaint only:     {figures(repaints)}   (the table redrawn, no cell changed: "
               "Textual's own cost)")
         print(f"peak RSS:         {rss_mb:.0f} MB   (target ≤ 150 MB)")
+        print(f"idle, projects:   {idle_projects * 100:4.1f} % of a core over {idle_seconds:g} s "
+              "(nothing changing; target < 1 %)")
+        print(f"idle, a project:  {idle_project * 100:4.1f} % of a core over {idle_seconds:g} s "
+              "(its history and a finished job's log; target < 1 %)")
         print(f"{log_lines:,}-line log: its tail on screen in {log_open:.2f} s; longest "
               f"event-loop stall meanwhile {log_stall * 1000:.0f} ms")
     finally:
@@ -248,7 +277,9 @@ if __name__ == "__main__":
     parser.add_argument("--tick-projects", default="100,500",
                         help="comma-separated project counts the tick is measured at "
                              "(each at most --projects)")
+    parser.add_argument("--idle-seconds", type=float, default=20.0,
+                        help="wall seconds each idle figure is measured over")
     args = parser.parse_args()
     sizes = [int(n) for n in args.tick_projects.split(",") if n.strip()]
     sys.exit(asyncio.run(main(args.projects, args.history, args.refreshes, args.log_lines,
-                              sizes)))
+                              sizes, args.idle_seconds)))

@@ -20,6 +20,7 @@ instances sharing one Redis.
 | deployster:current:<project>| string | the job that claimed the lock last            |
 | deployster:sigs:<project>   | hash   | request signature -> queued job (dedupe)      |
 | deployster:runner:<id>      | string | a live dispatcher's identity, short TTL       |
+| deployster:runners          | zset   | runner id -> announcement expiry (a hint)     |
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
 | deployster:health           | string | the health check's write probe, short TTL     |
@@ -106,6 +107,12 @@ class Keys:
     @property
     def running(self) -> str:
         return f"{self.prefix}running"
+
+    @property
+    def runners(self) -> str:
+        """Every runner that announced itself lately: how a reader finds the
+        ``runner`` keys without scanning Redis."""
+        return f"{self.prefix}runners"
 
     @property
     def dirty(self) -> str:

@@ -2,7 +2,9 @@
 (docs/runner.md#crash-recovery).
 
 Each dispatcher announces itself with a short-lived key holding its host, boot
-id, pid and the pid's start time, refreshed every couple of seconds. A job in
+id, pid and the pid's start time, refreshed every couple of seconds, and
+lists itself in a registry of runners (``Keys.runners``), through which a
+reader such as the dashboard finds the live ones (``live_runners``). A job in
 the ``running`` registry whose runner's key expired — or names a process on
 this machine that no longer exists — was orphaned by a crash: its process
 group is ended (only after checking, through /proc, that the pgid still names
@@ -16,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+import time
+from typing import Any, cast
 
 from . import procgroups
 from .models import Job, JobStatus, Reason
@@ -27,6 +30,10 @@ log = logging.getLogger("deployster.recovery")
 
 RUNNER_TTL = 10  # seconds a runner's announcement lives without a refresh
 RUNNER_REFRESH = 2.0
+# Milliseconds a runner stays in the registry after its announcement expired:
+# its expiry is a hint written with another machine's clock (the key's TTL
+# decides), and a runner gone for longer is forgotten.
+FORGET_AFTER_MS = 60_000
 
 
 def runner_announcement() -> str:
@@ -36,11 +43,19 @@ def runner_announcement() -> str:
 
 
 async def announce(core: Deployster) -> None:
-    await core.redis.set(core.keys.runner(core.runner_id), runner_announcement(), ex=RUNNER_TTL)
+    now_ms = int(time.time() * 1000)
+    async with core.redis.pipeline(transaction=False) as pipe:
+        pipe.set(core.keys.runner(core.runner_id), runner_announcement(), ex=RUNNER_TTL)
+        pipe.zadd(core.keys.runners, {core.runner_id: now_ms + RUNNER_TTL * 1000})
+        pipe.zremrangebyscore(core.keys.runners, "-inf", now_ms - FORGET_AFTER_MS)
+        await pipe.execute()
 
 
 async def withdraw(core: Deployster) -> None:
-    await core.redis.delete(core.keys.runner(core.runner_id))
+    async with core.redis.pipeline(transaction=False) as pipe:
+        pipe.delete(core.keys.runner(core.runner_id))
+        pipe.zrem(core.keys.runners, core.runner_id)
+        await pipe.execute()
 
 
 def _alive(info: dict[str, Any]) -> bool:
@@ -61,13 +76,31 @@ async def runner_alive(core: Deployster, runner_id: str | None) -> bool:
     if runner_id == core.runner_id:
         return True
     raw = await core.redis.get(core.keys.runner(runner_id))
-    if raw is None:
-        return False
+    return raw is not None and _announced_alive(raw)
+
+
+def _announced_alive(raw: str | bytes) -> bool:
+    """Whether the runner whose announcement is ``raw`` still runs, as far as
+    this machine can tell (an announcement it cannot read counts as alive)."""
     try:
         info = json.loads(raw)
     except ValueError:
         return True
     return _alive(info) if isinstance(info, dict) else True
+
+
+async def live_runners(core: Deployster) -> list[str]:
+    """The ids of the dispatchers running now, on any machine: listed in the
+    registry, their announcement still there, and on this machine their
+    process still the one that announced. Two round trips, however big Redis
+    is (no scan)."""
+    since = int(time.time() * 1000) - FORGET_AFTER_MS
+    ids = cast(list[str], await core.redis.zrangebyscore(core.keys.runners, since, "+inf"))
+    if not ids:
+        return []
+    raws = cast(list[str | None], await core.redis.mget([core.keys.runner(i) for i in ids]))
+    return [i for i, raw in zip(ids, raws, strict=True)
+            if raw is not None and _announced_alive(raw)]
 
 
 def on_another_host(job: Job) -> bool:

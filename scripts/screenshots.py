@@ -19,7 +19,8 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from deployster.tui.demo import demo_app, demo_log_screen, demo_project_screen
+from deployster.tui.demo import demo_app, demo_log_screen, demo_overview, demo_project_screen
+from deployster.tui.messages import DataRefreshed
 
 SIZE = (130, 32)
 
@@ -38,8 +39,16 @@ async def _log_search(pilot: Pilot[Any]) -> None:
     await pilot.press("t", "slash", *"modules", "enter")
 
 
+async def _no_runner(pilot: Pilot[Any]) -> None:
+    """No deploy server alive: the header, the runners' jobs, the queues."""
+    overview = demo_overview(runners=frozenset())
+    pilot.app.overview = overview  # type: ignore[attr-defined]
+    pilot.app.screen.post_message(DataRefreshed(overview))
+
+
 SHOTS: dict[str, tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]]] = {
     "projects": (),
+    "no-runner": _no_runner,
     "filter": ("slash", "w", "o", "r", "enter"),
     "unlock-stale-lock": ("down",) * 9 + ("u",),  # worker, the last row: STALE
     "project": _project,

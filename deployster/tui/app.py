@@ -4,8 +4,12 @@ drive the same thing the operator runs.
 Refresh follows dolphie's pattern: one loop fetches the overview, and the next
 fetch is scheduled only after the last one finished, at most ``MAX_RATE`` times
 a second. Events from the core's pub/sub channel wake it early; a slow poll
-covers what has no event (TTL, heartbeats). While a modal is open the loop
-skips the fetch, so what the operator is confirming does not move under them.
+covers what has no event (TTL, heartbeats): every ``poll_interval`` while a
+lock is held, a job runs or something is down, ``IDLE_FACTOR`` times slower
+while nothing is (the clocks count down locally meanwhile). While a modal is
+open the loop skips the fetch, so what the operator is confirming does not
+move under them. A fetch that found what the last one did hands the screens
+the same rows (``Overview.rows`` is the last list): they redraw nothing.
 
 The app owns the data: it makes the one ``Reader`` (``reader.py``) every
 screen and widget is given in its constructor, and sends each fetch's
@@ -23,6 +27,7 @@ import gc
 import getpass
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +37,7 @@ from textual.screen import ModalScreen
 
 from deployster.events import HISTORY, PROJECTS, SUBSCRIBED
 from deployster.service import Deployster
+from deployster.settings import Settings
 from deployster.store import LastDeploys
 
 from .commands import DeploysterCommands
@@ -45,7 +51,10 @@ from .screens.projects import ProjectsScreen
 from .widgets.log_pane import LogPane
 
 MAX_RATE = 4.0  # fetches per second, at most
-POLL_INTERVAL = 1.0  # seconds between fetches when nothing happens
+POLL_INTERVAL = 1.0  # seconds between fetches without an event, while anything moves
+# Nothing locked, running or down: what has no event (a lock expiring, a
+# heartbeat) cannot change, and a fetch a second was most of the idle CPU.
+IDLE_FACTOR = 5.0
 LAST_MAX_AGE = 60.0  # seconds the last finished deploys are reused without an event
 
 
@@ -68,15 +77,20 @@ class DeploysterApp(App[None]):
         actor: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         super().__init__()
         self.reader = Reader(core, actor=actor or f"tui:{_user()}", live=live,
                              monotonic=monotonic,
-                             wall_clock=wall_clock or (lambda: datetime.now().astimezone()))
+                             wall_clock=wall_clock or (lambda: datetime.now().astimezone()),
+                             settings=settings)
         self.poll_interval = poll_interval
         self.overview = Overview([], STARTING, monotonic())
         self.refreshes = 0
         self._wake = asyncio.Event()
+        # Events heard, by project (None: one that names no project): a screen
+        # reads again what an event may have changed (``Overview.changes``).
+        self._events: dict[int | None, int] = {}
         # The last finished deploys (and the last complete ones: what is
         # deployed) change only when the history writer has copied a job to
         # SQL: they are queried again after its ``history`` event (or a
@@ -118,7 +132,7 @@ class DeploysterApp(App[None]):
         min_gap = 1.0 / MAX_RATE
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.next_poll())
             self._wake.clear()
             started = time.monotonic()
             if not isinstance(self.screen, ModalScreen):
@@ -126,16 +140,29 @@ class DeploysterApp(App[None]):
             # The next fetch is scheduled only now, after this one finished.
             await asyncio.sleep(max(0.0, min_gap - (time.monotonic() - started)))
 
+    def next_poll(self) -> float:
+        """Seconds until the next fetch if no event comes first."""
+        shown = self.overview
+        moving = shown.health != UP or any(r.lock_owner is not None or r.running is not None
+                                           for r in shown.rows)
+        return self.poll_interval if moving else self.poll_interval * IDLE_FACTOR
+
     async def _event_loop(self) -> None:
         while True:
             try:
                 async for event in self.reader.events():
                     if event.get("type") in (HISTORY, PROJECTS, SUBSCRIBED):
                         self.history_changed()
+                    project = event.get("project")
+                    self._heard(project if isinstance(project, int) else None)
                     self._wake.set()
             except Exception:  # Redis went away (the poll shows it): subscribe again
                 self.history_changed()  # events may have been missed meanwhile
+                self._heard(None)
             await asyncio.sleep(1.0)
+
+    def _heard(self, project: int | None) -> None:
+        self._events[project] = self._events.get(project, 0) + 1
 
     def history_changed(self) -> None:
         """The SQL history moved (or projects changed): the next fetch queries
@@ -153,14 +180,17 @@ class DeploysterApp(App[None]):
         # result stale again, so the next fetch cannot miss that write.
         self._last_stale = False
         try:
-            rows = await self.reader.project_rows(last=last)
+            rows, runners = await asyncio.gather(self.reader.project_rows(last=last),
+                                                 self.reader.runners())
         except Exception:  # any outage: keep the last rows, say what is down
             if last is None:
                 self._last_stale = True
-            self.overview = Overview(before.rows, await self.reader.health(),
-                                     before.fetched_at)
+            self.overview = replace(before, health=await self.reader.health())
         else:
-            self.overview = Overview(rows, UP, self.reader.monotonic())
+            if rows == before.rows:  # nothing moved: the screens see the same list
+                rows = before.rows
+            self.overview = Overview(rows, UP, self.reader.monotonic(), dict(self._events),
+                                     runners)
             if last is None:
                 self._last_at = now
             if not self._frozen:

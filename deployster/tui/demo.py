@@ -4,12 +4,14 @@ is relative to ``NOW``, so a picture of it never changes."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import cast
 
 from deployster.clock import iso
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow
 from deployster.service import Deployster
+from deployster.settings import Settings
 
 from .app import DeploysterApp, make_app
 from .format import set_clock
@@ -18,6 +20,8 @@ from .screens.log import LogScreen
 from .screens.project import ProjectScreen
 
 NOW = datetime(2026, 3, 14, 12, 4, 31, tzinfo=UTC)
+RUNNER = "5e1f0c9a7b3d"  # the one deploy server alive
+GONE_RUNNER = "0b7d2e8f4a61"  # the one that died under worker's job
 
 
 def _at(seconds_ago: float) -> str:
@@ -27,16 +31,21 @@ def _at(seconds_ago: float) -> str:
 def demo_job(project: Project, job_id: str, *, status: JobStatus, commit: str,
              ref: str = "main", started_ago: float | None = None,
              took: float | None = None, reason: str | None = None,
-             commands: list[str] | None = None, redeploy_of: str | None = None) -> Job:
+             commands: list[str] | None = None, redeploy_of: str | None = None,
+             runner: str = RUNNER, beat_ago: float = 0.4) -> Job:
+    """A job; a running one is run by ``runner``, its last heartbeat
+    ``beat_ago`` seconds before ``NOW``."""
     started = _at(started_ago) if started_ago is not None else None
     finished = _at(started_ago - took) if started_ago is not None and took is not None else None
+    extra = ({"runner": runner, "heartbeat": f"{(NOW.timestamp() - beat_ago):.3f}"}
+             if status is JobStatus.RUNNING else {})
     return Job(
         id=job_id, project_id=project.id, project=project.name, cd=project.path,
         commands=commands or ["git pull", "yarn install", "yarn build",
                               f"supervisorctl restart {project.name}--{ref}"],
         commit_hash=commit, ref_name=ref, status=status, reason=reason,
         queued_at=_at((started_ago or 0) + 3), started_at=started, finished_at=finished,
-        redeploy_of=redeploy_of,
+        redeploy_of=redeploy_of, extra=extra,
     )
 
 
@@ -55,10 +64,11 @@ def demo_rows() -> list[ProjectRow]:
     status = Project(10, "status-page", "/srv/www/status-page")
     running = demo_job(shop, RUNNING_JOB, status=JobStatus.RUNNING,
                        commit="a1b2c3d4e5", started_ago=19)
+    # Its runner died 357 s ago, 63 s into the job: its clock stopped there.
     stale = demo_job(worker, "01JCN0P4C7H2Z6WQ3V5D8E9A1", status=JobStatus.RUNNING,
-                     commit="77e1f0a9", started_ago=420)
+                     commit="77e1f0a9", started_ago=420, runner=GONE_RUNNER, beat_ago=357)
     paying = demo_job(payments, "01JDQ7K9W2E5R8T1Y4U7I0O3P6", status=JobStatus.RUNNING,
-                      commit="3e4f5a6b", ref="v2.14.0", started_ago=130)
+                      commit="3e4f5a6b", ref="v2.14.0", started_ago=130, beat_ago=1.2)
 
     def done(project: Project, job_id: str, commit: str, ago: float, took: float,
              reason: str | None = None) -> Job:
@@ -98,24 +108,31 @@ def demo_rows() -> list[ProjectRow]:
     ]
 
 
+# ANSI SGR codes, as git, yarn and vite print them to a terminal.
+_G, _R, _C, _Y, _DIM, _B, _OFF = ("\x1b[32m", "\x1b[31m", "\x1b[36m", "\x1b[33m", "\x1b[2m",
+                                  "\x1b[1m", "\x1b[0m")
+
 DEMO_LOG = "".join(
     [
         "[1] $ git pull\n",
         "Updating 9c8d7e6..a1b2c3d\n",
         "Fast-forward\n",
-        " src/pages/checkout.tsx | 12 ++++++------\n",
+        f" src/pages/checkout.tsx | 12 {_G}++++++{_OFF}{_R}------{_OFF}\n",
         "[2] $ yarn install\n",
-        "yarn install v1.22.22\n",
-        "[1/4] Resolving packages...\n",
-        "success Already up-to-date.\n",
+        f"{_B}yarn install v1.22.22{_OFF}\n",
+        f"{_DIM}[1/4]{_OFF} Resolving packages...\n",
+        f"{_G}success{_OFF} Already up-to-date.\n",
         "[3] $ yarn build\n",
-        "vite v5.4.2 building for production...\n",
+        f"{_C}vite v5.4.2 {_G}building for production...{_OFF}\n",
         "transforming...\n",
-        "✓ 412 modules transformed.\n",
-        "dist/index.html                 0.46 kB │ gzip:  0.30 kB\n",
-        "dist/assets/index-4f1c2a.css   12.71 kB │ gzip:  3.18 kB\n",
-        "dist/assets/index-9b7e21.js   143.36 kB │ gzip: 46.12 kB\n",
-        "✓ built in 3.91s\n",
+        f"{_G}✓{_OFF} 412 modules transformed.\n",
+        f"{_DIM}dist/{_OFF}{_G}index.html{_OFF}                 {_B}{_DIM}0.46 kB{_OFF}"
+        f"{_DIM} │ gzip:  0.30 kB{_OFF}\n",
+        f"{_DIM}dist/{_OFF}{_C}assets/index-4f1c2a.css{_OFF}   {_B}{_DIM}12.71 kB{_OFF}"
+        f"{_DIM} │ gzip:  3.18 kB{_OFF}\n",
+        f"{_DIM}dist/{_OFF}{_Y}assets/index-9b7e21.js{_OFF}   {_B}{_DIM}143.36 kB{_OFF}"
+        f"{_DIM} │ gzip: 46.12 kB{_OFF}\n",
+        f"{_G}✓ built in 3.91s{_OFF}\n",
         "[4] $ supervisorctl restart my-app--main\n",
         "my-app--main: stopped\n",
         "my-app--main: started\n",
@@ -177,32 +194,50 @@ def demo_project() -> tuple[Project, list[Job], list[Job]]:
         job = demo_job(shop, job_id, status=JobStatus.QUEUED, commit=commit, ref=ref)
         job.queued_at = _at(waited)
         queue.append(job)
-    history = [demo_job(shop, job_id, status=status, reason=reason, commit=commit, ref=ref,
-                        started_ago=ago, took=took, redeploy_of=_REDEPLOYS.get(job_id))
-               for job_id, status, reason, commit, ref, ago, took in _HISTORY]
+    history = []
+    for job_id, status, reason, commit, ref, ago, took in _HISTORY:
+        # Superseded while it waited in the queue: it never started.
+        never = reason == "superseded"
+        job = demo_job(shop, job_id, status=status, reason=reason, commit=commit, ref=ref,
+                       started_ago=None if never else ago, took=None if never else took,
+                       redeploy_of=_REDEPLOYS.get(job_id))
+        if never:
+            job.queued_at = job.finished_at = _at(ago)
+        history.append(job)
     return shop, queue, history
+
+
+def demo_settings() -> Settings:
+    """The settings the demo data is shown as read with: a box's own data
+    dir (embedded Redis, SQLite), projects under /srv/www registering
+    themselves."""
+    return Settings(data_dir=Path("/var/lib/deployster"), allowed_roots=(Path("/srv/www"),))
 
 
 def demo_reader() -> Reader:
     """A reader with no core behind it (``live`` False: it reads nothing), its
     clocks stopped at ``NOW``: as ``demo_app``'s, for screens made outside it."""
     return Reader(cast(Deployster, None), actor="demo", live=False, monotonic=lambda: 0.0,
-                  wall_clock=lambda: NOW)
+                  wall_clock=lambda: NOW, settings=demo_settings())
 
 
-def demo_overview() -> Overview:
-    """The demo rows as a fetch that just answered (at the demo's time 0)."""
-    return Overview(demo_rows(), UP, 0.0)
+def demo_overview(*, runners: frozenset[str] = frozenset({RUNNER})) -> Overview:
+    """The demo rows as a fetch that just answered (at the demo's time 0),
+    ``runners`` alive (the one by default; none: nothing runs the queues)."""
+    return Overview(demo_rows(), UP, 0.0, runners=runners)
 
 
-def demo_app(*, refresh_rows: bool = True) -> DeploysterApp:
+def demo_app(*, refresh_rows: bool = True,
+             runners: frozenset[str] = frozenset({RUNNER})) -> DeploysterApp:
     """The dashboard over the demo rows, frozen at ``NOW``, with no core behind it:
-    it shows, it never acts (for snapshots and screenshots only)."""
+    it shows, it never acts (for snapshots and screenshots only). ``runners``:
+    the deploy servers alive (none: the queues wait, the running jobs' runner
+    is gone)."""
     set_clock(lambda: NOW)
     app = make_app(cast(Deployster, None), live=False, monotonic=lambda: 0.0,
-                   wall_clock=lambda: NOW, actor="demo")
+                   wall_clock=lambda: NOW, actor="demo", settings=demo_settings())
     if refresh_rows:
-        app.overview = demo_overview()
+        app.overview = demo_overview(runners=runners)
     return app
 
 
@@ -214,26 +249,28 @@ FAILED_LOG = "".join(
         "success Already up-to-date.\n",
         "[3] $ yarn build\n",
         "vite v5.4.2 building for production...\n",
-        "src/pages/checkout.tsx(41,7): error TS2322: Type 'string' is not assignable to "
-        "type 'number'.\n",
-        "error Command failed with exit code 2.\n",
+        f"{_C}src/pages/checkout.tsx{_OFF}({_Y}41{_OFF},{_Y}7{_OFF}): {_R}error{_OFF} TS2322: "
+        "Type 'string' is not assignable to type 'number'.\n",
+        f"{_R}error{_OFF} Command failed with exit code 2.\n",
         "[deployster] command 3 (yarn build) exited with code 2\n",
     ]
 )
 
 
-def demo_project_screen() -> ProjectScreen:
-    """my-app's project view over the demo data (reads nothing)."""
+def demo_project_screen(*, runners: frozenset[str] = frozenset({RUNNER})) -> ProjectScreen:
+    """my-app's project view over the demo data (reads nothing), ``runners``
+    alive as for ``demo_app``."""
     project, queue, history = demo_project()
     start = int((NOW - timedelta(seconds=3140)).timestamp() * 1000)
     failed = [LogChunk(line, start + i * 1900)
               for i, line in enumerate(FAILED_LOG.splitlines(keepends=True))]
     logs = {RUNNING_JOB: demo_log_chunks(), history[0].id: [LogChunk(DEMO_LOG, None)],
             history[1].id: failed}
-    return ProjectScreen(demo_reader(), demo_overview(), project, queue=queue,
+    return ProjectScreen(demo_reader(), demo_overview(runners=runners), project, queue=queue,
                          history=history, logs=logs)
 
 
 def demo_log_screen() -> LogScreen:
     """The running job's log, full screen, over the demo data (reads nothing)."""
-    return LogScreen(demo_reader(), RUNNING_JOB, text=demo_log_chunks())
+    _, queue, _ = demo_project()
+    return LogScreen(demo_reader(), RUNNING_JOB, text=demo_log_chunks(), job=queue[0])

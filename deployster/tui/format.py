@@ -3,15 +3,18 @@ status, a lock's TTL and heartbeat (plain or rich text; no Textual here)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from functools import lru_cache
+from pathlib import Path
 
 from rich.text import Text
 
 from deployster.clock import parse_iso, utcnow
 from deployster.models import Job, JobStatus
 from deployster.overview import ProjectRow
+from deployster.settings import Settings
 
 DASH = "—"
 
@@ -34,6 +37,28 @@ def now() -> datetime:
 @lru_cache(maxsize=8192)
 def _parse(value: str) -> datetime | None:
     return parse_iso(value)
+
+
+def tilde(path: str | Path) -> str:
+    """A path as a shell user types it: the home directory as ``~``."""
+    text, home = str(path), os.path.expanduser("~")
+    if home != "/" and text.startswith(home + os.sep):
+        return "~" + text[len(home):]
+    return text
+
+
+def data_source(settings: Settings) -> str:
+    """Which data the dashboard shows: the data dir when both the Redis and
+    the database are its own (embedded Redis, SQLite), else the Redis and
+    database URLs (passwords masked); the key namespace when there is one."""
+    default_db = not settings.database_url
+    if settings.embedded_redis and default_db:
+        text = f"data {tilde(settings.data_dir)} (embedded Redis, SQLite)"
+    else:
+        redis = "embedded" if settings.embedded_redis else settings.redis_shown
+        db = f"SQLite in {tilde(settings.data_dir)}" if default_db else settings.database_shown
+        text = f"redis {redis} · db {db}"
+    return f"{text} · namespace {settings.namespace}" if settings.namespace else text
 
 
 def short_id(job_id: str | None) -> str:
@@ -87,6 +112,20 @@ def local_time(iso: str | None) -> str:
 def since(iso: str | None) -> float | None:
     when = _parse(iso) if iso else None
     return None if when is None else (now() - when).total_seconds()
+
+
+def run_time(job: Job, *, gone: bool = False) -> float | None:
+    """Seconds a running job has run; with ``gone`` (its runner is not alive)
+    until the runner's last heartbeat, when it stopped being run: that clock
+    must not go on. None when it never started (or never beat)."""
+    if not gone:
+        return since(job.started_at)
+    start = _parse(job.started_at) if job.started_at else None
+    try:
+        beat = float(job.extra.get("heartbeat") or "")
+    except ValueError:
+        return None
+    return None if start is None else max(0.0, beat - start.timestamp())
 
 
 def job_duration(job: Job) -> float | None:
@@ -169,14 +208,17 @@ def heartbeat_text(row: ProjectRow, since_fetch: float) -> Text:
     return text
 
 
-def owner_state(row: ProjectRow) -> Text:
+def owner_state(row: ProjectRow, *, gone: bool = False) -> Text:
     """Whether the job holding the lock still runs: the fact to know before
-    releasing it."""
+    releasing it. ``gone``: its runner is known not to be alive."""
     job = row.running
     if job is None:
         return Text("no live job record: nobody is running it", style="bold red")
     if job.status is not JobStatus.RUNNING:
         return Text(f"not running (job is {job.status.value})", style="bold red")
+    if gone:
+        return Text("running, but its runner is gone: nobody runs it",
+                    style="bold red")
     if row.stale:
         return Text("marked running, but its heartbeat stopped: the runner is likely gone",
                     style="bold red")

@@ -11,15 +11,16 @@ in ``DataRefreshed`` messages (``messages.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from deployster import overview
-from deployster.models import Job
+from deployster import overview, recovery
+from deployster.models import Job, JobStatus
 from deployster.overview import LogChunk, LogWindow, ProjectRow, QueueWindow
 from deployster.service import Deployster
+from deployster.settings import Settings
 from deployster.store import LastDeploys
 
 STARTING = {"redis": "…", "database": "…"}  # health before the first fetch answered
@@ -38,9 +39,39 @@ class Overview:
     rows: list[ProjectRow]
     health: dict[str, str]
     fetched_at: float
+    # Events the app had heard by this fetch, by project (None: events that
+    # name no project, and reconnections: whatever was missed).
+    events: Mapping[int | None, int] = field(default_factory=dict)
+    # The ids of the deploy servers (runners) alive for this data; None: not
+    # known (no fetch answered yet).
+    runners: frozenset[str] | None = None
 
     def row(self, project_id: int) -> ProjectRow | None:
         return next((r for r in self.rows if r.project.id == project_id), None)
+
+    @property
+    def no_runner(self) -> bool:
+        """Known to have no deploy server alive: nothing runs the queues."""
+        return self.runners is not None and not self.runners
+
+    def runner_gone(self, job: Job | None) -> bool:
+        """Whether ``job`` is marked running but its runner is not alive (it
+        crashed, or it was stopped: no one will end the job but recovery)."""
+        return (job is not None and job.status is JobStatus.RUNNING
+                and self.runners is not None and job.extra.get("runner") not in self.runners)
+
+    def changes(self, project_id: int) -> int:
+        """A count that moved if an event may have changed the project since
+        an earlier overview (its queue, its history): read it again then."""
+        return self.events.get(project_id, 0) + self.events.get(None, 0)
+
+
+def row_facts(row: ProjectRow) -> tuple[object, ...]:
+    """What a row shows, less the clocks: when it changes, redraw the row now."""
+    running = row.running
+    return (row.project, row.lock_owner, row.stale, row.queue_length,
+            row.last.id if row.last else None, row.deployed.id if row.deployed else None,
+            (running.id, running.status) if running else None)
 
 
 class Reader:
@@ -52,18 +83,26 @@ class Reader:
     - ``monotonic`` and ``wall_clock``: the clocks ages and the header's time
       come from (fixed in snapshots, moved by ``bench/tui.py``);
     - ``live`` False: demo data with no core behind it (``demo.py``): nothing
-      is read, screens show what they were given.
+      is read, screens show what they were given;
+    - ``settings``: the settings the data is read with, as the screens name
+      them (the core's; given for demo data).
     """
 
     def __init__(
         self, core: Deployster, *, actor: str, live: bool = True,
         monotonic: Callable[[], float], wall_clock: Callable[[], datetime],
+        settings: Settings | None = None,
     ) -> None:
         self.core = core
         self.actor = actor
         self.live = live
         self.monotonic = monotonic
         self.wall_clock = wall_clock
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings | None:
+        return self._settings or (self.core.settings if self.live else None)
 
     def since(self, fetched: Overview) -> float:
         """Seconds since ``fetched`` was fetched (never negative)."""
@@ -76,6 +115,10 @@ class Reader:
         """``overview.project_rows``: ``last={}`` reads locks, queues and
         running jobs only (no SQL)."""
         return await overview.project_rows(self.core, last=last)
+
+    async def runners(self) -> frozenset[str]:
+        """``recovery.live_runners``: the deploy servers alive now."""
+        return frozenset(await recovery.live_runners(self.core))
 
     async def health(self) -> dict[str, str]:
         """Redis's and the database's state: "ok" or what is wrong."""

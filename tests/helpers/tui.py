@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.style import Style
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from deployster.tui.screens.confirm import ConfirmScreen
 from deployster.tui.screens.project import ProjectScreen
+from deployster.tui.widgets.log_pane import LogPane
 
 
 async def wait_until(pilot: Pilot[Any], predicate: Callable[[], object], *,
@@ -35,6 +37,23 @@ def table_text(table: DataTable[Any]) -> list[str]:
         cells = table.get_row(key)
         rows.append(" | ".join(str(getattr(c, "plain", c)) for c in cells))
     return rows
+
+
+def screen_text(app: App[Any]) -> str:
+    """The screen as the terminal shows it, one line per row (plain text)."""
+    return "\n".join("".join(segment.text for segment in strip)
+                     for strip in app.screen._compositor.render_strips())
+
+
+def style_on_screen(app: App[Any], word: str) -> Style:
+    """The style ``word`` is drawn in, where it is lowest on screen (a log's
+    output, under the command that printed it); fails if it is nowhere."""
+    found = [segment.style or Style.null()
+             for strip in app.screen._compositor.render_strips()
+             for segment in strip if word in segment.text]
+    if not found:
+        raise AssertionError(f"{word!r} is not on screen:\n{screen_text(app)}")
+    return found[-1]
 
 
 def confirm_text(app: App[Any]) -> str:
@@ -67,3 +86,22 @@ async def open_project(pilot: Pilot[Any]) -> None:
     await pilot.press("enter")
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen),
                      what="project")
+
+
+async def project_table(pilot: Pilot[Any], table: str, rows: int) -> DataTable[Any]:
+    """Open the selected project and return its ``table`` ("queue" or
+    "history") once it lists ``rows`` rows."""
+    await open_project(pilot)
+    found = pilot.app.screen.query_one(f"#{table}", DataTable)
+    await wait_until(pilot, lambda: found.row_count == rows, what=f"{rows} row(s) in {table}")
+    return found
+
+
+async def project_log(pilot: Pilot[Any], *, showing: str, text: str) -> LogPane:
+    """Open the one project once its row shows ``showing`` ("running", "✔"…),
+    and return its log pane once the pane shows ``text``."""
+    await projects(pilot, showing=showing)
+    await open_project(pilot)
+    pane = pilot.app.screen.query_one(LogPane)
+    await wait_until(pilot, lambda: text in pane.text, what=f"{text!r} in the log")
+    return pane

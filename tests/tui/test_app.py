@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from deployster import store
+from deployster import events, store
 from deployster.models import Job, JobStatus, Project
 from deployster.redis_conn import redis_from_url
 from deployster.service import DeployRequest, Deployster
@@ -31,7 +31,15 @@ from deployster.tui.widgets.status_line import StatusLine
 from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.locks import hold_lock
 from tests.helpers.server import LiveServer, free_port
-from tests.helpers.tui import modal_text, open_project, projects, table_text, wait_until
+from tests.helpers.tui import (
+    modal_text,
+    open_project,
+    project_log,
+    project_table,
+    projects,
+    table_text,
+    wait_until,
+)
 
 SIZE = (180, 45)
 STALE_OWNER = "01JDZZZZZZZZZZZZZZZZZZZZF3"
@@ -208,7 +216,30 @@ async def test_a_long_queue_shows_its_head_and_its_length(
         assert rows[0].split(" | ")[:2] == ["1", f"{ids[0][:4]}…{ids[0][-4:]}"]
         assert "c000049" in rows[49] and not any("c000050" in r for r in rows)
         title = str(app.screen.query_one("#queue-title", Static).render())
-        assert title == "queue · 60 job(s) · first 50 shown"
+        # (then: no deploy server runs here, and the title says so)
+        assert title.startswith("queue · 60 job(s) · first 50 shown · no runner")
+
+
+async def test_the_project_view_reads_on_events_and_counts_time_between_reads(
+    core: Deployster, project_dir: Path
+) -> None:
+    """No poll here (the next one is a minute away): a job queued while the
+    project is open shows from its event alone, and its waiting time moves
+    every second with nothing read."""
+    project = await core.projects.add(str(project_dir))
+    await hold_lock(core, project.id, STALE_OWNER, 300_000)
+    app = make_app(core, poll_interval=60)
+    async with app.run_test(size=SIZE) as pilot:
+        await projects(pilot)
+        await open_project(pilot)
+        queue = app.screen.query_one("#queue", DataTable)
+        await core.submit(DeployRequest(str(project_dir), ["supervisorctl restart x"],
+                                        "a1b2c3d4", "main"), run_here=False)
+        await wait_until(pilot, lambda: queue.row_count == 1, what="the queued job")
+        job = queue.coordinate_to_cell_key(queue.cursor_coordinate).row_key
+        before = str(queue.get_cell(job, "waiting"))
+        await wait_until(pilot, lambda: str(queue.get_cell(job, "waiting")) != before,
+                         timeout=3, what="the waiting time to move")
 
 
 async def test_a_requests_text_is_shown_as_text_never_read_as_markup(
@@ -309,10 +340,7 @@ async def test_log_follows_a_running_job_and_shows_history_of_finished_ones(
         job = (await client.post("/deploy", json=deploy_body(project_dir, script))).json()
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
-        await projects(pilot, showing="running")
-        await open_project(pilot)
-        pane = app.screen.query_one(LogPane)
-        await wait_until(pilot, lambda: "line-1" in pane.text, what="the first line")
+        pane = await project_log(pilot, showing="running", text="line-1")
         assert "line-8" not in pane.text
         title = str(app.screen.query_one("#log-title", Static).render())
         assert "following" in title
@@ -445,6 +473,8 @@ async def _insert_history_row(core: Deployster, data: dict[str, object]) -> None
               queued_at="2026-01-01T00:00:00.000Z", started_at="2026-01-01T00:00:01.000Z",
               finished_at="2026-01-01T00:05:00.000Z")
     await store.upsert_deployments(core.db, [store.deployment_row(job, log=str(data["log"]))])
+    # As the history writer does: a dashboard reads the history again.
+    await core.redis.publish(core.keys.feed, events.encode(events.HISTORY))
 
 
 async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -> None:
@@ -460,9 +490,7 @@ async def test_history_is_paged_on_demand(core: Deployster, project_dir: Path) -
     app = make_app(core)
     async with app.run_test(size=SIZE) as pilot:
         await projects(pilot)
-        await open_project(pilot)
-        hist = app.screen.query_one("#history", DataTable)
-        await wait_until(pilot, lambda: hist.row_count == 50, what="the first page")
+        hist = await project_table(pilot, "history", 50)  # the first page
         assert "m for more" in str(app.screen.query_one("#history-title", Static).render())
         assert table_text(hist)[0].split(" | ")[1] == "01JA…0119"  # newest first
         await pilot.press("m")

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from deployster.tui.demo import demo_app, demo_log_screen, demo_project_screen
+from deployster.tui.demo import RUNNER, demo_app, demo_log_screen, demo_project_screen
 from deployster.tui.format import set_clock
+from deployster.tui.reader import UP, Overview
 
 SIZE = (130, 30)
 Compare = Callable[..., bool]
@@ -53,6 +54,14 @@ class TestProjectsView:
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
+    def test_projects_view_empty(self, snap_compare: Compare) -> None:
+        """No project yet: the table's border names the data, a hint says
+        how to register one."""
+        app = demo_app(refresh_rows=False)
+        app.overview = Overview([], UP, 0.0, runners=frozenset({RUNNER}))
+        assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
 
 class TestUnlockModal:
@@ -109,6 +118,32 @@ class TestLogView:
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
+class TestHelp:
+    def test_help_explains_columns_and_keys(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.press("question_mark")
+            await settle(pilot)
+
+        assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
+
+
+class TestNoRunner:
+    """No deploy server alive: the header says so, the running jobs' runner is
+    gone (their clocks stopped), the queued jobs wait for one."""
+
+    def test_projects_view_no_runner(self, snap_compare: Compare) -> None:
+        assert snap_compare(demo_app(runners=frozenset()), terminal_size=SIZE,
+                            run_before=settle)
+
+    def test_project_view_no_runner(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen(runners=frozenset()))
+            await settle(pilot)
+
+        assert snap_compare(demo_app(runners=frozenset()), terminal_size=SIZE,
+                            run_before=run_before)
 
 
 class TestSmallTerminal:

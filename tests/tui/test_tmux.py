@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from deployster.embedded_redis import stop_embedded_redis
-from deployster.service import Deployster
+from deployster.service import DeployRequest, Deployster
 from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body
 from tests.helpers.locks import hold_lock
 from tests.helpers.paths import REPO, STUB_BIN
-from tests.helpers.server import TOKEN, free_port, settings_env
+from tests.helpers.server import TOKEN, free_port, settings_env, start_server
 from tests.test_cli import deployster
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -96,7 +96,7 @@ def test_tui_shows_the_projects_and_q_quits(
     screen = tmux.wait_for("smoke-app")
     assert "1 project ·" in screen and "redis ok" in screen
     tmux.run("send-keys", "-t", "dash", "?")
-    tmux.wait_for("Keys")
+    tmux.wait_for("what the columns say")
     tmux.run("send-keys", "-t", "dash", "Escape")
     time.sleep(0.5)
     tmux.run("send-keys", "-t", "dash", "q")
@@ -213,3 +213,81 @@ def test_an_80x24_terminal_shows_what_an_operator_acts_on(
     assert wait_exit(rc_file) == 0
     flags = tmux.run("display", "-p", "-t", "dash", "#{alternate_on} #{mouse_any_flag}")
     assert flags.split() == ["0", "0"]  # out of the alternate screen, mouse released
+
+
+def test_a_real_terminal_names_the_data_says_no_runner_and_how_to_add_a_project(
+    tmux: Tmux, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    """No deploy server and no project yet: the header says 'no runner', the
+    table's border names the Redis and database read, and a line says how to
+    register a project; once one is added (CLI) it shows, and a job queued
+    for it says it waits for a runner."""
+    env = settings_env(settings)
+    rc_file = launch(tmux, tmp_path, {"TERM": "xterm-256color", **env})
+    screen = tmux.wait_for("No projects yet")
+    assert "deployster project add PATH" in screen.replace("\n", " ")
+    assert "no runner" in screen.splitlines()[0], screen
+    assert f"redis {settings.redis_url}" in screen and "db sqlite:///" in screen, screen
+    assert deployster(env, "project", "add", str(project_dir), "--name",
+                      "fresh-app").returncode == 0
+    tmux.wait_for("fresh-app")
+
+    async def queue_one() -> None:
+        core = await Deployster.open(settings)
+        try:
+            await core.submit(DeployRequest(str(project_dir), ["supervisorctl restart x"],
+                                            "a1b2c3d4", "main"), run_here=False)
+        finally:
+            await core.close()
+
+    asyncio.run(queue_one())
+    screen = tmux.wait_for("waiting for a runner")
+    assert "No projects yet" not in screen
+    tmux.run("send-keys", "-t", "dash", "q")
+    assert wait_exit(rc_file) == 0
+
+
+def test_a_real_terminal_shows_a_logs_colours_and_nothing_else_it_sends(
+    tmux: Tmux, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    """A job's colours reach the terminal as colours; its screen clear, cursor
+    moves and title do not reach it at all. A notification leaves the table's
+    border whole."""
+    env = settings_env(settings)
+    assert deployster(env, "project", "add", str(project_dir), "--name",
+                      "colour-app").returncode == 0
+    server = start_server(settings, tmp_path / "server.log")
+    try:
+        body = deploy_body(project_dir, r"printf '\033[31mred-word\033[0m plain-word\n'; "
+                           r"printf '\033[2J\033[H\033[10Bmoved\033]0;hijacked\007 end\n'")
+        job = httpx.post(f"{server.url}/deploy", headers=server.headers, json=body,
+                         timeout=10).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/status/{job['job_id']}", headers=server.headers,
+                        timeout=5).json()["status"] not in ("complete", "failed"):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    rc_file = launch(tmux, tmp_path, {"TERM": "xterm-256color", **env})
+    tmux.wait_for("colour-app")
+    tmux.run("send-keys", "-t", "dash", "s")  # a notification: "sorted by …"
+    screen = tmux.wait_for("sorted by")
+    bottom = next(line for line in screen.splitlines() if line.startswith("╰"))
+    assert set(bottom.strip()) <= {"╰", "─", "╯"}, screen  # its border whole
+    tmux.run("send-keys", "-t", "dash", "Enter")
+    screen = tmux.wait_for("moved end")
+    assert "colour-app" in screen.splitlines()[0]  # the screen was not cleared
+    assert "[31m" not in screen.split("red-word plain-word")[0].splitlines()[-1]
+    title = tmux.run("display", "-p", "-t", "dash", "#{pane_title}")
+    assert "hijacked" not in title
+    row = next(i for i, ln in enumerate(screen.splitlines()) if "red-word plain-word" in ln)
+    line = tmux.run("capture-pane", "-p", "-e", "-t", "dash").splitlines()[row]
+
+    def colour_at(word: str) -> str:
+        """The last foreground colour the terminal was sent before ``word``."""
+        return re.findall(r"\x1b\[3[0-9](?:;[0-9]+)*m", line[:line.index(word)])[-1]
+
+    assert colour_at("red-word") != colour_at("plain-word"), repr(line)
+    tmux.run("send-keys", "-t", "dash", "q")
+    assert wait_exit(rc_file) == 0

@@ -35,6 +35,7 @@ from ..format import (
     duration,
     heartbeat_text,
     owner_state,
+    run_time,
     short_id,
     since,
     ttl_text,
@@ -61,6 +62,15 @@ class CoreScreen(Screen[None]):
     def request_refresh(self) -> None:
         """Ask the app for a fetch soon (coalesced: many requests, one fetch)."""
         self.app.post_message(RefreshRequested())
+
+    def next_start(self, what: str, usual: str = "") -> str:
+        """When ``what`` (the next job, a job queued now) starts, for a
+        modal: ``usual``, or, with no deploy server alive, not until one runs
+        (a modal must not promise a start that nothing will make)."""
+        if self.overview.no_runner:
+            return (f"No deploy server (runner) is alive for this data, so {what} starts "
+                    "only once one runs (deployster serve).")
+        return usual
 
     def report_error(self, what: str, exc: BaseException) -> None:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -100,12 +110,12 @@ class CoreScreen(Screen[None]):
             ("holder", owner),
             ("TTL", ttl_text(row, since_fetch)),
             ("heartbeat", heartbeat_text(row, since_fetch)),
-            ("owning job", owner_state(row)),
+            ("owning job", owner_state(row, gone=self.overview.runner_gone(row.running))),
             ("queued", f"{row.queue_length} job(s) waiting"),
         ]
         warning = None
         if row.running is not None and row.running.status is JobStatus.RUNNING \
-                and not row.stale:
+                and not row.stale and not self.overview.runner_gone(row.running):
             warning = ("The holder is alive and renewing its lock. Releasing it ends that "
                        "job (lock_lost) and lets the next one start.")
         if since_fetch > OLD_DATA:
@@ -115,7 +125,9 @@ class CoreScreen(Screen[None]):
             warning = old if warning is None else f"{old}\n{warning}"
         consequence = (f"y releases the lock only if {short_id(owner)} still holds it "
                        "(compare-and-set: a newer lock is never deleted), records an audit "
-                       "event and wakes the queue so the next job starts.")
+                       "event and wakes the queue. "
+                       + self.next_start("the next queued job", "The next queued job then "
+                                                                "starts."))
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
@@ -152,10 +164,19 @@ class CoreScreen(Screen[None]):
             self.app.notify(f"job {short_id(job.id)} has already finished "
                             f"({job.status.value})", severity="warning")
             return
-        if job.status is JobStatus.RUNNING:
+        if job.status is JobStatus.RUNNING and self.overview.runner_gone(job):
+            consequence = ("y ends the job here, failed (cancelled): its runner is gone, so "
+                           "its processes on this machine are stopped (SIGTERM, then SIGKILL "
+                           "after the grace period) and the lock released. "
+                           + self.next_start("the next queued job",
+                                             "The next queued job then starts."))
+            when = ("ran for", f"{duration(run_time(job, gone=True))} (until its runner "
+                               "was last seen)")
+        elif job.status is JobStatus.RUNNING:
             consequence = ("y stops the running job: its process group gets SIGTERM, then "
-                           "SIGKILL after the grace period; it ends failed (cancelled) and "
-                           "the next queued job starts.")
+                           "SIGKILL after the grace period; it ends failed (cancelled). "
+                           + self.next_start("the next queued job",
+                                             "The next queued job then starts."))
             when = ("running for", duration(since(job.started_at)))
         else:
             consequence = "y removes the job from the queue; it ends failed (cancelled)."
@@ -195,11 +216,13 @@ class CoreScreen(Screen[None]):
             ("from job", job.id),
             ("project", job.project),
             ("commit", f"{commit(job)} on {job.ref_name}"),
-            ("ran", ago(job.started_at or job.queued_at)),
+            ("ran", ago(job.started_at)) if job.started_at else
+            ("queued", f"{ago(job.queued_at)}, never started"),
             ("commands", self.shown_commands(job, project) or DASH),
         ]
-        consequence = ("y queues a new job with the same commands, commit and ref; it starts "
-                       "when the project's lock is free.")
+        consequence = ("y queues a new job with the same commands, commit and ref. "
+                       + self.next_start("it", "It starts when the project's lock is "
+                                               "free."))
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
@@ -286,9 +309,10 @@ class CoreScreen(Screen[None]):
         checkout = {"git": ", checked out exactly",
                     "auto": ", checked out exactly if the directory is a git work tree"
                     }.get(source, "")
-        consequence = (f"y queues a new job that redeploys job {short_id(target.id)}: its "
-                       f"commands and ref at commit {commit(target)}{checkout}. It goes "
-                       "through the project's queue and lock like any deploy.")
+        consequence = " ".join(filter(None, [
+            f"y queues a new job that redeploys job {short_id(target.id)}: its commands and "
+            f"ref at commit {commit(target)}{checkout}. It goes through the project's queue "
+            "and lock like any deploy.", self.next_start("it")]))
 
         def done(confirmed: bool | None) -> None:
             if confirmed:

@@ -1,5 +1,13 @@
 """One project: its queue in order, its history (paged) with the commit deployed
-now, the selected job's log."""
+now, the selected job's log.
+
+The screen reads its queue and history again only when they may have moved:
+the project's row changed (a lock, the queue's length, the job running or last
+finished), an event named the project, or a minute passed. Tables are drawn
+again only when what they show changed; between reads a one-second clock
+moves the queue's times and the lock's TTL and heartbeat in the title, and
+only while there is something to count.
+"""
 
 from __future__ import annotations
 
@@ -26,18 +34,21 @@ from ..format import (
     job_duration,
     local_time,
     outcome,
+    run_time,
     short_id,
     since,
     ttl_text,
 )
 from ..messages import DataRefreshed
-from ..reader import Overview, Reader
+from ..reader import Overview, Reader, row_facts
 from ..widgets.footer import KeysFooter
 from ..widgets.log_pane import LogPane
+from ..widgets.status_line import show_line
 from .base import CoreScreen
 from .log import LogScreen
 
 PAGE = 50
+RELOAD_EVERY = 60.0  # seconds: the queue and history read again even with no sign of change
 REF_WIDTH = 20
 NAME_WIDTH = 20  # in the title: the lock's facts after it must fit 80 columns
 OUTCOME_STYLE = {JobStatus.COMPLETE: "green", JobStatus.FAILED: "red"}
@@ -86,6 +97,13 @@ class ProjectScreen(CoreScreen):
         self.logs = logs or {}
         self.selected_job: Job | None = None
         self._history_lock = asyncio.Lock()
+        # What the last read was made for (``_reload_due``), and when.
+        self._loaded: tuple[object, ...] | None = None
+        self._loaded_at = 0.0
+        # What the tables show now: drawn again only when this changes.
+        self._queue_shown: list[tuple[str, tuple[object, ...]]] = []
+        self._queue_times: dict[str, str] = {}
+        self._history_shown: list[Job] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self.project.name, id="project-title")
@@ -93,7 +111,8 @@ class ProjectScreen(CoreScreen):
             with Vertical(id="project-left"):
                 yield Static("queue", classes="pane-title", id="queue-title")
                 queue: DataTable[Any] = DataTable(id="queue", cursor_type="row")
-                queue.add_columns("#", "job", "status", "commit", "waiting", "ref")
+                for label in ("#", "job", "status", "commit", "waiting", "ref"):
+                    queue.add_column(label, key=label)
                 yield queue
                 yield Static("history", classes="pane-title", id="history-title")
                 hist: DataTable[Any] = DataTable(id="history", cursor_type="row",
@@ -107,17 +126,47 @@ class ProjectScreen(CoreScreen):
 
     def on_mount(self) -> None:
         self.query_one("#history", DataTable).focus()
+        self.clock = self.set_interval(1.0, self._tick, pause=True)
         self._render_title()
         if self.fixed:
             self._render_tables()
-        else:
-            self.run_worker(self.reload(), group="project", exclusive=True)
+        elif self._reload_due():
+            self._start_reload()
 
     def on_data_refreshed(self, message: DataRefreshed) -> None:
         self.overview = message.overview
-        self._render_title()  # the lock's TTL and heartbeat, what is down: no reads
-        if not self.fixed:
-            self.run_worker(self.reload(), group="project", exclusive=True)
+        # Under another screen (the full log) nothing is read or drawn: what a
+        # hidden screen paints is repainted on the one above it.
+        if self.is_active:
+            self._refreshed()
+
+    def on_screen_suspend(self) -> None:
+        self.clock.pause()
+
+    def on_screen_resume(self) -> None:
+        self._refreshed()
+        self.query_one(LogPane).wake()  # not read while it was hidden
+
+    def _refreshed(self) -> None:
+        # The title (the lock's TTL and heartbeat, what is down) and whether a
+        # runner is alive: no reads, and nothing drawn unless it changed.
+        self._render_tables()
+        if not self.fixed and self._reload_due():
+            self._start_reload()
+            self.query_one(LogPane).wake()
+
+    def _reload_due(self) -> bool:
+        """Whether the queue and history may have moved since the last read."""
+        row = self.row
+        facts = (row_facts(row) if row else None, self.overview.changes(self.project.id))
+        return facts != self._loaded or \
+            self.reader.monotonic() - self._loaded_at > RELOAD_EVERY
+
+    def _start_reload(self) -> None:
+        row = self.row
+        self._loaded = (row_facts(row) if row else None, self.overview.changes(self.project.id))
+        self._loaded_at = self.reader.monotonic()
+        self.run_worker(self.reload(), group="project", exclusive=True)
 
     @property
     def row(self) -> ProjectRow | None:
@@ -130,6 +179,7 @@ class ProjectScreen(CoreScreen):
         try:
             await self._reload()
         except Exception:
+            self._loaded = None  # read again at the next fetch
             log.warning("project %s: reload failed", self.project.name, exc_info=True)
 
     async def _reload(self) -> None:
@@ -161,50 +211,119 @@ class ProjectScreen(CoreScreen):
             self.history.extend(page[:PAGE])
         self._render_tables()
 
-    def _render_tables(self) -> None:
-        self._render_title()
+    def _queue_rows(self) -> list[tuple[str, tuple[object, ...]]]:
+        """The queue table's rows (job id, cells), less the times, which tick."""
+        offset = 0 if self.queue and self.queue[0].status is JobStatus.RUNNING else 1
+        return [(job.id, ("▶" if job.status is JobStatus.RUNNING else str(i + offset),
+                          short_id(job.id), self._queue_status(job), commit_cell(job),
+                          Text(ref(job))))
+                for i, job in enumerate(self.queue)]
+
+    def _queue_status(self, job: Job) -> Text:
+        """A queue row's status, and whether anything will move it: a
+        running job whose runner is gone, a queued job with no runner alive."""
+        if self.overview.runner_gone(job):
+            return Text("runner gone", style="bold red")
+        if job.status is JobStatus.QUEUED and self.overview.no_runner:
+            return Text("queued · no runner", style="bold yellow")
+        return Text(job.status.value)
+
+    def _queue_time(self, job: Job) -> str:
+        """The ``waiting`` column: how long a queued job has waited; for the
+        running job, how long it has run, said so ("run")."""
+        if job.status is JobStatus.RUNNING:
+            gone = self.overview.runner_gone(job)
+            return f"run {clock_duration(run_time(job, gone=gone))}"
+        return clock_duration(since(job.queued_at))
+
+    def _render_queue(self) -> None:
         queue = self.query_one("#queue", DataTable)
+        rows = self._queue_rows()
+        if rows == self._queue_shown:
+            self._tick_queue()
+            return
         cursor, key = queue.cursor_row, _key_at_cursor(queue)
         queue.clear()
-        offset = 0 if self.queue and self.queue[0].status is JobStatus.RUNNING else 1
-        for i, job in enumerate(self.queue):
-            if job.status is JobStatus.RUNNING:
-                pos, wait = "▶", clock_duration(since(job.started_at))
-            else:
-                pos, wait = str(i + offset), clock_duration(since(job.queued_at))
-            queue.add_row(pos, short_id(job.id), job.status.value, commit_cell(job), wait,
-                          Text(ref(job)), key=job.id)
+        self._queue_times = {}
+        for job, (job_id, (pos, short, status, commit_text, ref_text)) in zip(
+                self.queue, rows, strict=True):
+            when = self._queue_times[job_id] = self._queue_time(job)
+            queue.add_row(pos, short, status, commit_text, when, ref_text, key=job_id)
+        self._queue_shown = rows
         if self.queue:
             queue.move_cursor(row=_row_of(self.queue, key, cursor), animate=False)
-        hidden = self.queue_total - len(self.queue)
-        self.query_one("#queue-title", Static).update(
-            f"queue · {self.queue_total} job(s)" + (f" · first {len(self.queue)} shown"
-                                                    if hidden > 0 else ""))
+
+    def _tick_queue(self) -> None:
+        """The queue's times, the cells whose text moved only."""
+        queue = self.query_one("#queue", DataTable)
+        for job in self.queue:
+            when = self._queue_time(job)
+            if self._queue_times.get(job.id) != when:
+                self._queue_times[job.id] = when
+                queue.update_cell(job.id, "waiting", when)
+
+    def _render_history(self) -> None:
+        if self.history == self._history_shown:
+            return
         hist = self.query_one("#history", DataTable)
         cursor, key = hist.cursor_row, _key_at_cursor(hist)
         hist.clear()
         for job in self.history:
+            # A job that never started (cancelled or superseded while queued)
+            # has no start time and no duration: "—", not its queue time.
             hist.add_row(Text(outcome(job), style=OUTCOME_STYLE.get(job.status, "")),
-                         short_id(job.id), commit_cell(job),
-                         local_time(job.started_at or job.queued_at),
+                         short_id(job.id), commit_cell(job), local_time(job.started_at),
                          duration(job_duration(job)), Text(ref(job)), key=job.id)
+        self._history_shown = list(self.history)
         if self.history:
             hist.move_cursor(row=_row_of(self.history, key, cursor), animate=False)
+
+    def _render_tables(self) -> None:
+        self._render_title()
+        self._render_queue()
+        # The queue's length, how much of it is shown (its head: the window
+        # read, overview.QUEUE_WINDOW jobs), and whether anything will run it.
+        hidden = self.queue_total - len(self.queue)
+        shown = f" · first {len(self.queue)} shown" if hidden > 0 else ""
+        waiting = any(j.status is JobStatus.QUEUED for j in self.queue)
+        idle = (" · no runner is alive: they wait until a deploy server runs (deployster serve)"
+                if waiting and self.overview.no_runner else "")
+        show_line(self.query_one("#queue-title", Static),
+                  Text(f"queue · {self.queue_total} job(s){shown}{idle}"))
+        self._render_history()
         more = "" if self.history_done else " · m for more"
         row = self.row
         deployed = row.deployed if row else None
         now = (f" · deployed now {commit(deployed)} (job {short_id(deployed.id)})"
                if deployed else "")
         # Text: a commit is a request's text, never markup.
-        self.query_one("#history-title", Static).update(
-            Text(f"history · {len(self.history)} shown{more}{now}"))
-        if self.selected_job is None:
+        show_line(self.query_one("#history-title", Static),
+                  Text(f"history · {len(self.history)} shown{more}{now}"))
+        self._wind_clock()
+        selected = self.selected_job
+        if selected is not None:
+            # The record as read now (its status moves), for c and r.
+            self.selected_job = next((j for j in (*self.queue, *self.history)
+                                      if j.id == selected.id), selected)
+        elif self.queue:
             # The running (else next) job first: what the operator came to watch.
-            if self.queue:
-                queue.focus()
-                self._select(self.queue[0])
-            elif self.history:
-                self._select(self.history[0])
+            self.query_one("#queue", DataTable).focus()
+            self._select(self.queue[0])
+        elif self.history:
+            self._select(self.history[0])
+
+    def _wind_clock(self) -> None:
+        """Run the one-second clock while something on screen counts time: a
+        queued or running job, a lock's TTL and heartbeat."""
+        row = self.row
+        if self.queue or (row is not None and row.lock_owner is not None):
+            self.clock.resume()
+        else:
+            self.clock.pause()
+
+    def _tick(self) -> None:
+        self._render_title()
+        self._tick_queue()
 
     def _render_title(self) -> None:
         """Name, lock (holder, TTL, heartbeat) and what is down: the facts to
@@ -226,7 +345,7 @@ class ProjectScreen(CoreScreen):
         elif row:
             title.append(" · not locked")
         title.append(f" · {self.project.path}")
-        self.query_one("#project-title", Static).update(title)
+        show_line(self.query_one("#project-title", Static), title)
 
     def _select(self, job: Job) -> None:
         self.selected_job = job
@@ -272,7 +391,7 @@ class ProjectScreen(CoreScreen):
         job = self.selected_job
         if job is not None:
             self.app.push_screen(LogScreen(self.reader, job.id, text=self.logs.get(job.id, [])
-                                           if self.fixed else None))
+                                           if self.fixed else None, job=job))
 
     def action_unlock(self) -> None:
         row = self.row

@@ -6,7 +6,6 @@ from the fetch), so the countdown moves even while nothing is fetched.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -15,7 +14,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.events import Resize
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Static
 from textual.widgets.data_table import ColumnKey
 
 from deployster.models import JobStatus
@@ -28,13 +27,16 @@ from ..format import (
     clock_duration,
     commit,
     commit_cell,
+    data_source,
     heartbeat_text,
+    run_time,
     short_id,
     since,
+    tilde,
     ttl_text,
 )
 from ..messages import DataRefreshed
-from ..reader import Overview, Reader
+from ..reader import UP, Overview, Reader, row_facts
 from ..widgets.footer import KeysFooter
 from ..widgets.projects_table import ProjectsTable
 from ..widgets.status_line import StatusLine
@@ -68,9 +70,7 @@ COMPACT_WIDTHS = {"lock": 10, "ttl": 7, "heartbeat": 12, "queue": 5, "last": 10,
 
 @lru_cache(maxsize=4096)
 def short_path(path: str) -> str:
-    home = os.path.expanduser("~")
-    if home != "/" and path.startswith(home + os.sep):
-        path = "~" + path[len(home):]
+    path = tilde(path)
     return path if len(path) <= PATH_WIDTH else "…" + path[-(PATH_WIDTH - 1):]
 
 _NONE_LAST = float("inf")
@@ -86,14 +86,6 @@ SORT_KEYS: dict[str, Callable[[ProjectRow], Any]] = {
     "last": lambda r: -(since(r.last.finished_at) or 0) if r.last else 0,
     "deployed": lambda r: -(since(r.deployed.finished_at) or 0) if r.deployed else 0,
 }
-
-
-def row_facts(row: ProjectRow) -> tuple[object, ...]:
-    """What a row shows, less the clocks: when it changes, redraw the row now."""
-    running = row.running
-    return (row.project, row.lock_owner, row.stale, row.queue_length,
-            row.last.id if row.last else None, row.deployed.id if row.deployed else None,
-            (running.id, running.status) if running else None)
 
 
 def ticking(row: ProjectRow) -> bool:
@@ -120,17 +112,22 @@ def _last_cell(status: JobStatus, when: str) -> Text:
     return Text.assemble((GLYPH[status], "green" if ok else "red"), f" {when}")
 
 
-def clock_cells(row: ProjectRow, since_fetch: float, *,
-                compact: bool = False) -> dict[str, Any]:
+def clock_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
+                gone: bool = False) -> dict[str, Any]:
     """The cells of ``row_cells`` whose text moves with time (``CLOCK_COLUMNS``):
-    the rest changes only with the row's facts."""
+    the rest changes only with the row's facts. ``gone``: the running job's
+    runner is not alive (its clock stopped at the runner's last heartbeat)."""
     job = row.running
     if job is not None and job.status is JobStatus.RUNNING:
         # Elapsed first: a long ref name is what gets cut, not the clock.
-        elapsed = clock_duration(since(job.started_at))
+        elapsed = clock_duration(run_time(job, gone=gone))
         # Text, not a markup string: commit and ref are a request's text.
-        running: Text | str = Text(f"{elapsed} {commit(job)}" if compact else
-                                   f"{elapsed} {commit(job)} {job.ref_name}")
+        if gone:  # what matters then: nobody runs it (its commit is on its screen)
+            running: Text | str = Text.assemble(
+                f"{elapsed} ", ("gone" if compact else "runner gone", "bold red"))
+        else:
+            running = Text(f"{elapsed} {commit(job)}" if compact else
+                           f"{elapsed} {commit(job)} {job.ref_name}")
     else:
         running = DASH
     if row.last is None:
@@ -146,13 +143,16 @@ def clock_cells(row: ProjectRow, since_fetch: float, *,
     }
 
 
-def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> dict[str, Any]:
+def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
+              gone: bool = False) -> dict[str, Any]:
     if row.lock_owner is None:
         lock: Text | str = DASH
     elif compact:
         lock = Text(short_id(row.lock_owner), style="bold red" if row.stale else "")
     elif row.stale:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("STALE", "bold reverse red"))
+    elif gone:  # its heartbeat is fresh, but its runner is not alive: it will stop
+        lock = Text.assemble(short_id(row.lock_owner) + " ", ("gone", "bold red"))
     else:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
     name = _clip(row.project.name, COMPACT_NAME_WIDTH if compact else NAME_WIDTH)
@@ -160,7 +160,7 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False) -> 
         "name": Text(name, style="bold"),
         "path": Text(short_path(row.project.path)),  # a directory may hold "[/x]"
         "lock": lock,
-        **clock_cells(row, since_fetch, compact=compact),
+        **clock_cells(row, since_fetch, compact=compact, gone=gone),
         "queue": str(row.queue_length) if row.queue_length else "0",
         # The newest complete job's commit (↺: it was a redeploy or rollback).
         "deployed": commit_cell(row.deployed) if row.deployed else DASH,
@@ -204,7 +204,12 @@ class ProjectsScreen(CoreScreen):
         yield StatusLine(id="status-line")
         yield Input(placeholder="filter projects (name or path) — enter to keep, esc to clear",
                     id="filter")
+        # Shown when the table has nothing to show: how to get a row into it.
+        yield Static(id="projects-hint", markup=False)
         table = ProjectsTable(id="projects", cursor_type="row", zebra_stripes=True)
+        settings = self.reader.settings
+        if settings is not None:  # which data this is, on the table's border
+            table.border_title = Text(data_source(settings))
         self._add_columns(table)
         yield table
         yield KeysFooter()
@@ -223,11 +228,14 @@ class ProjectsScreen(CoreScreen):
         compact = event.size.width < COMPACT_BELOW
         if compact != self.compact:
             self.compact = compact
+            selected = self.selected_key()  # the rows are made again: keep it
             table = self.table
             table.clear(columns=True)
             self._add_columns(table)
             self._keys, self._cells, self._facts, self._drawn = [], {}, {}, ()
             self.render_rows()
+            if selected in self._keys:
+                table.move_cursor(row=self._keys.index(selected), animate=False)
 
     @property
     def table(self) -> ProjectsTable:
@@ -235,6 +243,7 @@ class ProjectsScreen(CoreScreen):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
+        self.query_one("#projects-hint", Static).display = False
         self.clock = self.set_interval(1.0, self.render_rows)  # the clocks tick
         self.table.focus()
         self.render_rows()
@@ -244,7 +253,17 @@ class ProjectsScreen(CoreScreen):
         # Changed facts (a lock taken, a job queued or finished) show at once;
         # the clocks (TTL, heartbeat, ages) move with the one-second tick, so a
         # burst of events costs fetches, not a repaint of every row each time.
-        self.render_rows(clocks=False)
+        # Under another screen nothing is drawn: what a hidden screen paints
+        # is repainted on the one above it (``on_screen_resume`` catches up).
+        if self.is_active:
+            self.render_rows(clocks=False)
+
+    def on_screen_suspend(self) -> None:
+        self.clock.pause()
+
+    def on_screen_resume(self) -> None:
+        self.clock.resume()
+        self.render_rows()
 
     # ---------------------------------------------------------------- render
     def visible_rows(self) -> list[ProjectRow]:
@@ -263,13 +282,18 @@ class ProjectsScreen(CoreScreen):
         everything = clocks and self._tick % 60 == 1
         since_fetch = self.since_fetch()
         self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
-                                        since_fetch)
-        drawn = (shown, self.filter_text, self.sort_column, self.sort_reverse)
-        if clocks and not everything and self._same_view(drawn):
+                                        since_fetch, shown.runners)
+        # The rows, not the overview: a fetch that found nothing new hands
+        # over the same list (app.py), and then nothing is drawn again.
+        drawn = (shown.rows, shown.runners, shown.health, self.filter_text, self.sort_column,
+                 self.sort_reverse)
+        if not everything and self._same_view(drawn):
             # Time alone moved: the rows, their order and facts are as drawn.
-            self._tick_clocks(since_fetch)
+            if clocks:
+                self._tick_clocks(since_fetch)
             return
         rows = self.visible_rows()
+        self._show_hint(bool(rows))
         table = self.table
         keys = [str(r.project.id) for r in rows]
         self._shown = {str(r.project.id): r for r in rows}
@@ -278,12 +302,13 @@ class ProjectsScreen(CoreScreen):
             changes: list[tuple[str, str, Any]] = []
             for r in rows:
                 key = str(r.project.id)
-                facts = row_facts(r)
+                gone = shown.runner_gone(r.running)
+                facts = (*row_facts(r), gone)
                 if self._facts.get(key) == facts and not (
                         everything or (clocks and ticking(r))):
                     continue
                 self._facts[key] = facts
-                cells = row_cells(r, since_fetch, compact=self.compact)
+                cells = row_cells(r, since_fetch, compact=self.compact, gone=gone)
                 old = self._cells.get(key, {})
                 changes += [(key, column, value) for column, value in cells.items()
                             if old.get(column) != value]
@@ -295,9 +320,10 @@ class ProjectsScreen(CoreScreen):
             self._cells = {}
             for r in rows:
                 key = str(r.project.id)
-                self._facts[key] = row_facts(r)
-                cells = self._cells[key] = row_cells(r, since_fetch,
-                                                     compact=self.compact)
+                gone = shown.runner_gone(r.running)
+                self._facts[key] = (*row_facts(r), gone)
+                cells = self._cells[key] = row_cells(r, since_fetch, compact=self.compact,
+                                                     gone=gone)
                 table.add_row(*(cells[k] for k, _ in self.columns), key=key)
             self._keys = keys
             if selected in keys:
@@ -308,8 +334,33 @@ class ProjectsScreen(CoreScreen):
         self._drawn = drawn
         self._label_columns()
 
+    def _show_hint(self, any_rows: bool) -> None:
+        """Say why the table is empty, and what to do: clear the filter, or
+        register a project (once a fetch answered: before, nothing is known)."""
+        hint = self.query_one("#projects-hint", Static)
+        text: Text | None = None
+        if any_rows:
+            pass
+        elif self.filter_text and self.overview.rows:
+            text = Text(f"No project matches {self.filter_text!r}: esc clears the filter.")
+        elif self.overview.health == UP and not self.overview.rows:
+            settings = self.reader.settings
+            roots = ", ".join(tilde(r) for r in settings.allowed_roots) if settings else ""
+            text = Text.assemble(
+                "No projects yet. Register one with ", ("deployster project add PATH", "bold"),
+                " (run with the same settings as this dashboard), or deploy to a directory "
+                "under ", ("DEPLOYSTER_ALLOWED_ROOTS", "bold"),
+                f" ({roots})" if roots else " (not set here)",
+                ": the first deploy registers it.")
+        if text is None:
+            if hint.display:
+                hint.display = False
+        elif not hint.display or hint.content != text:
+            hint.update(text)
+            hint.display = True
+
     def _same_view(self, drawn: tuple[object, ...]) -> bool:
-        """Whether ``drawn`` (overview, filter, sort) is what is on screen."""
+        """Whether ``drawn`` (rows, filter, sort) is what is on screen."""
         old = self._drawn
         return bool(old) and old[0] is drawn[0] and old[1:] == drawn[1:]
 
@@ -318,12 +369,14 @@ class ProjectsScreen(CoreScreen):
         cells whose text changed only."""
         still = []
         changes: list[tuple[str, str, Any]] = []
+        shown = self.overview
         for key, row in self._ticking:
             if not ticking(row):
                 continue
             still.append((key, row))
             cells = self._cells[key]
-            for column, value in clock_cells(row, since_fetch, compact=self.compact).items():
+            for column, value in clock_cells(row, since_fetch, compact=self.compact,
+                                             gone=shown.runner_gone(row.running)).items():
                 if cells[column] is not value and cells[column] != value:
                     cells[column] = value
                     changes.append((key, column, value))

@@ -5,7 +5,10 @@ the log) are ever held, and the view renders only the rows on screen, so a
 million-line log costs what a small one does; the pane's title says when older
 output was left out. Following reads the stream from the last id seen
 (``log_entries(after=…)``); pausing it (``f``) stops reading, and resuming
-continues where it stopped, so nothing is lost.
+continues where it stopped, so nothing is lost. A job that prints nothing is
+read less and less often (``FOLLOW_INTERVAL`` doubling up to
+``FOLLOW_IDLE_INTERVAL``); its screen wakes the pane (``wake``) when the
+job's project moved (it started, it ended).
 
 The keys are k9s's: ``f`` follow, ``w`` wrap, ``t`` timestamps (each stream
 entry's write time), ``/`` search with ``n``/``N`` to the next/previous match,
@@ -15,25 +18,37 @@ entry's write time), ``/`` search with ``n``/``N`` to the next/previous match,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Input, Static
 
-from deployster.models import JobStatus
+from deployster.models import Job, JobStatus
 from deployster.overview import LogChunk
 
 from ..format import short_id
 from ..reader import Reader
 from .log_view import LogView
+from .status_line import show_line
 
 MAX_LINES = 50_000
 MAX_BYTES = 1024 * 1024
-FOLLOW_INTERVAL = 0.25
+FOLLOW_INTERVAL = 0.25  # seconds between reads of a job that prints
+FOLLOW_IDLE_INTERVAL = 1.0  # at most, for one that printed nothing lately (a queued job)
 
 
 class LogPane(Vertical):
+    class JobRead(Message):
+        """The pane read its job's record, and its status is not the one it
+        read before (the first read too): its screen may say so."""
+
+        def __init__(self, job: Job) -> None:
+            super().__init__()
+            self.job = job
+
     BINDINGS = [
         Binding("f", "toggle_follow", "Follow", id="log.follow"),
         Binding("w", "toggle_wrap", "Wrap", id="log.wrap"),
@@ -60,6 +75,8 @@ class LogPane(Vertical):
         self.query_text = ""
         self._partial = ""
         self._partial_t: int | None = None
+        self._wake = asyncio.Event()
+        self._status: tuple[str, str | None] | None = None  # the job's, as last read
 
     def compose(self) -> ComposeResult:
         yield Static("no job selected", id="log-title", classes="pane-title")
@@ -97,6 +114,7 @@ class LogPane(Vertical):
         self.redeploy_of = None
         self.truncated = False
         self.queued = False
+        self._status = None
         self._partial, self._partial_t = "", None
         self.log_view.clear()
         self.workers.cancel_group(self, "log")
@@ -110,14 +128,14 @@ class LogPane(Vertical):
     def show_text(self, job_id: str, text: str | list[LogChunk], *, live: bool = False,
                   redeploy_of: str | None = None) -> None:
         """Show a job's log given as text or chunks (demo data, snapshots); ``live``
-        and ``redeploy_of`` only say so in the title: nothing is read."""
+        and ``redeploy_of`` only say so in the title (following, paused…):
+        nothing is read."""
         self.show_job(None)
         self.job_id = job_id
         self.redeploy_of = redeploy_of
         self.live = live
         self._append(text if isinstance(text, list) else [LogChunk(text, None)], final=True)
         self._retitle()
-        self.live = False
 
     async def _load(self, job_id: str) -> None:
         try:
@@ -138,6 +156,7 @@ class LogPane(Vertical):
     async def _load_and_follow(self, job_id: str) -> None:
         window = await self.reader.log_window(job_id, max_bytes=MAX_BYTES)
         job = await self.reader.job(job_id)
+        self._read(job)
         self.truncated = window.truncated
         self.last_id = window.last_id
         self.redeploy_of = job.redeploy_of if job is not None else None
@@ -146,12 +165,24 @@ class LogPane(Vertical):
         self.queued = job is not None and job.status is JobStatus.QUEUED
         self._append(window.chunks, final=not self.live)
         self._retitle()
+        interval = FOLLOW_INTERVAL
         while self.live:
-            if self.follow:
-                await self._poll(job_id)
-            await asyncio.sleep(FOLLOW_INTERVAL)
+            # Under another screen (the full log over the project's) the
+            # pane is not read: its screen wakes it when it is on top again.
+            moved = await self._poll(job_id) if self.follow and self.screen.is_active \
+                else False
+            interval = FOLLOW_INTERVAL if moved else min(interval * 2, FOLLOW_IDLE_INTERVAL)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
 
-    async def _poll(self, job_id: str) -> None:
+    def wake(self) -> None:
+        """Read the followed job now (its project moved: it may have started or
+        ended), not at the next slow poll."""
+        self._wake.set()
+
+    async def _poll(self, job_id: str) -> bool:
+        """Read what the job printed since the last read; whether anything moved."""
         chunks: list[LogChunk] = []
         size = 0
         async for entry_id, chunk in self.reader.log_entries(job_id, after=self.last_id):
@@ -162,6 +193,7 @@ class LogPane(Vertical):
                 size -= len(chunks.pop(0).text)
                 self.truncated = True
         job = await self.reader.job(job_id)
+        self._read(job)
         if job is None or job.status.finished:
             self.live = False
         queued = job is not None and job.status is JobStatus.QUEUED
@@ -169,6 +201,14 @@ class LogPane(Vertical):
             self.queued = queued
             self._append(chunks, final=not self.live)
             self._retitle()
+            return True
+        return False
+
+    def _read(self, job: Job | None) -> None:
+        status = (job.status.value, job.reason) if job is not None else None
+        if job is not None and status != self._status:
+            self.post_message(self.JobRead(job))
+        self._status = status
 
     def _append(self, chunks: list[LogChunk], *, final: bool) -> None:
         """Write complete lines, each with the time its first byte was written;
@@ -220,7 +260,7 @@ class LogPane(Vertical):
                 title += f" · /{self.query_text} {where}"
             if self.truncated:
                 title += f" · showing the last {len(view.lines):,} lines only"
-        self.query_one("#log-title", Static).update(title)
+        show_line(self.query_one("#log-title", Static), title)
 
     # --------------------------------------------------------------- actions
     def _pause(self) -> None:

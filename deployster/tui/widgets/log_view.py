@@ -6,6 +6,13 @@ The view holds plain lines (at most ``max_lines``; the oldest drop off), each
 with the time its chunk was written when that is known, and draws each row on
 demand: a timestamp column (``timestamps``), hard wrap at the width (``wrap``,
 like ``less``), search matches highlighted with the current one stronger.
+
+A line keeps what a terminal would show of it (``decode``): its colours and
+styles (ANSI SGR codes, as every build tool prints them; the colour set on
+one line carries to the next, as in a terminal) as spans beside its plain
+text, which is what is searched and measured. Nothing else a job prints
+reaches the screen as a command: cursor moves, screen clears, titles and
+other escape sequences are dropped, other control characters shown as �.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from datetime import datetime, tzinfo
+from functools import lru_cache
 
+from rich.ansi import AnsiDecoder
 from rich.cells import cell_len, chop_cells
-from rich.text import Text
+from rich.style import Style
+from rich.text import Span, Text
 from textual.events import Resize
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
@@ -36,6 +46,90 @@ def clean(line: str) -> str:
     return _control("�", line) if not line.isprintable() else line
 
 
+# SGR (colours and styles: group 1, its parameters), kept; every other escape
+# sequence, dropped: CSI (cursor moves, clears…), OSC (titles, links) ended by
+# BEL or ST or the line, DCS/SOS/PM/APC, and two-byte escapes (charsets…).
+_ESCAPES = re.compile(
+    r"\x1b\[([0-9;]*)m"
+    r"|\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|$)"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\|$)"
+    r"|\x1b[ -/]*[0-~]")
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
+_NOT_SGR = re.compile(r"\x1b(?!\[[0-9;]*m)")  # an escape that is no SGR
+# What a log must not do to a reader even in colour: blink or hide its text.
+_STEADY = Style(blink=False, blink2=False, conceal=False)
+
+
+def _sgr_only(found: re.Match[str]) -> str:
+    return found.group() if found.group(1) is not None else ""
+
+
+@lru_cache(maxsize=4096)
+def _apply(style: Style, params: str) -> Style:
+    """``style`` after one SGR sequence (``params``: "1;32"), as a terminal
+    takes it (rich's decoder's rules); few distinct pairs make a log's
+    colours, so each is worked out once."""
+    decoder = AnsiDecoder()
+    decoder.style = style
+    decoder.decode_line(f"\x1b[{params}m")
+    return decoder.style
+
+
+@lru_cache(maxsize=1024)
+def _shown(style: Style) -> Style:
+    return style + _STEADY if style.blink or style.blink2 or style.conceal else style
+
+
+def _advance(text: str, style: Style) -> Style:
+    for found in _SGR.finditer(text):
+        style = _apply(style, found.group(1))
+    return style
+
+
+def decode(line: str, style: Style) -> tuple[str, list[Span] | None, Style]:
+    """A line of a job's output as a terminal shows it: (its plain text, the
+    spans of its colours, the SGR state after it). ``style`` is the state
+    before it (a colour left on by the line before). As ``clean``: the text
+    after the last carriage return (with the colours set before it), tabs
+    expanded, control characters shown; escape sequences other than SGR are
+    dropped."""
+    if _NOT_SGR.search(line):
+        line = _ESCAPES.sub(_sgr_only, line)
+    if "\r" in line:
+        pieces = line.split("\r")
+        chosen = len(pieces) - 1  # the last piece that prints something
+        while chosen > 0 and not _SGR.sub("", pieces[chosen]):
+            chosen -= 1
+        for piece in pieces[:chosen]:
+            style = _advance(piece, style)
+        text, after = pieces[chosen], pieces[chosen + 1:]
+    else:
+        text, after = line, []
+    # split: text, SGR parameters, text, SGR parameters… text.
+    pieces = _SGR.split(text)
+    spans: list[Span] = []
+    at = 0
+    for i in range(0, len(pieces), 2):
+        if i:
+            style = _apply(style, pieces[i - 1])
+        chunk = pieces[i]
+        if chunk:
+            if style:
+                spans.append(Span(at, at + len(chunk), _shown(style)))
+            at += len(chunk)
+    for piece in after:
+        style = _advance(piece, style)
+    plain = "".join(pieces[::2])
+    if "\t" in plain:  # expanding shifts what follows: the spans with it
+        expanded = Text(plain, spans=spans)
+        expanded.expand_tabs()
+        plain, spans = expanded.plain, expanded.spans
+    if not plain.isprintable():
+        plain = _control("�", plain)  # one character for one: the spans hold
+    return plain, spans or None, style
+
+
 def width_of(line: str) -> int:
     return len(line) if line.isascii() else cell_len(line)
 
@@ -47,7 +141,9 @@ class LogView(ScrollView, can_focus=True):
         super().__init__(id=id)
         self.max_lines = max_lines
         self.lines: list[str] = []
+        self.spans: list[list[Span] | None] = []  # each line's colours (``decode``)
         self.stamps: list[int | None] = []  # epoch ms each line's chunk was written
+        self._sgr = Style.null()  # the colours the last line left on
         self.first = 0  # the number of lines[0] in the whole log as seen: lines dropped
         self.auto_scroll = True
         self.wrap = False
@@ -71,7 +167,9 @@ class LogView(ScrollView, can_focus=True):
 
     def clear(self) -> None:
         self.lines.clear()
+        self.spans.clear()
         self.stamps.clear()
+        self._sgr = Style.null()
         self.first = 0
         self.matches.clear()
         self.current = None
@@ -85,8 +183,20 @@ class LogView(ScrollView, can_focus=True):
         if not lines:
             return 0
         start = self.first + len(self.lines)
-        lines = [clean(line) for line in lines]
+        plain: list[str] = []
+        spans: list[list[Span] | None] = []
+        style = self._sgr
+        for line in lines:
+            if style or "\x1b" in line:
+                text, marks, style = decode(line, style)
+            else:  # no colour: the quick way
+                text, marks = clean(line), None
+            plain.append(text)
+            spans.append(marks)
+        self._sgr = style
+        lines = plain
         self.lines.extend(lines)
+        self.spans.extend(spans)
         self.stamps.extend(stamps)
         self._max_width = max(self._max_width, max(map(width_of, lines)))
         if self.pattern is not None:
@@ -95,6 +205,7 @@ class LogView(ScrollView, can_focus=True):
         dropped = len(self.lines) - self.max_lines
         if dropped > 0:
             del self.lines[:dropped]
+            del self.spans[:dropped]
             del self.stamps[:dropped]
             self.first += dropped
             self._drop_matches()
@@ -266,6 +377,10 @@ class LogView(ScrollView, can_focus=True):
         offset = len(text) - start
         stop = len(line) if end is None else end
         text.append(line[start:stop])
+        for span in self.spans[index] or ():  # its colours, on this row's part
+            a, b = max(span.start, start), min(span.end, stop)
+            if a < b:
+                text.stylize(span.style, a + offset, b + offset)
         if self.pattern is not None:
             number = self.first + index
             current = self.current is not None and self.matches[self.current] == number

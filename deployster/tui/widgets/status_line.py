@@ -1,4 +1,5 @@
-"""The line above the projects table: counts, Redis/database health, the clock."""
+"""The line above the projects table: Redis/database health, whether a deploy
+server runs the queues, counts, the clock."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import NamedTuple
 
 from rich.text import Text
 from textual.widget import Widget
+from textual.widgets import Static
 
 from deployster.overview import ProjectRow
 
@@ -14,6 +16,14 @@ from ..format import duration
 
 # The rows on screen are older than this (the last fetches failed): say so.
 OLD_DATA = 3.0
+
+
+def show_line(line: Static, text: Text | str) -> None:
+    """Put ``text`` on a one-line ``Static`` (its height fixed by the CSS) if it
+    is not what it shows already: an equal text costs no repaint, and a new
+    one no layout pass (which would repaint the whole screen)."""
+    if line.content != text:
+        line.update(text, layout=False)
 
 
 class Counts(NamedTuple):
@@ -30,19 +40,35 @@ class Counts(NamedTuple):
                    sum(r.queue_length for r in rows), sum(1 for r in rows if r.stale))
 
 
-def summary(counts: Counts, health: dict[str, str], now: datetime, age: float = 0.0) -> Text:
+def runner_text(runners: frozenset[str] | None) -> Text:
+    """Whether a deploy server (a runner: ``deployster serve``) is alive for
+    the data shown: without one, queued jobs wait and nothing ends a job."""
+    if runners is None:
+        return Text("runner …", style="dim")
+    if not runners:
+        return Text("no runner", style="bold red")
+    return Text("runner ok" if len(runners) == 1 else f"{len(runners)} runners", style="green")
+
+
+def summary(counts: Counts, health: dict[str, str], now: datetime, age: float = 0.0,
+            runners: frozenset[str] | None = None) -> Text:
     """Health first: on an 80-column terminal what is cut is the end of the
-    line, and "redis down" must never be what goes."""
+    line, and "redis down" or "no runner" must never be what goes."""
     text = Text.assemble((" deployster ", "bold reverse"), " ")
     for label, key in (("redis", "redis"), ("db", "database")):
         state = health.get(key, "…")
         text.append(f" {label} {state}", style="green" if state == "ok" else "bold red")
         text.append(" ·")
+    text.append(" ")
+    text.append(runner_text(runners))
+    text.append(" ·")
     if age > OLD_DATA:
         text.append(f" data from {duration(age)} ago ·", style="bold red")
     projects = "project" if counts.projects == 1 else "projects"
     text.append(f" {counts.projects} {projects} · {counts.running} running · "
                 f"{counts.queued} queued")
+    if counts.queued and runners is not None and not runners:
+        text.append(" (waiting for a runner)", style="bold red")
     if counts.stale:
         text.append(f" · {counts.stale} STALE", style="bold red")
     text.append(f"   {now:%H:%M:%S}")
@@ -63,10 +89,10 @@ class StatusLine(Widget):
         return self.text
 
     def show(self, rows: list[ProjectRow], health: dict[str, str], now: datetime,
-             age: float = 0.0) -> None:
+             age: float = 0.0, runners: frozenset[str] | None = None) -> None:
         if rows is not self._rows:  # counted once a fetch, not once a tick
             self._rows, self._counts = rows, Counts.of(rows)
-        text = summary(self._counts, health, now, age)
+        text = summary(self._counts, health, now, age, runners)
         if text != self.text:
             self.text = text
             self.refresh()
