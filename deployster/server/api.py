@@ -40,8 +40,12 @@ async def deploy_body() -> DeployRequest:
     it, without its pydantic pass for a well-formed body (a TypeAdapter built
     per request: a tenth of the route's own CPU). Any other body goes the way
     ``validate_request`` sends it, so every refusal is the same (400/415 from
-    ``get_json``, 422 ``invalid_body`` from pydantic's error)."""
-    data = await request.get_json()
+    ``get_json``, 422 ``invalid_body`` from pydantic's error).
+
+    The body is read as JSON whatever its ``Content-Type``: ``curl -d`` sends
+    ``application/x-www-form-urlencoded`` unless told otherwise, and a 415 for
+    a well-formed JSON body helps nobody (docs/api.md#post-deploy)."""
+    data = await request.get_json(force=True)
     plain = plain_deploy_body(data)
     if plain is not None:
         return plain
@@ -76,7 +80,10 @@ async def deploy() -> Any:
     # jsonify: a plain dict would make quart-schema build a pydantic TypeAdapter
     # per response (~0.15 ms of CPU, a tenth of the route's cost).
     if result.queued:
-        return jsonify({"job_id": result.job_id, "queued": True, "message": QUEUED_MESSAGE})
+        reply = {"job_id": result.job_id, "queued": True, "message": QUEUED_MESSAGE}
+        if result.duplicate:  # answered by an identical request still queued
+            reply["deduplicated"] = True
+        return jsonify(reply)
     return jsonify({"job_id": result.job_id})
 
 

@@ -15,7 +15,10 @@ from .context import core
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-UNAUTHORIZED = ({"error": "Unauthorized", "code": "unauthorized"}, 403)
+# "error" as the seed answered; the hint names the header a newcomer may miss.
+UNAUTHORIZED = ({"error": "Unauthorized", "code": "unauthorized",
+                 "hint": "send the admin token or the project's token in the "
+                         "x-deployster-token header"}, 403)
 
 
 def require_token(func: F) -> F:

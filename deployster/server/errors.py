@@ -42,6 +42,11 @@ def body_too_large(limit: int | None) -> tuple[dict[str, str], int]:
             "code": "body_too_large"}, 413
 
 
+# What a POST /deploy body looks like, for a body that is no JSON at all.
+DEPLOY_EXAMPLE = ('a JSON object like {"cd": "/srv/app", "commands": '
+                  '["supervisorctl restart app"], "commit_hash": "<sha>", "ref_name": "main"}')
+
+
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(DeploysterError)
     async def deployster_error(exc: DeploysterError) -> Any:
@@ -63,7 +68,9 @@ def register_error_handlers(app: Quart) -> None:
     async def http_error(exc: HTTPException) -> Any:
         code = exc.code or 500
         if code == 400:
-            return {"error": "the request body is not valid JSON", "code": "invalid_json"}, 400
+            expected = DEPLOY_EXAMPLE if request.path == "/deploy" else "a JSON object"
+            return {"error": f"the request body is not valid JSON: send {expected}",
+                    "code": "invalid_json"}, 400
         if code == 413:
             # The configured limit, not Quart's backstop (DRAIN_LIMIT): a body
             # over 64 MiB was told "larger than 67108864 bytes" (held by

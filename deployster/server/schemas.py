@@ -65,6 +65,8 @@ class DeployAccepted(BaseModel):
     job_id: str
     queued: bool | None = None
     message: str | None = None
+    # True when an identical request still queued answered this one.
+    deduplicated: bool | None = None
 
 
 class StatusReply(BaseModel):
@@ -78,6 +80,7 @@ class StatusReply(BaseModel):
 class ErrorReply(BaseModel):
     error: str
     code: str | None = None
+    hint: str | None = None
 
 
 class JobReply(BaseModel):

@@ -110,6 +110,7 @@ async def test_bad_token_is_403_unauthorized(
         reply = await client.post("/deploy", json=deploy_body(registered, "echo x"))
         assert reply.status_code == 403
         assert reply.json()["error"] == "Unauthorized"
+        assert "x-deployster-token" in reply.json()["hint"]  # the header a newcomer missed
         status = await client.get("/status/01JD0000000000000000000000")
         assert status.status_code == 403
 
@@ -243,3 +244,47 @@ async def test_openapi_document_lists_the_endpoints(server: LiveServer) -> None:
     assert list(served["responses"]["200"]["content"]) == ["text/x-python"]
     body = paths["/deploy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body  # generated from the DeployBody model
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded",
+                                          "text/plain"])
+async def test_a_json_body_is_taken_whatever_its_content_type_says(
+    server: LiveServer, registered: Path, content_type: str | None
+) -> None:
+    # curl -d sends application/x-www-form-urlencoded unless told otherwise.
+    body = json.dumps(deploy_body(registered, "echo from-curl-d")).encode()
+    headers = {} if content_type is None else {"content-type": content_type}
+    async with server.client() as client:
+        reply = await client.post("/deploy", content=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        final = await wait_for_status(client, reply.json()["job_id"])
+    assert final["status"] == "complete" and "from-curl-d" in str(final["logs"])
+
+
+async def test_a_body_that_is_no_json_says_what_was_expected(
+    server: LiveServer, registered: Path, core: Deployster
+) -> None:
+    async with server.client() as client:
+        reply = await client.post("/deploy", content=b"cd=/srv/app&commands=x",
+                                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert reply.status_code == 400
+    data = reply.json()
+    assert data["code"] == "invalid_json"
+    assert '"commands"' in data["error"] and '"ref_name"' in data["error"]
+    assert await core.redis.keys(f"{core.keys.prefix}job:*") == []
+
+
+async def test_an_identical_queued_request_says_it_was_deduplicated(
+    server: LiveServer, registered: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    hold = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    async with server.client() as client:
+        first = (await client.post("/deploy", json=deploy_body(registered, hold))).json()
+        body = deploy_body(registered, "echo same", commit="c1")
+        queued = (await client.post("/deploy", json=body)).json()
+        again = (await client.post("/deploy", json=body)).json()
+        gate.touch()
+        await wait_for_status(client, first["job_id"])
+    assert "deduplicated" not in queued and queued["queued"] is True
+    assert again["job_id"] == queued["job_id"] and again["deduplicated"] is True

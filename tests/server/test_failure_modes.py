@@ -266,7 +266,7 @@ async def test_fifo_identical_queued_request_returns_the_same_job(
         two = await post(client, deploy_body(registered, "echo same", commit="c1"))
         other = await post(client, deploy_body(registered, "echo same", commit="c2"))
         assert one == {"job_id": one["job_id"], "queued": True, "message": QUEUED}
-        assert two == one
+        assert two == {**one, "deduplicated": True}
         assert other["job_id"] != one["job_id"] and other["queued"] is True
         assert (await status_of(client, one["job_id"]))["position"] == 1
         assert (await status_of(client, other["job_id"]))["position"] == 2

@@ -25,7 +25,9 @@ from tests.helpers.deploys import deploy_body, wait_for_status
 from tests.helpers.paths import REPO
 from tests.helpers.server import LiveServer, settings_env, start_server
 
-UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
+UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized",
+                "hint": "send the admin token or the project's token in the "
+                        "x-deployster-token header"}
 MIB = 1024 * 1024
 
 
@@ -112,7 +114,7 @@ async def test_odd_token_headers_never_reach_a_500(server: LiveServer) -> None:
             b"GET /projects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"x-deployster-token: " + value + b"\r\n\r\n"))
         assert reply.startswith(b"HTTP/1.1 403"), (value[:20], reply[:200])
-        assert reply.endswith(b'{"code":"unauthorized","error":"Unauthorized"}\n')
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == UNAUTHORIZED
     reply = await asyncio.to_thread(raw_request, server, (
         b"GET /projects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"x-deployster-token: " + b"x" * 200_000 + b"\r\n\r\n"))

@@ -20,7 +20,9 @@ from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body, history_row, wait_for_status
 from tests.helpers.server import LiveServer, start_server
 
-UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized"}
+UNAUTHORIZED = {"error": "Unauthorized", "code": "unauthorized",
+                "hint": "send the admin token or the project's token in the "
+                        "x-deployster-token header"}
 UNKNOWN_ID = "01JD0000000000000000000000"
 
 
