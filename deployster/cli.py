@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, admin_token, client
+from . import __version__, admin_token, client, logformat
 from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import Conflict, DeploysterError
 from .logreader import follow
@@ -350,6 +350,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.serve import serve
 
     settings = _settings(host=args.host, port=args.port)
+    logformat.use(settings.log_format)
     asyncio.run(serve(settings))
     return 0
 
@@ -934,8 +935,9 @@ def _run(argv: list[str] | None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.command == "serve" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=logformat.TEXT,
     )
+    logformat.use("text")  # fields as key=value; serve switches to its setting
     logging.getLogger("databases").setLevel(logging.WARNING)
     # Its pool logs a traceback per failed reconnect; ours says it once, in a line.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

@@ -20,6 +20,7 @@ from . import recovery
 from .events import Event, decode
 from .history import HistoryWriter
 from .leaseguard import LeaseGuard, deadlines
+from .logformat import job_log
 from .logstream import LogWriter
 from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
@@ -210,6 +211,7 @@ class Dispatcher:
 
     async def _run_job(self, job_id: str) -> None:
         core = self.core
+        began = time.monotonic()
         self.history.notify()
         try:
             job = await core.jobs.get(job_id, raw=True)  # the runner alone reads them
@@ -255,6 +257,8 @@ class Dispatcher:
                 # renews it from a time this process knows.
                 renewed(time.monotonic())
                 guard = asyncio.create_task(self.watchdog.guard(job, runner, renewed))
+                job_log.info("job %s started for %s", job.id, job.project, extra={"fields": {
+                    "event": "started", "project": job.project, "job_id": job.id}})
                 try:
                     outcome = await runner.run()
                 except Exception as exc:  # a bug must not leave the job running forever
@@ -271,6 +275,13 @@ class Dispatcher:
                     self.runners.pop(job.id, None)
                     self.lease_guard.end(job.id)
         result = await self._finish(job, outcome)
+        seconds = round(time.monotonic() - began, 2)
+        job_log.info(
+            "job %s %s%s in %.2fs", job.id, outcome.status.value,
+            f" ({outcome.reason})" if outcome.reason else "", seconds,
+            extra={"fields": {"event": "finished", "project": job.project, "job_id": job.id,
+                              "status": outcome.status.value, "reason": outcome.reason,
+                              "exit_code": outcome.exit_code, "seconds": seconds}})
         self.history.notify()
         if result is not None:
             self.launch(result)

@@ -37,6 +37,7 @@ class EnqueueResult:
     started: str | None  # the job this call started (may be an older queued one)
     position: int  # 1-based place in the queue; 0 once started
     duplicate: bool = False  # an identical request was already queued
+    project: str = ""  # the project's name, for the caller's log line
 
     @property
     def queued(self) -> bool:

@@ -26,6 +26,7 @@ from .ids import is_job_id, new_job_id
 from .jobs import JobRecords, StatusRead
 from .keys import Keys
 from .lock import DeployLock
+from .logformat import job_log
 from .logstream import stream_end
 from .masking import secret_mask
 from .models import Job, JobStatus, Project
@@ -219,10 +220,17 @@ class Deployster:
             started_by=started_by,
             redeploy_of=request.redeploy_of,
         )
-        return await self.queue.enqueue(
+        result = await self.queue.enqueue(
             job, runner=self.runner_id if run_here else None, policy=project.queue_policy,
             cap=self.settings.max_queue,
         )
+        if not result.duplicate:
+            job_log.info("job %s queued for %s (%s at %s)", result.job_id, project.name,
+                         job.ref_name or "no ref", job.commit_hash or "no commit",
+                         extra={"fields": {"event": "queued", "project": project.name,
+                                           "job_id": result.job_id,
+                                           "position": result.position}})
+        return replace(result, project=project.name)
 
     # ----------------------------------------------------------------- reads
     async def job(self, job_id: str) -> Job | None:

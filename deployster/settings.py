@@ -17,7 +17,7 @@ import re
 import tomllib
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -158,6 +158,8 @@ class Settings(BaseSettings):
     """Finished deploys requested more than this many days ago leave the SQL history (0: never)."""
     history_keep: Count = 20
     """Finished deploys each project keeps in the history whatever their age."""
+    log_format: Literal["text", "json"] = "text"
+    """The server's log lines: text, or json (one object a line, for a log shipper)."""
 
     @field_validator("redis_connections")
     @classmethod
@@ -299,6 +301,8 @@ def _config_error(cls: type[Settings], exc: ValidationError, values: dict[str, A
         return ConfigError(f"{shown} must be a finite number, 0 or more")
     if error["type"] == "value_error":  # a check of ours: its message
         return ConfigError(f"{shown} {error['ctx']['error']}")
+    if error["type"] == "literal_error":  # one of a few words
+        return ConfigError(f"{shown} must be {error['ctx']['expected']}")
     return ConfigError(f"{shown} is not a valid {_kind(field.annotation)}")
 
 

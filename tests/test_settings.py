@@ -69,6 +69,7 @@ def every_field_changed(tmp_path: Path) -> Settings:
         redis_connections=10,
         history_days=30.0,
         history_keep=4,
+        log_format="json",
     )
 
 
@@ -119,6 +120,7 @@ def test_every_field_from_the_environment(
         "DEPLOYSTER_REDIS_CONNECTIONS": "10",
         "DEPLOYSTER_HISTORY_DAYS": "30",
         "DEPLOYSTER_HISTORY_KEEP": "4",
+        "DEPLOYSTER_LOG_FORMAT": "json",
     }
     for name, value in variables.items():
         environ.setenv(name, value)
@@ -155,6 +157,7 @@ max_streams = 9
 redis_connections = 10
 history_days = 30
 history_keep = 4
+log_format = "json"
 """)
     environ.setenv("DEPLOYSTER_CONFIG", str(config))
     assert Settings.from_env() == every_field_changed(tmp_path)
@@ -289,6 +292,8 @@ def test_the_redis_pool_exceeds_the_live_streams_by_default() -> None:
          "DEPLOYSTER_KILL_GRACE='soon' is not a valid float"),
         (Settings, "DEPLOYSTER_KILL_GRACE", "nan",
          "DEPLOYSTER_KILL_GRACE='nan' must be a finite number, 0 or more"),
+        (Settings, "DEPLOYSTER_LOG_FORMAT", "xml",
+         "DEPLOYSTER_LOG_FORMAT='xml' must be 'text' or 'json'"),
         (Settings, "DEPLOYSTER_RETENTION", "inf",
          "DEPLOYSTER_RETENTION='inf' must be a finite number, 0 or more"),
         (Settings, "DEPLOYSTER_HISTORY_DAYS", "-inf",

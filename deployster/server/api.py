@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, current_app, jsonify, request
+from quart import Blueprint, current_app, g, jsonify, request
 from quart_schema import RequestSchemaValidationError, document_request, document_response
 from quart_schema.conversion import model_load
 
@@ -75,6 +75,7 @@ async def deploy() -> Any:
     """
     body = await deploy_body()
     result = await core().submit(body, principal=principal())
+    g.log_job, g.log_project = result.job_id, result.project
     if result.started:
         dispatcher().launch(result.started)
     # jsonify: a plain dict would make quart-schema build a pydantic TypeAdapter

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import Info, QuartSchema
 from werkzeug.exceptions import RequestTimeout
@@ -17,6 +19,8 @@ from ..settings import Settings
 from . import api, client_script, health, jobs, projects
 from .errors import body_too_large, register_error_handlers
 from .openapi import SECURITY_SCHEMES, TOKEN_SCHEME, DeploysterOpenAPI
+
+request_log = logging.getLogger("deployster.requests")
 
 # Bodies up to this size are read (and dropped) before a 413, so the client gets
 # the answer instead of a reset connection; beyond it Quart refuses outright.
@@ -90,6 +94,24 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     register_error_handlers(app)
 
     app.config["DEPLOYSTER_MAX_BODY_BYTES"] = settings.max_body_bytes
+
+    @app.before_request
+    async def start_clock() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    async def log_request(response: Response) -> Response:
+        # One line a request: what was asked, the answer, how long it took,
+        # and the project and job it concerned. The path only: no header and
+        # no query string, so never a token.
+        view = request.view_args or {}
+        started = g.get("request_started")
+        ms = round((time.perf_counter() - started) * 1000, 1) if started else None
+        request_log.info(
+            "%s %s %s", request.method, request.path, response.status_code,
+            extra={"fields": {"ms": ms, "project": g.get("log_project") or view.get("name"),
+                              "job_id": g.get("log_job") or view.get("job_id")}})
+        return response
 
     @app.before_request
     async def limit_body() -> Any:
