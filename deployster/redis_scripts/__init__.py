@@ -103,7 +103,8 @@ BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms")
 RELEASE = _load("release", ("lock", "events"), ("owner", "event"), ("lock",))
 APPEND = _load("append", ("job", "log"),
                ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
-STATUS_READ = _load("status_read", ("job", "log"), ("nonce", "job_id", "queue_prefix", "project"))
+STATUS_READ = _load("status_read", ("job", "log"), ("nonce", "job_id", "queue_prefix", "project"),
+                    ("log",))
 STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "log_grace_s", "finished"))

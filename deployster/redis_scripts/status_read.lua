@@ -45,15 +45,11 @@ local last_end = from_end
 for i = 1, #entries do
   last = entries[i][1]
   local f = entries[i][2]
-  local size = 0
   for j = 1, #f, 2 do
-    if f[j] == 'd' then
-      parts[#parts + 1] = f[j + 1]
-      size = size + #f[j + 1]
-    end
+    if f[j] == 'd' then parts[#parts + 1] = f[j + 1] end
   end
-  last_end = tostring(tonumber(string.match(last, '^(%d+)')) + size)
 end
+if #entries > 0 then last_end = tostring(entry_end(entries[#entries])) end
 if last ~= (st[3] or '0-0') then
   redis.call('HSET', K_JOB, 'cursor', last, 'cursor_nonce', NONCE, 'cursor_before', from,
              'cursor_end', last_end, 'cursor_end_before', from_end)
