@@ -707,6 +707,19 @@ class Options:
     prog: str = "deployster deploy"  # how the user runs this client (for hints)
 
 
+def about(seconds: float) -> str:
+    """A wait in words, as rough as the estimate it comes from: 'any moment',
+    'about 40s', 'about 3 min', 'about 1 h 20 min'."""
+    if seconds < 1:
+        return "any moment"
+    if seconds < 90:
+        return f"about {round(seconds)}s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60} min"
+
+
 class Display:
     """What the user sees: the log on stdout byte for byte, the rest on stderr.
 
@@ -733,11 +746,15 @@ class Display:
         """One line of stdout (the job id with ``--detach``)."""
         self.log(f"{text}\n")
 
-    def position(self, position: int) -> None:
+    def position(self, position: int, starts_in: float | None = None) -> None:
+        """The job's place in the queue and, when the server has an estimate
+        (the project has history), about when it starts."""
         if position == self._position:
             return
         self._position = position
         text = f"deployster: waiting: position {position} in the queue"
+        if starts_in is not None:
+            text += f", starts in {about(starts_in)}"
         if self.tty:
             self._err(f"\r\033[K{text}")
             self._pending = not self.err_closed
@@ -954,7 +971,9 @@ def _follow(client: DeployClient, job_id: str, display: Display, deadline: float
             value = event.json() or {}
             new = value.get("status")
             if new == "queued" and isinstance(value.get("position"), int):
-                display.position(value["position"])
+                starts_in = value.get("estimated_start_in")
+                display.position(value["position"], starts_in
+                                 if isinstance(starts_in, (int, float)) else None)
             elif new == "running" and status == "queued":
                 display.note(f"job {job_id} running")
             status = new or status

@@ -16,7 +16,8 @@ import logging
 import time
 import uuid
 
-from . import recovery
+from . import recovery, store
+from .estimate import DURATIONS_KEPT
 from .events import Event, decode
 from .history import HistoryWriter
 from .leaseguard import LeaseGuard, deadlines
@@ -24,7 +25,7 @@ from .logformat import job_log
 from .logstream import LogWriter
 from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
-from .outages import classify
+from .outages import classify, describe
 from .procinfo import boot_id, hostname, process_identity
 from .redis_conn import REDIS_DOWN
 from .runner import Outcome, Runner
@@ -67,9 +68,20 @@ class Dispatcher:
             if moved := await self.core.queue.upgrade():
                 log.info("moved %d queued job(s) from the old list queues", moved)
             await self.recover()
+        await self._learn_run_times()
         self._listener = asyncio.create_task(self._listen(), name="dispatcher-listen")
         self._announcer = asyncio.create_task(self._announce_loop(), name="dispatcher-announce")
         self._history_task = asyncio.create_task(self.history.run(), name="history-writer")
+
+    async def _learn_run_times(self) -> None:
+        """Start estimates from the SQL history where Redis has no run times
+        (an upgrade from a version that kept none, a Redis that lost its data)."""
+        try:
+            runs = await store.select_recent_run_times(self.core.db, DURATIONS_KEPT)
+            await self.core.queue.learn_durations(runs)
+        except Exception as exc:  # an estimate is a nicety, never a reason not to start
+            log.warning("start estimates: the history's run times were not read (%s)",
+                        describe(exc))
 
     async def stop(self, *, grace: float = 0.0, reason: str = Reason.INTERRUPTED) -> None:
         """Stop taking jobs; give running ones ``grace`` seconds, then end them.

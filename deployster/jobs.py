@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from .errors import NotFound
+from .estimate import StartEstimate
 from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
@@ -34,6 +35,9 @@ class StatusRead:
     # ('end': nothing left), and the read's nonce for ``JobRecords.sql_read``.
     sql_from: str | None = None
     nonce: str = ""
+    # Seconds until a queued job should start (deployster/estimate.py); None
+    # when not queued or the project has no history.
+    starts_in: float | None = None
 
 
 class JobRecords:
@@ -72,9 +76,11 @@ class JobRecords:
             return None
         if result == 0:
             raise NotFound(f"no job {job_id!r}")
-        status, reason, logs, superseded_by, position, sql_from = result
+        status, reason, logs, superseded_by, position, sql_from, typical, remaining = result
+        position = int(position) or None
+        starts_in = StartEstimate.from_reply(typical, remaining).starts_in(position)
         return StatusRead(JobStatus(status), reason or None, logs, superseded_by or None,
-                          int(position) or None, sql_from or None, nonce)
+                          position, sql_from or None, nonce, starts_in)
 
     async def sql_read(self, job_id: str, read: StatusRead, log: bytes) -> str:
         """The rest of a /status read whose log has left Redis (``read.sql_from``

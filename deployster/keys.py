@@ -18,6 +18,7 @@ instances sharing one Redis.
 | deployster:running          | hash   | running job id -> runner id                   |
 | deployster:fence:<project>  | string | fencing counter, bumped at every claim        |
 | deployster:current:<project>| string | the job that claimed the lock last            |
+| deployster:durations:<project>| list | recent complete jobs' run times, ms, newest first |
 | deployster:sigs:<project>   | hash   | request signature -> queued job (dedupe)      |
 | deployster:runner:<id>      | string | a live dispatcher's identity, short TTL       |
 | deployster:runners          | zset   | runner id -> announcement expiry (a hint)     |
@@ -75,8 +76,21 @@ class Keys:
     def fence(self, project_id: int | str) -> str:
         return f"{self.prefix}fence:{project_id}"
 
+    @property
+    def current_prefix(self) -> str:
+        return f"{self.prefix}current:"
+
     def current(self, project_id: int | str) -> str:
-        return f"{self.prefix}current:{project_id}"
+        return f"{self.current_prefix}{project_id}"
+
+    @property
+    def durations_prefix(self) -> str:
+        return f"{self.prefix}durations:"
+
+    def durations(self, project_id: int | str) -> str:
+        """How long the project's recent complete jobs ran (ms, newest first):
+        what start estimates are made of (``deployster/estimate.py``)."""
+        return f"{self.durations_prefix}{project_id}"
 
     def signatures(self, project_id: int | str) -> str:
         return f"{self.prefix}sigs:{project_id}"

@@ -9,6 +9,7 @@ size of the history.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from . import store
 from .access import Principal
 from .clock import parse_iso, utcnow
 from .control import deployed_commit
+from .estimate import StartEstimate
 from .events import Event, decode
 from .logstream import read_log
 from .models import Job, JobStatus, Project
@@ -162,14 +164,17 @@ class QueueWindow:
 
     jobs: list[Job]
     total: int
+    wait: StartEstimate  # what the queue waits for (estimate.py)
 
 
 async def queued_jobs(core: Deployster, project_id: int, *,
                       limit: int = QUEUE_WINDOW) -> QueueWindow:
-    """The first ``limit`` queued jobs of the project and the queue's length:
-    two round trips and ``limit`` records, however long the queue."""
-    ids, total = await core.queue.window(project_id, limit)
-    return QueueWindow(await core.jobs.get_many(ids), total)
+    """The first ``limit`` queued jobs of the project, the queue's length and
+    its start estimate: three round trips and ``limit`` records, however long
+    the queue."""
+    (ids, total), wait = await asyncio.gather(core.queue.window(project_id, limit),
+                                              core.queue.wait(project_id))
+    return QueueWindow(await core.jobs.get_many(ids), total, wait)
 
 
 async def history(

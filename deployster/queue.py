@@ -22,6 +22,7 @@ from typing import cast
 
 from .clock import iso
 from .errors import QueueFull
+from .estimate import DURATIONS_KEPT, StartEstimate
 from .keys import Keys
 from .models import Job, JobStatus
 from .redis_conn import Redis
@@ -180,4 +181,29 @@ class JobQueue:
         and ``queues`` no longer names it."""
         await self.redis.delete(self.keys.signatures(project_id), self.keys.fence(project_id),
                                 self.keys.current(project_id), self.keys.queue_seq(project_id),
-                                self.keys.legacy_queue(project_id))
+                                self.keys.legacy_queue(project_id), self.keys.durations(project_id))
+
+    async def wait(self, project_id: int) -> StartEstimate:
+        """What the project's queued jobs wait for (``queue_wait.lua``): turn
+        it into seconds for a place with ``StartEstimate.starts_in``."""
+        typical, remaining = await self.scripts.queue_wait(project_id=project_id)
+        return StartEstimate.from_reply(typical, remaining)
+
+    async def learn_durations(self, runs_ms: dict[int, list[int]]) -> None:
+        """Give projects that have no recent run times in Redis (an upgrade
+        from a version that kept none, a Redis that lost its data) those from
+        the SQL history: project id -> run times in ms, newest first. A project
+        that has some keeps them (they are as new or newer)."""
+        if not runs_ms:
+            return
+        ids = list(runs_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for project_id in ids:
+                pipe.exists(self.keys.durations(project_id))
+            present = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for project_id, there in zip(ids, present, strict=True):
+                runs = runs_ms[project_id][:DURATIONS_KEPT]
+                if not there and runs:
+                    pipe.rpush(self.keys.durations(project_id), *runs)
+            await pipe.execute()

@@ -276,7 +276,7 @@ class Deployster:
         record["commands"] = secret_mask(project, admin).commands(job.commands)
         record["commands_masked"] = job.commands_masked
         if job.status is JobStatus.QUEUED:
-            record["position"] = await self.queue_position(job)
+            record["position"], record["estimated_start_in"] = await self.queue_place(job)
         record["log_bytes"] = await self._log_bytes(job)
         return record
 
@@ -319,9 +319,14 @@ class Deployster:
         log = await store.select_deployment_log(self.db, job_id) or ""
         return StatusRead(job.status, job.reason, log, job.superseded_by)
 
-    async def queue_position(self, job: Job) -> int | None:
-        """1-based place of a queued ``job`` in its project's queue (None: not in it)."""
-        return await self.queue.position(job.project_id, job.id)
+    async def queue_place(self, job: Job) -> tuple[int | None, float | None]:
+        """A queued ``job``'s 1-based place in its project's queue and the
+        seconds until it should start (``deployster/estimate.py``); each None
+        when unknown (not in the queue; no history)."""
+        position = await self.queue.position(job.project_id, job.id)
+        if position is None:
+            return None, None
+        return position, (await self.queue.wait(job.project_id)).starts_in(position)
 
     # ----------------------------------------------------------------- health
     async def health(self) -> dict[str, Any]:

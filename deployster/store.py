@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from databases import Database
 
-from .clock import iso
+from .clock import iso, parse_iso
 from .models import DeploySteps, EnvVar, Job, JobStatus, Project, Stage
 
 
@@ -332,6 +332,26 @@ async def select_last_deploys(db: Database) -> dict[int, LastDeploys]:
 # ----------------------------------------------------------------- pruning
 
 _FINISHED = "status IN ('complete', 'failed')"
+
+
+async def select_recent_run_times(db: Database, limit: int) -> dict[int, list[int]]:
+    """Each project's ``limit`` newest complete deployments' run times, in ms
+    (finished_at - started_at), newest first: what start estimates are made of
+    (deployster/estimate.py) when Redis has none. Run once at start-up."""
+    rows = await db.fetch_all(
+        "SELECT project_id, started_at, finished_at FROM (SELECT project_id, started_at, "
+        "finished_at, id, ROW_NUMBER() OVER (PARTITION BY project_id ORDER BY id DESC) AS n "
+        "FROM deployments WHERE status = 'complete' AND started_at IS NOT NULL "
+        "AND finished_at IS NOT NULL) AS recent WHERE n <= :limit ORDER BY project_id, id DESC",
+        {"limit": limit},
+    )
+    found: dict[int, list[int]] = {}
+    for row in rows:
+        started, finished = parse_iso(row["started_at"]), parse_iso(row["finished_at"])
+        if started is not None and finished is not None and finished >= started:
+            ms = int((finished - started).total_seconds() * 1000)
+            found.setdefault(int(row["project_id"]), []).append(ms)
+    return found
 
 
 async def select_deployment_project_ids(db: Database) -> list[int]:

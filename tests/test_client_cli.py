@@ -551,12 +551,40 @@ async def test_a_queued_deploy_shows_its_position_then_streams_and_exits_0(
     running.append(second)
     queued = second.wait_for(second.err, "queued")
     assert "Another deployment is running" in queued
-    assert second.wait_for(second.err, "waiting: position 1 in the queue")
+    waiting = second.wait_for(second.err, "waiting: position 1 in the queue")
+    assert "starts in" not in waiting  # no history: no guess
     gate.touch()
     assert second.finish() == 0, (second.out, second.err)
     stdout = "".join(second.out)
     assert "second\n" in stdout and "gate-open" not in stdout
     assert wait_finished(server, first_id)["status"] == "complete"
+
+
+async def test_a_queued_deploy_says_about_when_it_starts_once_there_is_history(
+    server: LiveServer, registered: Path, tmp_path: Path, running: list[Running]
+) -> None:
+    env = client_env(server)
+    done = run_cli(env, *deploy_args(registered, "sleep 1", RESTART), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    gate = tmp_path / "gate"
+    detach_gated(env, registered, gate, cwd=tmp_path)
+    second = Running(env, *deploy_args(registered, "echo second", RESTART), cwd=tmp_path)
+    running.append(second)
+    waiting = second.wait_for(second.err, "waiting: position 1 in the queue")
+    # One run of about a second so far: it starts within about a second.
+    assert re.search(r"position 1 in the queue, starts in (any moment|about [1-3]s)$", waiting), \
+        waiting
+    gate.touch()
+    assert second.finish() == 0, (second.out, second.err)
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    (0, "any moment"), (0.6, "any moment"), (1.4, "about 1s"), (89, "about 89s"),
+    (90, "about 2 min"), (59 * 60, "about 59 min"), (60 * 60, "about 1 h 0 min"),
+    (100 * 60, "about 1 h 40 min"),
+])
+def test_a_wait_is_said_as_roughly_as_it_is_known(seconds: float, said: str) -> None:
+    assert client.about(seconds) == said
 
 
 async def test_detach_prints_the_job_id_at_once_and_the_job_still_completes(

@@ -17,6 +17,7 @@ from typing import Any
 
 from deployster.autopipe import ScriptBatcher
 from deployster.embedded_redis import ensure_embedded_redis
+from deployster.estimate import DURATIONS_KEPT
 from deployster.events import Event
 from deployster.ids import new_job_id
 from deployster.keys import Keys
@@ -36,6 +37,7 @@ from deployster.redis_scripts import (
     LOCKS_AND_QUEUES,
     QUEUE_ARGV,
     QUEUE_KEYS,
+    QUEUE_WAIT,
     RELEASE,
     SCRIPTS,
     SETTLE,
@@ -181,10 +183,11 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         "queues": keys.queues, "running": keys.running, "dirty": keys.dirty,
         "events": keys.events, "current": keys.current(P), "sigs": keys.signatures(P),
         "job": keys.job(J), "feed": keys.feed, "log": keys.log(J), "seq": keys.queue_seq(P),
-        "legacy": keys.legacy_queue(P),
+        "legacy": keys.legacy_queue(P), "durations": keys.durations(P),
     }
     head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix,
-            "byref_prefix": keys.byref_prefix(P), "queue_prefix": keys.queue_prefix}
+            "byref_prefix": keys.byref_prefix(P), "queue_prefix": keys.queue_prefix,
+            "current_prefix": keys.current_prefix, "durations_prefix": keys.durations_prefix}
     # Each call with its named arguments; ARGV names match the arguments' names.
     calls: list[tuple[Lua, dict[str, Any], Callable[..., Awaitable[Any]]]] = [
         (ENQUEUE, dict(runner="rn", job_id=J, policy="pl", signature="sg", fields="fd",
@@ -199,13 +202,14 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (APPEND, dict(job_id=J, fence=4, maxlen=9, now_ms=11, batch="bt", expect=12,
                       chunks=["c1", "c2"]), s.append),
         (STATUS_READ, dict(job_id=J, nonce="nc", project=P), s.status_read),
+        (QUEUE_WAIT, {}, s.queue_wait),
         (STATUS_SQL, dict(job_id=J, nonce="nc", from_end="17"), s.status_sql),
         (SETTLE, dict(job_id=J, version="vs", retention_s=13, log_grace_s=7,
                         finished="1"), s.settle),
     ]
     assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES} == set(SCRIPTS)
     for lua, named, call in calls:
-        project = {"project_id": P} if "lock" in lua.keys else {}
+        project = {"project_id": P} if {"lock", "durations"} & set(lua.keys) else {}
         got_keys, got_argv = await call(**project, **named)
         want_keys = (dict(key_values, job=keys.job("-")) if lua in (CLAIM, UPGRADE_QUEUE)
                      else key_values)
@@ -279,3 +283,8 @@ async def test_every_script_runs_on_redis_6_2(own_redis_dir: Path) -> None:
         assert await queue.scripts.locks_and_queues([1]) == [None, -2, 0]
     finally:
         await client.aclose()
+
+
+def test_the_lua_and_python_keep_the_same_number_of_run_times() -> None:
+    # wait.lua trims the list; estimate.py reads as many from SQL to refill it.
+    assert f"local DURATIONS_KEPT = {DURATIONS_KEPT}\n" in lua_text("wait")

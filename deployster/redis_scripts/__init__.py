@@ -88,9 +88,9 @@ def _load(name: str, keys: tuple[str, ...], argv: tuple[str, ...] = (),
 
 # The head every queue script's KEYS and ARGV start with (queue.lua names them).
 QUEUE_KEYS = ("lock", "queue", "fence", "queues", "running", "dirty", "events", "current",
-              "sigs", "job", "feed", "seq", "legacy")
+              "sigs", "job", "feed", "seq", "legacy", "durations")
 QUEUE_ARGV = ("job_prefix", "project", "now", "runner", "log_prefix", "now_ms", "byref_prefix")
-_QUEUE_LIBS = ("lock", "log", "queue")
+_QUEUE_LIBS = ("lock", "log", "wait", "queue")
 
 ENQUEUE = _load("enqueue", QUEUE_KEYS,
                 (*QUEUE_ARGV, "job_id", "policy", "signature", "fields", "cap"), _QUEUE_LIBS)
@@ -103,16 +103,18 @@ BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms")
 RELEASE = _load("release", ("lock", "events"), ("owner", "event"), ("lock",))
 APPEND = _load("append", ("job", "log"),
                ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
-STATUS_READ = _load("status_read", ("job", "log"), ("nonce", "job_id", "queue_prefix", "project"),
-                    ("log",))
+STATUS_READ = _load("status_read", ("job", "log"),
+                    ("nonce", "job_id", "queue_prefix", "project", "job_prefix", "current_prefix",
+                     "durations_prefix", "now_ms"), ("log", "wait"))
+QUEUE_WAIT = _load("queue_wait", ("durations", "current"), ("job_prefix", "now_ms"), ("wait",))
 STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "log_grace_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
 
 SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, UPGRADE_QUEUE, BEAT, RELEASE, APPEND, STATUS_READ,
-           STATUS_SQL, SETTLE, LOCKS_AND_QUEUES)
-LIBRARIES = ("lock", "log", "queue")
+           QUEUE_WAIT, STATUS_SQL, SETTLE, LOCKS_AND_QUEUES)
+LIBRARIES = ("lock", "log", "wait", "queue")
 
 
 class Scripts:
@@ -188,6 +190,10 @@ class Scripts:
         return self._register(STATUS_READ)
 
     @cached_property
+    def _queue_wait(self) -> AsyncScript:
+        return self._register(QUEUE_WAIT)
+
+    @cached_property
     def _status_sql(self) -> AsyncScript:
         return self._register(STATUS_SQL)
 
@@ -205,7 +211,7 @@ class Scripts:
         return [k.lock(project_id), k.queue(project_id), k.fence(project_id), self._queues,
                 self._running, self._dirty, self._events, k.current(project_id),
                 k.signatures(project_id), job_key, self._feed, k.queue_seq(project_id),
-                k.legacy_queue(project_id)]
+                k.legacy_queue(project_id), k.durations(project_id)]
 
     def _queue_argv(self, project_id: int, runner: str) -> list[str | int]:
         return [self._job_prefix, project_id, iso(), runner, self._log_prefix, now_ms(),
@@ -273,7 +279,14 @@ class Scripts:
     def status_read(self, *, job_id: str, nonce: str, project: int | str = "") -> Awaitable[Any]:
         """status_read.lua; ``project`` '' lets any project's job be read."""
         return self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)],
-                                 args=[nonce, job_id, self._queue_prefix, project])
+                                 args=[nonce, job_id, self._queue_prefix, project,
+                                       self.keys.job_prefix, self.keys.current_prefix,
+                                       self.keys.durations_prefix, now_ms()])
+
+    def queue_wait(self, *, project_id: int) -> Awaitable[Any]:
+        """queue_wait.lua: {typical_ms, remaining_ms} of the project's queue."""
+        keys = [self.keys.durations(project_id), self.keys.current(project_id)]
+        return self._queue_wait(keys=keys, args=[self.keys.job_prefix, now_ms()])
 
     def status_sql(self, *, job_id: str, nonce: str, from_end: str) -> Awaitable[Any]:
         """status_sql.lua: the cursor to the log's end after a read from SQL."""

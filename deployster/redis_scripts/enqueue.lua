@@ -1,6 +1,6 @@
 -- enqueue: store a job at the tail of its project's queue; with a runner, claim
 -- the head of the queue in the same step if the lock is free.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id policy signature fields cap
 --   (the first thirteen KEYS and seven ARGV: see queue.lua) job_id: the new job,
 --   whose record is KEYS job; policy: the project's queue policy ('fifo',

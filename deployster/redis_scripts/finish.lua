@@ -1,5 +1,5 @@
 -- finish: end a running job and hand the lock to the next one, in one step.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id fence status reason exit_code closing nonce
 --   (the first thirteen KEYS and seven ARGV: see queue.lua; runner '' claims
 --   nothing) job_id: the job, whose record is KEYS job; fence: the fence its

@@ -1,8 +1,9 @@
 -- queue: what the queue's scripts (enqueue, claim, finish, cancel, upgrade_queue)
 -- share: the queue itself (byref, queue_push, queue_remove, queue_upgrade),
--- publish, log_line, end_job and claim. A library, after lock.lua and log.lua.
+-- publish, log_line, end_job and claim. A library, after lock.lua, log.lua
+-- and wait.lua.
 -- Every queue script's KEYS and ARGV start with the same names:
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix
 --   lock: the project's lock; queue: its queue, a sorted set of job ids scored
 --   by seq; fence: its fencing counter; queues: projects whose queue may be
@@ -11,7 +12,8 @@
 --   project's job that claimed the lock last; sigs: signature -> queued job;
 --   job: the job record the call is about (a placeholder for claim); feed:
 --   the channel for watchers only; seq: the queue's enqueue counter; legacy:
---   the queue as a list, as older versions kept it (moved over, then deleted).
+--   the queue as a list, as older versions kept it (moved over, then deleted);
+--   durations: its recent complete jobs' run times (wait.lua).
 --   job_prefix, log_prefix: a job id after them is its record's, its log's
 --   key; project: the project id; now: ISO UTC, now_ms: epoch ms; runner: the
 --   dispatcher that runs a job claimed here ('' = claim nothing);
@@ -90,13 +92,17 @@ end
 -- A queued job leaves the queue here (a project left with none leaves K_QUEUES).
 local function end_job(id, status, reason, extra_fields, closing)
   local jk = JOB_PREFIX .. id
-  local was = redis.call('HMGET', jk, 'status', 'ref_name', 'signature')
+  local was = redis.call('HMGET', jk, 'status', 'ref_name', 'signature', 'started_ms')
   if was[1] == 'queued' then
     queue_remove(id, was[2])
     if redis.call('ZCARD', K_QUEUE) == 0 then redis.call('SREM', K_QUEUES, PROJECT) end
   end
   if closing and closing ~= '' then log_line(id, '[deployster] ' .. closing .. '\n') end
   redis.call('HSET', jk, 'status', status, 'finished_at', NOW)
+  if status == 'complete' and was[4] then  -- what start estimates learn from (wait.lua)
+    redis.call('LPUSH', K_DURATIONS, tonumber(NOW_MS) - tonumber(was[4]))
+    redis.call('LTRIM', K_DURATIONS, 0, DURATIONS_KEPT - 1)
+  end
   if reason ~= '' then redis.call('HSET', jk, 'reason', reason) end
   if extra_fields then redis.call('HSET', jk, unpack(extra_fields)) end
   redis.call('HDEL', K_RUNNING, id)
@@ -135,8 +141,8 @@ local function claim()
       lock_take(K_LOCK, id, st[2])
       redis.call('SET', K_CURRENT, id)
       local fence = redis.call('INCR', K_FENCE)
-      redis.call('HSET', jk, 'status', 'running', 'started_at', NOW, 'fence', fence,
-                 'runner', RUNNER)
+      redis.call('HSET', jk, 'status', 'running', 'started_at', NOW, 'started_ms', NOW_MS,
+                 'fence', fence, 'runner', RUNNER)
       if st[3] and redis.call('HGET', K_SIGS, st[3]) == id then
         redis.call('HDEL', K_SIGS, st[3])
       end

@@ -108,4 +108,6 @@ async def status(job_id: str) -> Any:
         reply["superseded_by"] = read.superseded_by
     if read.position is not None:
         reply["position"] = read.position
+    if read.starts_in is not None:
+        reply["estimated_start_in"] = read.starts_in
     return jsonify(reply)

@@ -58,7 +58,8 @@ STREAM_DESCRIPTION = """\
 
 Events:
 
-- `event: status` — `data: {"status": "queued"|"running", "position": <int, queued only>}`,
+- `event: status` — `data: {"status": "queued"|"running", "position": <int, queued only>,
+  "estimated_start_in": <seconds, queued only, when the project has history>}`,
   sent first and whenever the status or the queue position changes.
 - `event: log` — `id: <cursor after this chunk>`, `data: {"text": "<chunk>"}`: the
   chunk is JSON-encoded on one `data:` line so it round-trips exactly (newlines
@@ -203,13 +204,15 @@ async def events(
                 return
             out: list[bytes] = []
             if not job.status.finished:
-                position = (await the_core.queue_position(job)
-                            if job.status is JobStatus.QUEUED else None)
+                position, starts_in = (await the_core.queue_place(job)
+                                       if job.status is JobStatus.QUEUED else (None, None))
                 if (job.status.value, position) != state:
                     state = (job.status.value, position)
                     body: dict[str, Any] = {"status": job.status.value}
                     if position is not None:
                         body["position"] = position
+                    if starts_in is not None:
+                        body["estimated_start_in"] = starts_in
                     out.append(sse("status", body))
             if part.text:
                 out.append(sse("log", {"text": part.text}, part.next))

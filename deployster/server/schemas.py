@@ -61,6 +61,12 @@ class DeployBody(BaseModel):
         json_schema_extra={"pattern": NO_CONTROLS})
 
 
+# The start estimate of a queued job, wherever it is given (deployster/estimate.py).
+ESTIMATE = ("Seconds until the queued job should start: the running job's remaining time plus "
+            "a typical run per job ahead (the median of the project's last ten complete jobs). "
+            "Absent without history.")
+
+
 class DeployAccepted(BaseModel):
     job_id: str
     queued: bool | None = None
@@ -75,6 +81,7 @@ class StatusReply(BaseModel):
     reason: str | None = None
     position: int | None = None
     superseded_by: str | None = None
+    estimated_start_in: float | None = Field(None, description=ESTIMATE)
 
 
 class ErrorReply(BaseModel):
@@ -160,6 +167,7 @@ class JobRecord(JobReply):
     position: int | None = Field(
         None, description="1-based place in the project's queue (queued jobs only)."
     )
+    estimated_start_in: float | None = Field(None, description=ESTIMATE)
     log_bytes: int | None = Field(
         None, description="The log's size in bytes so far: the cursor of its end."
     )
@@ -246,6 +254,7 @@ class StatusEvent(BaseModel):
 
     status: Literal["queued", "running"]
     position: int | None = Field(None, description="1-based place in the queue (queued only).")
+    estimated_start_in: float | None = Field(None, description=ESTIMATE)
 
 
 class LogEvent(BaseModel):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import cast
 
 from deployster.clock import iso
+from deployster.estimate import StartEstimate
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow
 from deployster.service import Deployster
@@ -266,8 +267,10 @@ def demo_project_screen(*, runners: frozenset[str] = frozenset({RUNNER})) -> Pro
               for i, line in enumerate(FAILED_LOG.splitlines(keepends=True))]
     logs = {RUNNING_JOB: demo_log_chunks(), history[0].id: [LogChunk(DEMO_LOG, None)],
             history[1].id: failed}
+    # A typical run of 1:35 (the median of the last ten), 19 s of it done.
+    wait = StartEstimate(typical_ms=95_000, remaining_ms=76_000)
     return ProjectScreen(demo_reader(), demo_overview(runners=runners), project, queue=queue,
-                         history=history, logs=logs)
+                         history=history, logs=logs, wait=wait)
 
 
 def demo_log_screen() -> LogScreen:

@@ -132,7 +132,7 @@ class Reader:
     # ------------------------------------------------------------- a project
     async def queue(self, project_id: int) -> QueueWindow:
         """The head of the project's queue (``overview.QUEUE_WINDOW`` jobs, in
-        order) and its length."""
+        order), its length and its start estimate."""
         return await overview.queued_jobs(self.core, project_id)
 
     async def history(self, project_id: int, *, before: str | None = None,

@@ -211,6 +211,9 @@ async def test_the_queue_says_what_its_times_are_and_the_full_log_names_its_job(
         assert first[2] == "running" and re.fullmatch(r"run 0:0\d", first[4]), first
         assert second[2] == "queued" and re.fullmatch(r"0:0\d", second[4]), second
         assert str(queue.ordered_columns[4].label) == "waiting"
+        # A first deploy: no history to say when the queued job starts.
+        assert str(queue.ordered_columns[5].label) == "starts in"
+        assert first[5] == second[5] == "—"
         await pilot.press("l")  # the running job's log, full screen
         await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="the log")
         title = app.screen.query_one("#log-screen-title", Static)

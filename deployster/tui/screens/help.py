@@ -36,6 +36,9 @@ TERMS: list[tuple[str, str]] = [
                     "(interrupted)"),
     ("queue", "jobs waiting for the project's lock; in a project's queue, 'waiting' is "
               "how long each has waited, and 'run' how long the running job has run"),
+    ("starts in", "about when a queued job starts: the running job's rest plus a typical "
+                  "run (the median of the last ten complete) per job ahead; '—' without "
+                  "history. For the running job: what it has left of a typical run"),
     ("last", "the last finished deploy: ✔ complete or ✘ failed (the reason), and when"),
     ("deployed", "the commit deployed now (the newest complete job's); ↺ marks a "
                  "redeploy or rollback"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from rich.text import Text
@@ -22,10 +23,12 @@ from textual.containers import Horizontal, Vertical
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
+from deployster.estimate import StartEstimate
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow
 
 from ..format import (
+    DASH,
     clock_duration,
     commit,
     commit_cell,
@@ -81,7 +84,7 @@ class ProjectScreen(CoreScreen):
     def __init__(
         self, reader: Reader, overview: Overview, project: Project, *,
         queue: list[Job] | None = None, history: list[Job] | None = None,
-        logs: dict[str, list[LogChunk]] | None = None,
+        logs: dict[str, list[LogChunk]] | None = None, wait: StartEstimate | None = None,
     ) -> None:
         """With ``queue``, ``history`` and ``logs`` given, shows them as they are
         and reads nothing (demo data, snapshots)."""
@@ -92,6 +95,10 @@ class ProjectScreen(CoreScreen):
         # Jobs in the queue, the running one included: more than ``self.queue``
         # holds once the queue is longer than the window read (QUEUE_WINDOW).
         self.queue_total = len(self.queue)
+        # The queue's start estimate and when it was read (monotonic s): the
+        # running job's rest shrinks with the clock between reads.
+        self.wait = wait or StartEstimate()
+        self._wait_read = time.monotonic()
         self.history: list[Job] = history or []
         self.history_done = self.fixed
         self.logs = logs or {}
@@ -102,7 +109,7 @@ class ProjectScreen(CoreScreen):
         self._loaded_at = 0.0
         # What the tables show now: drawn again only when this changes.
         self._queue_shown: list[tuple[str, tuple[object, ...]]] = []
-        self._queue_times: dict[str, str] = {}
+        self._queue_times: dict[str, tuple[str, str]] = {}
         self._history_shown: list[Job] | None = None
 
     def compose(self) -> ComposeResult:
@@ -111,7 +118,7 @@ class ProjectScreen(CoreScreen):
             with Vertical(id="project-left"):
                 yield Static("queue", classes="pane-title", id="queue-title")
                 queue: DataTable[Any] = DataTable(id="queue", cursor_type="row")
-                for label in ("#", "job", "status", "commit", "waiting", "ref"):
+                for label in ("#", "job", "status", "commit", "waiting", "starts in", "ref"):
                     queue.add_column(label, key=label)
                 yield queue
                 yield Static("history", classes="pane-title", id="history-title")
@@ -189,6 +196,7 @@ class ProjectScreen(CoreScreen):
             row.running.status is JobStatus.RUNNING else None
         self.queue = ([running] if running else []) + window.jobs
         self.queue_total = (1 if running else 0) + window.total
+        self.wait, self._wait_read = window.wait, time.monotonic()
         async with self._history_lock:  # never interleaved with a page load
             limit = max(PAGE, len(self.history))
             rows = await self.reader.history(self.project.id, limit=limit + 1)
@@ -236,6 +244,23 @@ class ProjectScreen(CoreScreen):
             return f"run {clock_duration(run_time(job, gone=gone))}"
         return clock_duration(since(job.queued_at))
 
+    def _queue_eta(self, job: Job, position: int) -> str:
+        """The ``starts in`` column (deployster/estimate.py): about when a
+        queued job starts; for the running job, what it has left of a typical
+        run. A dash without history, or for a running job past it."""
+        wait = self.wait.aged(time.monotonic() - self._wait_read)
+        if job.status is JobStatus.RUNNING:
+            return f"~{clock_duration(wait.remaining_ms / 1000)} left" \
+                if wait.typical_ms is not None and wait.remaining_ms > 0 else DASH
+        starts_in = wait.starts_in(position)
+        return DASH if starts_in is None else f"~{clock_duration(starts_in)}"
+
+    def _queue_clocks(self) -> list[tuple[str, str]]:
+        """Each queue row's two ticking cells: waiting (or run) and starts in."""
+        offset = 0 if self.queue and self.queue[0].status is JobStatus.RUNNING else 1
+        return [(self._queue_time(job), self._queue_eta(job, i + offset))
+                for i, job in enumerate(self.queue)]
+
     def _render_queue(self) -> None:
         queue = self.query_one("#queue", DataTable)
         rows = self._queue_rows()
@@ -245,10 +270,10 @@ class ProjectScreen(CoreScreen):
         cursor, key = queue.cursor_row, _key_at_cursor(queue)
         queue.clear()
         self._queue_times = {}
-        for job, (job_id, (pos, short, status, commit_text, ref_text)) in zip(
-                self.queue, rows, strict=True):
-            when = self._queue_times[job_id] = self._queue_time(job)
-            queue.add_row(pos, short, status, commit_text, when, ref_text, key=job_id)
+        for (job_id, (pos, short, status, commit_text, ref_text)), clocks in zip(
+                rows, self._queue_clocks(), strict=True):
+            self._queue_times[job_id] = clocks
+            queue.add_row(pos, short, status, commit_text, *clocks, ref_text, key=job_id)
         self._queue_shown = rows
         if self.queue:
             queue.move_cursor(row=_row_of(self.queue, key, cursor), animate=False)
@@ -256,11 +281,15 @@ class ProjectScreen(CoreScreen):
     def _tick_queue(self) -> None:
         """The queue's times, the cells whose text moved only."""
         queue = self.query_one("#queue", DataTable)
-        for job in self.queue:
-            when = self._queue_time(job)
-            if self._queue_times.get(job.id) != when:
-                self._queue_times[job.id] = when
-                queue.update_cell(job.id, "waiting", when)
+        for job, clocks in zip(self.queue, self._queue_clocks(), strict=True):
+            was = self._queue_times.get(job.id)
+            if was == clocks:
+                continue
+            self._queue_times[job.id] = clocks
+            for column, text, before in zip(("waiting", "starts in"), clocks,
+                                            was or ("", ""), strict=True):
+                if text != before:
+                    queue.update_cell(job.id, column, text)
 
     def _render_history(self) -> None:
         if self.history == self._history_shown:
