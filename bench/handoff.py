@@ -17,7 +17,11 @@ last command; its directory is no git work tree, so no checkout runs
     python bench/handoff.py [--jobs 100] [--redis-url URL] [--database-url PG_URL]
 
 Target: p99 <= 5 ms (the floor: one Redis round trip and a fork/exec of sh;
-the seed polled every 3 s).
+the seed polled every 3 s). The floor is measured too, in the same run
+(``--floor``, default as many as ``--jobs``): this script itself runs the same
+last command, waits for its shell to exit, makes one Redis round trip and
+starts the same first command, with nothing else in between; the ratio of the
+server's figures to the floor's says how much of the hand-off is deployster's.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import redis
 from _harness import BenchEnv, add_common_args, deploy_body, headers, summary, verdict, wait_until
 
 TARGET_P99_MS = 5.0
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=100, help="jobs to queue (>= 2; default 100)")
     parser.add_argument("--slowest", type=int, default=3,
                         help="also list the N slowest hand-offs with their place in the queue")
+    parser.add_argument("--floor", type=int, default=None,
+                        help="hand-offs of the floor measurement (default: --jobs; 0: skip)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="give up after this many seconds of running the queue")
     add_common_args(parser)
@@ -132,7 +140,46 @@ def main(argv: list[str] | None = None) -> int:
         if args.slowest > 0:
             worst = sorted(indexed, key=lambda item: -item[1])[: args.slowest]
             print("  slowest: " + ", ".join(f"#{k}->#{k + 1} {gap:.1f} ms" for k, gap in worst))
+        rounds = args.jobs if args.floor is None else args.floor
+        if rounds > 0:
+            floor = summary(measure_floor(env, stamp_first, rounds))
+            print(f"  floor (same commands, one Redis round trip, nothing else; {rounds} "
+                  f"rounds): p50 {floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms")
+            print(f"  deployster / floor: p50 {s['p50'] / floor['p50']:.2f}x, "
+                  f"p99 {s['p99'] / floor['p99']:.2f}x")
     return 0
+
+
+def measure_floor(env: BenchEnv, stamp_first: str, rounds: int) -> list[float]:
+    """The hand-off with nothing but its unavoidable parts, in ms per round:
+    the last command's shell exits and is reaped, one Redis round trip (the
+    claim), the next first command's shell is started and stamps its time."""
+    stamps = env.tmp / "floor-stamps"
+    path = f"{env.stub_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    base = {**os.environ, "PATH": path}
+    last_cmd = ["/bin/sh", "-c", "supervisorctl restart handoff-app"]
+    client = redis.Redis.from_url(env.redis_url)
+    gaps: list[float] = []
+    try:
+        for k in range(rounds):
+            job = f"floor{k}"
+            env_k = {**base, "DEPLOYSTER_JOB_ID": job}
+            stamps.unlink(missing_ok=True)
+            subprocess.run(last_cmd, env=env_k, cwd=env.tmp, check=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            client.ping()
+            subprocess.run(["/bin/sh", "-c", stamp_first.replace(str(env.tmp / "stamps"),
+                                                                 str(stamps))],
+                           env=env_k, cwd=env.tmp, check=True, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL)
+            # The stub stamps the real stamps file; read both of this round's.
+            first, _ = parse_stamps(stamps)
+            _, last = parse_stamps(env.tmp / "stamps")
+            if job in first and job in last:
+                gaps.append((first[job] - last[job]) / 1e6)
+    finally:
+        client.close()
+    return gaps
 
 
 if __name__ == "__main__":

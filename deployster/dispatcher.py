@@ -22,11 +22,12 @@ from .events import Event, decode
 from .history import HistoryWriter
 from .leaseguard import LeaseGuard, deadlines
 from .logformat import job_log
-from .logstream import LogWriter
+from .logstream import LastBatch, LogWriter
 from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
 from .outages import classify, describe
 from .procinfo import boot_id, hostname, process_identity
+from .queue import FinishResult
 from .redis_conn import REDIS_DOWN
 from .runner import Outcome, Runner
 from .service import Deployster
@@ -206,13 +207,14 @@ class Dispatcher:
             self.launch(job_id)
 
     # ------------------------------------------------------------- running
-    def launch(self, job_id: str) -> None:
+    def launch(self, job_id: str, record: dict[str, str] | None = None) -> None:
         """Run a job this process has claimed (its lock is already ours); a job
-        already running here is not started twice."""
+        already running here is not started twice. ``record``: the job's
+        record as the claim read it (HGETALL's shape), else it is read here."""
         if job_id in self._active:
             return
         self._active.add(job_id)
-        task = asyncio.create_task(self._run_job(job_id), name=f"job:{job_id}")
+        task = asyncio.create_task(self._run_job(job_id, record), name=f"job:{job_id}")
         self._job_tasks.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
@@ -221,12 +223,14 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
-    async def _run_job(self, job_id: str) -> None:
+    async def _run_job(self, job_id: str, record: dict[str, str] | None = None) -> None:
         core = self.core
         began = time.monotonic()
         self.history.notify()
         try:
-            job = await core.jobs.get(job_id, raw=True)  # the runner alone reads them
+            # The commands as sent (raw): the runner alone reads them.
+            job = (Job.from_redis(record, raw=True) if record
+                   else await core.jobs.get(job_id, raw=True))
             if job is None:  # vanished between claim and start: nothing to run
                 log.error("claimed job %s has no record", job_id)
                 return
@@ -286,7 +290,14 @@ class Dispatcher:
                     await asyncio.gather(guard, return_exceptions=True)
                     self.runners.pop(job.id, None)
                     self.lease_guard.end(job.id)
-        result = await self._finish(job, outcome)
+            # The log's last batch goes with the job's end, in one step.
+            last_output = await logw.seal()
+        result = await self._finish(job, outcome, last_output)
+        if result.next_job is not None:  # first: the hand-off waits for nothing below
+            self.launch(result.next_job, result.next_record)
+            # Let it run up to its first command's spawn before this one's
+            # bookkeeping (a log line, the history's wake-up).
+            await asyncio.sleep(0)
         seconds = round(time.monotonic() - began, 2)
         job_log.info(
             "job %s %s%s in %.2fs", job.id, outcome.status.value,
@@ -295,8 +306,6 @@ class Dispatcher:
                               "status": outcome.status.value, "reason": outcome.reason,
                               "exit_code": outcome.exit_code, "seconds": seconds}})
         self.history.notify()
-        if result is not None:
-            self.launch(result)
 
     async def _record_checkout(self, job: Job, sha: str) -> None:
         """Note the commit the job's work tree was pinned to (shown by
@@ -319,7 +328,8 @@ class Dispatcher:
         except REDIS_DOWN as exc:
             log.warning("could not record the process of %s (%s)", job.id, exc)
 
-    async def _finish(self, job: Job, outcome: Outcome) -> str | None:
+    async def _finish(self, job: Job, outcome: Outcome,
+                      last_output: LastBatch | None = None) -> FinishResult:
         delay = 0.1
         nonce = uuid.uuid4().hex  # one finish, however often it is sent
         while True:
@@ -327,8 +337,9 @@ class Dispatcher:
                 done = await self.core.queue.finish(
                     job, outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
                     runner=None if self._stopping else self.core.runner_id, nonce=nonce,
+                    last_output=last_output,
                 )
-                return done.next_job
+                return done
             except REDIS_DOWN as exc:  # keep the outcome until Redis is back
                 log.warning("could not record the end of %s (%s); retrying", job.id, exc)
                 await asyncio.sleep(delay)

@@ -26,6 +26,10 @@ log = logging.getLogger("deployster.history")
 BATCH = 200
 PRUNE_EVERY = 3600.0  # seconds between history prunes (when DEPLOYSTER_HISTORY_DAYS is set)
 SCHEMA_CHECK_EVERY = 10.0  # seconds between checks that the tables are still there
+# Seconds a notified pass waits before it reads: the hand-off that notified it
+# (a job's end, the next one's claim and spawn) runs first, undisturbed (bench/
+# handoff.py), and a burst of changes is written as one batch.
+COALESCE = 0.05
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -60,6 +64,8 @@ class HistoryWriter:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
                 pass
+            if not self._stopping:
+                await asyncio.sleep(COALESCE)
             self._wake.clear()
             try:
                 await self._schema_check_when_due()

@@ -68,7 +68,7 @@ from typing import Protocol
 from urllib.parse import quote, quote_plus
 
 from .access import TOKEN_BODY_LEN, TOKEN_PREFIX
-from .logstream import LogWriter
+from .logstream import LastBatch, LogWriter
 from .models import Project, Stage
 from .printable import escape_controls, find_control
 
@@ -660,6 +660,11 @@ class MaskingWriter:
     async def close(self) -> None:
         self.finish()
         await self.writer.close()
+
+    async def seal(self) -> LastBatch | None:
+        """Release what is held back, then ``LogWriter.seal``."""
+        self.finish()
+        return await self.writer.seal()
 
 
 def job_secrets(pipeline: Iterable[Stage], admin_token: str | None) -> list[str]:

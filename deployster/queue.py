@@ -24,6 +24,8 @@ from .clock import iso
 from .errors import QueueFull
 from .estimate import DURATIONS_KEPT, StartEstimate
 from .keys import Keys
+from .logstream import MAXLEN as LOG_MAXLEN
+from .logstream import LastBatch
 from .models import Job, JobStatus
 from .redis_conn import Redis
 from .redis_scripts import Scripts
@@ -49,6 +51,9 @@ class EnqueueResult:
 class FinishResult:
     ended: bool
     next_job: str | None
+    # The next job's record as finish.lua read it when it claimed it (None:
+    # not read; read it apart), in the shape HGETALL gives.
+    next_record: dict[str, str] | None = None
 
 
 class JobQueue:
@@ -102,6 +107,7 @@ class JobQueue:
         runner: str | None = None,
         closing: str = "",
         nonce: str | None = None,
+        last_output: LastBatch | None = None,
     ) -> FinishResult:
         """Record the end of ``job``, release its lock, start the next job.
 
@@ -109,14 +115,19 @@ class JobQueue:
         caller that is not its runner; the runner writes its own. ``nonce``
         names this finish: a caller retrying after an outage passes the same
         one and gets the first call's answer if that call ran after all.
+        ``last_output``: the runner's last batch of output (``LogWriter.seal``),
+        appended in the same step, before the end is recorded.
         """
-        ended, nxt = await self.scripts.finish(
+        batch = last_output or LastBatch("", [], 0)
+        ended, nxt, record = await self.scripts.finish(
             project_id=job.project_id, runner=runner or "", job_id=job.id, fence=job.fence,
             status=status.value, reason=reason or "",
             exit_code="" if exit_code is None else str(exit_code), closing=closing,
-            nonce=nonce or uuid.uuid4().hex,
+            nonce=nonce or uuid.uuid4().hex, batch=batch.id, expect=batch.expect,
+            maxlen=LOG_MAXLEN, chunks=batch.chunks,
         )
-        return FinishResult(bool(ended), nxt or None)
+        fields = dict(zip(record[::2], record[1::2], strict=True)) if record else None
+        return FinishResult(bool(ended), nxt or None, fields)
 
     async def cancel(self, job: Job) -> str:
         """Cancel ``job``; returns its status before the call ('' if unknown).

@@ -146,6 +146,9 @@ async def test_finish_releases_the_lock_and_starts_the_next_in_one_call(
     assert await core.jobs.running() == {second.id: "r1"}
     nxt = await core.jobs.get(second.id)
     assert nxt is not None and nxt.fence > running.fence
+    # The next job's record comes with the answer, as claimed: its runner
+    # starts it without reading it again.
+    assert result.next_record == await core.redis.hgetall(core.keys.job(second.id))
 
 
 async def test_finish_without_runner_frees_the_lock_and_leaves_the_queue(
@@ -157,7 +160,7 @@ async def test_finish_without_runner_frees_the_lock_and_leaves_the_queue(
     running = await core.jobs.get(first.id)
     assert running is not None
     result = await core.queue.finish(running, JobStatus.COMPLETE, runner=None)
-    assert result.ended and result.next_job is None
+    assert result.ended and result.next_job is None and result.next_record is None
     assert (await core.lock.state(PROJECT)).owner is None
     assert await status_of(core, first.id) is JobStatus.COMPLETE
     assert await core.queue.queued_ids(PROJECT) == [second.id]

@@ -96,7 +96,8 @@ ENQUEUE = _load("enqueue", QUEUE_KEYS,
                 (*QUEUE_ARGV, "job_id", "policy", "signature", "fields", "cap"), _QUEUE_LIBS)
 CLAIM = _load("claim", QUEUE_KEYS, QUEUE_ARGV, _QUEUE_LIBS)
 FINISH = _load("finish", QUEUE_KEYS, (*QUEUE_ARGV, "job_id", "fence", "status", "reason",
-                                      "exit_code", "closing", "nonce"), _QUEUE_LIBS)
+                                      "exit_code", "closing", "nonce", "batch", "expect",
+                                      "maxlen", "*chunks"), _QUEUE_LIBS)
 CANCEL = _load("cancel", QUEUE_KEYS, (*QUEUE_ARGV, "job_id", "nonce"), _QUEUE_LIBS)
 UPGRADE_QUEUE = _load("upgrade_queue", QUEUE_KEYS, QUEUE_ARGV, _QUEUE_LIBS)
 BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms"), ("lock",))
@@ -235,13 +236,14 @@ class Scripts:
 
     def finish(
         self, *, project_id: int, runner: str, job_id: str, fence: int, status: str,
-        reason: str, exit_code: str, closing: str, nonce: str,
+        reason: str, exit_code: str, closing: str, nonce: str, batch: str = "",
+        expect: int | str = "", maxlen: int | str = "", chunks: Sequence[bytes | str] = (),
     ) -> Awaitable[Any]:
-        """finish.lua."""
+        """finish.lua; ``batch`` '' (the default) appends no output first."""
         return self._finish(
             keys=self._queue_keys(project_id, self.keys.job(job_id)),
             args=[*self._queue_argv(project_id, runner), job_id, fence, status, reason,
-                  exit_code, closing, nonce],
+                  exit_code, closing, nonce, batch, expect, maxlen, *chunks],
         )
 
     def cancel(self, *, project_id: int, job_id: str, nonce: str) -> Awaitable[Any]:

@@ -25,41 +25,11 @@
 -- over) writes nothing.
 --
 -- Idempotence: a batch sent again (its first reply was lost, but the first call
--- may have run) is not appended again. A batch id is unique to one batch of one
--- writer, so the batch is in when an entry carries its id. Which entries to look
--- at: the last one (free: it is read for the offset anyway); and, when the log
--- is no longer where the writer's last acknowledged append left it (expect),
--- every entry from there on: its earlier try may be followed by someone else's
--- line (a closing line). In the usual case the log is where the writer expects
--- it and nothing more is read. Someone else's append in between does not
--- block the writer: a batch not found goes in at the end, as ever.
+-- may have run) is not appended again (log.lua's append_batch, which
+-- finish.lua also uses for a job's last batch).
 
 if FENCE ~= '' then
   local st = redis.call('HMGET', K_JOB, 'status', 'fence')
   if st[1] ~= 'running' or st[2] ~= FENCE then return 0 end
 end
-local function has_batch(f)
-  for j = 1, #f, 2 do
-    if f[j] == 'b' and f[j + 1] == BATCH then return true end
-  end
-  return false
-end
-local offset, _, f = log_offset(K_LOG)
-if f then
-  if BATCH ~= '' and has_batch(f) then return 1 + offset end
-  local expect = tonumber(EXPECT)
-  if BATCH ~= '' and expect and expect ~= offset then
-    for _, entry in ipairs(redis.call('XRANGE', K_LOG, string.format('%d-0', expect), '+')) do
-      if has_batch(entry[2]) then return 1 + offset end
-    end
-  end
-end
-for i = CHUNKS_FROM, #ARGV do
-  local chunk = ARGV[i]
-  if #chunk > 0 then
-    redis.call('XADD', K_LOG, 'MAXLEN', '~', MAXLEN, string.format('%d-1', offset),
-               'd', chunk, 't', NOW_MS, 'b', BATCH)
-    offset = offset + #chunk
-  end
-end
-return 1 + offset
+return 1 + append_batch(K_LOG, BATCH, EXPECT, MAXLEN, NOW_MS, CHUNKS_FROM)
