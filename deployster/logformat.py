@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -26,6 +27,19 @@ def fields(record: logging.LogRecord) -> dict[str, Any]:
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT)
+        self._second: int | None = None
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # The date and time are made once a second, not once a line: a busy
+        # server writes a line per request (bench/deploy_throughput.py).
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"  # as logging.Formatter writes it
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -48,7 +62,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def use(format_name: str) -> None:
-    """Give every handler of the root logger the ``text`` or ``json`` format."""
+    """Give every handler of the root logger the ``text`` or ``json`` format.
+
+    Neither format shows the thread or the process, so log records no longer
+    look them up (the logging HOWTO's "Optimization" section)."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     formatter: logging.Formatter = JsonFormatter() if format_name == "json" else TextFormatter()
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)
