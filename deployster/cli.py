@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = psub.add_parser("list", help="list registered projects")
     lst.add_argument("--json", action="store_true",
                      help="print JSON: the objects of the API's GET /projects")
+    lst.add_argument("--node", help="only this node's projects (a fleet: 'deployster nodes')")
     lst.set_defaults(handler=cmd_project_list)
 
     show = psub.add_parser("show", help="show one project")
@@ -180,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove the project's token: it stops working at once")
     token.set_defaults(handler=cmd_project_token)
 
+    nodes = sub.add_parser(
+        "nodes", help="the nodes (hosts) sharing this Redis: up or down, heartbeat, URL",
+        description="Each 'deployster serve' is a node (DEPLOYSTER_NODE); several hosts' "
+                    "servers may share one Redis and one PostgreSQL (README: Several hosts).")
+    nodes.add_argument("--json", action="store_true", help="print JSON")
+    nodes.set_defaults(handler=cmd_nodes)
+
     job = sub.add_parser("job", help="act on a deploy job")
     jsub = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
     cancel = jsub.add_parser("cancel", help="cancel a queued or running job")
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     jlist.add_argument("--limit", type=_positive_count, default=20, metavar="N",
                        help="how many (default 20)")
     jlist.add_argument("--json", action="store_true")
+    jlist.add_argument("--node", help="only deploys of this node's projects")
     jlist.set_defaults(handler=cmd_job_list)
     jshow = jsub.add_parser("show", help="one job: status, times, commands (secrets masked)")
     jshow.add_argument("job_id")
@@ -533,19 +542,55 @@ def cmd_project_list(args: argparse.Namespace) -> int:
     from .table import Column, render
 
     async def body(core: Deployster) -> int:
-        projects = await project_summaries(core)
+        projects = [p for p in await project_summaries(core)
+                    if args.node is None or p["node"] == args.node]
         if args.json:
             print(json.dumps(projects, indent=2))
         elif not projects:
             print("no projects yet: register one with 'deployster project add PATH'")
         else:
+            # The node column once there is more than one node to tell apart.
+            nodes = len({p["node"] for p in projects}) > 1
             columns = [Column("ID", right=True), Column("NAME", NAME_CAP),
+                       *([Column("NODE")] if nodes else []),
                        Column("QUEUED", right=True), Column("RUNNING"),
                        Column("DEPLOYED"), Column("PATH")]
-            rows = [[str(p["id"]), p["name"], str(p["queue_length"]), p["running_job"] or "-",
+            rows = [[str(p["id"]), p["name"], *([p["node"] or "-"] if nodes else []),
+                     str(p["queue_length"]), p["running_job"] or "-",
                      (p["deployed_commit"] or "-")[:12], escape_controls(p["path"])]
                     for p in projects]
             print("\n".join(render(columns, rows)))
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from . import fleet
+    from .table import Column, render
+
+    async def body(core: Deployster) -> int:
+        found = await fleet.nodes(core)
+        counts: dict[str, int] = {}
+        for project in await core.projects.all():
+            counts[project.node] = counts.get(project.node, 0) + 1
+        listed = [{**n.to_dict(), "projects": counts.get(n.name, 0),
+                   "this": n.name == core.node} for n in found]
+        if args.json:
+            print(json.dumps(listed, indent=2))
+            return 0
+        if not listed:
+            print(f"no node has announced itself on this Redis yet; this host's node is "
+                  f"{core.node!r} (it appears once 'deployster serve' runs)")
+            return 0
+        columns = [Column("NODE"), Column("STATUS"), Column("HEARTBEAT", right=True),
+                   Column("PROJECTS", right=True), Column("URL"), Column("HOST"),
+                   Column("VERSION"), Column("STORAGE")]
+        rows = [[n["name"] + (" (this)" if n["this"] else ""), "up" if n["up"] else "DOWN",
+                 f"{n['heartbeat_age']:.0f}s ago", str(n["projects"]), n["url"] or "-",
+                 n["host"], n["version"], f"{n['redis']} redis, {n['database']}"]
+                for n in listed]
+        print("\n".join(render(columns, rows)))
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -626,7 +671,8 @@ def cmd_job_list(args: argparse.Namespace) -> int:
     async def body(core: Deployster) -> int:
         project = await core.projects.find(args.project) if args.project else None
         rows = await store.select_deployments(
-            core.db, project_id=project.id if project else None, limit=args.limit)
+            core.db, project_id=project.id if project else None, limit=args.limit,
+            node=args.node)
         # The history trails Redis by a moment: a job still live there shows
         # its state as of now.
         live = {j.id: j for j in await core.jobs.get_many([j.id for j in rows])}

@@ -19,8 +19,10 @@ from databases.core import Connection
 from .clock import iso
 from .errors import ConfigError
 
-# (version, name, statements). Append only: never edit an applied migration.
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+# (version, name, statements). Append only: never edit an applied migration. A
+# statement is the same on both databases, or {dialect: statement} where they
+# differ (a dialect missing from it runs nothing there).
+MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
     (
         1,
         "initial schema",
@@ -100,6 +102,55 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE projects ADD COLUMN steps_json TEXT NOT NULL DEFAULT '{{}}'",
             "ALTER TABLE deployments ADD COLUMN deployed_sha TEXT",
             "ALTER TABLE deployments ADD COLUMN redeploy_of TEXT",
+        ],
+    ),
+    (
+        6,
+        "nodes: a project is (node, path); the node a job ran on",
+        [
+            # Rows of a single-node install get node '' here; the first
+            # server to start adopts them (store.adopt_projects).
+            {
+                "postgresql": "ALTER TABLE projects ADD COLUMN node TEXT NOT NULL DEFAULT ''",
+                # SQLite cannot drop a column's UNIQUE: the table is made again.
+                "sqlite": """CREATE TABLE projects_v6 (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    node TEXT NOT NULL DEFAULT '',
+                    name TEXT NOT NULL UNIQUE,
+                    path TEXT NOT NULL,
+                    pipeline_json TEXT NOT NULL DEFAULT '[]',
+                    lock_ttl DOUBLE PRECISION NOT NULL,
+                    timeout DOUBLE PRECISION NOT NULL,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    queue_policy TEXT NOT NULL DEFAULT 'fifo',
+                    token_hash TEXT,
+                    token_created_at TEXT,
+                    steps_json TEXT NOT NULL DEFAULT '{{}}',
+                    UNIQUE (node, path)
+                )""",
+            },
+            {
+                "postgresql": "ALTER TABLE projects DROP CONSTRAINT projects_path_key",
+                "sqlite": "INSERT INTO projects_v6 (id, name, path, pipeline_json, lock_ttl, "
+                          "timeout, created_at, updated_at, queue_policy, token_hash, "
+                          "token_created_at, steps_json) SELECT id, name, path, pipeline_json, "
+                          "lock_ttl, timeout, created_at, updated_at, queue_policy, token_hash, "
+                          "token_created_at, steps_json FROM projects",
+            },
+            {
+                "postgresql": "ALTER TABLE projects ADD CONSTRAINT projects_node_path "
+                              "UNIQUE (node, path)",
+                # The ids' high-water mark carries over: a removed project's id
+                # is never handed out again (its history rows keep it).
+                "sqlite": "DELETE FROM sqlite_sequence WHERE name = 'projects_v6'",
+            },
+            {"sqlite": "INSERT INTO sqlite_sequence (name, seq) SELECT 'projects_v6', seq "
+                       "FROM sqlite_sequence WHERE name = 'projects'"},
+            {"sqlite": "DROP TABLE projects"},
+            {"sqlite": "ALTER TABLE projects_v6 RENAME TO projects"},
+            {"sqlite": "CREATE UNIQUE INDEX projects_token_hash ON projects (token_hash)"},
+            "ALTER TABLE deployments ADD COLUMN node TEXT",
         ],
     ),
 ]
@@ -228,7 +279,9 @@ async def migrate(database: Database) -> list[int]:
             if version in applied:
                 continue
             for statement in statements:
-                await database.execute(statement.format(**words))
+                text = statement.get(dialect) if isinstance(statement, dict) else statement
+                if text:
+                    await database.execute(text.format(**words))
             await database.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) "
                 "VALUES (:v, :n, :at)",

@@ -64,15 +64,27 @@ class Dispatcher:
     async def start(self) -> None:
         """Announce this runner, move queues an older version kept as lists
         into sorted sets, end jobs orphaned by a crash, start listening."""
+        await self._adopt_projects()
         with contextlib.suppress(*REDIS_DOWN):
             await recovery.announce(self.core)
             if moved := await self.core.queue.upgrade():
                 log.info("moved %d queued job(s) from the old list queues", moved)
             await self.recover()
+            await recovery.end_leftovers(self.core)
         await self._learn_run_times()
         self._listener = asyncio.create_task(self._listen(), name="dispatcher-listen")
         self._announcer = asyncio.create_task(self._announce_loop(), name="dispatcher-announce")
         self._history_task = asyncio.create_task(self.history.run(), name="history-writer")
+
+    async def _adopt_projects(self) -> None:
+        """Projects registered before nodes existed become this node's."""
+        try:
+            if moved := await self.core.projects.adopt():
+                log.info("node %s: %d project(s) registered before nodes are this node's",
+                         self.core.node, moved)
+        except Exception as exc:  # the database is down: the next start adopts them
+            log.warning("node %s: projects from before nodes not adopted now (%s)",
+                        self.core.node, describe(exc))
 
     async def _learn_run_times(self) -> None:
         """Start estimates from the SQL history where Redis has no run times
@@ -200,8 +212,8 @@ class Dispatcher:
                 self.launch(job_id)
 
     async def try_start(self, project_id: int) -> None:
-        if self._stopping:
-            return
+        if self._stopping or not await self.core.projects.owns(project_id):
+            return  # another node's project: that node runs it (README.md#several-hosts)
         job_id = await self.core.queue.claim(project_id, self.core.runner_id)
         if job_id:
             self.launch(job_id)

@@ -22,6 +22,7 @@ instances sharing one Redis.
 | deployster:sigs:<project>   | hash   | request signature -> queued job (dedupe)      |
 | deployster:runner:<id>      | string | a live dispatcher's identity, short TTL       |
 | deployster:runners          | zset   | runner id -> announcement expiry (a hint)     |
+| deployster:nodes            | hash   | node name -> its last announcement (JSON)     |
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
 | deployster:health           | string | the health check's write probe, short TTL     |
@@ -127,6 +128,12 @@ class Keys:
         """Every runner that announced itself lately: how a reader finds the
         ``runner`` keys without scanning Redis."""
         return f"{self.prefix}runners"
+
+    @property
+    def nodes(self) -> str:
+        """Every node (host) that ever served this Redis: name -> its last
+        announcement (deployster/fleet.py)."""
+        return f"{self.prefix}nodes"
 
     @property
     def dirty(self) -> str:

@@ -104,6 +104,9 @@ class Project:
     token_hash: str | None = field(default=None, repr=False)
     token_created_at: str | None = None
     steps: DeploySteps = DeploySteps()
+    # The node (host) whose files these are and whose server runs its jobs
+    # (deployster/node.py); '' only in a database not yet adopted by a node.
+    node: str = ""
 
     def stage_for(self, ref_name: str) -> Stage | None:
         for stage in self.pipeline:
@@ -124,6 +127,7 @@ class Project:
             "timeout": self.timeout,
             "queue_policy": self.queue_policy,
             "created_at": self.created_at,
+            "node": self.node,
             "token_set": self.token_hash is not None,
             "token_created_at": self.token_created_at,
             **self.steps.to_dict(),
@@ -170,12 +174,14 @@ class Job:
     deployed_sha: str | None = None
     # The job this one redeploys (a redeploy or a rollback), if any.
     redeploy_of: str | None = None
+    # The node that runs it: its project's (deployster/node.py).
+    node: str | None = None
 
     # Field names written to the Redis hash; anything else in the hash is extra.
     _SIMPLE = (
         "id", "project", "cd", "commit_hash", "ref_name", "reason", "stage",
         "queued_at", "started_at", "finished_at", "started_by", "superseded_by",
-        "deployed_sha", "redeploy_of",
+        "deployed_sha", "redeploy_of", "node",
     )
 
     def to_redis(self) -> dict[str, str]:
@@ -228,6 +234,7 @@ class Job:
             superseded_by=data.get("superseded_by") or None,
             deployed_sha=data.get("deployed_sha") or None,
             redeploy_of=data.get("redeploy_of") or None,
+            node=data.get("node") or None,
             extra={k: v for k, v in data.items() if k not in known},
             commands_masked=data.get("commands_masked") == "1",
             raw_commands=json.loads(raw_text) if raw_text is not None else None,
@@ -261,4 +268,5 @@ class Job:
             "superseded_by": self.superseded_by,
             "deployed_sha": self.deployed_sha,
             "redeploy_of": self.redeploy_of,
+            "node": self.node,
         }

@@ -108,6 +108,7 @@ def project_summary(row: ProjectRow) -> dict[str, Any]:
     return {
         "id": p.id,
         "name": p.name,
+        "node": p.node,
         "path": p.path,
         "lock_ttl": p.lock_ttl,
         "timeout": p.timeout,

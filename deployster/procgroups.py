@@ -142,6 +142,34 @@ def job_groups(job_id: str) -> set[int]:
     return found
 
 
+def node_job_groups(node: str) -> dict[str, set[int]]:
+    """Job id -> the process groups holding a live process started for that
+    job by ``node`` (their environment names both: ``runner.child_env``)."""
+    needle = f"\0DEPLOYSTER_NODE={node}\0".encode()
+    found: dict[str, set[int]] = {}
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = b"\0" + fh.read() + b"\0"
+        except OSError:
+            continue
+        if needle not in environ:
+            continue
+        start = environ.find(b"\0DEPLOYSTER_JOB_ID=")
+        if start < 0:
+            continue
+        start += len(b"\0DEPLOYSTER_JOB_ID=")
+        job_id = environ[start:environ.index(b"\0", start)].decode("ascii", "replace")
+        fields = _stat_fields(pid)
+        if fields and len(fields) > 2 and fields[0] != "Z":
+            found.setdefault(job_id, set()).add(int(fields[2]))
+    return found
+
+
 def members_of(pgids: Iterable[int]) -> list[Member]:
     return [m for pgid in pgids for m in members(pgid)]
 

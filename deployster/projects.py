@@ -216,13 +216,16 @@ class ProjectRegistry:
     SQL only when some process (CLI, dashboard, another server) changed a project.
     """
 
-    def __init__(self, db: Database, redis: Redis, keys: Keys, settings: Settings) -> None:
+    def __init__(self, db: Database, redis: Redis, keys: Keys, settings: Settings,
+                 node: str = "") -> None:
         self.db = db
         self.redis = redis
         self.keys = keys
         self.settings = settings
+        # This process's node: where ``add`` and self-registration register.
+        self.node = node
         self._version: str | None = None
-        self._by_path: dict[str, Project] = {}
+        self._by_path: dict[tuple[str, str], Project] = {}  # (node, path) -> project
         self._by_id: dict[int, Project] = {}
         self._by_token: dict[str, Project] = {}  # token hash -> project
         self._checked = False
@@ -266,7 +269,7 @@ class ProjectRegistry:
         if version != self._version or version is None or stale:
             projects = await store.select_projects(self.db)
             self._loaded_at = time.monotonic()
-            self._by_path = {p.path: p for p in projects}
+            self._by_path = {(p.node, p.path): p for p in projects}
             self._by_id = {p.id: p for p in projects}
             self._by_token = {p.token_hash: p for p in projects if p.token_hash}
             self._version = version
@@ -277,8 +280,9 @@ class ProjectRegistry:
         await self._fresh(force=True)
         return sorted(self._by_path.values(), key=lambda p: p.name)
 
-    async def match(self, cd: str) -> Project | None:
-        """The registered project a deploy to ``cd`` belongs to, or None.
+    async def match(self, cd: str, node: str | None = None) -> Project | None:
+        """The registered project a deploy to ``cd`` on ``node`` (default:
+        this one) belongs to, or None.
 
         First by the path as sent (``normalise_path``): a project registered at
         ``/srv/app/current`` stays that project whichever release the symlink
@@ -289,36 +293,48 @@ class ProjectRegistry:
         path that is not absolute.
         """
         path = normalise_path(cd)
+        node = self.node if node is None else node
+        key = (node, path)
         await self._fresh()
-        project = self._by_path.get(path)
+        project = self._by_path.get(key)
         if project is not None:
             return project
         await self._fresh(force=True)  # added a moment ago by another process?
-        if path not in self._by_path and time.monotonic() - self._loaded_at > MISS_RELOAD:
+        if key not in self._by_path and time.monotonic() - self._loaded_at > MISS_RELOAD:
             # ...one whose announcement Redis could not take (see _bump)?
             self._loaded_at = -math.inf
             await self._fresh(force=True)
-        project = self._by_path.get(path)
-        if project is not None:
+        project = self._by_path.get(key)
+        if project is not None or node != self.node:
+            # Another node's directory is resolved on its host, never here.
             return project
         real = real_path(path)
-        for candidate in self._by_path.values():
-            if real_path(candidate.path) == real:
+        for (where, _), candidate in self._by_path.items():
+            if where == node and real_path(candidate.path) == real:
                 return candidate
         return None
 
-    async def for_deploy(self, cd: str) -> Project:
-        """The project a deploy to ``cd`` belongs to, self-registering it if allowed.
+    async def for_deploy(self, cd: str, node: str | None = None) -> Project:
+        """The project a deploy to ``cd`` on ``node`` (default: this one)
+        belongs to, self-registering it if allowed.
 
         An unknown path is registered, as sent, when the directory it resolves
         to lies under one of ``DEPLOYSTER_ALLOWED_ROOTS`` (resolved too: a
-        symlink out of a root is refused). Raises ``UnknownProject`` (404) when it
-        may not, ``InvalidRequest`` when it is no directory.
+        symlink out of a root is refused), on this node only: another node's
+        directories are checked on its own host (README.md#several-hosts). Raises
+        ``UnknownProject`` (404) when it may not, ``InvalidRequest`` when it is
+        no directory.
         """
-        project = await self.match(cd)
+        project = await self.match(cd, node)
         if project is not None:
             return project
         path = normalise_path(cd)
+        if node is not None and node != self.node:
+            raise UnknownProject(
+                f"no project is registered at {path} on node {node!r}. Register it there: "
+                f"run 'deployster project add {path}' on that host (a node registers only "
+                "its own directories).",
+            )
         real = real_path(path)
         if not is_under(real, self.settings.allowed_roots):
             resolves = f" (which resolves to {real})" if real != path else ""
@@ -413,12 +429,12 @@ class ProjectRegistry:
                     self.db, name=candidate, path=path, pipeline_json=pipeline_json,
                     lock_ttl=lock_ttl or self.settings.default_lock_ttl,
                     timeout=timeout or self.settings.default_timeout,
-                    queue_policy=queue_policy, steps_json=steps_json,
+                    queue_policy=queue_policy, steps_json=steps_json, node=self.node,
                 )
                 if project is not None:
                     await self._bump()
                     return project, True
-                holder = await store.select_project_by_path(self.db, path)
+                holder = await store.select_project_by_path(self.db, path, self.node)
                 if holder is not None:  # another process registered it just now
                     self._checked = False
                     return holder, False
@@ -515,6 +531,20 @@ class ProjectRegistry:
             raise UnknownProject(f"no project named, numbered or at {ref!r}; "
                                  "see 'deployster project list'")
         return project
+
+    async def adopt(self) -> int:
+        """Give this node the projects of a database from before nodes
+        (``store.adopt_projects``); how many it took."""
+        moved = await store.adopt_projects(self.db, self.node)
+        if moved:
+            await self._bump()
+        return moved
+
+    async def owns(self, project_id: int) -> bool:
+        """Whether the project is this node's: only then does this server
+        run its jobs (README.md#several-hosts). An unknown project is nobody's."""
+        project = await self.get(project_id)
+        return project is not None and project.node == self.node
 
     async def get(self, project_id: int) -> Project | None:
         """By id, from the per-process cache (a Redis GET when nothing changed).

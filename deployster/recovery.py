@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any, cast
 
-from . import procgroups
+from . import fleet, procgroups
 from .models import Job, JobStatus, Reason
 from .procinfo import boot_id, hostname, pid_alive, process_identity
 from .service import Deployster
@@ -36,16 +36,19 @@ RUNNER_REFRESH = 2.0
 FORGET_AFTER_MS = 60_000
 
 
-def runner_announcement() -> str:
+def runner_announcement(node: str = "") -> str:
     pid = os.getpid()
     return json.dumps({"host": hostname(), "boot": boot_id(), "pid": pid,
-                       "pid_start": process_identity(pid)})
+                       "pid_start": process_identity(pid), "node": node})
 
 
 async def announce(core: Deployster) -> None:
+    """This runner's key and registry entry, and its node's heartbeat
+    (``fleet.announcement``), in one round trip."""
     now_ms = int(time.time() * 1000)
     async with core.redis.pipeline(transaction=False) as pipe:
-        pipe.set(core.keys.runner(core.runner_id), runner_announcement(), ex=RUNNER_TTL)
+        pipe.set(core.keys.runner(core.runner_id), runner_announcement(core.node), ex=RUNNER_TTL)
+        pipe.hset(core.keys.nodes, core.node, fleet.announcement(core))
         pipe.zadd(core.keys.runners, {core.runner_id: now_ms + RUNNER_TTL * 1000})
         pipe.zremrangebyscore(core.keys.runners, "-inf", now_ms - FORGET_AFTER_MS)
         await pipe.execute()
@@ -132,15 +135,22 @@ async def end_processes(job: Job, grace: float) -> bool:
 async def end_orphan(core: Deployster, job: Job, reason: str, runner: str | None) -> str | None:
     """End a running job whose runner is gone; returns the job started next.
 
-    Its processes are seen gone before the lock is freed. A job whose processes
-    run on another machine is left alone: they cannot be stopped from here,
-    and that machine's lease guard ends them before the lock expires (see
+    Its processes are seen gone before the lock is freed. Another node's job
+    (a fleet, README.md#several-hosts) is ended without touching its processes, which
+    run on that node's host: the node's own recovery stops them when it
+    comes back (``end_leftovers``); its next job is left queued for it. A
+    job of no node whose processes run on another machine is left alone:
+    that machine's lease guard ends them before the lock expires (see
     ``leaseguard.py``); the next claim then ends the job.
     """
-    if on_another_host(job):
+    elsewhere = bool(job.node) and job.node != core.node
+    if not elsewhere and on_another_host(job):
         return None
-    killed = await end_processes(job, core.settings.kill_grace)
-    notes = {Reason.INTERRUPTED.value: "the server running this job stopped",
+    if elsewhere or not await core.projects.owns(job.project_id):
+        runner = None  # its node claims the next job, not this one
+    killed = False if elsewhere else await end_processes(job, core.settings.kill_grace)
+    notes = {Reason.INTERRUPTED.value: f"the server running this job (node {job.node}) stopped"
+             if elsewhere else "the server running this job stopped",
              Reason.CANCELLED.value: "cancelled"}
     note = notes.get(str(reason), str(reason))
     result = await core.queue.finish(
@@ -170,3 +180,29 @@ async def recover(core: Deployster, *, runner: str | None) -> list[str]:
         if nxt:
             started.append(nxt)
     return started
+
+
+async def end_leftovers(core: Deployster) -> int:
+    """At start-up: stop this node's job processes that outlived their job.
+
+    A job of this node whose server died (``kill -9``) may have been ended by
+    another node meanwhile (``end_orphan``), which cannot reach this host's
+    processes: they are found here by their environment (the job's id and this
+    node's name, ``runner.child_env``) and stopped as a cancel would, unless
+    their job still runs under a live runner. Returns how many jobs had some."""
+    found = procgroups.node_job_groups(core.node)
+    if not found:
+        return 0
+    ended = 0
+    for job_id, groups in found.items():
+        job = await core.jobs.get(job_id)
+        if job is None or job.node not in (None, core.node):
+            continue  # another deployster's (namespace) or another node's job
+        if job.status is JobStatus.RUNNING and await runner_alive(
+                core, (await core.jobs.running()).get(job_id)):
+            continue
+        if (await procgroups.stop_groups(groups, core.settings.kill_grace)).signalled:
+            ended += 1
+            log.warning("job %s (%s) left processes running on this host; stopped them",
+                        job_id, job.status.value)
+    return ended

@@ -70,6 +70,9 @@ def child_env(job: Job, stage: Stage | None = None) -> dict[str, str]:
         DEPLOYSTER_PROJECT=job.project,
         DEPLOYSTER_COMMIT=job.commit_hash,
         DEPLOYSTER_REF=job.ref_name,
+        # The node running it: how its node finds its processes after a crash
+        # (recovery.end_leftovers), and what a command may stamp.
+        DEPLOYSTER_NODE=job.node or "",
     )
     return env
 

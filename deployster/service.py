@@ -30,6 +30,7 @@ from .logformat import job_log
 from .logstream import stream_end
 from .masking import secret_mask
 from .models import Job, JobStatus, Project
+from .node import node_name
 from .outages import classify, describe
 from .projects import ProjectRegistry
 from .queue import EnqueueResult, JobQueue
@@ -75,6 +76,8 @@ class DeployRequest:
     ref_name: str = ""
     # The job this request redeploys (control.redeploy): never from a request body.
     redeploy_of: str | None = None
+    # The node whose project this is (README.md#several-hosts); None: the receiving node.
+    node: str | None = None
 
 
 class Deployster:
@@ -86,7 +89,9 @@ class Deployster:
         self.lock = DeployLock(redis, self.keys)
         self.queue = JobQueue(redis, self.keys)
         self.jobs = JobRecords(redis, self.keys)
-        self.projects = ProjectRegistry(db, redis, self.keys, settings)
+        # This host's node (deployster/node.py): its projects' jobs run here.
+        self.node = node_name(settings)
+        self.projects = ProjectRegistry(db, redis, self.keys, settings, self.node)
         # DEPLOYSTER_TOKEN, or the one kept in the data dir (followed as it rotates).
         self.admin_token = AdminToken(settings)
         # Identifies this process as the runner of the jobs it claims.
@@ -157,7 +162,7 @@ class Deployster:
         """
         assert principal.project_id is not None
         own = await self.projects.get(principal.project_id)
-        named = await self.projects.match(cd)
+        named = await self.projects.match(cd, own.node if own is not None else None)
         if own is None or named is None or named.id != own.id:
             raise Forbidden(
                 f"this token deploys only to project {principal.project!r}; "
@@ -194,7 +199,11 @@ class Deployster:
             max_commands=self.settings.max_commands,
             max_command_bytes=self.settings.max_command_bytes,
         )
-        project = own if own is not None else await self.projects.for_deploy(request.cd)
+        if own is not None and request.node is not None and request.node != own.node:
+            raise Forbidden(f"this token deploys only to project {own.name!r} on node "
+                            f"{own.node!r} (nothing was queued)", code="token_scope")
+        project = own if own is not None else await self.projects.for_deploy(
+            request.cd, request.node)
         stage = project.stage_for(request.ref_name)
         # Stored and shown masked; the commands as sent are kept beside them
         # only when that changed something (see Job), for the runner alone.
@@ -219,9 +228,13 @@ class Deployster:
             timeout=project.timeout,
             started_by=started_by,
             redeploy_of=request.redeploy_of,
+            node=project.node,
         )
+        # Another node's job is queued, never claimed here: its node runs it
+        # (the enqueued event wakes its dispatcher).
+        here = run_here and project.node == self.node
         result = await self.queue.enqueue(
-            job, runner=self.runner_id if run_here else None, policy=project.queue_policy,
+            job, runner=self.runner_id if here else None, policy=project.queue_policy,
             cap=self.settings.max_queue,
         )
         if not result.duplicate:

@@ -69,6 +69,9 @@ def _split_paths(value: Any) -> Any:
 # Redis connections of the server beyond one per live log stream, by default:
 # the requests in flight, the dispatcher, the runners and the history writer.
 REDIS_HEADROOM = 100
+# A node's name (DEPLOYSTER_NODE): a host name's characters, so it reads well
+# in a URL, a log line and a Redis key (deployster/node.py).
+NODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 # A path where a leading "~" is the user's home.
 UserPath = Annotated[Path, AfterValidator(_expand_user)]
@@ -112,7 +115,7 @@ class Settings(BaseSettings):
     data_dir: UserPath = Field(default_factory=_default_data_dir)
     """The SQLite file, the embedded Redis (socket, append-only file) and the kept admin token."""
     redis_url: str | None = None
-    """A Redis/Valkey server, redis://host:6379/0 or unix:///path (unset: the embedded Redis)."""
+    """A Redis/Valkey: redis://host:6379/0, unix:///path, redis+sentinel://… (unset: embedded)."""
     database_url: str | None = None
     """postgresql://user:pass@host/db or sqlite:///path (unset: SQLite in the data dir)."""
     allowed_roots: PathList = ()
@@ -160,6 +163,18 @@ class Settings(BaseSettings):
     """Finished deploys each project keeps in the history whatever their age."""
     log_format: Literal["text", "json"] = "text"
     """The server's log lines: text, or json (one object a line, for a log shipper)."""
+    node: str = ""
+    """This host's node name in a fleet sharing one Redis and PostgreSQL (unset: the kept one)."""
+    public_url: str | None = None
+    """The URL other nodes and links reach this server at (e.g. https://deploy.example.com)."""
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if value and not NODE_PATTERN.fullmatch(value):
+            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit")
+        return value
 
     @field_validator("redis_connections")
     @classmethod

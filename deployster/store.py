@@ -62,22 +62,24 @@ def _project_from_row(row: Any) -> Project:
         token_hash=row["token_hash"],
         token_created_at=row["token_created_at"],
         steps=_steps(row["steps_json"]),
+        node=row["node"],
     )
 
 
 async def insert_project(
     db: Database, *, name: str, path: str, pipeline_json: str, lock_ttl: float, timeout: float,
-    queue_policy: str = "fifo", steps_json: str = "{}",
+    queue_policy: str = "fifo", steps_json: str = "{}", node: str = "",
 ) -> Project | None:
     """Insert a project; None, storing nothing, when another already holds this
-    ``path`` or ``name`` (both UNIQUE). Conditional in the statement itself, so
-    two processes registering at once never see a constraint error."""
+    ``name`` or this ``path`` on ``node`` (both UNIQUE). Conditional in the
+    statement itself, so two processes registering at once never see a
+    constraint error."""
     now = iso()
     project_id = await db.fetch_val(
-        "INSERT INTO projects (name, path, pipeline_json, lock_ttl, timeout, queue_policy, "
-        "steps_json, created_at, updated_at) VALUES (:name, :path, :pipeline, :ttl, :timeout, "
-        ":policy, :steps, :now, :now) ON CONFLICT DO NOTHING RETURNING id",
-        {"name": name, "path": path, "pipeline": pipeline_json, "ttl": lock_ttl,
+        "INSERT INTO projects (node, name, path, pipeline_json, lock_ttl, timeout, queue_policy, "
+        "steps_json, created_at, updated_at) VALUES (:node, :name, :path, :pipeline, :ttl, "
+        ":timeout, :policy, :steps, :now, :now) ON CONFLICT DO NOTHING RETURNING id",
+        {"node": node, "name": name, "path": path, "pipeline": pipeline_json, "ttl": lock_ttl,
          "timeout": timeout, "policy": queue_policy, "steps": steps_json, "now": now},
     )
     if project_id is None:
@@ -145,9 +147,20 @@ async def select_project(db: Database, project_id: int) -> Project | None:
     return _project_from_row(row) if row else None
 
 
-async def select_project_by_path(db: Database, path: str) -> Project | None:
-    row = await db.fetch_one("SELECT * FROM projects WHERE path = :path", {"path": path})
+async def select_project_by_path(db: Database, path: str, node: str = "") -> Project | None:
+    row = await db.fetch_one("SELECT * FROM projects WHERE node = :node AND path = :path",
+                             {"node": node, "path": path})
     return _project_from_row(row) if row else None
+
+
+async def adopt_projects(db: Database, node: str) -> int:
+    """Give the projects of a database from before nodes (node '') to
+    ``node``: the first server to start after the upgrade. A path ``node``
+    already has stays where it is. Returns how many moved."""
+    rows = await db.fetch_all(
+        "UPDATE projects SET node = :node WHERE node = '' AND path NOT IN "
+        "(SELECT path FROM projects WHERE node = :node) RETURNING id", {"node": node})
+    return len(rows)
 
 
 async def select_project_by_name(db: Database, name: str) -> Project | None:
@@ -166,6 +179,7 @@ _DEPLOYMENT_COLUMNS = (
     "id", "project_id", "project", "cd", "commit_hash", "ref_name", "stage", "commands",
     "status", "reason", "exit_code", "queued_at", "started_at", "finished_at", "started_by",
     "log", "log_bytes", "superseded_by", "commands_masked", "deployed_sha", "redeploy_of",
+    "node",
 )
 _RANK = "CASE {t}.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END"
 _UPSERT = (
@@ -207,6 +221,7 @@ def deployment_row(job: Job, *, log: str | None = None) -> dict[str, Any]:
         "commands_masked": int(job.commands_masked),
         "deployed_sha": job.deployed_sha,
         "redeploy_of": job.redeploy_of,
+        "node": job.node,
     }
 
 
@@ -256,6 +271,7 @@ def _job_from_row(row: Any) -> Job:
         commands_masked=bool(row["commands_masked"]),
         deployed_sha=row["deployed_sha"],
         redeploy_of=row["redeploy_of"],
+        node=row["node"],
     )
 
 
@@ -273,11 +289,15 @@ async def select_deployment_log(db: Database, job_id: str) -> str | None:
 
 async def select_deployments(
     db: Database, *, project_id: int | None = None, before: str | None = None, limit: int = 50,
-    status: str | None = None,
+    status: str | None = None, node: str | None = None,
 ) -> list[Job]:
-    """Newest first; ``before`` (a job id) pages further back; ``status``: only those."""
+    """Newest first; ``before`` (a job id) pages further back; ``status``: only
+    those; ``node``: only jobs of that node's projects."""
     where: list[str] = []
     params: dict[str, Any] = {"limit": limit}
+    if node is not None:
+        where.append("project_id IN (SELECT id FROM projects WHERE node = :node)")
+        params["node"] = node
     if project_id is not None:
         where.append("project_id = :project_id")
         params["project_id"] = project_id

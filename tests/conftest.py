@@ -98,6 +98,19 @@ def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'deployster.db'}"
         return
+    yield from _fresh_pg_database()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped after; the test is skipped without
+    DEPLOYSTER_TEST_DATABASE_URL (what several nodes need: README.md#several-hosts)."""
+    if pg_admin_url() is None:
+        pytest.skip("needs PostgreSQL: set DEPLOYSTER_TEST_DATABASE_URL")
+    yield from _fresh_pg_database()
+
+
+def _fresh_pg_database() -> Iterator[str]:
     admin = pg_admin_url()
     assert admin is not None
     import asyncpg  # only needed here

@@ -70,6 +70,8 @@ def every_field_changed(tmp_path: Path) -> Settings:
         history_days=30.0,
         history_keep=4,
         log_format="json",
+        node="web-1",
+        public_url="https://deploy.example.com",
     )
 
 
@@ -121,6 +123,8 @@ def test_every_field_from_the_environment(
         "DEPLOYSTER_HISTORY_DAYS": "30",
         "DEPLOYSTER_HISTORY_KEEP": "4",
         "DEPLOYSTER_LOG_FORMAT": "json",
+        "DEPLOYSTER_NODE": "web-1",
+        "DEPLOYSTER_PUBLIC_URL": "https://deploy.example.com",
     }
     for name, value in variables.items():
         environ.setenv(name, value)
@@ -158,6 +162,8 @@ redis_connections = 10
 history_days = 30
 history_keep = 4
 log_format = "json"
+node = "web-1"
+public_url = "https://deploy.example.com"
 """)
     environ.setenv("DEPLOYSTER_CONFIG", str(config))
     assert Settings.from_env() == every_field_changed(tmp_path)
@@ -294,6 +300,9 @@ def test_the_redis_pool_exceeds_the_live_streams_by_default() -> None:
          "DEPLOYSTER_KILL_GRACE='nan' must be a finite number, 0 or more"),
         (Settings, "DEPLOYSTER_LOG_FORMAT", "xml",
          "DEPLOYSTER_LOG_FORMAT='xml' must be 'text' or 'json'"),
+        (Settings, "DEPLOYSTER_NODE", "web 1",
+         "DEPLOYSTER_NODE='web 1' must be 1-63 letters, digits, '.', '_' or '-', starting "
+         "with a letter or digit"),
         (Settings, "DEPLOYSTER_RETENTION", "inf",
          "DEPLOYSTER_RETENTION='inf' must be a finite number, 0 or more"),
         (Settings, "DEPLOYSTER_HISTORY_DAYS", "-inf",

@@ -186,6 +186,30 @@ async def test_project_names_and_paths_are_unique(db: Database) -> None:
     assert await store.select_projects(db) == [web]
 
 
+async def test_a_path_is_one_project_per_node_and_old_projects_are_adopted(db: Database) -> None:
+    """README.md#several-hosts: a project is (node, path). /srv/web on web-1 and on web-2
+    are two projects; a name stays one project's. Rows from before nodes
+    (node '') go to the first node to adopt them, except a path it has."""
+    old = await store.insert_project(db, name="web", path="/srv/web", pipeline_json="[]",
+                                     lock_ttl=600, timeout=3600)
+    kept = await store.insert_project(db, name="api", path="/srv/api", pipeline_json="[]",
+                                      lock_ttl=600, timeout=3600)
+    one = await store.insert_project(db, name="web-1", path="/srv/web", pipeline_json="[]",
+                                     lock_ttl=600, timeout=3600, node="web-1")
+    two = await store.insert_project(db, name="web-2", path="/srv/web", pipeline_json="[]",
+                                     lock_ttl=600, timeout=3600, node="web-2")
+    assert old and kept and one and two and len({old.id, one.id, two.id}) == 3
+    assert await store.insert_project(db, name="again", path="/srv/web", pipeline_json="[]",
+                                      lock_ttl=600, timeout=3600, node="web-2") is None
+    assert await store.select_project_by_path(db, "/srv/web", "web-2") == two
+    # web-1 has /srv/web already: the old one stays unadopted; /srv/api moves.
+    assert await store.adopt_projects(db, "web-1") == 1
+    assert (await store.select_project_by_path(db, "/srv/api", "web-1")) == \
+        store.Project(**{**kept.__dict__, "node": "web-1"})
+    assert await store.select_project_by_path(db, "/srv/web", "") == old
+    assert await store.adopt_projects(db, "web-1") == 0
+
+
 # -------------------------------------------------------------- deployments
 
 

@@ -28,11 +28,14 @@ def plain_deploy_body(data: Any) -> DeployRequest | None:
         return None
     cd, commands = data.get("cd"), data.get("commands")
     commit, ref = data.get("commit_hash", ""), data.get("ref_name", "")
+    node = data.get("node")
     if type(cd) is not str or type(commit) is not str or type(ref) is not str:
         return None
     if type(commands) is not list or not all(type(c) is str for c in commands):
         return None
-    return DeployRequest(cd, commands, commit, ref)
+    if node is not None and (type(node) is not str or not node):
+        return None
+    return DeployRequest(cd, commands, commit, ref, node=node)
 
 
 async def deploy_body() -> DeployRequest:

@@ -59,6 +59,10 @@ class DeployBody(BaseModel):
         default="", description="The branch; selects the pipeline stage and the branch the "
         "commit is checked out on. No control characters.",
         json_schema_extra={"pattern": NO_CONTROLS})
+    node: str | None = Field(
+        default=None, min_length=1, description="The node (host) whose project this is, in "
+        "a fleet of servers sharing one Redis and PostgreSQL; absent: the receiving node. "
+        "The job is queued for that node and runs there.")
 
 
 # The start estimate of a queued job, wherever it is given (deployster/estimate.py).

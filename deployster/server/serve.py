@@ -12,7 +12,7 @@ import sys
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-from .. import admin_token
+from .. import admin_token, fleet
 from ..errors import ConfigError
 from ..service import Deployster
 from ..settings import Settings
@@ -110,6 +110,7 @@ async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) ->
         raise
     try:
         make_admin_token(settings)
+        await fleet.check_storage(core)
     except BaseException:
         sock.close()
         await core.close()
@@ -121,9 +122,9 @@ async def serve(settings: Settings, *, shutdown: asyncio.Event | None = None) ->
     try:
         app = create_app(settings, core)
         log.info(
-            "deployster listening on http://%s:%s (data dir: %s; redis: %s; database: %s)",
-            settings.host, settings.port, settings.data_dir, settings.redis_shown,
-            settings.database_shown,
+            "deployster listening on http://%s:%s (data dir: %s; redis: %s; database: %s; "
+            "node: %s)", settings.host, settings.port, settings.data_dir,
+            settings.redis_shown, settings.database_shown, core.node,
         )
         tune_gc()
         await hypercorn_serve(app, hypercorn_config(sock), shutdown_trigger=stop.wait)

@@ -212,7 +212,7 @@ def test_the_start_up_line_names_the_data_dir_redis_database_and_url(
     line = next(line for line in server.log().splitlines() if "listening on" in line)
     port = password_redis.rsplit(":", 1)[1].split("/")[0]
     assert (f"deployster listening on {server.url} (data dir: {own.data_dir}; redis: "
-            f"redis://:***@127.0.0.1:{port}/0; database: {own.database_url})") in line
+            f"redis://:***@127.0.0.1:{port}/0; database: {own.database_url}; node: ") in line
     assert "s3cret-pw" not in server.log()
 
 
