@@ -318,7 +318,9 @@ async def test_stream_reports_queued_then_running_and_keeps_alive(
 ) -> None:
     async with server.client() as client:
         first = await deploy(client, registered, "sleep 2.5")
-        second = await deploy(client, registered, "echo second")
+        # Runs long enough to be seen running: a job that starts and ends
+        # between two reads of the stream is reported ended, never running.
+        second = await deploy(client, registered, "sleep 0.5; echo second")
         comments: list[str] = []
         events = await read_events(client, second, comments=comments)
         await wait_for_status(client, first)
@@ -377,6 +379,7 @@ async def test_projects_list_shape_without_variable_values(
     assert project == {
         "id": registered_project.id,
         "name": registered_project.name,
+        "node": registered_project.node,
         "path": str(registered.resolve()),
         "lock_ttl": registered_project.lock_ttl,
         "timeout": registered_project.timeout,
