@@ -25,6 +25,11 @@ class Principal:
 
     project_id: int | None = None  # None: the admin token
     project: str | None = None
+    # A project token looked up in the per-process cache without checking
+    # that no project changed since: the projects version the cache was read
+    # at. Only a read that checks it in its own round trip takes such a
+    # principal (GET /status: status_read.lua); None: checked.
+    trusted: str | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -52,6 +52,15 @@ class NotFound(DeploysterError):
     http_status = 404
 
 
+class StaleCredentials(DeploysterError):
+    """A read made with a project token taken from the cache found that a
+    project changed since (a token rotated or revoked, say): authenticate
+    again, checked, and read again (``Principal.trusted``)."""
+
+    code = "stale_credentials"
+    http_status = 403
+
+
 class Conflict(DeploysterError):
     code = "conflict"
     http_status = 409

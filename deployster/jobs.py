@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .errors import NotFound
+from .errors import NotFound, StaleCredentials
 from .estimate import StartEstimate
 from .keys import Keys
 from .models import Job, JobStatus
@@ -61,21 +61,28 @@ class JobRecords:
             rows = await pipe.execute()
         return [Job.from_redis(r) for r in rows if r]
 
-    async def read_status(self, job_id: str, *, visible: int | None = None) -> StatusRead | None:
+    async def read_status(self, job_id: str, *, visible: int | None = None,
+                          trusted: str | None = None) -> StatusRead | None:
         """Status plus the output since the previous call (moves the cursor),
         and the position while queued; None when Redis has no such job.
 
         ``visible``: the only project whose jobs the caller may see (None: any).
         Another project's job raises ``NotFound``, exactly as an unknown one
         would, and its cursor stays where it was (its owner's reads lose nothing).
+        ``trusted``: the projects version a project token was taken from the
+        cache at (``Principal.trusted``); a project changed since raises
+        ``StaleCredentials``, nothing read or moved.
         """
         nonce = uuid.uuid4().hex
         result = await self.scripts.status_read(
-            job_id=job_id, nonce=nonce, project="" if visible is None else visible)
+            job_id=job_id, nonce=nonce, project="" if visible is None else visible,
+            version=trusted or "")
         if result is None:
             return None
         if result == 0:
             raise NotFound(f"no job {job_id!r}")
+        if result == -1:
+            raise StaleCredentials("a project changed since the token was looked up")
         status, reason, logs, superseded_by, position, sql_from, typical, remaining = result
         position = int(position) or None
         starts_in = StartEstimate.from_reply(typical, remaining).starts_in(position)

@@ -504,6 +504,17 @@ class ProjectRegistry:
         await self._fresh(force=True)
         return self._by_token.get(token_hash)
 
+    async def by_token_hash_unchecked(self, token_hash: str) -> tuple[Project | None, str | None]:
+        """``by_token_hash`` without its version check when the cache holds the
+        token: (the project, the projects version the cache was read at), for
+        a caller that checks that version itself in the same round trip as its
+        read (``jobs.read_status``). A miss is looked up checked: (project or
+        None, None)."""
+        cached = self._by_token.get(token_hash)
+        if cached is not None and self._version is not None:
+            return cached, self._version
+        return await self.by_token_hash(token_hash), None
+
     async def set_token_hash(self, project: Project, token_hash: str | None) -> None:
         """Store (None: remove) a project's token hash and tell every process."""
         await store.set_project_token(self.db, project.id, token_hash)

@@ -145,10 +145,11 @@ class Deployster:
         await self.db.disconnect()
 
     # ------------------------------------------------------------------- auth
-    async def authenticate(self, sent: str | None) -> Principal | None:
-        """Who a request's token authenticates as (admin or one project); None: nobody."""
+    async def authenticate(self, sent: str | None, *, check: bool = True) -> Principal | None:
+        """Who a request's token authenticates as (admin or one project); None:
+        nobody. ``check`` False: see ``tokens.resolve``."""
         return await tokens.resolve(sent, admin_token=self.admin_token.current(),
-                                    registry=self.projects)
+                                    registry=self.projects, check=check)
 
     async def _check_scope(self, principal: Principal, cd: str) -> Project:
         """A project token deploys only to its own project's directory; returns
@@ -314,7 +315,8 @@ class Deployster:
         if not is_job_id(job_id):
             raise NotFound(f"no job {job_id!r}")
         visible = None if principal is None else principal.project_id
-        read = await self.jobs.read_status(job_id, visible=visible)
+        trusted = None if principal is None else principal.trusted
+        read = await self.jobs.read_status(job_id, visible=visible, trusted=trusted)
         if read is not None and read.sql_from is not None:
             # The finished job's log has left Redis (DEPLOYSTER_LOG_GRACE): the
             # rest comes from SQL, from the same byte on (docs/redis.md).

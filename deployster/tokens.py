@@ -85,9 +85,15 @@ def _digest(admin_token: str) -> bytes:
 
 
 async def resolve(
-    sent: str | None, *, admin_token: str | None, registry: ProjectRegistry
+    sent: str | None, *, admin_token: str | None, registry: ProjectRegistry,
+    check: bool = True,
 ) -> Principal | None:
-    """Who ``sent`` (the request's token header) authenticates as; None: nobody."""
+    """Who ``sent`` (the request's token header) authenticates as; None: nobody.
+
+    ``check`` False: a project token found in the process's cache is taken
+    without checking the projects version (a Redis round trip); the principal
+    says which version it trusted (``Principal.trusted``) and the caller must
+    check it before acting (``jobs.read_status`` does, in its own round trip)."""
     if sent is None:
         return None
     if is_admin_token(sent, admin_token):
@@ -95,9 +101,13 @@ async def resolve(
     if not is_project_token(sent):
         return None
     digest = hash_token(sent)
-    project = await registry.by_token_hash(digest)
+    trusted = None
+    if check:
+        project = await registry.by_token_hash(digest)
+    else:
+        project, trusted = await registry.by_token_hash_unchecked(digest)
     if project is None or project.token_hash is None:
         return None
     if not hmac.compare_digest(digest, project.token_hash):
         return None
-    return Principal(project_id=project.id, project=project.name)
+    return Principal(project_id=project.id, project=project.name, trusted=trusted)

@@ -184,6 +184,7 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         "events": keys.events, "current": keys.current(P), "sigs": keys.signatures(P),
         "job": keys.job(J), "feed": keys.feed, "log": keys.log(J), "seq": keys.queue_seq(P),
         "legacy": keys.legacy_queue(P), "durations": keys.durations(P),
+        "versions": keys.projects_version,
     }
     head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix,
             "byref_prefix": keys.byref_prefix(P), "queue_prefix": keys.queue_prefix,
@@ -202,7 +203,7 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (RELEASE, dict(owner="ow", event="ev"), s.release),
         (APPEND, dict(job_id=J, fence=4, maxlen=9, now_ms=11, batch="bt", expect=12,
                       chunks=["c1", "c2"]), s.append),
-        (STATUS_READ, dict(job_id=J, nonce="nc", project=P), s.status_read),
+        (STATUS_READ, dict(job_id=J, nonce="nc", project=P, version="v7"), s.status_read),
         (QUEUE_WAIT, {}, s.queue_wait),
         (STATUS_SQL, dict(job_id=J, nonce="nc", from_end="17"), s.status_sql),
         (SETTLE, dict(job_id=J, version="vs", retention_s=13, log_grace_s=7,

@@ -104,9 +104,9 @@ BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms")
 RELEASE = _load("release", ("lock", "events"), ("owner", "event"), ("lock",))
 APPEND = _load("append", ("job", "log"),
                ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
-STATUS_READ = _load("status_read", ("job", "log"),
+STATUS_READ = _load("status_read", ("job", "log", "versions"),
                     ("nonce", "job_id", "queue_prefix", "project", "job_prefix", "current_prefix",
-                     "durations_prefix", "now_ms"), ("log", "wait"))
+                     "durations_prefix", "now_ms", "version"), ("log", "wait"))
 QUEUE_WAIT = _load("queue_wait", ("durations", "current"), ("job_prefix", "now_ms"), ("wait",))
 STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
@@ -278,12 +278,15 @@ class Scripts:
         return self._append(keys=[self.keys.job(job_id), self.keys.log(job_id)],
                             args=[fence, maxlen, now_ms, batch, expect, *chunks])
 
-    def status_read(self, *, job_id: str, nonce: str, project: int | str = "") -> Awaitable[Any]:
-        """status_read.lua; ``project`` '' lets any project's job be read."""
-        return self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id)],
+    def status_read(self, *, job_id: str, nonce: str, project: int | str = "",
+                    version: str = "") -> Awaitable[Any]:
+        """status_read.lua; ``project`` '' lets any project's job be read;
+        ``version`` '' checks no projects version."""
+        return self._status_read(keys=[self.keys.job(job_id), self.keys.log(job_id),
+                                       self.keys.projects_version],
                                  args=[nonce, job_id, self._queue_prefix, project,
                                        self.keys.job_prefix, self.keys.current_prefix,
-                                       self.keys.durations_prefix, now_ms()])
+                                       self.keys.durations_prefix, now_ms(), version])
 
     def queue_wait(self, *, project_id: int) -> Awaitable[Any]:
         """queue_wait.lua: {typical_ms, remaining_ms} of the project's queue."""

@@ -1,15 +1,20 @@
 -- status_read: the whole /status read, in one round trip. A job's status, the
 -- output since its cursor and, while queued, its place in the queue, read
 -- together, and the cursor moved past that output (see jobs.py).
--- KEYS: job log
--- ARGV: nonce job_id queue_prefix project job_prefix current_prefix durations_prefix now_ms
---   job: the job's record (holds the cursor); log: its stream; nonce: names
+-- KEYS: job log versions
+-- ARGV: nonce job_id queue_prefix project job_prefix current_prefix durations_prefix now_ms version
+--   job: the job's record (holds the cursor); log: its stream; versions: the
+--   projects version key (bumped by every project change); version: the one a
+--   project token was looked up at without a check ('' for none: admin, or
+--   checked), see access.Principal.trusted; nonce: names
 --   this read, the same for every retry of it; job_id: the job; queue_prefix,
 --   current_prefix, durations_prefix: a project id after them is that
 --   project's queue, current-job, durations key; project: the only project whose
 --   jobs the caller may see ('' for any: the admin token); job_prefix: a job
 --   id after it is its record's key; now_ms: epoch ms.
--- Returns false when the job is unknown, 0 when it is another project's (the
+-- Returns -1 when version is set and the projects changed since (nothing
+-- read or moved: the caller authenticates again, checked), false when the
+-- job is unknown, 0 when it is another project's (the
 -- cursor untouched: its owner's reads lose nothing), else {status, reason,
 -- text, superseded_by, position, sql_from, typical_ms, remaining_ms}: position
 -- 1-based while queued, else 0; typical_ms and remaining_ms: the queue's
@@ -26,6 +31,7 @@
 -- docs/redis.md#the-log-stream), which still says where to go on once the
 -- stream is gone.
 
+if VERSION ~= '' and redis.call('GET', K_VERSIONS) ~= VERSION then return -1 end
 local st = redis.call('HMGET', K_JOB, 'status', 'reason', 'cursor', 'superseded_by',
                       'cursor_nonce', 'cursor_before', 'project_id', 'cursor_end',
                       'cursor_end_before', 'log_in_sql')

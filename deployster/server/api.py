@@ -9,8 +9,15 @@ from quart import Blueprint, current_app, g, jsonify, request
 from quart_schema import RequestSchemaValidationError, document_request, document_response
 from quart_schema.conversion import model_load
 
+from ..errors import StaleCredentials
 from ..service import DeployRequest
-from .auth import principal, require_token
+from .auth import (
+    UNAUTHORIZED,
+    authenticate_again,
+    principal,
+    require_token,
+    require_token_checked_by_read,
+)
 from .context import core, dispatcher
 from .schemas import DeployAccepted, DeployBody, ErrorReply, StatusNotFound, StatusReply
 
@@ -92,7 +99,7 @@ async def deploy() -> Any:
 
 
 @blueprint.get("/status/<job_id>")
-@require_token
+@require_token_checked_by_read
 @document_response(StatusReply, 200)
 @document_response(StatusNotFound, 404)
 async def status(job_id: str) -> Any:
@@ -101,9 +108,16 @@ async def status(job_id: str) -> Any:
     Ended jobs report `complete` or `failed` (with `reason`); 404 is
     `{"status": "not_found"}`.
     """
-    # One Redis round trip (the script reads status, output and position), and
-    # jsonify as in deploy(): the poll seed clients repeat every few seconds.
-    read = await core().read_status(job_id, principal=principal())
+    # One Redis round trip (the script checks a project token still holds and
+    # reads status, output and position), and jsonify as in deploy(): the poll
+    # seed clients repeat every few seconds.
+    try:
+        read = await core().read_status(job_id, principal=principal())
+    except StaleCredentials:  # a project changed since the token was cached
+        who = await authenticate_again()
+        if who is None:
+            return UNAUTHORIZED
+        read = await core().read_status(job_id, principal=who)
     reply: dict[str, Any] = {"status": read.status.value, "logs": read.logs}
     if read.reason:
         reply["reason"] = read.reason

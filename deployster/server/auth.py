@@ -22,6 +22,30 @@ UNAUTHORIZED = ({"error": "Unauthorized", "code": "unauthorized",
 
 
 def require_token(func: F) -> F:
+    """The route answers 403 unless the request carries the admin token or a
+    project's (then ``principal()`` is the caller)."""
+    return _requiring_token(func, check=True)
+
+
+def require_token_checked_by_read(func: F) -> F:
+    """``require_token`` for a route whose one Redis read checks that the
+    project token is still valid itself (``Principal.trusted``; GET /status):
+    a project token found in the cache costs no round trip of its own. The
+    route catches ``StaleCredentials`` and authenticates again
+    (``authenticate_again``)."""
+    return _requiring_token(func, check=False)
+
+
+async def authenticate_again() -> Principal | None:
+    """The caller, checked (after ``StaleCredentials``); None: nobody now."""
+    sent = request.headers.getlist("x-deployster-token")
+    caller = await core().authenticate(sent[0]) if len(sent) == 1 else None
+    if caller is not None:
+        g.principal = caller
+    return caller
+
+
+def _requiring_token(func: F, *, check: bool) -> F:
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         sent = request.headers.getlist("x-deployster-token")
@@ -30,7 +54,8 @@ def require_token(func: F) -> F:
         # an ambiguous request authenticates as nobody (held by
         # test_a_request_with_several_token_headers_is_refused in
         # tests/server/test_hardening.py).
-        caller = await core().authenticate(sent[0]) if len(sent) == 1 else None
+        caller = (await core().authenticate(sent[0], check=check) if len(sent) == 1
+                  else None)
         if caller is None:
             # Read the unread body first: answering with it still in the socket
             # makes Hypercorn drop the connection, and a keep-alive client's next

@@ -4,8 +4,10 @@ mocks."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -219,6 +221,28 @@ async def test_rotation_stops_the_old_token_at_once_in_a_running_server(
         reply = await client.post("/deploy", json=deploy_body(app_project.path, "echo new"))
         assert reply.status_code == 200
         assert (await wait_for_status(client, reply.json()["job_id"]))["status"] == "complete"
+
+
+async def test_a_status_poll_with_a_rotated_token_is_refused_and_reads_nothing(
+    server: LiveServer, core: Deployster, app_project: Project, app_token: str
+) -> None:
+    """/status checks a cached project token inside its one Redis read: after
+    a rotation the old token's very next poll is 403 and moves no cursor, so
+    the new token's poll gets every line."""
+    async with as_token(server, app_token) as client:
+        assert (await client.get(f"/status/{UNKNOWN_ID}")).status_code == 404  # cached now
+        reply = await client.post("/deploy", json=deploy_body(app_project.path, "echo kept"))
+        job_id = reply.json()["job_id"]
+        deadline = time.monotonic() + 20
+        while (await client.get(f"/jobs/{job_id}")).json()["status"] != "complete":
+            assert time.monotonic() < deadline, "the job did not end"
+            await asyncio.sleep(0.05)
+        new = await tokens.rotate(core.projects, await core.projects.find(app_project.name))
+        refused = await client.get(f"/status/{job_id}")
+        assert (refused.status_code, refused.json()) == (403, UNAUTHORIZED)
+    async with as_token(server, new) as client:
+        read = (await client.get(f"/status/{job_id}")).json()
+    assert read["status"] == "complete" and "kept\n" in read["logs"]
 
 
 async def test_revoked_token_is_refused_at_once(
