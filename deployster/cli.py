@@ -502,8 +502,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str]:
     """A setting's value as ``deployster config`` prints it, and its origin:
-    the token never (where it is kept instead), URLs with passwords masked, an
-    unset URL as what is used in its place."""
+    the token never (where it is kept instead), nor any other secret, URLs
+    with passwords (and notification targets with their credential) masked,
+    an unset URL as what is used in its place."""
     text = settings.to_env()[env_name(name)]
     if name == "token":
         if settings.token:
@@ -516,6 +517,13 @@ def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str
         if kept:
             return "(kept, hidden)", f"data dir: {path}"
         return "(none yet: serve makes one)", f"data dir: {path}"
+    if name == "notify":  # a Slack or Discord URL is a credential
+        from .notify.targets import parse_target
+
+        shown = [f"{t.kind}={t.shown_url()}" for t in map(parse_target, settings.notify)]
+        return " ".join(shown) or "(empty)", origin
+    if not Settings.model_fields[name].repr:  # a secret
+        return ("(set, hidden)" if text else "(empty)"), origin
     if name == "redis_url":
         return settings.redis_shown, origin
     if name == "database_url":
