@@ -476,12 +476,21 @@ async def insert_audit_events(db: Database, rows: Sequence[dict[str, Any]]) -> N
     ``project_id``, ``job_id`` and ``detail`` as a dict) in one transaction."""
     if not rows:
         return
+    columns = ("at", "actor", "action", "project_id", "job_id", "detail")
+    values = [(*(row.get(c) for c in columns[:-1]), json.dumps(row.get("detail") or {}))
+              for row in rows]
+    # One driver-level executemany (see upsert_deployments: ``databases``'
+    # own compiles the statement again for every row).
     async with db.connection() as connection, connection.transaction():
-        for row in rows:
-            await connection.execute(
-                "INSERT INTO audit_events (at, actor, action, project_id, job_id, detail) "
-                "VALUES (:at, :actor, :action, :project_id, :job_id, :detail)",
-                {**row, "detail": json.dumps(row.get("detail") or {})})
+        raw = connection.raw_connection
+        if db.url.dialect.startswith("postgres"):
+            await raw.executemany(
+                f"INSERT INTO audit_events ({', '.join(columns)}) VALUES ($1, $2, $3, $4, $5, $6)",
+                values)
+        else:
+            await raw.executemany(
+                f"INSERT INTO audit_events ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?)",
+                values)
 
 
 async def select_audit_events(

@@ -27,14 +27,13 @@ nothing, as ``inactive`` says. Statuses carry ``log_url`` when
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
-import httpx
-
-from .. import __version__
 from ..keys import Keys
 from ..models import Job
 from ..redis_conn import Redis
+from . import http
 from .messages import Facts
 
 # How long a job's deployment id is kept (its last status comes with its end).
@@ -81,23 +80,27 @@ def request_spec(facts: Facts) -> dict[str, Any]:
 
 def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION, "User-Agent": f"deployster/{__version__}"}
+            "X-GitHub-Api-Version": API_VERSION, "Content-Type": "application/json"}
 
 
-async def send(client: httpx.AsyncClient, redis: Redis, keys: Keys, *, api_url: str,
-               repo: str, token: str, job_id: str, spec: dict[str, Any]) -> httpx.Response:
+def _body(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode("utf-8")
+
+
+async def send(redis: Redis, keys: Keys, *, api_url: str, repo: str, token: str,
+               job_id: str, spec: dict[str, Any]) -> http.Response:
     """Create the job's deployment if Redis holds none for it, then post the
     status; returns the response that ends the attempt (the creation's, when
     it failed). The id is stored as soon as GitHub gives it, so a retry after
-    a failed status posts the status only."""
+    a failed status posts the status only. Raises ``http.HttpError``."""
     base = f"{api_url.rstrip('/')}/repos/{repo}/deployments"
     sent = headers(token)
     key = keys.github_deployment(job_id)
     deployment = cast(str | None, await redis.get(key))
     if deployment is None:
-        created = await client.post(base, json=spec["create"], headers=sent)
-        if created.status_code != 201:
+        created = await http.post(base, _body(spec["create"]), sent)
+        if created.status != 201:
             return created
         deployment = str(created.json()["id"])
         await redis.set(key, deployment, ex=DEPLOYMENT_TTL_S)
-    return await client.post(f"{base}/{deployment}/statuses", json=spec["status"], headers=sent)
+    return await http.post(f"{base}/{deployment}/statuses", _body(spec["status"]), sent)

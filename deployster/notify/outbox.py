@@ -53,26 +53,26 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-import httpx
-
-from .. import __version__, store
+from .. import store
 from ..clock import iso, now_ms
 from ..masking import secret_mask
 from ..models import NOTIFY_EVENTS, Job, NotifyTarget, Project
 from ..outages import classify, describe
 from ..redis_conn import REDIS_DOWN
 from ..service import Deployster
-from . import github, routes
+from . import github, http, routes
 from .messages import SIGNATURE_HEADER, TAIL_CHARS, Facts, body_bytes, signature, tail
 from .targets import GITHUB_EVENTS, default_targets, effective_targets, github_target_id
 
 log = logging.getLogger("deployster.notify")
-# httpx logs every request's full URL at INFO: a Slack or Discord URL is a
-# credential, and a webhook's query may hold one. Our own lines show them masked.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 READ_COUNT = 100  # outbox events read at once
 READ_BLOCK_MS = 1000  # the longest a read waits for an event
+# Seconds the reader lets pass between hearing of events and expanding them. An
+# event is written in the step that ends a job and hands its lock on: expanded
+# at once, it competed for this event loop with the launch of the next job
+# (bench/handoff.py --notify); a moment later, the launch is done.
+SETTLE_DELAY = 0.02
 MAX_IN_FLIGHT = 32  # attempts at once, per server
 IDLE_POLL = 0.5  # seconds between looks at the due lanes when nothing woke the sender
 LEASE_MARGIN = 5.0  # seconds a lease outlives the attempt timeout
@@ -99,8 +99,8 @@ class Outcome:
     dropped: bool = False
 
 
-def judge(response: httpx.Response) -> Outcome:
-    code = response.status_code
+def judge(response: http.Response) -> Outcome:
+    code = response.status
     if 200 <= code < 300:
         return Outcome(True, code)
     rate_limited = code == 403 and (response.headers.get("retry-after") is not None or
@@ -131,7 +131,6 @@ class Notifier:
         self._attempts: set[asyncio.Task[None]] = set()
         self._audit: list[dict[str, Any]] = []
         self._loops: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
         self._stopping = False
         self._routes_version: str | None = None
         self._routes_at = -float("inf")
@@ -142,9 +141,6 @@ class Notifier:
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            follow_redirects=False, headers={"User-Agent": f"deployster/{__version__}"},
-            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT))
         with contextlib.suppress(Exception):
             await self.sync_routes()  # failing now, the reader's first pass retries
         self._loops = [asyncio.create_task(self._read_loop(), name="notify-read"),
@@ -165,8 +161,6 @@ class Notifier:
         await asyncio.gather(*self._attempts, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.flush_audit()
-        if self._client is not None:
-            await self._client.aclose()
 
     # ----------------------------------------------------------------- routes
     async def sync_routes(self) -> None:
@@ -198,6 +192,8 @@ class Notifier:
                                await self.core.redis.xread({self.core.keys.outbox: cursor},
                                                            count=READ_COUNT,
                                                            block=READ_BLOCK_MS))
+                if replies and not self._stopping:
+                    await asyncio.sleep(SETTLE_DELAY)
                 for _, entries in replies or ():
                     for entry_id, fields in entries:
                         await self.expand(entry_id, fields)
@@ -319,6 +315,10 @@ class Notifier:
         try:
             target, outcome = await self._deliver(delivery_id, fields)
             shown = target or shown
+        except http.HttpError as exc:
+            outcome = Outcome(False, error=str(exc))
+        except TimeoutError:
+            outcome = Outcome(False, error=f"no answer in {self.core.settings.notify_timeout:g}s")
         except Exception as exc:  # never let one delivery take the sender down
             outcome = Outcome(False, error=describe(exc) if classify(exc) else
                               f"{type(exc).__name__}: {exc}")
@@ -355,7 +355,6 @@ class Notifier:
     async def _deliver(self, delivery_id: str,
                        fields: dict[str, str]) -> tuple[str | None, Outcome]:
         """Send one delivery; returns (the target as shown, the outcome)."""
-        assert self._client is not None
         settings = self.core.settings
         project = await self.core.projects.get(int(fields["project"]))
         kind = fields["kind"]
@@ -373,9 +372,9 @@ class Notifier:
                                           "DEPLOYSTER_GITHUB_TOKEN or --github-token-file",
                                           permanent=True)
                 response = await github.send(
-                    self._client, self.core.redis, self.core.keys,
-                    api_url=settings.github_api_url, repo=repo, token=token,
-                    job_id=fields["job"], spec=json.loads(fields["body"]))
+                    self.core.redis, self.core.keys, api_url=settings.github_api_url,
+                    repo=repo, token=token, job_id=fields["job"],
+                    spec=json.loads(fields["body"]))
                 return shown, judge(response)
             targets = effective_targets(project, self.defaults) if project else ()
             target = next((t for t in targets if t.id == fields["target"]), None)
@@ -388,7 +387,7 @@ class Notifier:
                        "X-Deployster-Delivery": delivery_id}
             if target.secret:
                 headers[SIGNATURE_HEADER] = signature(target.secret, body)
-            response = await self._client.post(target.url, content=body, headers=headers)
+            response = await http.post(target.url, body, headers)
             return f"{target.kind} {target.shown_url()}", judge(response)
 
     # ------------------------------------------------------------ the audit log
