@@ -328,3 +328,27 @@ async def test_an_event_is_expanded_once(core: Deployster, project_dir: Path) ->
     assert await core.redis.lrange(core.keys.notify_lane(lane[0]), 0, -1) == [f"{entry_id}.0"]
     body = json.loads(await core.redis.hget(core.keys.notify_delivery(f"{entry_id}.0"), "body"))
     assert body["event"] == "cancelled" and body["job_id"] == job.job_id
+
+
+async def test_an_event_that_cannot_be_expanded_does_not_hold_up_the_rest(
+    core: Deployster, project_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Receiver() as hook:
+        await core.projects.add(str(project_dir), notify=notify(f"webhook={hook.url}",
+                                                                events="cancelled"))
+        await core.redis.xadd(core.keys.outbox, {"e": "cancelled", "j": "x", "p": "not-a-number"})
+        job = await core.submit(DeployRequest(cd=str(project_dir),
+                                              commands=["supervisorctl restart x"]),
+                                run_here=False)
+        queued = await core.job(job.job_id)
+        assert queued is not None
+        await core.queue.cancel(queued)
+        notifier = Notifier(core)
+        await notifier.start()
+        try:
+            await hook.wait_for(1)
+        finally:
+            await notifier.stop()
+    assert hook.events() == [("cancelled", job.job_id)]
+    assert await core.redis.xlen(core.keys.outbox) == 0
+    assert "could not be turned into deliveries; it is dropped" in caplog.text

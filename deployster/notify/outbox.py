@@ -196,7 +196,7 @@ class Notifier:
                     await asyncio.sleep(SETTLE_DELAY)
                 for _, entries in replies or ():
                     for entry_id, fields in entries:
-                        await self.expand(entry_id, fields)
+                        await self._expand_or_drop(entry_id, fields)
                         cursor = entry_id
                 if failing:
                     log.warning("notifications: reading the outbox again")
@@ -209,6 +209,18 @@ class Notifier:
                 failing = True
                 cursor = "0-0"  # an event left unexpanded is read again
                 await asyncio.sleep(1.0)
+
+    async def _expand_or_drop(self, entry_id: str, fields: dict[str, str]) -> None:
+        """``expand``; an event it fails on for any reason but an outage (a
+        bug) is logged and deleted: one bad event must not hold up the rest."""
+        try:
+            await self.expand(entry_id, fields)
+        except Exception as exc:
+            if classify(exc) is not None:
+                raise  # the reader waits, then reads it again
+            log.exception("notifications: event %s (%s of job %s) could not be turned into "
+                          "deliveries; it is dropped", entry_id, fields.get("e"), fields.get("j"))
+            await self.core.scripts.notify_expand(entry=entry_id, now_ms=now_ms(), deliveries=[])
 
     async def expand(self, entry_id: str, fields: dict[str, str]) -> int:
         """Turn one outbox event into its deliveries (``notify_expand.lua``);
