@@ -166,7 +166,10 @@ class Notifier:
     async def sync_routes(self) -> None:
         """Write every project's entry (``routes.sync_all``)."""
         version = cast(str | None, await self.core.redis.get(self.core.keys.projects_version))
-        projects = await self.core.projects.all()
+        # From SQL, not the registry's cache: a read here must not count as
+        # the cache's reload (a project a refused version bump did not
+        # announce is looked up in SQL on a miss, but not twice a second).
+        projects = await store.select_projects(self.core.db)
         await routes.sync_all(self.core.redis, self.core.keys, projects, self.defaults)
         self._routes_version = version
         self._routes_at = time.monotonic()
