@@ -69,6 +69,7 @@ async def test_a_webhook_gets_the_events_it_wants_signed_with_the_log_tail_maske
             assert await ended(core, ok) == "complete"
             bad = await deploy(core, dispatcher, project_dir, "echo boom; exit 3",
                                commit="def5678")
+            node = core.node
             assert await ended(core, bad) == "failed (command_failed)"
             got = await hook.wait_for(4)
     assert hook.events() == [("started", ok), ("complete", ok), ("started", bad),
@@ -82,7 +83,7 @@ async def test_a_webhook_gets_the_events_it_wants_signed_with_the_log_tail_maske
                                      "status", "reason", "exit_code", "started_by", "node")} \
         == {"event": "complete", "job_id": ok, "project": "my-app", "commit": "abc1234",
             "ref": "main", "stage": "Production", "status": "complete", "reason": None,
-            "exit_code": 0, "started_by": "admin", "node": None}
+            "exit_code": 0, "started_by": "admin", "node": node}
     assert complete["duration"] > 0
     assert "key is ***" in complete["log_tail"] and STAGE_SECRET not in complete["log_tail"]
     failed = got[3].json

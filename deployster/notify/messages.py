@@ -72,7 +72,7 @@ def webhook_body(facts: Facts) -> dict[str, Any]:
         "job_id": job.id,
         "project": facts.project,
         "project_id": job.project_id,
-        "node": None,
+        "node": job.node,
         "commit": job.commit_hash or None,
         "ref": job.ref_name or None,
         "stage": job.stage,
