@@ -20,18 +20,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import httpx
 import redis
 
 import deployster
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from deployster.keys import Keys
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "bench-token-" + uuid.uuid4().hex
@@ -339,6 +342,81 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+class Sink:
+    """A notification target for the benches: a local HTTP endpoint that
+    answers every POST 200 at once and counts them. A bare asyncio protocol on
+    a loop of its own thread: the bench's receiving end must cost the shared
+    CPUs as little as a remote target would cost them nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.new_event_loop()
+        sink = self
+
+        class Answer(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = cast(asyncio.Transport, transport)
+                self.data = b""
+
+            def data_received(self, data: bytes) -> None:
+                self.data += data
+                head, sep, body = self.data.partition(b"\r\n\r\n")
+                if not sep:
+                    return
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if len(body) >= length:
+                    sink.count += 1
+                    self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                                         b"Connection: close\r\n\r\n")
+                    self.transport.close()
+
+        ready = threading.Event()
+        port: list[int] = []
+
+        def serve() -> None:  # the loop is this thread's: the caller's may be running one
+            asyncio.set_event_loop(self._loop)
+            server = self._loop.run_until_complete(
+                self._loop.create_server(Answer, "127.0.0.1", 0))
+            port.append(server.sockets[0].getsockname()[1])
+            ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=serve, daemon=True).start()
+        ready.wait(10)
+        self.url = f"http://127.0.0.1:{port[0]}/hook"
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+NOTIFY_SECRET = "bench-notify-secret"
+
+
+def notify_options(env: BenchEnv, *sinks: Sink, events: str = "all") -> list[str]:
+    """``project add`` options giving a project these sinks as webhook targets
+    wanting ``events`` (default every one), signed."""
+    secret = env.tmp / "notify.secret"
+    secret.write_text(NOTIFY_SECRET)
+    return [*(a for s in sinks for a in ("--notify", f"webhook={s.url}")),
+            "--notify-on", events, "--notify-secret-file", str(secret)]
+
+
+def wait_for_notifications(env: BenchEnv, timeout: float = 120) -> None:
+    """Until the server's notifier has sent everything (nothing in the outbox,
+    no delivery lane left)."""
+    keys = Keys(env.namespace)
+    client = redis.Redis.from_url(env.redis_url)
+    try:
+        wait_until(lambda: not client.xlen(keys.outbox) and not client.zcard(keys.notify_due),
+                   timeout=timeout, interval=0.1, what="the notifications to be sent")
+    finally:
+        client.close()
 
 
 def headers() -> dict[str, str]:

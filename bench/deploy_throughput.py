@@ -21,7 +21,13 @@ are left in Redis) and the namespace is deleted; ``--no-gate`` lets the queue
 run (one job at a time) during the measurement instead.
 
     python bench/deploy_throughput.py [--requests 2000] [--rounds 3] [--concurrency 64]
-                                      [--clients 2] [--client raw|httpx]
+                                      [--clients 2] [--client raw|httpx] [--notify]
+
+``--notify`` adds a third series on the same server: deploys to a second
+project with two webhook targets (local endpoints answering 200) that want
+every event, so each accepted deploy also writes a ``queued`` event to the
+outbox and makes two deliveries, which that server's notifier sends while the
+load runs. Its median is printed beside the plain deploys'.
 
 Target: deploys/bare >= 0.8 (the deploy route adds at most a quarter to the
 framework's own cost). The server CPU per request is the steadier figure on a
@@ -52,9 +58,11 @@ import redis
 from _harness import (
     BenchEnv,
     Server,
+    Sink,
     add_common_args,
     deploy_body,
     headers,
+    notify_options,
     proc_cpu_seconds,
     summary,
     verdict,
@@ -363,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="let the queued deploys run during the measurement")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="cap on each measured run, seconds (default 120)")
+    parser.add_argument("--notify", action="store_true",
+                        help="also measure deploys to a project with two webhook targets "
+                        "(every event)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -374,23 +385,35 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = multiprocessing.get_context("spawn")
     figures: dict[str, list[RunFigures]] = {"bare": [], "deploy": []}
+    if args.notify:
+        figures["notify"] = []
+    sinks = [Sink(), Sink()] if args.notify else []
     with BenchEnv("thruput", args.redis_url, args.database_url, args.keep) as env, \
             ctx.Pool(args.clients) as pool:
         gate = env.tmp / "gate"
         env.write_stub("supervisorctl", 'echo "supervisorctl: $*"\n')
         project = env.project("thruput-app")
-        body = deploy_body(project, "true")
+        bodies = {"bare": deploy_body(project, "true"), "deploy": deploy_body(project, "true")}
+        projects = [project]
+        if sinks:
+            notified = env.project("thruput-notify", *notify_options(env, *sinks))
+            bodies["notify"] = deploy_body(notified, "true")
+            projects.append(notified)
         redis_pid = local_redis_pid(env.redis_url)
 
         dirty_key = Keys(env.namespace).dirty
         backlog: list[int] = []
 
+        keys = Keys(env.namespace)
+
         def settle() -> None:
-            """Let the history writer catch up, so no run pays for the previous one."""
+            """Let the history writer (and the notifier) catch up, so no run pays
+            for the previous one."""
             client = redis.Redis.from_url(env.redis_url)
             try:
-                deadline = time.monotonic() + 60
-                while client.hlen(dirty_key) and time.monotonic() < deadline:
+                deadline = time.monotonic() + 120
+                while (client.hlen(dirty_key) or client.xlen(keys.outbox)
+                       or client.zcard(keys.notify_due)) and time.monotonic() < deadline:
                     time.sleep(0.1)
             finally:
                 client.close()
@@ -406,9 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "redis_pid": redis_pid}
 
         def run(server: Server, label: str, requests: int, *, concurrency: int,
-                clients: int) -> RunFigures:
+                clients: int, series: str) -> RunFigures:
             settle()
-            return run_load(pool, server, body, label=label, requests=requests,
+            return run_load(pool, server, bodies[series], label=label, requests=requests,
                             concurrency=concurrency, clients=clients, **common)
 
         bare = Server.start(env.env(), env.tmp / "bare.log",
@@ -420,27 +443,32 @@ def main(argv: list[str] | None = None) -> int:
             ticks = int((args.timeout * (2 * args.rounds + 2) + 120) * 2)
             hold = (f"i=0; while [ ! -e '{gate}' ] && [ $i -lt {ticks} ]; do sleep 0.5; "
                     "i=$((i+1)); done")
-            reply = httpx.post(server.url + "/deploy", headers=headers(), timeout=30,
-                               json=deploy_body(project, hold, commit="gate"))
-            if reply.status_code != 200 or reply.json().get("queued"):
-                raise SystemExit(f"gate job not started: {reply.status_code} {reply.text}")
+            for held in projects:
+                reply = httpx.post(server.url + "/deploy", headers=headers(), timeout=30,
+                                   json=deploy_body(held, hold, commit="gate"))
+                if reply.status_code != 200 or reply.json().get("queued"):
+                    raise SystemExit(f"gate job not started: {reply.status_code} {reply.text}")
         targets = {"bare": bare, "deploy": server}
+        if sinks:
+            targets["notify"] = server
         load = {"concurrency": args.concurrency, "clients": args.clients}
-        for target in targets.values():
-            run(target, "warm-up", args.warmup, **load)
-        # Alternate the two servers, so a change in the machine's other load hits
-        # both alike.
+        for label, target in targets.items():
+            run(target, "warm-up", args.warmup, **load, series=label)
+        # Alternate the servers, so a change in the machine's other load hits
+        # each alike.
         for round_no in range(1, args.rounds + 1):
             for label, target in targets.items():
-                figures[label].append(run(target, f"{label}#{round_no}", args.requests, **load))
+                figures[label].append(run(target, f"{label}#{round_no}", args.requests, **load,
+                                          series=label))
                 if label == "deploy":
                     backlog.append(dirty_now())
-        probes = [run(target, f"{label}/1", args.probe, concurrency=1, clients=1)
+        probes = [run(target, f"{label}/1", args.probe, concurrency=1, clients=1, series=label)
                   for label, target in targets.items()] if args.probe > 0 else []
         with redis.Redis.from_url(env.redis_url) as client:
             queued = sum(int(client.zcard(key))
                          for key in client.scan_iter(Keys(env.namespace).queue("*")))
-        sent = args.warmup + args.requests * args.rounds + (args.probe if probes else 0)
+        sent = (args.warmup + args.requests * args.rounds + (args.probe if probes else 0)) \
+            * (len(targets) - 1)
         gate.touch()
         bare.stop()
         server.stop()
@@ -461,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'run' if args.no_gate else 'queued behind a held job'}"
           + (f"; */1 = one connection, {args.probe} sequential requests)" if probes else ")"))
     for round_no in range(args.rounds):
-        print_run(figures["bare"][round_no])
-        print_run(figures["deploy"][round_no])
+        for series in figures.values():
+            print_run(series[round_no])
     for fig in probes:
         print_run(fig)
     print(f"  jobs queued by the deploy server: {queued} for {sent} requests "
@@ -475,6 +503,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio deploys/bare {ratio:.2f} (per round: "
           f"{', '.join(f'{r:.2f}' for r in rounds)})   target >= {TARGET_RATIO:g}: "
           f"{verdict(ratio >= TARGET_RATIO)}")
+    if sinks:
+        not_rps = statistics.median(f.rps for f in figures["notify"])
+        not_cpu = statistics.median(f.server_cpu_ms for f in figures["notify"])
+        not_p99 = statistics.median(f.lat.get("p99", 0.0) for f in figures["notify"])
+        dep_p99 = statistics.median(f.lat.get("p99", 0.0) for f in figures["deploy"])
+        print(f"  two notification targets (every event): {not_rps:.0f} req/s (p99 "
+              f"{not_p99:.1f} ms), server CPU/request {not_cpu:.2f} ms; without targets "
+              f"{dep_rps:.0f} req/s (p99 {dep_p99:.1f} ms), {dep_cpu:.2f} ms; with/without "
+              f"{not_rps / dep_rps:.2f}; webhook requests received "
+              f"{sum(s.count for s in sinks)}")
+        for sink in sinks:
+            sink.close()
     return 0
 
 

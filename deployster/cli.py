@@ -28,6 +28,7 @@ from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import Conflict, DeploysterError
 from .logreader import follow
 from .models import SOURCES, JobStatus
+from .notify.targets import NotifyChange
 from .outages import RedisRefused, classify, describe
 from .printable import CONTINUATION, escape_controls
 from .projects import QUEUE_POLICIES
@@ -135,16 +136,47 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fifo (default): every request runs in order; supersede: a new "
                             "request replaces older queued ones for the same branch")
 
+    def notify_options(p: argparse.ArgumentParser, *, editing: bool) -> None:
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--notify", action="append", metavar="KIND=URL",
+                           help="send job events to this target (repeatable; KIND: webhook, "
+                                "slack or discord); replaces the project's targets")
+        which.add_argument("--no-notify", action="store_true",
+                           help="no notifications for this project, not even the server-wide "
+                                "ones (DEPLOYSTER_NOTIFY)")
+        which.add_argument("--notify-default", action="store_true",
+                           help="no targets of its own: the server-wide ones apply (the "
+                                "default of a new project)")
+        p.add_argument("--notify-on", metavar="EVENTS",
+                       help="comma-separated: queued, started, complete, failed, superseded, "
+                            "cancelled, lock_released, or all (default complete,failed)")
+        p.add_argument("--notify-secret-file", action="append", type=Path, metavar="FILE",
+                       help="the key that signs webhook bodies (HMAC-SHA256): once for every "
+                            "webhook target, or once per webhook target in their order; "
+                            "stored, never printed")
+        github = p.add_mutually_exclusive_group()
+        github.add_argument("--github", metavar="OWNER/REPO",
+                            help="post each job as a GitHub deployment of this repository")
+        if editing:
+            github.add_argument("--no-github", action="store_true",
+                                help="stop posting GitHub deployments (the token goes too)")
+        p.add_argument("--github-token-file", type=Path, metavar="FILE",
+                       help="a GitHub token for this project's deployments (default: "
+                            "DEPLOYSTER_GITHUB_TOKEN); stored, never printed")
+
     add = psub.add_parser("add", help="register a project directory")
     add.add_argument("path", help="the project directory (the 'cd' CI sends)")
     add.add_argument("--name", help="a short name (default: the directory's name)")
     stage_options(add)
+    notify_options(add, editing=False)
     add.set_defaults(handler=cmd_project_add)
 
-    edit = psub.add_parser("edit", help="change a project's name, stages, TTL or timeout")
+    edit = psub.add_parser(
+        "edit", help="change a project's name, stages, TTL, timeout, steps or notifications")
     edit.add_argument("project", metavar="NAME|ID|PATH")
     edit.add_argument("--name", help="a new name")
     stage_options(edit)
+    notify_options(edit, editing=True)
     edit.set_defaults(handler=cmd_project_edit)
 
     lst = psub.add_parser("list", help="list registered projects")
@@ -214,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
         "redeploy", help="queue a job again: its commands, ref and the very commit it deployed")
     jredeploy.add_argument("job_id")
     jredeploy.set_defaults(handler=cmd_job_redeploy)
+
+    notes = sub.add_parser(
+        "notifications", help="recent notification and GitHub deployment attempts, newest "
+                              "first (from the audit log), and how many wait")
+    notes.add_argument("project", nargs="?", metavar="NAME|ID|PATH",
+                       help="only this project's")
+    notes.add_argument("--limit", type=_positive_count, default=20, metavar="N",
+                       help="how many (default 20)")
+    notes.add_argument("--json", action="store_true")
+    notes.set_defaults(handler=cmd_notifications)
 
     unlock = sub.add_parser(
         "unlock", help="release a project's deploy lock (shows the holder, asks first)",
@@ -295,8 +337,63 @@ def _steps_from(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _print_project(project: Any, *, as_json: bool, deployed: Any = None) -> None:
-    """``deployed``: the project's newest complete job (what is deployed now)."""
+def _read_secret(path: Path | None) -> str | None:
+    """A secret file's text (``notify.targets.check_secret`` trims and checks it)."""
+    if path is None:
+        return None
+    try:
+        return path.expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeploysterError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise DeploysterError(f"{path} is not text (UTF-8)") from None
+
+
+def _notify_from(args: argparse.Namespace) -> NotifyChange:
+    """The notification options given on the command line."""
+    return NotifyChange(
+        targets=tuple(args.notify) if args.notify else None,
+        events=args.notify_on,
+        secrets=tuple(_read_secret(p) or "" for p in args.notify_secret_file)
+        if args.notify_secret_file else None,
+        off=args.no_notify, defaults=args.notify_default,
+        github=args.github, no_github=getattr(args, "no_github", False),
+        github_token=_read_secret(args.github_token_file),
+    )
+
+
+def _warn_github_token(project: Any, settings: Settings) -> None:
+    if project.github_repo and not project.github_token and not settings.github_token:
+        print(f"deployster: note: project {project.name!r} has no GitHub token of its own and "
+              "DEPLOYSTER_GITHUB_TOKEN is not set here: give the server one, or "
+              "--github-token-file FILE", file=sys.stderr)
+
+
+def _notify_lines(project: Any, defaults: Any) -> list[str]:
+    """What ``project show`` says of the notifications: no URL's credential, no secret."""
+    lines = []
+    targets = project.notify
+    if targets is None:
+        targets = defaults
+        if not defaults:
+            lines.append("notify:    none (no targets of its own; DEPLOYSTER_NOTIFY sets none)")
+    elif not targets:
+        lines.append("notify:    off (--no-notify)")
+    for target in targets:
+        signed = "; signed" if target.secret else ""
+        server = " (server-wide)" if project.notify is None else ""
+        lines.append(f"notify:    {target.kind} {target.shown_url()} "
+                     f"({', '.join(target.events)}{signed}){server}")
+    if project.github_repo:
+        token = ("its own" if project.github_token else "DEPLOYSTER_GITHUB_TOKEN's")
+        lines.append(f"github:    {project.github_repo} (deployments; token: {token})")
+    return lines
+
+
+def _print_project(project: Any, *, as_json: bool, deployed: Any = None,
+                   defaults: Any = ()) -> None:
+    """``deployed``: the project's newest complete job (what is deployed now);
+    ``defaults``: the server-wide notification targets."""
     if as_json:
         data = project.to_dict()
         data["deployed_commit"] = deployed_commit(deployed) if deployed else None
@@ -324,6 +421,8 @@ def _print_project(project: Any, *, as_json: bool, deployed: Any = None) -> None
         print(f"token:     set (created {project.token_created_at})")
     else:
         print("token:     none")
+    for line in _notify_lines(project, defaults):
+        print(line)
     if not project.pipeline:
         print("stages:    none")
     for stage in project.pipeline:
@@ -403,8 +502,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str]:
     """A setting's value as ``deployster config`` prints it, and its origin:
-    the token never (where it is kept instead), URLs with passwords masked, an
-    unset URL as what is used in its place."""
+    the token never (where it is kept instead), nor any other secret, URLs
+    with passwords (and notification targets with their credential) masked,
+    an unset URL as what is used in its place."""
     text = settings.to_env()[env_name(name)]
     if name == "token":
         if settings.token:
@@ -417,6 +517,13 @@ def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str
         if kept:
             return "(kept, hidden)", f"data dir: {path}"
         return "(none yet: serve makes one)", f"data dir: {path}"
+    if name == "notify":  # a Slack or Discord URL is a credential
+        from .notify.targets import parse_target
+
+        shown = [f"{t.kind}={t.shown_url()}" for t in map(parse_target, settings.notify)]
+        return " ".join(shown) or "(empty)", origin
+    if not Settings.model_fields[name].repr:  # a secret
+        return ("(set, hidden)" if text else "(empty)"), origin
     if name == "redis_url":
         return settings.redis_shown, origin
     if name == "database_url":
@@ -507,9 +614,10 @@ def cmd_project_add(args: argparse.Namespace) -> int:
             # A shell user types "." or "apps/web": relative to where they stand.
             os.path.abspath(os.path.expanduser(args.path)), name=args.name, pipeline=pipeline,
             lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
-            steps=_steps_from(args),
+            steps=_steps_from(args), notify=_notify_from(args),
         )
         print(f"registered project {project.name!r} (id {project.id}) at {project.path}")
+        _warn_github_token(project, core.settings)
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -523,9 +631,10 @@ def cmd_project_edit(args: argparse.Namespace) -> int:
         project = await core.projects.edit(
             project, name=args.name, pipeline=pipeline,
             lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
-            steps=_steps_from(args),
+            steps=_steps_from(args), notify=_notify_from(args),
         )
         print(f"updated project {project.name!r} (id {project.id})")
+        _warn_github_token(project, core.settings)
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -620,7 +729,8 @@ def cmd_project_show(args: argparse.Namespace) -> int:
     async def body(core: Deployster) -> int:
         project = await core.projects.find(args.project)
         done = await completed_jobs(core, project.id, limit=1)
-        _print_project(project, as_json=args.json, deployed=done[0] if done else None)
+        _print_project(project, as_json=args.json, deployed=done[0] if done else None,
+                       defaults=core.projects.notify_defaults)
         return 0
 
     return asyncio.run(_with_core(_settings(), body))
@@ -789,6 +899,51 @@ def _lock_facts(row: Any, queued: list[str], total: int) -> list[str]:
         f"owning job: {holder}",
         f"queued:     {total} job(s) waiting" + (f": {shown}" if queued else ""),
     ]
+
+
+def _attempt_result(row: dict[str, Any]) -> str:
+    detail = row["detail"]
+    outcome = str(detail.get("status") or detail.get("error") or "")
+    word = row["action"].split(".", 1)[-1].replace("_", " ")
+    if row["action"] == "notify.failed" and detail.get("retry_in_s") is not None:
+        outcome += f", retry in {detail['retry_in_s']}s"
+    return f"{word} ({outcome})" if outcome else word
+
+
+def cmd_notifications(args: argparse.Namespace) -> int:
+    from . import store
+    from .table import Column, render
+
+    async def body(core: Deployster) -> int:
+        project = await core.projects.find(args.project) if args.project else None
+        rows = await store.select_audit_events(
+            core.db, limit=args.limit, action_prefix="notify.",
+            project_id=project.id if project else None)
+        async with core.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(core.keys.notify_due)
+            pipe.xlen(core.keys.outbox)
+            lanes, events = await pipe.execute()
+        if args.json:
+            print(json.dumps({"attempts": rows, "waiting": {"lanes": lanes, "events": events}},
+                             indent=2))
+            return 0
+        names = {p.id: p.name for p in await core.projects.all()}
+        if not rows:
+            print("no notification attempts yet" + (f" for {project.name}" if project else ""))
+        else:
+            columns = [Column("AT"), Column("PROJECT", NAME_CAP), Column("JOB"),
+                       Column("EVENT"), Column("TARGET"), Column("TRY", right=True),
+                       Column("RESULT")]
+            table = [[r["at"], names.get(r["project_id"], str(r["project_id"] or "-")),
+                      r["job_id"] or "-", str(r["detail"].get("event", "-")),
+                      escape_controls(str(r["detail"].get("target", "-"))),
+                      str(r["detail"].get("attempt", "-")), _attempt_result(r)] for r in rows]
+            print("\n".join(render(columns, table)))
+        print(f"waiting: {lanes} delivery lane(s) with a delivery due or retrying; "
+              f"{events} event(s) not yet read")
+        return 0
+
+    return asyncio.run(_with_core(_settings(), body))
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:

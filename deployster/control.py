@@ -71,7 +71,7 @@ async def release_lock(
     (dispatchers claim the next job at once; a job still marked running without
     the lock ends lock_lost). Records an audit event either way."""
     state = await core.lock.state(project_id)
-    released = await core.lock.release(project_id, owner)
+    released = await core.lock.release(project_id, owner, actor=actor)
     await store.insert_audit_event(
         core.db, actor=actor, action="lock.release", project_id=project_id, job_id=owner,
         detail={"released": released, "ttl_ms": state.ttl_ms,

@@ -153,6 +153,17 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
             "ALTER TABLE deployments ADD COLUMN node TEXT",
         ],
     ),
+    (
+        7,
+        "notifications and GitHub deployments per project",
+        [
+            # NULL: the server-wide targets; '[]': none. Secrets inside, as the
+            # stage values are in pipeline_json: never sent to a reader.
+            "ALTER TABLE projects ADD COLUMN notify_json TEXT",
+            "ALTER TABLE projects ADD COLUMN github_repo TEXT",
+            "ALTER TABLE projects ADD COLUMN github_token TEXT",
+        ],
+    ),
 ]
 
 _DIALECT_WORDS = {

@@ -25,6 +25,7 @@ from .logformat import job_log
 from .logstream import LastBatch, LogWriter
 from .masking import Masker, MaskingWriter, job_secrets
 from .models import Job, JobStatus, Reason
+from .notify.outbox import Notifier
 from .outages import classify, describe
 from .procinfo import boot_id, hostname, process_identity
 from .queue import FinishResult
@@ -44,6 +45,9 @@ class Dispatcher:
     def __init__(self, core: Deployster, history: HistoryWriter | None = None) -> None:
         self.core = core
         self.history = history or HistoryWriter(core)
+        # Notifications and GitHub deployments: read from the outbox the queue
+        # scripts write, sent off every job's path (notify/outbox.py).
+        self.notifier = Notifier(core)
         self.watchdog = Watchdog(core.redis, core.keys)
         self.lease_guard = LeaseGuard()
         self.runners: dict[str, Runner] = {}
@@ -75,6 +79,7 @@ class Dispatcher:
         self._listener = asyncio.create_task(self._listen(), name="dispatcher-listen")
         self._announcer = asyncio.create_task(self._announce_loop(), name="dispatcher-announce")
         self._history_task = asyncio.create_task(self.history.run(), name="history-writer")
+        await self.notifier.start()
 
     async def _adopt_projects(self) -> None:
         """Projects registered before nodes existed become this node's."""
@@ -122,6 +127,7 @@ class Dispatcher:
         await asyncio.gather(*loops, return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN, Exception):
             await self.history.flush()
+        await self.notifier.stop()
         with contextlib.suppress(*REDIS_DOWN):
             await recovery.withdraw(self.core)
         self.lease_guard.close()

@@ -28,6 +28,12 @@ instances sharing one Redis.
 | deployster:health           | string | the health check's write probe, short TTL     |
 | deployster:events           | pubsub | events a dispatcher acts on: released, finished… |
 | deployster:feed             | pubsub | for watchers only: started, enqueued+started, history |
+| deployster:notify:routes    | hash   | project id (or '*') -> ',events its targets want,' |
+| deployster:outbox           | stream | job events for notifications, not yet expanded |
+| deployster:notify:due       | zset   | delivery lane -> when its head is tried next (ms) |
+| deployster:notify:lane:<lane> | list | a lane's delivery ids, in order (one target, one job) |
+| deployster:notify:d:<id>    | hash   | one delivery: target, event, body, tries          |
+| deployster:github:<job>     | string | the GitHub deployment id of a job, with a TTL     |
 """
 
 from __future__ import annotations
@@ -156,3 +162,36 @@ class Keys:
         # Kept off ``events``: at hundreds of deploys a second a server parsing
         # its own per-request events was a twentieth of its CPU.
         return f"{self.prefix}feed"
+
+    # -- notifications (notify/outbox.py): written in the queue scripts' steps
+    @property
+    def notify_routes(self) -> str:
+        """Project id (or ``*``) -> the events its targets want, as ``,a,b,``:
+        what the queue scripts read before writing to ``outbox``."""
+        return f"{self.prefix}notify:routes"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}outbox"
+
+    @property
+    def notify_due(self) -> str:
+        return f"{self.prefix}notify:due"
+
+    @property
+    def notify_lane_prefix(self) -> str:
+        return f"{self.prefix}notify:lane:"
+
+    def notify_lane(self, lane: str) -> str:
+        return f"{self.notify_lane_prefix}{lane}"
+
+    @property
+    def notify_delivery_prefix(self) -> str:
+        return f"{self.prefix}notify:d:"
+
+    def notify_delivery(self, delivery_id: str) -> str:
+        return f"{self.notify_delivery_prefix}{delivery_id}"
+
+    def github_deployment(self, job_id: str) -> str:
+        """The id of the GitHub deployment made for a job (its statuses attach to it)."""
+        return f"{self.prefix}github:{job_id}"

@@ -58,11 +58,15 @@ class DeployLock:
         self.keys = keys
         self.scripts = Scripts.of(redis, keys)
 
-    async def release(self, project_id: int, owner: str) -> bool:
+    async def release(self, project_id: int, owner: str, *, actor: str = "") -> bool:
         """Delete the lock only if ``owner`` still holds it; wakes the queue
-        (a ``released`` event). False when ``owner`` no longer held it."""
+        (a ``released`` event). False when ``owner`` no longer held it.
+        ``actor``: the operator who released it, for the project's
+        notifications (``lock_released``); '' for a release that is no
+        operator's act on the lock (a project's removal)."""
         event = encode(Event.RELEASED, project_id, owner)
-        done = await self.scripts.release(project_id=project_id, owner=owner, event=event)
+        done = await self.scripts.release(project_id=project_id, owner=owner, event=event,
+                                          actor=actor)
         return bool(done)
 
     async def state(self, project_id: int) -> LockState:

@@ -375,6 +375,29 @@ async def read_full_log(redis: Redis, keys: Keys, job_id: str) -> str:
     return "".join([text async for _, text in read_log(redis, keys, job_id)])
 
 
+async def read_tail(redis: Redis, keys: Keys, job_id: str, max_chars: int,
+                    *, page: int = 8) -> str | None:
+    """The last ``max_chars`` characters (at least) of the live stream, read
+    from its end a few entries at a time; None when there is no stream."""
+    key = keys.log(job_id)
+    parts: list[str] = []
+    size = 0
+    top = "+"
+    while size < max_chars:
+        entries = cast(list[tuple[str, dict[str, str]]],
+                       await redis.xrevrange(key, max=top, min="-", count=page))
+        for entry_id, fields in entries:
+            text = fields.get("d", "")
+            parts.append(text)
+            size += len(text)
+            top = f"({entry_id}"
+        if len(entries) < page:
+            break
+    if not parts and not await redis.exists(key):
+        return None
+    return "".join(reversed(parts))[-max_chars:]
+
+
 async def stream_end(redis: Redis, keys: Keys, job_id: str) -> int | None:
     """Where the live stream ends: the byte offset after its last entry (the
     log's length so far); None when there is no stream (no output yet, or

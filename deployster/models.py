@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class JobStatus(StrEnum):
@@ -89,6 +90,60 @@ class DeploySteps:
         return cls(**known)
 
 
+# The kinds of notification target (deployster/notify/messages.py writes each one's body).
+NOTIFY_KINDS = ("webhook", "slack", "discord")
+# The job events a target may want (README.md#notifications): a job waits in the
+# queue, starts, ends (complete, failed, superseded, cancelled), or an operator
+# releases the lock it held.
+NOTIFY_EVENTS = ("queued", "started", "complete", "failed", "superseded", "cancelled",
+                 "lock_released")
+DEFAULT_NOTIFY_EVENTS = ("complete", "failed")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """Where a project's job events go: a ``kind`` (``NOTIFY_KINDS``), its URL,
+    the events it wants and, for a webhook, the HMAC-SHA256 key that signs its
+    bodies. The URL (a Slack or Discord one is itself a credential) and the
+    secret are kept out of repr; readers get ``to_dict``, which shows neither."""
+
+    kind: str
+    url: str = field(repr=False)
+    events: tuple[str, ...] = DEFAULT_NOTIFY_EVENTS
+    secret: str | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        """Names the target in Redis and the audit log (its kind and URL hashed)."""
+        return hashlib.sha256(f"{self.kind} {self.url}".encode()).hexdigest()[:16]
+
+    def shown_url(self) -> str:
+        """The URL as it may be shown: a Slack or Discord URL by its host alone
+        (its path is the credential), a webhook's without its query and any
+        password."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        if self.kind != "webhook":
+            return f"{parts.scheme}://{host}/***"
+        return f"{parts.scheme}://{host}{parts.path}" + ("?***" if parts.query else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.shown_url(), "events": list(self.events),
+                "signed": self.secret is not None}
+
+    def to_stored(self) -> dict[str, Any]:
+        """Every field, the secret too: the projects table's ``notify_json``."""
+        return {"kind": self.kind, "url": self.url, "events": list(self.events),
+                "secret": self.secret}
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> NotifyTarget:
+        return cls(data["kind"], data["url"], tuple(data.get("events") or ()),
+                   data.get("secret"))
+
+
 @dataclass(frozen=True)
 class Project:
     id: int
@@ -107,6 +162,13 @@ class Project:
     # The node (host) whose files these are and whose server runs its jobs
     # (deployster/node.py); '' only in a database not yet adopted by a node.
     node: str = ""
+    # Notification targets; None: the server-wide ones (DEPLOYSTER_NOTIFY), ()
+    # none at all (``project edit --no-notify``).
+    notify: tuple[NotifyTarget, ...] | None = None
+    # GitHub deployments (notify/github.py): "owner/repo", and a token of the
+    # project's own (else DEPLOYSTER_GITHUB_TOKEN), kept out of repr and to_dict.
+    github_repo: str | None = None
+    github_token: str | None = field(default=None, repr=False)
 
     def stage_for(self, ref_name: str) -> Stage | None:
         for stage in self.pipeline:
@@ -131,6 +193,17 @@ class Project:
             "token_set": self.token_hash is not None,
             "token_created_at": self.token_created_at,
             **self.steps.to_dict(),
+            **self.notify_dict(),
+        }
+
+    def notify_dict(self) -> dict[str, Any]:
+        """What a reader may see of the notifications: targets without their
+        URL's credential or secret (None: the server-wide ones apply), the
+        GitHub repository, and whether a token of the project's own is set."""
+        return {
+            "notify": None if self.notify is None else [t.to_dict() for t in self.notify],
+            "github": self.github_repo,
+            "github_token_set": self.github_token is not None,
         }
 
 

@@ -123,6 +123,7 @@ def project_summary(row: ProjectRow) -> dict[str, Any]:
         "running_job": row.lock_owner,
         "deployed_commit": deployed_commit(deployed) if deployed else None,
         "deployed_job": deployed.id if deployed else None,
+        **p.notify_dict(),
     }
 
 

@@ -29,6 +29,9 @@ from .errors import Conflict, InvalidRequest, UnknownProject
 from .events import Event, encode
 from .keys import Keys
 from .models import SOURCES, DeploySteps, EnvVar, Project, Stage
+from .notify import routes
+from .notify.targets import NotifyChange, default_targets
+from .notify.targets import apply as apply_notify
 from .outages import REDIS_DOWN, describe
 from .printable import describe_control, find_control
 from .redis_conn import Redis
@@ -235,6 +238,9 @@ class ProjectRegistry:
         # directory arriving together (two CI runs) must make one project.
         # Other processes are kept apart by the UNIQUE columns (see _register).
         self._registering = asyncio.Lock()
+        # The server-wide notification targets (a project without its own gets them).
+        self.notify_defaults = default_targets(settings.notify, settings.notify_on,
+                                               settings.notify_secret)
 
     async def _bump(self) -> None:
         """Tell every process that a project changed (the SQL change is made).
@@ -252,6 +258,20 @@ class ProjectRegistry:
         except REDIS_DOWN as exc:
             log.warning("the change is saved, but running deployster processes could not be "
                         "told (Redis: %s); they see it within %gs", describe(exc), RELOAD_EVERY)
+
+    async def _route(self, project: Project, *, removed: bool = False) -> None:
+        """Tell the queue scripts which events the project's targets want
+        (``notify.routes``). A Redis that cannot take it now is logged: every
+        running notifier rewrites the routes when it sees the version move."""
+        try:
+            if removed:
+                await routes.forget_project(self.redis, self.keys, project.id)
+            else:
+                await routes.sync_project(self.redis, self.keys, project, self.notify_defaults)
+        except REDIS_DOWN as exc:
+            log.warning("the notifications of %s are saved, but Redis could not be told "
+                        "(%s); a running server applies them within seconds", project.name,
+                        describe(exc))
 
     def invalidate(self) -> None:
         """Re-check the version on the next lookup (a 'projects' event arrived)."""
@@ -358,11 +378,13 @@ class ProjectRegistry:
         timeout: float | None = None,
         queue_policy: str | None = None,
         steps: dict[str, Any] | None = None,
+        notify: NotifyChange | None = None,
     ) -> Project:
         """Register ``path`` (stored as given, made absolute and tidied).
 
         ``steps``: changes to the default ``DeploySteps`` (source, git_remote,
-        supervisor_update, verify_window, verify_running).
+        supervisor_update, verify_window, verify_running). ``notify``: its
+        notifications and GitHub link (``notify.targets.apply``).
 
         Raises ``Conflict`` (``project_exists``) when a project already has this
         directory, under any spelling, or, for an explicit ``name``, that name;
@@ -377,6 +399,7 @@ class ProjectRegistry:
         _check_positive(timeout, "timeout")
         _check_policy(queue_policy)
         deploy_steps = validate_steps(steps or {}, DeploySteps())
+        targets, repo, github_token = apply_notify(None, notify or NotifyChange())
         if name is not None and not _NAME.match(name):
             raise InvalidRequest(
                 f"project name {name!r} must be 1-100 letters, digits, '.', '_' or '-'",
@@ -393,7 +416,23 @@ class ProjectRegistry:
         if not created:
             raise Conflict(f"a project is already registered at {project.path}",
                            code="project_exists")
+        if notify:
+            project = await self._set_notify(project, targets, repo, github_token)
         return project
+
+    async def _set_notify(self, project: Project, targets: Any, repo: str | None,
+                          github_token: str | None) -> Project:
+        """Store a project's notifications, tell every process and the queue scripts."""
+        await store.set_project_notify(
+            self.db, project.id,
+            notify_json=None if targets is None else json.dumps([t.to_stored() for t in targets]),
+            github_repo=repo, github_token=github_token)
+        await self._bump()
+        updated = await store.select_project(self.db, project.id)
+        if updated is None:  # removed meanwhile by another process
+            raise UnknownProject(f"project {project.name!r} no longer exists")
+        await self._route(updated)
+        return updated
 
     async def _register(
         self,
@@ -453,9 +492,12 @@ class ProjectRegistry:
         timeout: float | None = None,
         queue_policy: str | None = None,
         steps: dict[str, Any] | None = None,
+        notify: NotifyChange | None = None,
     ) -> Project:
         """Change the given fields (None: unchanged); ``steps``: changes to the
-        project's ``DeploySteps``. Raises as ``add`` does."""
+        project's ``DeploySteps``, ``notify`` to its notifications. Raises as
+        ``add`` does."""
+        targets, repo, github_token = apply_notify(project, notify or NotifyChange())
         _check_positive(lock_ttl, "lock TTL")
         _check_positive(timeout, "timeout")
         _check_policy(queue_policy)
@@ -482,6 +524,8 @@ class ProjectRegistry:
         updated = await store.select_project(self.db, project.id)
         if updated is None:  # removed meanwhile by another process
             raise UnknownProject(f"project {project.name!r} no longer exists")
+        if notify:
+            updated = await self._set_notify(updated, targets, repo, github_token)
         return updated
 
     async def remove(self, project: Project) -> None:
@@ -492,6 +536,7 @@ class ProjectRegistry:
         caller's (``control.remove_project``)."""
         await store.delete_project(self.db, project.id)
         await self._bump()
+        await self._route(project, removed=True)
 
     async def by_token_hash(self, token_hash: str) -> Project | None:
         """The project whose token hashes to ``token_hash``, never a revoked one.

@@ -35,7 +35,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, DeploysterError
+from .notify.targets import parse_events, parse_target
 
 ENV_PREFIX = "DEPLOYSTER_"
 CONFIG_VAR = f"{ENV_PREFIX}CONFIG"
@@ -56,6 +57,39 @@ def _default_data_dir() -> Path:
 
 def _expand_user(path: Path) -> Path:
     return Path(os.path.expanduser(path))
+
+
+def _split_words(value: Any) -> Any:
+    # The variable's form, "webhook=https://a slack=https://b" (URLs hold no
+    # spaces); a TOML list passes as it is.
+    if isinstance(value, str):
+        return value.split()
+    return value
+
+
+def _check_targets(specs: tuple[str, ...]) -> tuple[str, ...]:
+    for n, spec in enumerate(specs, 1):
+        try:
+            parse_target(spec)
+        except DeploysterError as exc:
+            # Not the spec itself: a Slack or Discord URL is a credential.
+            raise ValueError(f"target {n}: {exc.message}") from None
+    return specs
+
+
+def _check_events(text: str) -> str:
+    try:
+        parse_events(text)
+    except DeploysterError as exc:
+        raise ValueError(exc.message.removeprefix("notification events ")) from None
+    return text
+
+
+def _check_url(url: str | None) -> str | None:
+    if url is not None and (not re.match(r"https?://[^/\s]+", url) or any(
+            ch.isspace() for ch in url)):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
 
 
 def _split_paths(value: Any) -> Any:
@@ -81,6 +115,11 @@ Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 # NoDecode: pydantic-settings would read a tuple variable as JSON.
 PathList = Annotated[tuple[UserPath, ...], NoDecode, BeforeValidator(_split_paths)]
+Targets = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_words),
+                    AfterValidator(_check_targets)]
+Url = Annotated[str, AfterValidator(_check_url)]
+# Fields whose list is joined with spaces, not ":", in a variable (``to_env``).
+_SPACE_JOINED = frozenset({"notify"})
 
 
 class Settings(BaseSettings):
@@ -167,6 +206,22 @@ class Settings(BaseSettings):
     """This host's node name in a fleet sharing one Redis and PostgreSQL (unset: the kept one)."""
     public_url: str | None = None
     """The URL other nodes and links reach this server at (e.g. https://deploy.example.com)."""
+
+    # Notifications and GitHub deployments (deployster/notify/).
+    notify: Targets = Field(default=(), repr=False)
+    """Space-separated KIND=URL targets (webhook, slack, discord) of projects without their own."""
+    notify_on: Annotated[str, AfterValidator(_check_events)] = "complete,failed"
+    """The events those targets get (comma-separated; all, or see `project add --help`)."""
+    notify_secret: str | None = Field(default=None, repr=False)
+    """The HMAC-SHA256 key that signs the bodies of those targets' webhooks."""
+    notify_window: Seconds = 3600.0
+    """Seconds a notification is retried for, with backoff, before it is given up."""
+    notify_timeout: Seconds = 10.0
+    """Seconds one delivery attempt may take."""
+    github_token: str | None = Field(default=None, repr=False)
+    """A GitHub token for the deployments of projects with --github and no token of their own."""
+    github_api_url: Url = "https://api.github.com"
+    """The GitHub API (GitHub Enterprise: https://HOST/api/v3)."""
 
     @field_validator("node")
     @classmethod
@@ -259,7 +314,8 @@ class Settings(BaseSettings):
             if value is None:
                 text = ""
             elif isinstance(value, tuple):
-                text = os.pathsep.join(str(item) for item in value)
+                sep = " " if name in _SPACE_JOINED else os.pathsep
+                text = sep.join(str(item) for item in value)
             else:
                 text = str(value)
             env[env_name(name)] = text

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from databases import Database
 
 from .clock import iso, parse_iso
-from .models import DeploySteps, EnvVar, Job, JobStatus, Project, Stage
+from .models import DeploySteps, EnvVar, Job, JobStatus, NotifyTarget, Project, Stage
 
 
 def _plain_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
@@ -63,7 +63,19 @@ def _project_from_row(row: Any) -> Project:
         token_created_at=row["token_created_at"],
         steps=_steps(row["steps_json"]),
         node=row["node"],
+        notify=_notify(row["notify_json"]),
+        github_repo=row["github_repo"],
+        github_token=row["github_token"],
     )
+
+
+@lru_cache(maxsize=256)
+def _notify(notify_json: str | None) -> tuple[NotifyTarget, ...] | None:
+    """A project's notification targets from their column (None: NULL, the
+    server-wide ones apply)."""
+    if notify_json is None:
+        return None
+    return tuple(NotifyTarget.from_stored(t) for t in json.loads(notify_json))
 
 
 async def insert_project(
@@ -113,6 +125,20 @@ async def update_project(db: Database, project_id: int, **fields: Any) -> bool:
             return False
         raise
     return True
+
+
+async def set_project_notify(
+    db: Database, project_id: int, *, notify_json: str | None, github_repo: str | None,
+    github_token: str | None,
+) -> None:
+    """Store a project's notification targets (None: NULL, the server-wide
+    ones) and GitHub repository and token (None: none), all three as given."""
+    await db.execute(
+        "UPDATE projects SET notify_json = :notify, github_repo = :repo, "
+        "github_token = :token, updated_at = :now WHERE id = :id",
+        {"notify": notify_json, "repo": github_repo, "token": github_token, "now": iso(),
+         "id": project_id},
+    )
 
 
 async def set_project_token(db: Database, project_id: int, token_hash: str | None) -> None:
@@ -445,11 +471,55 @@ async def insert_audit_event(
     )
 
 
-async def select_audit_events(db: Database, *, limit: int = 100) -> list[dict[str, Any]]:
+async def insert_audit_events(db: Database, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert a batch of audit events (each with ``at``, ``actor``, ``action``,
+    ``project_id``, ``job_id`` and ``detail`` as a dict) in one transaction."""
+    if not rows:
+        return
+    columns = ("at", "actor", "action", "project_id", "job_id", "detail")
+    values = [(*(row.get(c) for c in columns[:-1]), json.dumps(row.get("detail") or {}))
+              for row in rows]
+    # One driver-level executemany (see upsert_deployments: ``databases``'
+    # own compiles the statement again for every row).
+    async with db.connection() as connection, connection.transaction():
+        raw = connection.raw_connection
+        if db.url.dialect.startswith("postgres"):
+            await raw.executemany(
+                f"INSERT INTO audit_events ({', '.join(columns)}) VALUES ($1, $2, $3, $4, $5, $6)",
+                values)
+        else:
+            await raw.executemany(
+                f"INSERT INTO audit_events ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?)",
+                values)
+
+
+async def select_audit_events(
+    db: Database, *, limit: int = 100, action_prefix: str | None = None,
+    project_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first; ``action_prefix``: only actions starting with it
+    (``notify.``); ``project_id``: only that project's."""
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
+    if action_prefix is not None:
+        where.append("action LIKE :prefix")
+        params["prefix"] = action_prefix + "%"
+    if project_id is not None:
+        where.append("project_id = :project_id")
+        params["project_id"] = project_id
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
     rows = await db.fetch_all(
-        "SELECT * FROM audit_events ORDER BY id DESC LIMIT :limit", {"limit": limit}
+        f"SELECT * FROM audit_events {clause}ORDER BY id DESC LIMIT :limit", params
     )
     return [{**dict(r._mapping), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+
+async def select_deployment_log_tail(db: Database, job_id: str, max_chars: int) -> str | None:
+    """The last ``max_chars`` characters of the history's log (None: no log
+    stored), without reading the rest."""
+    return await db.fetch_val(
+        "SELECT SUBSTR(log, CASE WHEN LENGTH(log) > :n THEN LENGTH(log) - :n + 1 ELSE 1 END) "
+        "FROM deployments WHERE id = :id", {"id": job_id, "n": max_chars})
 
 
 async def select_deployment_log_bytes(db: Database, job_id: str) -> int | None:

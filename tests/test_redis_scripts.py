@@ -23,7 +23,7 @@ from deployster.ids import new_job_id
 from deployster.keys import Keys
 from deployster.lock import DeployLock
 from deployster.logstream import LogWriter
-from deployster.models import Job, JobStatus, Reason
+from deployster.models import NOTIFY_EVENTS, Job, JobStatus, Reason
 from deployster.queue import JobQueue
 from deployster.redis_conn import redis_from_url
 from deployster.redis_scripts import (
@@ -35,6 +35,9 @@ from deployster.redis_scripts import (
     FINISH,
     LIBRARIES,
     LOCKS_AND_QUEUES,
+    NOTIFY_CLAIM,
+    NOTIFY_EXPAND,
+    NOTIFY_SETTLE,
     QUEUE_ARGV,
     QUEUE_KEYS,
     QUEUE_WAIT,
@@ -159,6 +162,16 @@ def test_every_status_reason_and_event_named_in_the_lua_is_a_member_of_its_enum(
     assert events == {"enqueued", "started", "finished", "cancel"}
 
 
+def test_every_outbox_event_named_in_the_lua_is_a_notification_event() -> None:
+    named: set[str] = set()
+    for text in lua_files().values():
+        named |= set(re.findall(r"outbox_add\('([^']*)'", text))
+        # end_job writes its reason's or its status's name
+        if "outbox_add(reason, id)" in text:
+            named |= {"superseded", "cancelled"} | {s.value for s in JobStatus if s.finished}
+    assert named == set(NOTIFY_EVENTS)
+
+
 # ------------------------------------------------------------ calls send by name
 
 ECHO = "return {KEYS, ARGV}"
@@ -185,10 +198,13 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         "job": keys.job(J), "feed": keys.feed, "log": keys.log(J), "seq": keys.queue_seq(P),
         "legacy": keys.legacy_queue(P), "durations": keys.durations(P),
         "versions": keys.projects_version,
+        "notify": keys.notify_routes, "outbox": keys.outbox, "due": keys.notify_due,
     }
     head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix,
             "byref_prefix": keys.byref_prefix(P), "queue_prefix": keys.queue_prefix,
-            "current_prefix": keys.current_prefix, "durations_prefix": keys.durations_prefix}
+            "current_prefix": keys.current_prefix, "durations_prefix": keys.durations_prefix,
+            "lane_prefix": keys.notify_lane_prefix,
+            "delivery_prefix": keys.notify_delivery_prefix}
     # Each call with its named arguments; ARGV names match the arguments' names.
     calls: list[tuple[Lua, dict[str, Any], Callable[..., Awaitable[Any]]]] = [
         (ENQUEUE, dict(runner="rn", job_id=J, policy="pl", signature="sg", fields="fd",
@@ -200,7 +216,7 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (CANCEL, dict(job_id=J, nonce="nc"), s.cancel),
         (UPGRADE_QUEUE, {}, s.upgrade_queue),
         (BEAT, dict(job_id=J, fence=4, heartbeat="hb", ttl_ms=5), s.beat),
-        (RELEASE, dict(owner="ow", event="ev"), s.release),
+        (RELEASE, dict(owner="ow", event="ev", actor="ac"), s.release),
         (APPEND, dict(job_id=J, fence=4, maxlen=9, now_ms=11, batch="bt", expect=12,
                       chunks=["c1", "c2"]), s.append),
         (STATUS_READ, dict(job_id=J, nonce="nc", project=P, version="v7"), s.status_read),
@@ -208,6 +224,10 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (STATUS_SQL, dict(job_id=J, nonce="nc", from_end="17"), s.status_sql),
         (SETTLE, dict(job_id=J, version="vs", retention_s=13, log_grace_s=7,
                         finished="1"), s.settle),
+        (NOTIFY_EXPAND, dict(entry="en", now_ms=21, deliveries=[("ln", "dl", "fd")]),
+         s.notify_expand),
+        (NOTIFY_CLAIM, dict(now_ms=21, lease_ms=22, max=23), s.notify_claim),
+        (NOTIFY_SETTLE, dict(lane="ln", delivery="dl", next_ms=24, now_ms=21), s.notify_settle),
     ]
     assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES} == set(SCRIPTS)
     for lua, named, call in calls:
@@ -224,6 +244,8 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
                 assert got.isdigit(), (lua.name, got)
             elif name == "*chunks":
                 assert got_argv[lua.argv.index(name):] == named["chunks"], lua.name
+            elif name == "*deliveries":
+                assert got_argv[lua.argv.index(name):] == ["ln", "dl", "fd"], lua.name
             else:
                 assert got == values[name], (lua.name, name, got_argv)
         if not lua.argv[-1].startswith("*"):

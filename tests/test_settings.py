@@ -71,6 +71,13 @@ def every_field_changed(tmp_path: Path) -> Settings:
         history_keep=4,
         log_format="json",
         node="web-1",
+        notify=("webhook=https://hooks.example.com/a", "slack=https://hooks.slack.com/s/T/B/X"),
+        notify_on="failed,lock_released",
+        notify_secret="wh-secret",
+        notify_window=600.0,
+        notify_timeout=2.5,
+        github_token="ghp_fromtest",
+        github_api_url="https://github.example.com/api/v3",
         public_url="https://deploy.example.com",
     )
 
@@ -124,6 +131,14 @@ def test_every_field_from_the_environment(
         "DEPLOYSTER_HISTORY_KEEP": "4",
         "DEPLOYSTER_LOG_FORMAT": "json",
         "DEPLOYSTER_NODE": "web-1",
+        "DEPLOYSTER_NOTIFY": "webhook=https://hooks.example.com/a "
+                             "slack=https://hooks.slack.com/s/T/B/X",
+        "DEPLOYSTER_NOTIFY_ON": "failed,lock_released",
+        "DEPLOYSTER_NOTIFY_SECRET": "wh-secret",
+        "DEPLOYSTER_NOTIFY_WINDOW": "600",
+        "DEPLOYSTER_NOTIFY_TIMEOUT": "2.5",
+        "DEPLOYSTER_GITHUB_TOKEN": "ghp_fromtest",
+        "DEPLOYSTER_GITHUB_API_URL": "https://github.example.com/api/v3",
         "DEPLOYSTER_PUBLIC_URL": "https://deploy.example.com",
     }
     for name, value in variables.items():
@@ -163,6 +178,13 @@ history_days = 30
 history_keep = 4
 log_format = "json"
 node = "web-1"
+notify = ["webhook=https://hooks.example.com/a", "slack=https://hooks.slack.com/s/T/B/X"]
+notify_on = "failed,lock_released"
+notify_secret = "wh-secret"
+notify_window = 600
+notify_timeout = 2.5
+github_token = "ghp_fromtest"
+github_api_url = "https://github.example.com/api/v3"
 public_url = "https://deploy.example.com"
 """)
     environ.setenv("DEPLOYSTER_CONFIG", str(config))
@@ -318,6 +340,23 @@ def test_the_redis_pool_exceeds_the_live_streams_by_default() -> None:
          "DEPLOYSTER_REDIS_CONNECTIONS='200' must be 0 (the default: DEPLOYSTER_MAX_STREAMS "
          "+ 100) or more than DEPLOYSTER_MAX_STREAMS (200): each live stream holds a "
          "connection"),
+        (Settings, "DEPLOYSTER_NOTIFY_ON", "complete,finished",
+         "DEPLOYSTER_NOTIFY_ON='complete,finished' must be a comma-separated list of queued, "
+         "started, complete, failed, superseded, cancelled, lock_released (or all); got "
+         "'finished'"),
+        (Settings, "DEPLOYSTER_NOTIFY_WINDOW", "-1",
+         "DEPLOYSTER_NOTIFY_WINDOW='-1' must be a finite number, 0 or more"),
+        (Settings, "DEPLOYSTER_NOTIFY_TIMEOUT", "soon",
+         "DEPLOYSTER_NOTIFY_TIMEOUT='soon' is not a valid float"),
+        (Settings, "DEPLOYSTER_GITHUB_API_URL", "api.github.com",
+         "DEPLOYSTER_GITHUB_API_URL='api.github.com' must be an http:// or https:// URL"),
+        # The targets are not repeated: a Slack or Discord URL is a credential.
+        (Settings, "DEPLOYSTER_NOTIFY", "webhook=https://a/b teams=https://c/secret-path",
+         "DEPLOYSTER_NOTIFY target 2: a notification target is KIND=URL with KIND one of "
+         "webhook, slack, discord; got 'teams'"),
+        (Settings, "DEPLOYSTER_NOTIFY", "slack=hooks.slack.com/secret-path",
+         "DEPLOYSTER_NOTIFY target 1: the slack target's URL must be an http:// or https:// "
+         "URL with a host"),
         # A field of a kind Settings has none of yet is refused by its type too.
         (WithNewFields, "DEPLOYSTER_VERBOSE", "maybe",
          "DEPLOYSTER_VERBOSE='maybe' is not a valid bool"),

@@ -1,12 +1,13 @@
 """Every Lua script deployster runs in Redis, and one typed call per script.
 
 The scripts are the ``.lua`` files beside this module, one per script, plus
-three libraries that several scripts share: ``lock.lua`` (every operation on
+four libraries that several scripts share: ``lock.lua`` (every operation on
 the deploy lock; its life is mapped in ``deployster/lock.py``), ``log.lua``
-(where a log stream ends: the next entry's byte offset) and ``queue.lua`` (the
-queue itself, and the queue scripts' ``publish``, ``log_line``, ``end_job`` and
-``claim``). Lua has no include: a script's text is a prelude, its libraries and
-its own file, joined once, at import.
+(where a log stream ends: the next entry's byte offset), ``outbox.lua`` (a job
+event for notifications, ``outbox_add``, see ``deployster/notify/outbox.py``)
+and ``queue.lua`` (the queue itself, and the queue scripts' ``publish``,
+``log_line``, ``end_job`` and ``claim``). Lua has no include: a script's text
+is a prelude, its libraries and its own file, joined once, at import.
 
 Each script's KEYS and ARGV are declared once, below, as tuples of names
 (``Lua.keys``, ``Lua.argv``). The prelude gives the Lua those names as locals
@@ -88,9 +89,9 @@ def _load(name: str, keys: tuple[str, ...], argv: tuple[str, ...] = (),
 
 # The head every queue script's KEYS and ARGV start with (queue.lua names them).
 QUEUE_KEYS = ("lock", "queue", "fence", "queues", "running", "dirty", "events", "current",
-              "sigs", "job", "feed", "seq", "legacy", "durations")
+              "sigs", "job", "feed", "seq", "legacy", "durations", "notify", "outbox")
 QUEUE_ARGV = ("job_prefix", "project", "now", "runner", "log_prefix", "now_ms", "byref_prefix")
-_QUEUE_LIBS = ("lock", "log", "wait", "queue")
+_QUEUE_LIBS = ("lock", "log", "wait", "outbox", "queue")
 
 ENQUEUE = _load("enqueue", QUEUE_KEYS,
                 (*QUEUE_ARGV, "job_id", "policy", "signature", "fields", "cap"), _QUEUE_LIBS)
@@ -101,7 +102,8 @@ FINISH = _load("finish", QUEUE_KEYS, (*QUEUE_ARGV, "job_id", "fence", "status", 
 CANCEL = _load("cancel", QUEUE_KEYS, (*QUEUE_ARGV, "job_id", "nonce"), _QUEUE_LIBS)
 UPGRADE_QUEUE = _load("upgrade_queue", QUEUE_KEYS, QUEUE_ARGV, _QUEUE_LIBS)
 BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms"), ("lock",))
-RELEASE = _load("release", ("lock", "events"), ("owner", "event"), ("lock",))
+RELEASE = _load("release", ("lock", "events", "notify", "outbox"),
+                ("owner", "event", "project", "now_ms", "actor"), ("lock", "outbox"))
 APPEND = _load("append", ("job", "log"),
                ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
 STATUS_READ = _load("status_read", ("job", "log", "versions"),
@@ -112,10 +114,18 @@ STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "log_grace_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
+# The notifications' deliveries (notify/outbox.py).
+_NOTIFY_ARGV = ("lane_prefix", "delivery_prefix")
+NOTIFY_EXPAND = _load("notify_expand", ("outbox", "due"),
+                      ("entry", "now_ms", *_NOTIFY_ARGV, "*deliveries"))
+NOTIFY_CLAIM = _load("notify_claim", ("due",), ("now_ms", "lease_ms", "max", *_NOTIFY_ARGV))
+NOTIFY_SETTLE = _load("notify_settle", ("due",),
+                      ("lane", "delivery", "next_ms", "now_ms", *_NOTIFY_ARGV))
 
 SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, UPGRADE_QUEUE, BEAT, RELEASE, APPEND, STATUS_READ,
-           QUEUE_WAIT, STATUS_SQL, SETTLE, LOCKS_AND_QUEUES)
-LIBRARIES = ("lock", "log", "wait", "queue")
+           QUEUE_WAIT, STATUS_SQL, SETTLE, LOCKS_AND_QUEUES, NOTIFY_EXPAND, NOTIFY_CLAIM,
+           NOTIFY_SETTLE)
+LIBRARIES = ("lock", "log", "wait", "outbox", "queue")
 
 
 class Scripts:
@@ -148,6 +158,10 @@ class Scripts:
         self._events = keys.events
         self._feed = keys.feed
         self._queue_prefix = keys.queue_prefix
+        self._notify_routes = keys.notify_routes
+        self._outbox = keys.outbox
+        self._notify_due = keys.notify_due
+        self._notify_prefixes = [keys.notify_lane_prefix, keys.notify_delivery_prefix]
         self._no_job = keys.job("-")  # claim's placeholder for the head's job key
 
     def _register(self, lua: Lua) -> AsyncScript:
@@ -206,13 +220,26 @@ class Scripts:
     def _locks_and_queues(self) -> AsyncScript:
         return self._register(LOCKS_AND_QUEUES)
 
+    @cached_property
+    def _notify_expand(self) -> AsyncScript:
+        return self._register(NOTIFY_EXPAND)
+
+    @cached_property
+    def _notify_claim(self) -> AsyncScript:
+        return self._register(NOTIFY_CLAIM)
+
+    @cached_property
+    def _notify_settle(self) -> AsyncScript:
+        return self._register(NOTIFY_SETTLE)
+
     # -- the queue (queue.py): KEYS and ARGV start with QUEUE_KEYS, QUEUE_ARGV
     def _queue_keys(self, project_id: int, job_key: str) -> list[str]:
         k = self.keys
         return [k.lock(project_id), k.queue(project_id), k.fence(project_id), self._queues,
                 self._running, self._dirty, self._events, k.current(project_id),
                 k.signatures(project_id), job_key, self._feed, k.queue_seq(project_id),
-                k.legacy_queue(project_id), k.durations(project_id)]
+                k.legacy_queue(project_id), k.durations(project_id), self._notify_routes,
+                self._outbox]
 
     def _queue_argv(self, project_id: int, runner: str) -> list[str | int]:
         return [self._job_prefix, project_id, iso(), runner, self._log_prefix, now_ms(),
@@ -264,10 +291,12 @@ class Scripts:
         return self._beat(keys=[self.keys.job(job_id), self.keys.lock(project_id)],
                           args=[job_id, fence, heartbeat, ttl_ms])
 
-    def release(self, *, project_id: int, owner: str, event: str) -> Awaitable[Any]:
-        """release.lua."""
-        return self._release(keys=[self.keys.lock(project_id), self._events],
-                             args=[owner, event])
+    def release(self, *, project_id: int, owner: str, event: str, actor: str = ""
+                ) -> Awaitable[Any]:
+        """release.lua; ``actor`` '' writes no outbox event."""
+        return self._release(
+            keys=[self.keys.lock(project_id), self._events, self._notify_routes, self._outbox],
+            args=[owner, event, project_id, now_ms(), actor])
 
     # -- logs (logstream.py) and the /status read (jobs.py)
     def append(
@@ -314,3 +343,23 @@ class Scripts:
         return self._locks_and_queues(
             keys=[k.lock(p) for p in project_ids] + [k.queue(p) for p in project_ids]
         )
+
+    # -- notification deliveries (notify/outbox.py)
+    def notify_expand(self, *, entry: str, now_ms: int,
+                      deliveries: Sequence[tuple[str, str, str]]) -> Awaitable[Any]:
+        """notify_expand.lua; ``deliveries``: (lane, delivery id, fields JSON) each."""
+        return self._notify_expand(
+            keys=[self._outbox, self._notify_due],
+            args=[entry, now_ms, *self._notify_prefixes, *(v for d in deliveries for v in d)])
+
+    def notify_claim(self, *, now_ms: int, lease_ms: int, max: int) -> Awaitable[Any]:
+        """notify_claim.lua."""
+        return self._notify_claim(keys=[self._notify_due],
+                                  args=[now_ms, lease_ms, max, *self._notify_prefixes])
+
+    def notify_settle(self, *, lane: str, delivery: str, next_ms: int | str,
+                      now_ms: int) -> Awaitable[Any]:
+        """notify_settle.lua; ``next_ms`` '' when the delivery is done."""
+        return self._notify_settle(
+            keys=[self._notify_due],
+            args=[lane, delivery, next_ms, now_ms, *self._notify_prefixes])

@@ -1,8 +1,8 @@
 -- enqueue: store a job at the tail of its project's queue; with a runner, claim
 -- the head of the queue in the same step if the lock is free.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id policy signature fields cap
---   (the first thirteen KEYS and seven ARGV: see queue.lua) job_id: the new job,
+--   (the first sixteen KEYS and seven ARGV: see queue.lua) job_id: the new job,
 --   whose record is KEYS job; policy: the project's queue policy ('fifo',
 --   'supersede'); signature: the request's identity (models.Job.signature);
 --   fields: the job's fields as one JSON object (one argument to encode
@@ -61,7 +61,11 @@ redis.call('SADD', K_QUEUES, PROJECT)
 publish('enqueued', JOB_ID, nil, RUNNER ~= '')
 local claimed = claim()
 -- The job was pushed last and a claim pops from the head: unless it was the one
--- claimed, its place is the queue's length.
+-- claimed, its place is the queue's length. Only a job that waits is 'queued'
+-- in the outbox; one claimed here is 'started' there (claim wrote it).
 local pos = 0
-if claimed ~= JOB_ID then pos = redis.call('ZCARD', K_QUEUE) end
+if claimed ~= JOB_ID then
+  pos = redis.call('ZCARD', K_QUEUE)
+  outbox_add('queued', JOB_ID)
+end
 return {claimed or '', pos, JOB_ID}

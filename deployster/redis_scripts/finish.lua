@@ -1,7 +1,7 @@
 -- finish: end a running job and hand the lock to the next one, in one step.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id fence status reason exit_code closing nonce batch expect maxlen *chunks
---   (the first thirteen KEYS and seven ARGV: see queue.lua; runner '' claims
+--   (the first sixteen KEYS and seven ARGV: see queue.lua; runner '' claims
 --   nothing) job_id: the job, whose record is KEYS job; fence: the fence its
 --   runner got at the claim; status, reason ('' for none), exit_code ('' for
 --   none): its end; closing: its last log line ('' when the runner wrote its

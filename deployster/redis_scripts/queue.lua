@@ -1,9 +1,9 @@
 -- queue: what the queue's scripts (enqueue, claim, finish, cancel, upgrade_queue)
 -- share: the queue itself (byref, queue_push, queue_remove, queue_upgrade),
--- publish, log_line, end_job and claim. A library, after lock.lua, log.lua
--- and wait.lua.
+-- publish, log_line, end_job and claim. A library, after lock.lua, log.lua,
+-- wait.lua and outbox.lua.
 -- Every queue script's KEYS and ARGV start with the same names:
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix
 --   lock: the project's lock; queue: its queue, a sorted set of job ids scored
 --   by seq; fence: its fencing counter; queues: projects whose queue may be
@@ -13,7 +13,8 @@
 --   job: the job record the call is about (a placeholder for claim); feed:
 --   the channel for watchers only; seq: the queue's enqueue counter; legacy:
 --   the queue as a list, as older versions kept it (moved over, then deleted);
---   durations: its recent complete jobs' run times (wait.lua).
+--   durations: its recent complete jobs' run times (wait.lua); notify,
+--   outbox: see outbox.lua (a start or an end is an event there).
 --   job_prefix, log_prefix: a job id after them is its record's, its log's
 --   key; project: the project id; now: ISO UTC, now_ms: epoch ms; runner: the
 --   dispatcher that runs a job claimed here ('' = claim nothing);
@@ -90,6 +91,7 @@ end
 -- signature goes with them: a hash of those commands, which would let anyone
 -- reading Redis test guesses of the secret against the masked commands.
 -- A queued job leaves the queue here (a project left with none leaves K_QUEUES).
+-- Its outbox event: 'superseded' or 'cancelled' for those reasons, else its status.
 local function end_job(id, status, reason, extra_fields, closing)
   local jk = JOB_PREFIX .. id
   local was = redis.call('HMGET', jk, 'status', 'ref_name', 'signature', 'started_ms')
@@ -111,6 +113,11 @@ local function end_job(id, status, reason, extra_fields, closing)
   if sig and redis.call('HGET', K_SIGS, sig) == id then redis.call('HDEL', K_SIGS, sig) end
   if redis.call('HDEL', jk, 'commands_raw') == 1 then redis.call('HDEL', jk, 'signature') end
   publish('finished', id)
+  if reason == 'superseded' or reason == 'cancelled' then
+    outbox_add(reason, id)
+  else
+    outbox_add(status, id)
+  end
 end
 
 -- Claim the head of the queue if the lock is free: pop it (a legacy list moved
@@ -150,6 +157,7 @@ local function claim()
       redis.call('HINCRBY', K_DIRTY, id, 1)
       if redis.call('ZCARD', K_QUEUE) == 0 then redis.call('SREM', K_QUEUES, PROJECT) end
       publish('started', id, nil, true)
+      outbox_add('started', id)
       return id
     end
   end

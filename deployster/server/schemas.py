@@ -216,6 +216,14 @@ class StageSummary(BaseModel):
     variables: list[str] = Field(description="Variable names only; values are never sent.")
 
 
+class NotifyTargetSummary(BaseModel):
+    kind: Literal["webhook", "slack", "discord"]
+    url: str = Field(description="The URL without its credential: a Slack or Discord URL "
+                     "by its host alone, a webhook's without its query.")
+    events: list[str] = Field(description="The job events it is sent.")
+    signed: bool = Field(description="Its bodies are signed (X-Deployster-Signature).")
+
+
 class ProjectSummary(BaseModel):
     id: int
     name: str
@@ -241,6 +249,12 @@ class ProjectSummary(BaseModel):
         "(else its commit_hash); null when no deploy of the project ever completed.")
     deployed_job: str | None = Field(
         None, description="The job that deployed it (the newest complete one).")
+    notify: list[NotifyTargetSummary] | None = Field(
+        None, description="Its notification targets; null: the server-wide ones apply.")
+    github: str | None = Field(
+        None, description="The GitHub repository its jobs are posted to as deployments.")
+    github_token_set: bool = Field(
+        False, description="It has a GitHub token of its own (never shown).")
 
 
 class ProjectsReply(BaseModel):

@@ -390,6 +390,9 @@ async def test_projects_list_shape_without_variable_values(
         "running_job": job_id,
         "deployed_commit": None,  # the job runs: nothing complete yet
         "deployed_job": None,
+        "notify": None,  # the server-wide targets (none here)
+        "github": None,
+        "github_token_set": False,
     }
 
 

@@ -224,7 +224,9 @@ def test_config_prints_every_setting_where_it_came_from_secrets_hidden(
     env = {**cli_env, "DEPLOYSTER_CONFIG": str(config), "DEPLOYSTER_PORT": "4100",
            "DEPLOYSTER_DATABASE_URL": "postgresql://deployster:db-pw@db.example/deployster",
            "DEPLOYSTER_REDIS_URL": "redis://:redis-pw@cache.example:6379/0",
-           "DEPLOYSTER_NAMESPACE": ""}
+           "DEPLOYSTER_NAMESPACE": "", "DEPLOYSTER_GITHUB_TOKEN": "ghp-secret-token",
+           "DEPLOYSTER_NOTIFY": "slack=https://hooks.slack.com/services/slack-secret",
+           "DEPLOYSTER_NOTIFY_SECRET": "hook-secret"}
     del env["DEPLOYSTER_HISTORY_KEEP"]
     out = ok(deployster(env, "config"))
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
@@ -238,7 +240,10 @@ def test_config_prints_every_setting_where_it_came_from_secrets_hidden(
     assert "postgresql://deployster:***@db.example/deployster" in rows["DEPLOYSTER_DATABASE_URL"]
     assert "redis://:***@cache.example:6379/0" in rows["DEPLOYSTER_REDIS_URL"]
     assert rows["DEPLOYSTER_TOKEN"].split() == ["DEPLOYSTER_TOKEN", "(set,", "hidden)", "(file)"]
-    for secret in ("file-token-value", "db-pw", "redis-pw"):
+    assert rows["DEPLOYSTER_NOTIFY"].split()[1] == "slack=https://hooks.slack.com/***"
+    assert rows["DEPLOYSTER_GITHUB_TOKEN"].split()[1:] == ["(set,", "hidden)", "(environment)"]
+    for secret in ("file-token-value", "db-pw", "redis-pw", "ghp-secret-token", "slack-secret",
+                   "hook-secret"):
         assert secret not in out
 
     # Nothing set: the kept token is named by where it is, never shown.
