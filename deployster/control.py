@@ -252,6 +252,9 @@ async def redeploy(
     any deploy and records ``redeploy_of``. Returns (the queue's answer, the
     job redeployed).
 
+    It is queued for the node of the job's project (README.md#several-hosts),
+    whichever node this is: the same path on this node is another project.
+
     Raises ``NotFound`` (also for a job ``principal`` may not see), and
     ``Conflict`` (nothing queued) for a job whose commands held a secret
     (``redeploy_refusal``).
@@ -263,10 +266,13 @@ async def redeploy(
         raise NotFound(f"no job {job_id!r}")
     if (refused := redeploy_refusal(job)) is not None:
         raise refused
+    # The project's node as it is now (a job from before nodes names none).
+    project = await core.projects.get(job.project_id)
     result = await core.submit(
         DeployRequest(cd=job.cd, commands=job.commands,
                       commit_hash=job.deployed_sha or job.commit_hash, ref_name=job.ref_name,
-                      redeploy_of=job.id),
+                      redeploy_of=job.id,
+                      node=project.node if project is not None and project.node else job.node),
         run_here=run_here, started_by=actor, principal=principal,
     )
     await store.insert_audit_event(

@@ -20,82 +20,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from deployster.service import Deployster
 from deployster.settings import Settings
 from tests.helpers.deploys import deploy_body, wait_for_status
+from tests.helpers.fleet import Fleet, app_dir, deploy, running_fleet, stamp
 from tests.helpers.paths import REPO
 from tests.helpers.processes import pid_gone
-from tests.helpers.server import LiveServer, start_server
+from tests.helpers.server import start_server
 
 NODES = ("web-1", "web-2", "web-3")
 
 
-@dataclass
-class Fleet:
-    settings: dict[str, Settings]  # node -> its settings
-    servers: dict[str, LiveServer]
-    tmp: Path
-
-    def start(self, node: str) -> LiveServer:
-        live = start_server(self.settings[node], self.tmp / f"{node}.log")
-        self.servers[node] = live
-        return live
-
-    async def register(self, node: str, path: Path, **options: Any) -> int:
-        """``deployster project add`` on ``node``'s host: a core with its settings."""
-        core = await Deployster.open(self.settings[node])
-        try:
-            return (await core.projects.add(str(path), **options)).id
-        finally:
-            await core.close()
-
-
-def node_settings(base: Settings, pg_url: str, tmp: Path, node: str) -> Settings:
-    return base.model_copy(update={"node": node, "database_url": pg_url,
-                                   "data_dir": tmp / node / "data"})
-
-
 @pytest.fixture
 def fleet(settings: Settings, pg_url: str, tmp_path: Path) -> Iterator[Fleet]:
-    the_fleet = Fleet({n: node_settings(settings, pg_url, tmp_path, n) for n in NODES}, {},
-                      tmp_path)
-    try:
-        for node in NODES:
-            the_fleet.start(node)
+    with running_fleet(settings, pg_url, tmp_path, NODES) as the_fleet:
         yield the_fleet
-    finally:
-        for live in the_fleet.servers.values():
-            if live.process.poll() is None:
-                live.stop()
-
-
-def app_dir(tmp: Path, name: str) -> Path:
-    path = tmp / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def stamp(path: Path, label: str) -> str:
-    """A command that records which node ran it (the job's $DEPLOYSTER_NODE)."""
-    return f'echo "{label} $DEPLOYSTER_NODE" >> {path / "ran"}'
-
-
-async def deploy(client: httpx.AsyncClient, cd: Path, *commands: str,
-                 node: str | None = None, commit: str = "abc1234") -> dict[str, Any]:
-    body = deploy_body(cd, *commands, commit=commit)
-    if node is not None:
-        body["node"] = node
-    reply = await client.post("/deploy", json=body)
-    assert reply.status_code == 200, reply.text
-    data: dict[str, Any] = reply.json()
-    return data
 
 
 async def status_of(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
@@ -156,6 +100,35 @@ async def test_a_cancel_sent_to_any_node_stops_the_job_on_its_node(
         ended = await wait_for_status(a, job["job_id"], timeout=20)
         assert ended["status"] == "failed" and ended["reason"] == "cancelled"
         assert time.monotonic() - started < 10  # reached web-2 at once, not a sweep later
+
+
+async def test_a_redeploy_or_rollback_sent_to_any_node_runs_on_the_jobs_node(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The same path is a project on web-1 and on web-2: a redeploy of web-2's
+    job, and a rollback of web-2's project, sent to web-1, are queued for
+    web-2 and run there (control.redeploy), never for web-1's project at that
+    path."""
+    shared = app_dir(tmp_path, "srv/app")
+    await fleet.register("web-1", shared)
+    await fleet.register("web-2", shared)
+    async with fleet.servers["web-1"].client() as a:
+        jobs = [await deploy(a, shared, stamp(shared, label), node="web-2", commit=label)
+                for label in ("c1", "c2")]
+        for job in jobs:
+            assert (await wait_for_status(a, job["job_id"]))["status"] == "complete"
+        again = await a.post(f"/jobs/{jobs[0]['job_id']}/redeploy")
+        assert again.status_code == 200, again.text
+        assert (await wait_for_status(a, again.json()["job_id"]))["status"] == "complete"
+        assert (await status_of(a, again.json()["job_id"]))["node"] == "web-2"
+        name = next(p["name"] for p in (await a.get("/projects")).json()["projects"]
+                    if p["node"] == "web-2")
+        back = await a.post(f"/projects/{name}/rollback")  # from c1 (redeployed) to c2
+        assert back.status_code == 200, back.text
+        assert (await wait_for_status(a, back.json()["job_id"]))["status"] == "complete"
+        assert (await status_of(a, back.json()["job_id"]))["node"] == "web-2"
+    assert (shared / "ran").read_text().split("\n")[:-1] == [
+        "c1 web-2", "c2 web-2", "c1 web-2", "c2 web-2"]
 
 
 async def _running(client: httpx.AsyncClient, job_id: str) -> bool:
