@@ -22,10 +22,12 @@ The tick is paused while refreshes are measured, so each figure is its own.
 Targets: start ≤ 1.5 s, first refresh ≤ 30 ms CPU, steady refresh ≤ 50 ms,
 tick ≤ 5 ms, RSS ≤ 150 MB, idle < 1 % of a core. Uses Redis on 127.0.0.1:6379
 when it answers, else the embedded one; SQLite in a temp dir; its own key
-namespace, deleted afterwards.
+namespace, deleted afterwards. ``--nodes N`` (a fleet: README.md#several-hosts)
+registers the projects over N nodes in turn and announces each node, so the
+figures include the node column and the header's nodes.
 
     python bench/tui.py [--projects 500] [--history 50000] [--tick-projects 100,500]
-                        [--idle-seconds 20]
+                        [--idle-seconds 20] [--nodes 1]
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from pathlib import Path
 import redis
 from textual.pilot import Pilot
 
-from deployster import store
+from deployster import fleet, store
 from deployster.clock import utcnow
 from deployster.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from deployster.models import Job, JobStatus
@@ -69,12 +71,23 @@ def redis_url(tmp: Path) -> tuple[str, bool]:
         return ensure_embedded_redis(tmp / "redis"), True
 
 
-async def seed(core: Deployster, root: Path, projects: int, history: int) -> None:
+async def seed(core: Deployster, root: Path, projects: int, history: int,
+               nodes: int = 1) -> None:
+    """``projects`` projects (over ``nodes`` nodes in turn, each announced as
+    a server would), ``history`` finished deploys, 50 locks held."""
+    cores = [core] + [await Deployster.open(core.settings.model_copy(
+        update={"node": f"web-{k + 1}"})) for k in range(1, nodes)]
     ids = []
     for i in range(projects):
         path = root / f"app-{i:03d}"
         path.mkdir()
-        ids.append((await core.projects.add(str(path), name=f"app-{i:03d}")).id)
+        registry = cores[i % nodes].projects
+        ids.append((await registry.add(str(path), name=f"app-{i:03d}")).id)
+    if nodes > 1:
+        await core.redis.hset(core.keys.nodes, mapping={
+            c.node: fleet.announcement(c) for c in cores})
+    for other in cores[1:]:
+        await other.close()
     rows = []
     for n in range(history):
         pid = ids[n % len(ids)]
@@ -150,17 +163,19 @@ async def unlock_all(core: Deployster, projects: int) -> None:
 
 
 async def main(projects: int, history: int, refreshes: int, log_lines: int,
-               tick_projects: list[int], idle_seconds: float) -> None:
+               tick_projects: list[int], idle_seconds: float, nodes: int = 1) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dst-bench-tui-"))
     url, embedded = redis_url(tmp)
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     settings = Settings(token="bench", data_dir=tmp, redis_url=url,
-                        database_url=f"sqlite:///{tmp / 'bench.db'}", namespace=namespace)
+                        database_url=f"sqlite:///{tmp / 'bench.db'}", namespace=namespace,
+                        node="web-1" if nodes > 1 else None)
     core = await Deployster.open(settings)
     try:
         t0 = time.perf_counter()
-        await seed(core, tmp, projects, history)
-        print(f"seeded {projects} projects, {history} history rows "
+        await seed(core, tmp, projects, history, nodes)
+        over = f" over {nodes} nodes" if nodes > 1 else ""
+        print(f"seeded {projects} projects{over}, {history} history rows "
               f"in {time.perf_counter() - t0:.1f}s")
         start = time.perf_counter()
         # A clock the bench moves a second per tick, as the real tick sees it.
@@ -279,7 +294,10 @@ if __name__ == "__main__":
                              "(each at most --projects)")
     parser.add_argument("--idle-seconds", type=float, default=20.0,
                         help="wall seconds each idle figure is measured over")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="nodes the projects are registered over (a fleet: a node "
+                             "column, the nodes in the header)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.tick_projects.split(",") if n.strip()]
     sys.exit(asyncio.run(main(args.projects, args.history, args.refreshes, args.log_lines,
-                              sizes, args.idle_seconds)))
+                              sizes, args.idle_seconds, max(1, args.nodes))))

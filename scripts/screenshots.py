@@ -59,6 +59,8 @@ SHOTS: dict[str, tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]]] = {
 # The same views on an 80x24 terminal (the compact layout).
 SMALL = (80, 24)
 SMALL_SHOTS = ("projects", "project", "unlock-stale-lock")
+# Over three nodes, one down (``demo_app(fleet=True)``: README.md#several-hosts).
+FLEET_SHOTS: dict[str, tuple[str, ...]] = {"fleet": ()}
 
 
 async def settled(pilot: Pilot[Any], *, title: str, tries: int = 40) -> str:
@@ -75,8 +77,8 @@ async def settled(pilot: Pilot[Any], *, title: str, tries: int = 40) -> str:
 
 
 async def shoot(name: str, steps: tuple[str, ...] | Callable[[Pilot[Any]], Awaitable[None]],
-                out: Path, *, size: tuple[int, int] = SIZE) -> Path:
-    app = demo_app()
+                out: Path, *, size: tuple[int, int] = SIZE, fleet: bool = False) -> Path:
+    app = demo_app(fleet=fleet)
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
         if callable(steps):
@@ -115,6 +117,10 @@ async def main(out: Path) -> None:
         print(f"wrote {svg}" + (f" and {png.name}" if png else ""))
     for name in SMALL_SHOTS:
         svg = await shoot(f"{name}-80x24", SHOTS[name], out, size=SMALL)
+        png = to_png(svg)
+        print(f"wrote {svg}" + (f" and {png.name}" if png else ""))
+    for name, keys in FLEET_SHOTS.items():
+        svg = await shoot(name, keys, out, fleet=True)
         png = to_png(svg)
         print(f"wrote {svg}" + (f" and {png.name}" if png else ""))
 

@@ -143,6 +143,8 @@ class DeploysterApp(App[None]):
     def next_poll(self) -> float:
         """Seconds until the next fetch if no event comes first."""
         shown = self.overview
+        # A node down is not "moving": its age counts locally (widgets/status_line.py)
+        # and one gone for good would keep the poll fast forever.
         moving = shown.health != UP or any(r.lock_owner is not None or r.running is not None
                                            for r in shown.rows)
         return self.poll_interval if moving else self.poll_interval * IDLE_FACTOR
@@ -180,8 +182,10 @@ class DeploysterApp(App[None]):
         # result stale again, so the next fetch cannot miss that write.
         self._last_stale = False
         try:
-            rows, runners = await asyncio.gather(self.reader.project_rows(last=last),
-                                                 self.reader.runners())
+            # The nodes: one HGETALL beside the rest, nothing per project.
+            rows, runners, nodes = await asyncio.gather(
+                self.reader.project_rows(last=last), self.reader.runners(),
+                self.reader.nodes())
         except Exception:  # any outage: keep the last rows, say what is down
             if last is None:
                 self._last_stale = True
@@ -189,8 +193,10 @@ class DeploysterApp(App[None]):
         else:
             if rows == before.rows:  # nothing moved: the screens see the same list
                 rows = before.rows
+            if before.nodes is not None and nodes == before.nodes:
+                nodes = before.nodes
             self.overview = Overview(rows, UP, self.reader.monotonic(), dict(self._events),
-                                     runners)
+                                     runners, nodes)
             if last is None:
                 self._last_at = now
             if not self._frozen:

@@ -3,12 +3,14 @@ is relative to ``NOW``, so a picture of it never changes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
 from deployster.clock import iso
 from deployster.estimate import StartEstimate
+from deployster.fleet import Node
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import LogChunk, ProjectRow
 from deployster.service import Deployster
@@ -23,6 +25,7 @@ from .screens.project import ProjectScreen
 NOW = datetime(2026, 3, 14, 12, 4, 31, tzinfo=UTC)
 RUNNER = "5e1f0c9a7b3d"  # the one deploy server alive
 GONE_RUNNER = "0b7d2e8f4a61"  # the one that died under worker's job
+WEB2_RUNNER = "c4a9e2b71f08"  # a fleet's second node's (``demo_fleet_overview``)
 
 
 def _at(seconds_ago: float) -> str:
@@ -208,11 +211,16 @@ def demo_project() -> tuple[Project, list[Job], list[Job]]:
     return shop, queue, history
 
 
-def demo_settings() -> Settings:
+def demo_settings(*, fleet: bool = False) -> Settings:
     """The settings the demo data is shown as read with: a box's own data
     dir (embedded Redis, SQLite), projects under /srv/www registering
-    themselves."""
-    return Settings(data_dir=Path("/var/lib/deployster"), allowed_roots=(Path("/srv/www"),))
+    themselves; ``fleet``: the Redis and PostgreSQL its nodes share."""
+    settings = Settings(data_dir=Path("/var/lib/deployster"), allowed_roots=(Path("/srv/www"),))
+    if not fleet:
+        return settings
+    return settings.model_copy(update={
+        "redis_url": "redis://10.0.0.5:6379/0",
+        "database_url": "postgresql://deployster:secret@10.0.0.5/deployster"})
 
 
 def demo_reader() -> Reader:
@@ -228,17 +236,57 @@ def demo_overview(*, runners: frozenset[str] = frozenset({RUNNER})) -> Overview:
     return Overview(demo_rows(), UP, 0.0, runners=runners)
 
 
-def demo_app(*, refresh_rows: bool = True,
-             runners: frozenset[str] = frozenset({RUNNER})) -> DeploysterApp:
+# A fleet's nodes (README.md#several-hosts): which demo project is whose.
+FLEET = {"web-1": ("api", "my-app", "worker", "blog", "search"),
+         "web-2": ("docs", "billing", "landing", "payments"),
+         "web-3": ("status-page", "mailer")}
+
+
+def demo_nodes() -> tuple[Node, ...]:
+    """Three nodes: web-1 and web-2 up, web-3 down (its last heartbeat 42 s
+    before ``NOW``, past ``fleet.NODE_STALE_S``)."""
+    def node(name: str, beat_ago: float) -> Node:
+        return Node(name, f"https://{name}.example.com:3259", "0.9.0", _at(9 * 86400),
+                    int((NOW.timestamp() - beat_ago) * 1000), name, "shared", "postgresql")
+
+    return node("web-1", 0.8), node("web-2", 1.6), node("web-3", 42.0)
+
+
+def demo_fleet_overview() -> Overview:
+    """The demo rows over three nodes (``FLEET``), as ``demo_overview`` has
+    them, plus web-3's mailer, whose two queued jobs wait for web-3 (down):
+    a node's jobs run on that node only. payments runs on web-2."""
+    node_of = {name: node for node, names in FLEET.items() for name in names}
+    rows = []
+    for row in demo_rows():
+        project = replace(row.project, node=node_of[row.project.name])
+        running = row.running
+        if running is not None and running.project == "payments":
+            running = replace(running, node="web-2",
+                              extra={**running.extra, "runner": WEB2_RUNNER})
+        elif running is not None:
+            running = replace(running, node=project.node)
+        rows.append(replace(row, project=project, running=running))
+    mailer = Project(11, "mailer", "/srv/www/mailer", node="web-3")
+    last = demo_job(mailer, "01JDQ2H6J8K0L2M4N6P8Q0R2S4", status=JobStatus.COMPLETE,
+                    commit="6a5b4c3d", started_ago=5_400, took=21)
+    rows.append(ProjectRow(mailer, None, None, None, None, 2, last, last))
+    return Overview(rows, UP, 0.0, runners=frozenset({RUNNER, WEB2_RUNNER}),
+                    nodes=demo_nodes())
+
+
+def demo_app(*, refresh_rows: bool = True, runners: frozenset[str] = frozenset({RUNNER}),
+             fleet: bool = False) -> DeploysterApp:
     """The dashboard over the demo rows, frozen at ``NOW``, with no core behind it:
     it shows, it never acts (for snapshots and screenshots only). ``runners``:
     the deploy servers alive (none: the queues wait, the running jobs' runner
-    is gone)."""
+    is gone); ``fleet``: the rows over three nodes, one down
+    (``demo_fleet_overview``)."""
     set_clock(lambda: NOW)
     app = make_app(cast(Deployster, None), live=False, monotonic=lambda: 0.0,
-                   wall_clock=lambda: NOW, actor="demo", settings=demo_settings())
+                   wall_clock=lambda: NOW, actor="demo", settings=demo_settings(fleet=fleet))
     if refresh_rows:
-        app.overview = demo_overview(runners=runners)
+        app.overview = demo_fleet_overview() if fleet else demo_overview(runners=runners)
     return app
 
 
@@ -258,18 +306,24 @@ FAILED_LOG = "".join(
 )
 
 
-def demo_project_screen(*, runners: frozenset[str] = frozenset({RUNNER})) -> ProjectScreen:
+def demo_project_screen(*, runners: frozenset[str] = frozenset({RUNNER}),
+                        fleet: bool = False) -> ProjectScreen:
     """my-app's project view over the demo data (reads nothing), ``runners``
-    alive as for ``demo_app``."""
+    alive as for ``demo_app``; ``fleet``: over ``demo_fleet_overview``'s
+    nodes (my-app is web-1's)."""
     project, queue, history = demo_project()
+    if fleet:
+        project = replace(project, node="web-1")
     start = int((NOW - timedelta(seconds=3140)).timestamp() * 1000)
     failed = [LogChunk(line, start + i * 1900)
               for i, line in enumerate(FAILED_LOG.splitlines(keepends=True))]
     logs = {RUNNING_JOB: demo_log_chunks(), history[0].id: [LogChunk(DEMO_LOG, None)],
             history[1].id: failed}
-    # A typical run of 1:35 (the median of the last ten), 19 s of it done.
-    wait = StartEstimate(typical_ms=95_000, remaining_ms=76_000)
-    return ProjectScreen(demo_reader(), demo_overview(runners=runners), project, queue=queue,
+    # A typical run of 1:35 (the median of the last ten), 19 s of it done, as
+    # read 10 ms before ``NOW`` (the screen's clock is the reader's: fixed).
+    wait = StartEstimate(typical_ms=95_000, remaining_ms=75_990)
+    overview = demo_fleet_overview() if fleet else demo_overview(runners=runners)
+    return ProjectScreen(demo_reader(), overview, project, queue=queue,
                          history=history, logs=logs, wait=wait)
 
 

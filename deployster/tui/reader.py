@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
-from deployster import overview, recovery
+from deployster import fleet, overview, recovery
+from deployster.fleet import Node
 from deployster.models import Job, JobStatus
 from deployster.overview import LogChunk, LogWindow, ProjectRow, QueueWindow
 from deployster.service import Deployster
@@ -45,9 +47,29 @@ class Overview:
     # The ids of the deploy servers (runners) alive for this data; None: not
     # known (no fetch answered yet).
     runners: frozenset[str] | None = None
+    # Every node that announced itself on this Redis, by name (fleet.nodes);
+    # None: not known. Up or down is worked out against the reader's wall
+    # clock when shown (``Node.up``), so a node's age ticks between fetches.
+    nodes: tuple[Node, ...] | None = None
 
     def row(self, project_id: int) -> ProjectRow | None:
         return next((r for r in self.rows if r.project.id == project_id), None)
+
+    @cached_property
+    def project_nodes(self) -> tuple[str, ...]:
+        """The nodes the projects belong to, sorted (once an overview)."""
+        return tuple(sorted({r.project.node for r in self.rows}))
+
+    @property
+    def fleet(self) -> bool:
+        """The projects span more than one node (README.md#several-hosts): the
+        screens then name each project's node (as ``deployster project list``
+        shows its NODE column)."""
+        return len(self.project_nodes) > 1
+
+    def node(self, name: str) -> Node | None:
+        """The node ``name`` as it announced itself last, if it did."""
+        return next((n for n in self.nodes or () if n.name == name), None)
 
     @property
     def no_runner(self) -> bool:
@@ -104,6 +126,11 @@ class Reader:
     def settings(self) -> Settings | None:
         return self._settings or (self.core.settings if self.live else None)
 
+    @property
+    def node(self) -> str | None:
+        """The node this dashboard runs on (``Deployster.node``); None for demo data."""
+        return self.core.node if self.live else None
+
     def since(self, fetched: Overview) -> float:
         """Seconds since ``fetched`` was fetched (never negative)."""
         return max(0.0, self.monotonic() - fetched.fetched_at)
@@ -119,6 +146,10 @@ class Reader:
     async def runners(self) -> frozenset[str]:
         """``recovery.live_runners``: the deploy servers alive now."""
         return frozenset(await recovery.live_runners(self.core))
+
+    async def nodes(self) -> tuple[Node, ...]:
+        """``fleet.nodes``: every node announced on this Redis (one HGETALL)."""
+        return tuple(await fleet.nodes(self.core))
 
     async def health(self) -> dict[str, str]:
         """Redis's and the database's state: "ok" or what is wrong."""

@@ -168,3 +168,31 @@ class TestSmallTerminal:
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=self.SMALL, run_before=run_before)
+
+
+class TestFleet:
+    """Three nodes, web-3 down (README.md#several-hosts): a node column, the
+    header counting the nodes up and naming the one down, n showing one node's
+    projects, the project's node in its screen's title. With one node none of
+    that shows (the views above)."""
+
+    def test_projects_view_fleet(self, snap_compare: Compare) -> None:
+        assert snap_compare(demo_app(fleet=True), terminal_size=SIZE, run_before=settle)
+
+    def test_projects_view_one_node(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.pause()  # the table has the focus (not the filter box)
+            await pilot.press("n", "n")  # web-1's projects, then web-2's
+            await settle(pilot)
+
+        assert snap_compare(demo_app(fleet=True), terminal_size=SIZE, run_before=run_before)
+
+    def test_project_view_fleet(self, snap_compare: Compare) -> None:
+        async def run_before(pilot: Pilot[Any]) -> None:
+            await pilot.app.push_screen(demo_project_screen(fleet=True))
+            await settle(pilot)
+
+        assert snap_compare(demo_app(fleet=True), terminal_size=SIZE, run_before=run_before)
+
+    def test_projects_view_fleet_80x24(self, snap_compare: Compare) -> None:
+        assert snap_compare(demo_app(fleet=True), terminal_size=(80, 24), run_before=settle)

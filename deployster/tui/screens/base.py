@@ -22,6 +22,7 @@ from deployster.control import (
     rollback_target,
 )
 from deployster.errors import Conflict
+from deployster.fleet import Node
 from deployster.masking import secret_mask
 from deployster.models import Job, JobStatus, Project
 from deployster.overview import ProjectRow
@@ -63,14 +64,42 @@ class CoreScreen(Screen[None]):
         """Ask the app for a fetch soon (coalesced: many requests, one fetch)."""
         self.app.post_message(RefreshRequested())
 
-    def next_start(self, what: str, usual: str = "") -> str:
+    def next_start(self, what: str, usual: str = "", project: Project | None = None) -> str:
         """When ``what`` (the next job, a job queued now) starts, for a
         modal: ``usual``, or, with no deploy server alive, not until one runs
-        (a modal must not promise a start that nothing will make)."""
+        (a modal must not promise a start that nothing will make); nor while
+        ``project``'s node is down (only its node runs its jobs)."""
         if self.overview.no_runner:
             return (f"No deploy server (runner) is alive for this data, so {what} starts "
                     "only once one runs (deployster serve).")
+        down = self.node_down(project) if project is not None else None
+        if down is not None:
+            return (f"Node {down.name} is down (no heartbeat for {duration(self.node_age(down))})"
+                    f", so {what} starts only once it is back: a project's jobs run on its "
+                    "node only.")
         return usual
+
+    # ------------------------------------------------------------ a fleet
+    def node_age(self, node: Node) -> float:
+        """Seconds since ``node``'s last heartbeat, by the reader's clock."""
+        return node.age(int(self.reader.wall_clock().timestamp() * 1000))
+
+    def node_down(self, project: Project) -> Node | None:
+        """``project``'s node when it announced itself and is down now
+        (``fleet.Node.up``); None when it is up or not known."""
+        node = self.overview.node(project.node)
+        return node if node is not None and not node.up(
+            int(self.reader.wall_clock().timestamp() * 1000)) else None
+
+    def node_facts(self, project: Project) -> list[tuple[str, Text | str]]:
+        """A modal's line naming the node that acts, when there are several
+        (``Overview.fleet``); none with one node."""
+        if not self.overview.fleet:
+            return []
+        down = self.node_down(project)
+        return [("node", project.node or DASH) if down is None else
+                ("node", Text.assemble(project.node, (f" down {duration(self.node_age(down))}",
+                                                      "bold red")))]
 
     def report_error(self, what: str, exc: BaseException) -> None:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -107,6 +136,7 @@ class CoreScreen(Screen[None]):
             return
         facts: list[tuple[str, Text | str]] = [
             ("project", f"{name} ({row.project.path})"),
+            *self.node_facts(row.project),
             ("holder", owner),
             ("TTL", ttl_text(row, since_fetch)),
             ("heartbeat", heartbeat_text(row, since_fetch)),
@@ -127,7 +157,7 @@ class CoreScreen(Screen[None]):
                        "(compare-and-set: a newer lock is never deleted), records an audit "
                        "event and wakes the queue. "
                        + self.next_start("the next queued job", "The next queued job then "
-                                                                "starts."))
+                                                                "starts.", row.project))
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
@@ -165,18 +195,25 @@ class CoreScreen(Screen[None]):
                             f"({job.status.value})", severity="warning")
             return
         if job.status is JobStatus.RUNNING and self.overview.runner_gone(job):
-            consequence = ("y ends the job here, failed (cancelled): its runner is gone, so "
-                           "its processes on this machine are stopped (SIGTERM, then SIGKILL "
-                           "after the grace period) and the lock released. "
+            here = self.reader.node
+            if job.node and here is not None and job.node != here:
+                # recovery.end_orphan: another node's processes are its own to stop.
+                ends = (f"its runner is gone. Its processes run on node {job.node}'s host, "
+                        "which stops them when it is back; the lock is released. ")
+            else:
+                ends = ("its runner is gone, so its processes on this machine are stopped "
+                        "(SIGTERM, then SIGKILL after the grace period) and the lock "
+                        "released. ")
+            consequence = ("y ends the job here, failed (cancelled): " + ends
                            + self.next_start("the next queued job",
-                                             "The next queued job then starts."))
+                                             "The next queued job then starts.", project))
             when = ("ran for", f"{duration(run_time(job, gone=True))} (until its runner "
                                "was last seen)")
         elif job.status is JobStatus.RUNNING:
             consequence = ("y stops the running job: its process group gets SIGTERM, then "
                            "SIGKILL after the grace period; it ends failed (cancelled). "
                            + self.next_start("the next queued job",
-                                             "The next queued job then starts."))
+                                             "The next queued job then starts.", project))
             when = ("running for", duration(since(job.started_at)))
         else:
             consequence = "y removes the job from the queue; it ends failed (cancelled)."
@@ -184,6 +221,7 @@ class CoreScreen(Screen[None]):
         facts: list[tuple[str, Text | str]] = [
             ("job", job.id),
             ("project", job.project),
+            *self.node_facts(project),
             ("status", job.status.value),
             ("commit", f"{commit(job)} on {job.ref_name}"),
             when,
@@ -215,14 +253,17 @@ class CoreScreen(Screen[None]):
         facts: list[tuple[str, Text | str]] = [
             ("from job", job.id),
             ("project", job.project),
+            *self.node_facts(project),
             ("commit", f"{commit(job)} on {job.ref_name}"),
             ("ran", ago(job.started_at)) if job.started_at else
             ("queued", f"{ago(job.queued_at)}, never started"),
             ("commands", self.shown_commands(job, project) or DASH),
         ]
-        consequence = ("y queues a new job with the same commands, commit and ref. "
+        where = f", to run on node {project.node} (the project's)" if self.overview.fleet \
+            else ""
+        consequence = (f"y queues a new job with the same commands, commit and ref{where}. "
                        + self.next_start("it", "It starts when the project's lock is "
-                                               "free."))
+                                               "free.", project))
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
@@ -287,6 +328,7 @@ class CoreScreen(Screen[None]):
             return
         facts: list[tuple[str, Text | str]] = [
             ("project", f"{name} ({project.path})"),
+            *self.node_facts(project),
             ("deployed now", deployed_text(current)),
             ("", f"by job {current.id}"),
             ("back to", deployed_text(target)),
@@ -312,7 +354,7 @@ class CoreScreen(Screen[None]):
         consequence = " ".join(filter(None, [
             f"y queues a new job that redeploys job {short_id(target.id)}: its commands and "
             f"ref at commit {commit(target)}{checkout}. It goes through the project's queue "
-            "and lock like any deploy.", self.next_start("it")]))
+            "and lock like any deploy.", self.next_start("it", project=project)]))
 
         def done(confirmed: bool | None) -> None:
             if confirmed:

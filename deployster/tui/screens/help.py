@@ -11,6 +11,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from deployster.fleet import NODE_STALE_S
 from deployster.overview import STALE_AFTER
 
 # (section title, its keys): given by the app (``binding_sections`` in app.py), which
@@ -34,6 +35,13 @@ TERMS: list[tuple[str, str]] = [
     ("runner gone", "the job is marked running but its server is not alive; its clock "
                     "stopped at the last heartbeat. The next server start ends it "
                     "(interrupted)"),
+    ("node", "with projects on several hosts' servers (a fleet sharing one Redis and "
+             "PostgreSQL): the host whose server runs the project's jobs, and only it. n "
+             "shows one node's projects at a time, / matches node names too"),
+    ("nodes 2/3 up", f"in the header, once more than one node has announced itself: how "
+                     f"many nodes are up (a heartbeat in the last {NODE_STALE_S:g} s), then "
+                     "each one down with its last heartbeat's age. A node down runs nothing: "
+                     "its queued jobs wait for it"),
     ("queue", "jobs waiting for the project's lock; in a project's queue, 'waiting' is "
               "how long each has waited, and 'run' how long the running job has run"),
     ("starts in", "about when a queued job starts: the running job's rest plus a typical "

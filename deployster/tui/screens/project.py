@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from rich.text import Text
@@ -54,6 +53,7 @@ PAGE = 50
 RELOAD_EVERY = 60.0  # seconds: the queue and history read again even with no sign of change
 REF_WIDTH = 20
 NAME_WIDTH = 20  # in the title: the lock's facts after it must fit 80 columns
+NODE_WIDTH = 12  # the same, for a fleet's node after the name
 OUTCOME_STYLE = {JobStatus.COMPLETE: "green", JobStatus.FAILED: "red"}
 log = logging.getLogger("deployster.tui")
 
@@ -95,10 +95,10 @@ class ProjectScreen(CoreScreen):
         # Jobs in the queue, the running one included: more than ``self.queue``
         # holds once the queue is longer than the window read (QUEUE_WINDOW).
         self.queue_total = len(self.queue)
-        # The queue's start estimate and when it was read (monotonic s): the
-        # running job's rest shrinks with the clock between reads.
+        # The queue's start estimate and when it was read (the reader's monotonic
+        # clock, s; fixed in snapshots): the running job's rest shrinks with it.
         self.wait = wait or StartEstimate()
-        self._wait_read = time.monotonic()
+        self._wait_read = reader.monotonic()
         self.history: list[Job] = history or []
         self.history_done = self.fixed
         self.logs = logs or {}
@@ -196,7 +196,7 @@ class ProjectScreen(CoreScreen):
             row.running.status is JobStatus.RUNNING else None
         self.queue = ([running] if running else []) + window.jobs
         self.queue_total = (1 if running else 0) + window.total
-        self.wait, self._wait_read = window.wait, time.monotonic()
+        self.wait, self._wait_read = window.wait, self.reader.monotonic()
         async with self._history_lock:  # never interleaved with a page load
             limit = max(PAGE, len(self.history))
             rows = await self.reader.history(self.project.id, limit=limit + 1)
@@ -248,7 +248,7 @@ class ProjectScreen(CoreScreen):
         """The ``starts in`` column (deployster/estimate.py): about when a
         queued job starts; for the running job, what it has left of a typical
         run. A dash without history, or for a running job past it."""
-        wait = self.wait.aged(time.monotonic() - self._wait_read)
+        wait = self.wait.aged(self.reader.monotonic() - self._wait_read)
         if job.status is JobStatus.RUNNING:
             return f"~{clock_duration(wait.remaining_ms / 1000)} left" \
                 if wait.typical_ms is not None and wait.remaining_ms > 0 else DASH
@@ -315,8 +315,11 @@ class ProjectScreen(CoreScreen):
         hidden = self.queue_total - len(self.queue)
         shown = f" · first {len(self.queue)} shown" if hidden > 0 else ""
         waiting = any(j.status is JobStatus.QUEUED for j in self.queue)
-        idle = (" · no runner is alive: they wait until a deploy server runs (deployster serve)"
-                if waiting and self.overview.no_runner else "")
+        idle = ""
+        if waiting and self.overview.no_runner:
+            idle = " · no runner is alive: they wait until a deploy server runs (deployster serve)"
+        elif waiting and (down := self.node_down(self.project)) is not None:
+            idle = f" · node {down.name} is down: they wait until it is back"
         show_line(self.query_one("#queue-title", Static),
                   Text(f"queue · {self.queue_total} job(s){shown}{idle}"))
         self._render_history()
@@ -355,12 +358,20 @@ class ProjectScreen(CoreScreen):
         self._tick_queue()
 
     def _render_title(self) -> None:
-        """Name, lock (holder, TTL, heartbeat) and what is down: the facts to
-        know before u, c or r, in the order an 80-column line keeps them."""
+        """Name, its node in a fleet (and whether it is down), lock (holder,
+        TTL, heartbeat) and what is down: the facts to know before u, c or r,
+        in the order an 80-column line keeps them."""
         row = self.row
         name = self.project.name
         title = Text(name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 1] + "…",
                      style="bold")
+        if self.overview.fleet:
+            node = self.project.node or DASH
+            title.append(" on ")
+            title.append(node if len(node) <= NODE_WIDTH else node[:NODE_WIDTH - 1] + "…",
+                         style="bold")
+            if (gone := self.node_down(self.project)) is not None:
+                title.append(f" (down {duration(self.node_age(gone))})", style="bold red")
         down = [f"{label} {state}" for label, key in (("redis", "redis"), ("db", "database"))
                 if (state := self.overview.health.get(key, "ok")) not in ("ok", "…")]
         if down:

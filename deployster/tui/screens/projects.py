@@ -2,6 +2,11 @@
 
 TTL, heartbeat and elapsed columns tick every second between fetches (counted
 from the fetch), so the countdown moves even while nothing is fetched.
+
+In a fleet (the projects span more than one node: README.md#several-hosts) a
+node column shows each project's node, ``/`` matches node names too and ``n``
+shows one node's projects at a time; with one node none of that shows, as
+``deployster project list`` shows its NODE column only then.
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ COMPACT_COLUMNS: list[tuple[str, str]] = [
 COMPACT_NAME_WIDTH = 12
 COMPACT_WIDTHS = {"lock": 10, "ttl": 7, "heartbeat": 12, "queue": 5, "last": 10,
                   "running": 12, "deployed": 9}
+# A fleet's: the node after the project's name; in the compact layout after
+# the facts acted on (it scrolls in with the rest, and n shows one node).
+NODE_WIDTH = 12
+COMPACT_NODE_WIDTH = 8
+FLEET_COLUMNS = [COLUMNS[0], ("node", "node"), *COLUMNS[1:]]
+_AFTER_LAST = [k for k, _ in COMPACT_COLUMNS].index("last") + 1
+COMPACT_FLEET_COLUMNS = [*COMPACT_COLUMNS[:_AFTER_LAST], ("node", "node"),
+                         *COMPACT_COLUMNS[_AFTER_LAST:]]
 
 
 @lru_cache(maxsize=4096)
@@ -77,6 +90,7 @@ _NONE_LAST = float("inf")
 
 SORT_KEYS: dict[str, Callable[[ProjectRow], Any]] = {
     "name": lambda r: r.project.name.lower(),
+    "node": lambda r: (r.project.node, r.project.name.lower()),
     "path": lambda r: r.project.path,
     "lock": lambda r: (r.lock_owner is None, not r.stale, r.lock_owner or ""),
     "ttl": lambda r: r.lock_ttl_ms if r.lock_ttl_ms is not None else _NONE_LAST,
@@ -144,7 +158,8 @@ def clock_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
 
 
 def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
-              gone: bool = False) -> dict[str, Any]:
+              gone: bool = False, node: bool = False) -> dict[str, Any]:
+    """Every cell of ``row``, by column key; ``node``: with its node's (a fleet)."""
     if row.lock_owner is None:
         lock: Text | str = DASH
     elif compact:
@@ -156,7 +171,7 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
     else:
         lock = Text.assemble(short_id(row.lock_owner) + " ", ("running", "yellow"))
     name = _clip(row.project.name, COMPACT_NAME_WIDTH if compact else NAME_WIDTH)
-    return {
+    cells: dict[str, Any] = {
         "name": Text(name, style="bold"),
         "path": Text(short_path(row.project.path)),  # a directory may hold "[/x]"
         "lock": lock,
@@ -165,6 +180,10 @@ def row_cells(row: ProjectRow, since_fetch: float, *, compact: bool = False,
         # The newest complete job's commit (↺: it was a redeploy or rollback).
         "deployed": commit_cell(row.deployed) if row.deployed else DASH,
     }
+    if node:  # a plain string: a node name is letters, digits, '.', '_', '-'
+        cells["node"] = _clip(row.project.node, COMPACT_NODE_WIDTH if compact
+                              else NODE_WIDTH) or DASH
+    return cells
 
 
 class ProjectsScreen(CoreScreen):
@@ -174,6 +193,8 @@ class ProjectsScreen(CoreScreen):
         Binding("c", "cancel", "Cancel running", id="projects.cancel"),
         Binding("r", "redeploy", "Redeploy last", id="projects.redeploy"),
         Binding("slash", "filter", "Filter", key_display="/", id="projects.filter"),
+        # In a fleet only (``check_action``): one node's projects, the next's, all.
+        Binding("n", "next_node", "Node", id="projects.node"),
         Binding("s", "sort", "Sort", id="projects.sort"),
         # Rarer than the keys before it: last in the bar, which an 80-column
         # terminal cuts (? lists every key).
@@ -187,6 +208,10 @@ class ProjectsScreen(CoreScreen):
     def __init__(self, reader: Reader, overview: Overview) -> None:
         super().__init__(reader, overview)
         self.filter_text = ""
+        self.node_filter: str | None = None  # n: this node's projects only
+        # A node column (the projects span several nodes): the overview's
+        # ``fleet`` as the table's columns were last made for it.
+        self.fleet = overview.fleet
         self.sort_column = "name"
         self.sort_reverse = False
         self._keys: list[str] = []
@@ -202,8 +227,7 @@ class ProjectsScreen(CoreScreen):
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status-line")
-        yield Input(placeholder="filter projects (name or path) — enter to keep, esc to clear",
-                    id="filter")
+        yield Input(placeholder=self._placeholder(), id="filter")
         # Shown when the table has nothing to show: how to get a row into it.
         yield Static(id="projects-hint", markup=False)
         table = ProjectsTable(id="projects", cursor_type="row", zebra_stripes=True)
@@ -214,12 +238,19 @@ class ProjectsScreen(CoreScreen):
         yield table
         yield KeysFooter()
 
+    def _placeholder(self) -> str:
+        what = "name, path or node" if self.fleet else "name or path"
+        return f"filter projects ({what}) — enter to keep, esc to clear"
+
     @property
     def columns(self) -> list[tuple[str, str]]:
-        return COMPACT_COLUMNS if self.compact else COLUMNS
+        if self.compact:
+            return COMPACT_FLEET_COLUMNS if self.fleet else COMPACT_COLUMNS
+        return FLEET_COLUMNS if self.fleet else COLUMNS
 
     def _add_columns(self, table: ProjectsTable) -> None:
-        widths = COMPACT_WIDTHS if self.compact else WIDTHS
+        widths = {**COMPACT_WIDTHS, "node": COMPACT_NODE_WIDTH} if self.compact \
+            else {**WIDTHS, "node": NODE_WIDTH}
         for key, label in self.columns:
             # Fixed widths for the ticking columns: the layout never jumps.
             table.add_column(label, key=key, width=widths.get(key))
@@ -228,14 +259,35 @@ class ProjectsScreen(CoreScreen):
         compact = event.size.width < COMPACT_BELOW
         if compact != self.compact:
             self.compact = compact
-            selected = self.selected_key()  # the rows are made again: keep it
-            table = self.table
-            table.clear(columns=True)
-            self._add_columns(table)
-            self._keys, self._cells, self._facts, self._drawn = [], {}, {}, ()
-            self.render_rows()
-            if selected in self._keys:
-                table.move_cursor(row=self._keys.index(selected), animate=False)
+            self._remake_columns()
+
+    def _remake_columns(self) -> None:
+        """Make the columns again (the layout or the fleet changed), then the rows."""
+        selected = self.selected_key()  # the rows are made again: keep it
+        table = self.table
+        table.clear(columns=True)
+        self._add_columns(table)
+        self._keys, self._cells, self._facts, self._drawn = [], {}, {}, ()
+        self.render_rows()
+        if selected in self._keys:
+            table.move_cursor(row=self._keys.index(selected), animate=False)
+
+    def _fleet_changed(self) -> None:
+        """The projects came to span several nodes, or one: the node column,
+        the filter's hint and the ``n`` key follow."""
+        self.fleet = self.overview.fleet
+        if not self.fleet:
+            self.node_filter = None
+            if self.sort_column == "node":
+                self.sort_column, self.sort_reverse = "name", False
+        self.query_one("#filter", Input).placeholder = self._placeholder()
+        self._show_node_filter()
+        self.refresh_bindings()
+        self._remake_columns()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # n (by node) is a fleet's: with one node it is neither shown nor bound.
+        return self.fleet if action == "next_node" else True
 
     @property
     def table(self) -> ProjectsTable:
@@ -268,10 +320,14 @@ class ProjectsScreen(CoreScreen):
     # ---------------------------------------------------------------- render
     def visible_rows(self) -> list[ProjectRow]:
         rows = self.overview.rows
+        if self.node_filter is not None:
+            rows = [r for r in rows if r.project.node == self.node_filter]
         if self.filter_text:
             needle = self.filter_text.lower()
+            fleet = self.fleet  # a single node's name is no project's: not matched
             rows = [r for r in rows
-                    if needle in r.project.name.lower() or needle in r.project.path.lower()]
+                    if needle in r.project.name.lower() or needle in r.project.path.lower()
+                    or (fleet and needle in r.project.node.lower())]
         return sorted(rows, key=SORT_KEYS[self.sort_column], reverse=self.sort_reverse)
 
     def render_rows(self, *, clocks: bool = True) -> None:
@@ -282,15 +338,18 @@ class ProjectsScreen(CoreScreen):
         everything = clocks and self._tick % 60 == 1
         since_fetch = self.since_fetch()
         self.query_one(StatusLine).show(shown.rows, shown.health, self.reader.wall_clock(),
-                                        since_fetch, shown.runners)
+                                        since_fetch, shown.runners, shown.nodes)
         # The rows, not the overview: a fetch that found nothing new hands
         # over the same list (app.py), and then nothing is drawn again.
         drawn = (shown.rows, shown.runners, shown.health, self.filter_text, self.sort_column,
-                 self.sort_reverse)
+                 self.sort_reverse, self.node_filter)
         if not everything and self._same_view(drawn):
             # Time alone moved: the rows, their order and facts are as drawn.
             if clocks:
                 self._tick_clocks(since_fetch)
+            return
+        if shown.fleet != self.fleet:  # remade with the node column (or without)
+            self._fleet_changed()
             return
         rows = self.visible_rows()
         self._show_hint(bool(rows))
@@ -308,7 +367,8 @@ class ProjectsScreen(CoreScreen):
                         everything or (clocks and ticking(r))):
                     continue
                 self._facts[key] = facts
-                cells = row_cells(r, since_fetch, compact=self.compact, gone=gone)
+                cells = row_cells(r, since_fetch, compact=self.compact, gone=gone,
+                                  node=self.fleet)
                 old = self._cells.get(key, {})
                 changes += [(key, column, value) for column, value in cells.items()
                             if old.get(column) != value]
@@ -323,7 +383,7 @@ class ProjectsScreen(CoreScreen):
                 gone = shown.runner_gone(r.running)
                 self._facts[key] = (*row_facts(r), gone)
                 cells = self._cells[key] = row_cells(r, since_fetch, compact=self.compact,
-                                                     gone=gone)
+                                                     gone=gone, node=self.fleet)
                 table.add_row(*(cells[k] for k, _ in self.columns), key=key)
             self._keys = keys
             if selected in keys:
@@ -341,8 +401,11 @@ class ProjectsScreen(CoreScreen):
         text: Text | None = None
         if any_rows:
             pass
-        elif self.filter_text and self.overview.rows:
-            text = Text(f"No project matches {self.filter_text!r}: esc clears the filter.")
+        elif (self.filter_text or self.node_filter is not None) and self.overview.rows:
+            what = " and ".join([*([f"node {self.node_filter!r}"]
+                                   if self.node_filter is not None else []),
+                                 *([repr(self.filter_text)] if self.filter_text else [])])
+            text = Text(f"No project matches {what}: esc clears the filter.")
         elif self.overview.health == UP and not self.overview.rows:
             settings = self.reader.settings
             roots = ", ".join(tilde(r) for r in settings.allowed_roots) if settings else ""
@@ -459,6 +522,24 @@ class ProjectsScreen(CoreScreen):
         box.display = True
         box.focus()
 
+    def action_next_node(self) -> None:
+        """Show the next node's projects only (in name order), after the last
+        one every project again."""
+        nodes = self.overview.project_nodes
+        if len(nodes) < 2:
+            return
+        current = self.node_filter
+        at = nodes.index(current) + 1 if current in nodes else 0
+        self.node_filter = nodes[at] if at < len(nodes) else None
+        self._show_node_filter()
+        self.render_rows()
+
+    def _show_node_filter(self) -> None:
+        """The node shown, on the table's bottom border (nothing: every node)."""
+        node = self.node_filter
+        self.table.border_subtitle = None if node is None else Text(
+            f"node {node or DASH} only · n: the next · esc: all")
+
     def on_input_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value.strip()
         self.render_rows()
@@ -473,14 +554,18 @@ class ProjectsScreen(CoreScreen):
         box.value = ""
         box.display = False
         self.filter_text = ""
+        if self.node_filter is not None:
+            self.node_filter = None
+            self._show_node_filter()
         self.table.focus()
         self.render_rows()
 
     def action_sort(self) -> None:
-        keys = [k for k, _ in COLUMNS]
+        columns = FLEET_COLUMNS if self.fleet else COLUMNS
+        keys = [k for k, _ in columns]
         self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
         self.sort_reverse = False
-        self.notify(f"sorted by {dict(COLUMNS)[self.sort_column]}", timeout=1.5)
+        self.notify(f"sorted by {dict(columns)[self.sort_column]}", timeout=1.5)
         self.render_rows()
 
     def action_reverse(self) -> None:

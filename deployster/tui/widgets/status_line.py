@@ -1,5 +1,6 @@
 """The line above the projects table: Redis/database health, whether a deploy
-server runs the queues, counts, the clock."""
+server runs the queues (in a fleet: how many nodes are up, which are down),
+counts, the clock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import Static
 
+from deployster.fleet import Node
 from deployster.overview import ProjectRow
 
 from ..format import duration
@@ -50,18 +52,41 @@ def runner_text(runners: frozenset[str] | None) -> Text:
     return Text("runner ok" if len(runners) == 1 else f"{len(runners)} runners", style="green")
 
 
+def nodes_text(nodes: tuple[Node, ...] | None, now: datetime) -> Text | None:
+    """With more than one node announced (README.md#several-hosts): how many
+    are up, then each one down with its heartbeat's age as of ``now`` (the
+    rule is ``fleet.Node.up``'s); None for one node or none."""
+    if nodes is None or len(nodes) < 2:
+        return None
+    now_ms = int(now.timestamp() * 1000)
+    down = [n for n in nodes if not n.up(now_ms)]
+    text = Text(f"nodes {len(nodes) - len(down)}/{len(nodes)} up",
+                style="bold red" if down else "green")
+    for node in down:
+        text.append(f" · {node.name} down {duration(node.age(now_ms))}", style="bold red")
+    return text
+
+
 def summary(counts: Counts, health: dict[str, str], now: datetime, age: float = 0.0,
-            runners: frozenset[str] | None = None) -> Text:
+            runners: frozenset[str] | None = None,
+            nodes: tuple[Node, ...] | None = None) -> Text:
     """Health first: on an 80-column terminal what is cut is the end of the
-    line, and "redis down" or "no runner" must never be what goes."""
+    line, and "redis down" or "no runner" must never be what goes. In a fleet
+    the nodes stand for the runners (each node runs one), unless none is alive."""
     text = Text.assemble((" deployster ", "bold reverse"), " ")
     for label, key in (("redis", "redis"), ("db", "database")):
         state = health.get(key, "…")
         text.append(f" {label} {state}", style="green" if state == "ok" else "bold red")
         text.append(" ·")
-    text.append(" ")
-    text.append(runner_text(runners))
-    text.append(" ·")
+    fleet = nodes_text(nodes, now)
+    if fleet is None or not runners:
+        text.append(" ")
+        text.append(runner_text(runners))
+        text.append(" ·")
+    if fleet is not None:
+        text.append(" ")
+        text.append(fleet)
+        text.append(" ·")
     if age > OLD_DATA:
         text.append(f" data from {duration(age)} ago ·", style="bold red")
     projects = "project" if counts.projects == 1 else "projects"
@@ -89,10 +114,11 @@ class StatusLine(Widget):
         return self.text
 
     def show(self, rows: list[ProjectRow], health: dict[str, str], now: datetime,
-             age: float = 0.0, runners: frozenset[str] | None = None) -> None:
+             age: float = 0.0, runners: frozenset[str] | None = None,
+             nodes: tuple[Node, ...] | None = None) -> None:
         if rows is not self._rows:  # counted once a fetch, not once a tick
             self._rows, self._counts = rows, Counts.of(rows)
-        text = summary(self._counts, health, now, age, runners)
+        text = summary(self._counts, health, now, age, runners, nodes)
         if text != self.text:
             self.text = text
             self.refresh()
