@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each 'deployster serve' is a node (DEPLOYSTER_NODE); several hosts' "
                     "servers may share one Redis and one PostgreSQL (README: Several hosts).")
     nodes.add_argument("--json", action="store_true", help="print JSON")
+    nodes.add_argument("--forget", metavar="NODE",
+                       help="drop a node that is down for good (decommissioned) from the list; "
+                            "refused while it is up or still has projects")
     nodes.set_defaults(handler=cmd_nodes)
 
     job = sub.add_parser("job", help="act on a deploy job")
@@ -683,6 +686,10 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         counts: dict[str, int] = {}
         for project in await core.projects.all():
             counts[project.node] = counts.get(project.node, 0) + 1
+        if args.forget is not None:
+            await fleet.forget(core, args.forget, projects=counts.get(args.forget, 0))
+            print(f"forgot node {args.forget!r}")
+            return 0
         listed = [{**n.to_dict(), "projects": counts.get(n.name, 0),
                    "this": n.name == core.node} for n in found]
         if args.json:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import __version__
 from .clock import iso
 from .db import dialect_of
-from .errors import ConfigError
+from .errors import ConfigError, Conflict, NotFound
 from .procinfo import hostname
 
 if TYPE_CHECKING:
@@ -123,3 +123,21 @@ async def check_storage(core: Deployster) -> None:
                 "(DEPLOYSTER_REDIS_URL=redis://…) and one shared PostgreSQL "
                 "(DEPLOYSTER_DATABASE_URL=postgresql://…); the embedded Redis and SQLite "
                 "are one node's (README.md#several-hosts)")
+
+
+async def forget(core: Deployster, name: str, *, projects: int) -> None:
+    """Drop a node that went away for good from the ``nodes`` hash (it is
+    listed, down, until then). Raises ``NotFound`` for a node never seen,
+    ``Conflict`` while it is up or still has ``projects`` (remove or move them
+    first: its queued jobs would wait for it for ever)."""
+    raw = cast(str | None, await core.redis.hget(core.keys.nodes, name))
+    node = Node.parse(name, raw) if raw is not None else None
+    if node is None:
+        raise NotFound(f"no node {name!r} has announced itself here; see 'deployster nodes'")
+    if node.up():
+        raise Conflict(f"node {name!r} is up (heartbeat {node.age():.0f}s ago); stop its "
+                       "server first", code="node_up")
+    if projects:
+        raise Conflict(f"node {name!r} still has {projects} project(s); remove them first "
+                       f"('deployster project list --node {name}')", code="node_has_projects")
+    await core.redis.hdel(core.keys.nodes, name)

@@ -302,3 +302,14 @@ def test_deployster_nodes_lists_every_node_up_or_down(fleet: Fleet) -> None:
     text = subprocess.run([sys.executable, "-m", "deployster", "nodes"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60).stdout
     assert "web-1 (this)" in text and "DOWN" in text
+
+    def forget(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "deployster", "nodes", "--forget", name],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    up = forget("web-2")
+    assert up.returncode == 2 and "node 'web-2' is up" in up.stderr, up.stderr
+    assert "Traceback" not in up.stderr
+    gone = forget("web-3")
+    assert gone.returncode == 0, gone.stderr
+    assert {n["name"] for n in listed()} == {"web-1", "web-2"}
