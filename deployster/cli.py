@@ -505,9 +505,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str]:
     """A setting's value as ``deployster config`` prints it, and its origin:
-    the token never (where it is kept instead), nor any other secret, URLs
-    with passwords (and notification targets with their credential) masked,
-    an unset URL as what is used in its place."""
+    the token never (where it is kept instead), nor any other secret (a field
+    kept out of repr: the metrics token…), URLs with passwords (and
+    notification targets with their credential) masked, an unset URL as what
+    is used in its place."""
     text = settings.to_env()[env_name(name)]
     if name == "token":
         if settings.token:

@@ -15,8 +15,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
-from . import recovery, store
+from . import metrics, recovery, store
 from .estimate import DURATIONS_KEPT
 from .events import Event, decode
 from .history import HistoryWriter
@@ -277,7 +278,7 @@ class Dispatcher:
                 outcome = Outcome(JobStatus.FAILED, Reason.INVALID)
             else:
                 runner = Runner(job, project, logw, kill_grace=core.settings.kill_grace)
-                runner.on_spawn = lambda pid: self._record_process(job, pid)
+                runner.on_spawn = self._spawn_recorder(job)
                 runner.on_checkout = lambda sha: self._record_checkout(job, sha)
                 self.runners[job.id] = runner
 
@@ -334,15 +335,36 @@ class Dispatcher:
         except REDIS_DOWN as exc:
             log.warning("could not record the commit of %s (%s)", job.id, exc)
 
-    async def _record_process(self, job: Job, pid: int) -> None:
+    def _spawn_recorder(self, job: Job) -> Callable[[int], Awaitable[None]]:
+        """The runner's ``on_spawn`` for ``job``: ``_record_process``, the
+        first process also ending the job's hand-off (from its claim, the
+        record's ``started_ms``, see ``metrics.count_handoff``)."""
+        claimed_ms = job.extra.get("started_ms")
+        first = [claimed_ms if claimed_ms and claimed_ms.isdigit() else None]
+
+        def recorded(pid: int) -> Awaitable[None]:
+            since, first[0] = first[0], None
+            return self._record_process(job, pid, claimed_ms=int(since) if since else None)
+
+        return recorded
+
+    async def _record_process(self, job: Job, pid: int, *, claimed_ms: int | None = None) -> None:
         """Note the command's process group: for the lease guard, and with its
-        identity, for crash recovery."""
+        identity, for crash recovery. ``claimed_ms``: when the job was claimed
+        (epoch ms), to count the hand-off in the same round trip."""
+        spawned = time.time()
         ident = process_identity(pid)
         self.lease_guard.group(job.id, pid, ident)
         try:
-            await self.core.jobs.set_fields(
-                job.id, pgid=str(pid), pg_ident=ident or "", host=hostname(), boot=boot_id(),
-            )
+            async with self.core.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self.core.keys.job(job.id), mapping={
+                    "pgid": str(pid), "pg_ident": ident or "", "host": hostname(),
+                    "boot": boot_id()})
+                if claimed_ms is not None:
+                    # Both ends by this process's clock: the claim is the claimer's
+                    # (this dispatcher, or the request it answered).
+                    metrics.count_handoff(pipe, self.core.keys, spawned - claimed_ms / 1000)
+                await pipe.execute()
         except REDIS_DOWN as exc:
             log.warning("could not record the process of %s (%s)", job.id, exc)
 

@@ -47,6 +47,21 @@ class Forbidden(DeploysterError):
     http_status = 403
 
 
+class Unauthenticated(DeploysterError):
+    """A bearer token (``Authorization: Bearer …``) missing or wrong: 401 with
+    the ``WWW-Authenticate`` challenge RFC 6750 asks for."""
+
+    code = "unauthorized"
+    http_status = 401
+
+    def __init__(self, message: str, *, realm: str) -> None:
+        super().__init__(message)
+        self.realm = realm
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer realm="{self.realm}"'}
+
+
 class NotFound(DeploysterError):
     code = "not_found"
     http_status = 404

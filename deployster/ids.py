@@ -51,5 +51,16 @@ def first_id_at(seconds: float) -> str:
     return _encode(max(0, int(seconds * 1000)), 10) + "0" * 16
 
 
+def created_ms(job_id: str) -> int | None:
+    """When a job id was made (epoch ms: its first ten characters), None for
+    anything that is no job id."""
+    if not is_job_id(job_id):
+        return None
+    value = 0
+    for char in job_id[:10]:
+        value = value * 32 + _ALPHABET.index(char)
+    return value
+
+
 def is_job_id(value: str) -> bool:
     return len(value) == 26 and all(c in _ALPHABET for c in value)

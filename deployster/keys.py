@@ -24,6 +24,9 @@ instances sharing one Redis.
 | deployster:runners          | zset   | runner id -> announcement expiry (a hint)     |
 | deployster:nodes            | hash   | node name -> its last announcement (JSON)     |
 | deployster:dirty            | hash   | job id -> version not yet written to SQL      |
+| deployster:metrics:<project>| hash   | the project's counters (ends, durations, log) |
+| deployster:metrics          | hash   | server-wide counters (the hand-off histogram) |
+| deployster:metrics:notify   | hash   | notifications delivered / failed, by kind     |
 | deployster:projects:version | string | bumped on every project change (cache key)    |
 | deployster:health           | string | the health check's write probe, short TTL     |
 | deployster:events           | pubsub | events a dispatcher acts on: released, finished… |
@@ -102,8 +105,21 @@ class Keys:
     def signatures(self, project_id: int | str) -> str:
         return f"{self.prefix}sigs:{project_id}"
 
+    @property
+    def metrics_prefix(self) -> str:
+        return f"{self.prefix}metrics:"
+
+    def project_metrics(self, project_id: int | str) -> str:
+        """The project's counters for ``GET /metrics``: a hash (its fields:
+        ``deployster/metrics.py``), never reset but with the project."""
+        return f"{self.metrics_prefix}{project_id}"
+
+    @property
+    def runner_prefix(self) -> str:
+        return f"{self.prefix}runner:"
+
     def runner(self, runner_id: str) -> str:
-        return f"{self.prefix}runner:{runner_id}"
+        return f"{self.runner_prefix}{runner_id}"
 
     # -- per job
     @property
@@ -144,6 +160,18 @@ class Keys:
     @property
     def dirty(self) -> str:
         return f"{self.prefix}dirty"
+
+    @property
+    def metrics(self) -> str:
+        """Server-wide counters for ``GET /metrics`` (the hand-off histogram)."""
+        return f"{self.prefix}metrics"
+
+    @property
+    def notify_metrics(self) -> str:
+        """Notification deliveries, a hash ``<kind>:delivered`` / ``<kind>:failed``
+        -> count, incremented (HINCRBY) by whoever delivers them
+        (``metrics.count_notification``)."""
+        return f"{self.metrics_prefix}notify"
 
     @property
     def projects_version(self) -> str:

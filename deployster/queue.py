@@ -185,14 +185,15 @@ class JobQueue:
 
     async def forget(self, project_id: int) -> None:
         """Delete what Redis keeps beside a removed project's queue: its
-        request signatures, fencing counter, last claimed job, enqueue counter
-        and any list an older version left. Call it once the project's jobs
-        have ended: its queue and its per-ref sets, empty by then (each job's
-        end took it out of both), are gone already (Redis drops an empty key),
-        and ``queues`` no longer names it."""
+        request signatures, fencing counter, last claimed job, enqueue counter,
+        counters (``GET /metrics``) and any list an older version left. Call it
+        once the project's jobs have ended: its queue and its per-ref sets,
+        empty by then (each job's end took it out of both), are gone already
+        (Redis drops an empty key), and ``queues`` no longer names it."""
         await self.redis.delete(self.keys.signatures(project_id), self.keys.fence(project_id),
                                 self.keys.current(project_id), self.keys.queue_seq(project_id),
-                                self.keys.legacy_queue(project_id), self.keys.durations(project_id))
+                                self.keys.legacy_queue(project_id), self.keys.durations(project_id),
+                                self.keys.project_metrics(project_id))
 
     async def wait(self, project_id: int) -> StartEstimate:
         """What the project's queued jobs wait for (``queue_wait.lua``): turn

@@ -79,10 +79,10 @@ async def runner_alive(core: Deployster, runner_id: str | None) -> bool:
     if runner_id == core.runner_id:
         return True
     raw = await core.redis.get(core.keys.runner(runner_id))
-    return raw is not None and _announced_alive(raw)
+    return raw is not None and announced_alive(raw)
 
 
-def _announced_alive(raw: str | bytes) -> bool:
+def announced_alive(raw: str | bytes) -> bool:
     """Whether the runner whose announcement is ``raw`` still runs, as far as
     this machine can tell (an announcement it cannot read counts as alive)."""
     try:
@@ -103,7 +103,7 @@ async def live_runners(core: Deployster) -> list[str]:
         return []
     raws = cast(list[str | None], await core.redis.mget([core.keys.runner(i) for i in ids]))
     return [i for i, raw in zip(ids, raws, strict=True)
-            if raw is not None and _announced_alive(raw)]
+            if raw is not None and announced_alive(raw)]
 
 
 def on_another_host(job: Job) -> bool:

@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     """This host's node name in a fleet sharing one Redis and PostgreSQL (unset: the kept one)."""
     public_url: str | None = None
     """The URL other nodes and links reach this server at (e.g. https://deploy.example.com)."""
+    # Kept out of repr() and out of error messages, as the token is.
+    metrics_token: str | None = Field(default=None, repr=False)
+    """The bearer token GET /metrics requires (unset: /metrics is open, as exporters are)."""
 
     # Notifications and GitHub deployments (deployster/notify/).
     notify: Targets = Field(default=(), repr=False)

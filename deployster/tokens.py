@@ -68,20 +68,27 @@ async def revoke(registry: ProjectRegistry, project: Project) -> bool:
 
 
 def is_admin_token(sent: str, admin_token: str | None) -> bool:
-    """Constant time in the secret, its length included: ``compare_digest`` on
-    the raw strings returns at once when the lengths differ, which tells a
-    prober the admin token's length; the SHA-256 digests always have 32 bytes."""
-    if not admin_token:
+    """Whether ``sent`` is the admin token: ``is_secret``."""
+    return is_secret(sent, admin_token)
+
+
+def is_secret(sent: str, secret: str | None) -> bool:
+    """Whether ``sent`` is ``secret`` (never, when there is none), in constant
+    time in the secret, its length included: ``compare_digest`` on the raw
+    strings returns at once when the lengths differ, which tells a prober the
+    secret's length; the SHA-256 digests always have 32 bytes."""
+    if not secret:
         return False
     return hmac.compare_digest(
-        hashlib.sha256(sent.encode("utf-8", "surrogatepass")).digest(), _digest(admin_token)
+        hashlib.sha256(sent.encode("utf-8", "surrogatepass")).digest(), _digest(secret)
     )
 
 
 @functools.lru_cache(maxsize=4)
-def _digest(admin_token: str) -> bytes:
-    """The admin token's SHA-256, made once (it changes only with a restart)."""
-    return hashlib.sha256(admin_token.encode("utf-8", "surrogatepass")).digest()
+def _digest(secret: str) -> bytes:
+    """A secret's SHA-256, made once (the admin and metrics tokens change
+    only with a restart or a rotation)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
 async def resolve(

@@ -35,6 +35,7 @@ from deployster.redis_scripts import (
     FINISH,
     LIBRARIES,
     LOCKS_AND_QUEUES,
+    METRICS_READ,
     NOTIFY_CLAIM,
     NOTIFY_EXPAND,
     NOTIFY_SETTLE,
@@ -183,7 +184,8 @@ def echoing(scripts: Scripts) -> Scripts:
     the KEYS and ARGV it got."""
     for lua in SCRIPTS:
         attr = f"_{lua.name}"
-        scripts.__dict__[attr] = (ScriptBatcher(scripts.redis, ECHO) if lua is ENQUEUE
+        scripts.__dict__[attr] = (ScriptBatcher(scripts.redis, ECHO)
+                                  if lua in (ENQUEUE, METRICS_READ)
                                   else scripts.redis.register_script(ECHO))
     return scripts
 
@@ -199,12 +201,14 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         "legacy": keys.legacy_queue(P), "durations": keys.durations(P),
         "versions": keys.projects_version,
         "notify": keys.notify_routes, "outbox": keys.outbox, "due": keys.notify_due,
+        "metrics": keys.project_metrics(P),
     }
     head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix,
             "byref_prefix": keys.byref_prefix(P), "queue_prefix": keys.queue_prefix,
             "current_prefix": keys.current_prefix, "durations_prefix": keys.durations_prefix,
             "lane_prefix": keys.notify_lane_prefix,
-            "delivery_prefix": keys.notify_delivery_prefix}
+            "delivery_prefix": keys.notify_delivery_prefix,
+            "metrics_prefix": keys.metrics_prefix}
     # Each call with its named arguments; ARGV names match the arguments' names.
     calls: list[tuple[Lua, dict[str, Any], Callable[..., Awaitable[Any]]]] = [
         (ENQUEUE, dict(runner="rn", job_id=J, policy="pl", signature="sg", fields="fd",
@@ -229,7 +233,7 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (NOTIFY_CLAIM, dict(now_ms=21, lease_ms=22, max=23), s.notify_claim),
         (NOTIFY_SETTLE, dict(lane="ln", delivery="dl", next_ms=24, now_ms=21), s.notify_settle),
     ]
-    assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES} == set(SCRIPTS)
+    assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES, METRICS_READ} == set(SCRIPTS)
     for lua, named, call in calls:
         project = {"project_id": P} if {"lock", "durations"} & set(lua.keys) else {}
         got_keys, got_argv = await call(**project, **named)
@@ -253,6 +257,11 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
     got_keys, got_argv = await s.locks_and_queues([1, 2])
     assert got_keys == [keys.lock(1), keys.lock(2), keys.queue(1), keys.queue(2)]
     assert got_argv == []
+    got_keys, got_argv = await s.metrics_read([1, 2], since_ms=19, server_wide=True)
+    assert got_keys == [keys.metrics, keys.notify_metrics, keys.runners,
+                        keys.lock(1), keys.queue(1), keys.current(1), keys.project_metrics(1),
+                        keys.lock(2), keys.queue(2), keys.current(2), keys.project_metrics(2)]
+    assert got_argv == [keys.job_prefix, keys.runner_prefix, "19", "1"]
 
 
 # ------------------------------------------------------------ registration

@@ -79,6 +79,7 @@ def every_field_changed(tmp_path: Path) -> Settings:
         github_token="ghp_fromtest",
         github_api_url="https://github.example.com/api/v3",
         public_url="https://deploy.example.com",
+        metrics_token="m3trics-from-test",
     )
 
 
@@ -140,6 +141,7 @@ def test_every_field_from_the_environment(
         "DEPLOYSTER_GITHUB_TOKEN": "ghp_fromtest",
         "DEPLOYSTER_GITHUB_API_URL": "https://github.example.com/api/v3",
         "DEPLOYSTER_PUBLIC_URL": "https://deploy.example.com",
+        "DEPLOYSTER_METRICS_TOKEN": "m3trics-from-test",
     }
     for name, value in variables.items():
         environ.setenv(name, value)
@@ -186,6 +188,7 @@ notify_timeout = 2.5
 github_token = "ghp_fromtest"
 github_api_url = "https://github.example.com/api/v3"
 public_url = "https://deploy.example.com"
+metrics_token = "m3trics-from-test"
 """)
     environ.setenv("DEPLOYSTER_CONFIG", str(config))
     assert Settings.from_env() == every_field_changed(tmp_path)
@@ -385,6 +388,8 @@ def test_a_bad_variable_is_one_line_naming_it(
          "DEPLOYSTER_REDIS_CONNECTIONS=5 must be 0 (the default: DEPLOYSTER_MAX_STREAMS + 100) "
          "or more than DEPLOYSTER_MAX_STREAMS (10): each live stream holds a connection"),
         ("namespace = 5", "DEPLOYSTER_NAMESPACE=5 is not a valid str"),
+        # Kept out of repr, as the admin token: never shown back.
+        ("metrics_token = 918273645", "DEPLOYSTER_METRICS_TOKEN is not a valid str"),
         ("allowed_roots = 5", "DEPLOYSTER_ALLOWED_ROOTS=5 is not a valid list of Path"),
         ("data_dir = [1]", "DEPLOYSTER_DATA_DIR=[1] is not a valid Path"),
         ("prot = 8080", "unknown setting 'prot'"),
@@ -433,6 +438,7 @@ def test_the_token_is_not_in_the_repr(tmp_path: Path) -> None:
     settings = every_field_changed(tmp_path)
     for shown in (repr(settings), str(settings)):
         assert "t0ken-from-test" not in shown and "token=" not in shown
+        assert "m3trics-from-test" not in shown
         assert "staging" in shown  # the other fields are
 
 

@@ -4,10 +4,12 @@ The scripts are the ``.lua`` files beside this module, one per script, plus
 four libraries that several scripts share: ``lock.lua`` (every operation on
 the deploy lock; its life is mapped in ``deployster/lock.py``), ``log.lua``
 (where a log stream ends: the next entry's byte offset), ``outbox.lua`` (a job
-event for notifications, ``outbox_add``, see ``deployster/notify/outbox.py``)
-and ``queue.lua`` (the queue itself, and the queue scripts' ``publish``,
-``log_line``, ``end_job`` and ``claim``). Lua has no include: a script's text
-is a prelude, its libraries and its own file, joined once, at import.
+event for notifications, ``outbox_add``, see ``deployster/notify/outbox.py``),
+``metrics.lua`` (the counters ``GET /metrics`` reads, kept by the scripts that
+change what they count) and ``queue.lua`` (the queue itself, and the queue
+scripts' ``publish``, ``log_line``, ``end_job`` and ``claim``). Lua has no
+include: a script's text is a prelude, its libraries and its own file, joined
+once, at import.
 
 Each script's KEYS and ARGV are declared once, below, as tuples of names
 (``Lua.keys``, ``Lua.argv``). The prelude gives the Lua those names as locals
@@ -89,9 +91,10 @@ def _load(name: str, keys: tuple[str, ...], argv: tuple[str, ...] = (),
 
 # The head every queue script's KEYS and ARGV start with (queue.lua names them).
 QUEUE_KEYS = ("lock", "queue", "fence", "queues", "running", "dirty", "events", "current",
-              "sigs", "job", "feed", "seq", "legacy", "durations", "notify", "outbox")
+              "sigs", "job", "feed", "seq", "legacy", "durations", "notify", "outbox",
+              "metrics")
 QUEUE_ARGV = ("job_prefix", "project", "now", "runner", "log_prefix", "now_ms", "byref_prefix")
-_QUEUE_LIBS = ("lock", "log", "wait", "outbox", "queue")
+_QUEUE_LIBS = ("lock", "log", "wait", "outbox", "metrics", "queue")
 
 ENQUEUE = _load("enqueue", QUEUE_KEYS,
                 (*QUEUE_ARGV, "job_id", "policy", "signature", "fields", "cap"), _QUEUE_LIBS)
@@ -105,7 +108,8 @@ BEAT = _load("beat", ("job", "lock"), ("job_id", "fence", "heartbeat", "ttl_ms")
 RELEASE = _load("release", ("lock", "events", "notify", "outbox"),
                 ("owner", "event", "project", "now_ms", "actor"), ("lock", "outbox"))
 APPEND = _load("append", ("job", "log"),
-               ("fence", "maxlen", "now_ms", "batch", "expect", "*chunks"), ("log",))
+               ("fence", "maxlen", "now_ms", "batch", "expect", "metrics_prefix", "*chunks"),
+               ("log", "metrics"))
 STATUS_READ = _load("status_read", ("job", "log", "versions"),
                     ("nonce", "job_id", "queue_prefix", "project", "job_prefix", "current_prefix",
                      "durations_prefix", "now_ms", "version"), ("log", "wait"))
@@ -114,6 +118,8 @@ STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "log_grace_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
+METRICS_READ = _load("metrics_read", ("metrics", "notify", "runners", "*projects"),
+                     ("job_prefix", "runner_prefix", "since_ms", "server_wide"), ("lock",))
 # The notifications' deliveries (notify/outbox.py).
 _NOTIFY_ARGV = ("lane_prefix", "delivery_prefix")
 NOTIFY_EXPAND = _load("notify_expand", ("outbox", "due"),
@@ -123,9 +129,9 @@ NOTIFY_SETTLE = _load("notify_settle", ("due",),
                       ("lane", "delivery", "next_ms", "now_ms", *_NOTIFY_ARGV))
 
 SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, UPGRADE_QUEUE, BEAT, RELEASE, APPEND, STATUS_READ,
-           QUEUE_WAIT, STATUS_SQL, SETTLE, LOCKS_AND_QUEUES, NOTIFY_EXPAND, NOTIFY_CLAIM,
-           NOTIFY_SETTLE)
-LIBRARIES = ("lock", "log", "wait", "outbox", "queue")
+           QUEUE_WAIT, STATUS_SQL, SETTLE, LOCKS_AND_QUEUES, METRICS_READ, NOTIFY_EXPAND,
+           NOTIFY_CLAIM, NOTIFY_SETTLE)
+LIBRARIES = ("lock", "log", "wait", "outbox", "metrics", "queue")
 
 
 class Scripts:
@@ -232,6 +238,10 @@ class Scripts:
     def _notify_settle(self) -> AsyncScript:
         return self._register(NOTIFY_SETTLE)
 
+    @cached_property
+    def _metrics_read(self) -> ScriptBatcher:
+        return ScriptBatcher(self.redis, METRICS_READ.source)
+
     # -- the queue (queue.py): KEYS and ARGV start with QUEUE_KEYS, QUEUE_ARGV
     def _queue_keys(self, project_id: int, job_key: str) -> list[str]:
         k = self.keys
@@ -239,7 +249,7 @@ class Scripts:
                 self._running, self._dirty, self._events, k.current(project_id),
                 k.signatures(project_id), job_key, self._feed, k.queue_seq(project_id),
                 k.legacy_queue(project_id), k.durations(project_id), self._notify_routes,
-                self._outbox]
+                self._outbox, k.project_metrics(project_id)]
 
     def _queue_argv(self, project_id: int, runner: str) -> list[str | int]:
         return [self._job_prefix, project_id, iso(), runner, self._log_prefix, now_ms(),
@@ -305,7 +315,8 @@ class Scripts:
     ) -> Awaitable[Any]:
         """append.lua; ``fence`` and ``expect`` '' for none."""
         return self._append(keys=[self.keys.job(job_id), self.keys.log(job_id)],
-                            args=[fence, maxlen, now_ms, batch, expect, *chunks])
+                            args=[fence, maxlen, now_ms, batch, expect,
+                                  self.keys.metrics_prefix, *chunks])
 
     def status_read(self, *, job_id: str, nonce: str, project: int | str = "",
                     version: str = "") -> Awaitable[Any]:
@@ -342,6 +353,20 @@ class Scripts:
         k = self.keys
         return self._locks_and_queues(
             keys=[k.lock(p) for p in project_ids] + [k.queue(p) for p in project_ids]
+        )
+
+    def metrics_read(
+        self, project_ids: Sequence[int], *, since_ms: int, server_wide: bool
+    ) -> Awaitable[Any]:
+        """metrics_read.lua over ``project_ids``; ``server_wide``: read the
+        server-wide counters and runners too. Calls made without an ``await``
+        between them go out as one pipeline (``autopipe.ScriptBatcher``)."""
+        k = self.keys
+        per_project = [key for p in project_ids for key in (
+            k.lock(p), k.queue(p), k.current(p), k.project_metrics(p))]
+        return self._metrics_read.call(
+            [k.metrics, k.notify_metrics, k.runners, *per_project],
+            [self._job_prefix, k.runner_prefix, since_ms, "1" if server_wide else "0"],
         )
 
     # -- notification deliveries (notify/outbox.py)

@@ -1,8 +1,8 @@
 -- cancel: a queued job leaves the queue and ends at once; a running one is
 -- flagged (its watchdog sees the flag within a second) and its runner told.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox metrics
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id nonce
---   (the first sixteen KEYS and seven ARGV: see queue.lua) job_id: the job, whose
+--   (all the KEYS and the first seven ARGV: see queue.lua) job_id: the job, whose
 --   record is KEYS job; nonce: names this request, the same for every retry.
 -- Returns the job's status before ('' when unknown); a retry with the same
 -- nonce (its reply was lost) gets the first answer again, not "already finished".

@@ -1,5 +1,5 @@
 -- claim: start the next queued job of a project if its lock is free.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox metrics
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix
 --   (see queue.lua; job is a placeholder, runner the claiming dispatcher)
 -- Returns the job claimed (its runner must run it), else ''.

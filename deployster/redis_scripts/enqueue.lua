@@ -1,8 +1,8 @@
 -- enqueue: store a job at the tail of its project's queue; with a runner, claim
 -- the head of the queue in the same step if the lock is free.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox metrics
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id policy signature fields cap
---   (the first sixteen KEYS and seven ARGV: see queue.lua) job_id: the new job,
+--   (all the KEYS and the first seven ARGV: see queue.lua) job_id: the new job,
 --   whose record is KEYS job; policy: the project's queue policy ('fifo',
 --   'supersede'); signature: the request's identity (models.Job.signature);
 --   fields: the job's fields as one JSON object (one argument to encode

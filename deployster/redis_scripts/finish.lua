@@ -1,7 +1,7 @@
 -- finish: end a running job and hand the lock to the next one, in one step.
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox metrics
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix job_id fence status reason exit_code closing nonce batch expect maxlen *chunks
---   (the first sixteen KEYS and seven ARGV: see queue.lua; runner '' claims
+--   (all the KEYS and the first seven ARGV: see queue.lua; runner '' claims
 --   nothing) job_id: the job, whose record is KEYS job; fence: the fence its
 --   runner got at the claim; status, reason ('' for none), exit_code ('' for
 --   none): its end; closing: its last log line ('' when the runner wrote its
@@ -22,7 +22,10 @@ if st[1] ~= 'running' or st[2] ~= FENCE then
   if st[4] and st[4] == NONCE then return {1, st[3], {}} end
   return {0, '', {}}
 end
-if BATCH ~= '' then append_batch(LOG_PREFIX .. JOB_ID, BATCH, EXPECT, MAXLEN, NOW_MS, CHUNKS_FROM) end
+if BATCH ~= '' then
+  local _, added = append_batch(LOG_PREFIX .. JOB_ID, BATCH, EXPECT, MAXLEN, NOW_MS, CHUNKS_FROM)
+  count_log_bytes(K_METRICS, added)
+end
 local extra = nil
 if EXIT_CODE ~= '' then extra = {'exit_code', EXIT_CODE} end
 end_job(JOB_ID, STATUS, REASON, extra, CLOSING)

@@ -33,7 +33,7 @@ end
 -- index ``from`` on, one entry each, tagged with ``batch`` and written at
 -- ``now_ms`` (epoch ms), the stream capped at about ``maxlen`` entries.
 -- Returns the log's length in bytes afterwards, or as it is when the batch
--- was already in.
+-- was already in; and how many bytes this call appended (0 then).
 --
 -- Idempotence: a batch sent again (its first reply was lost, but the first call
 -- may have run) is not appended again. A batch id is unique to one batch of one
@@ -53,14 +53,15 @@ local function append_batch(key, batch, expect, maxlen, now_ms, from)
   end
   local offset, _, f = log_offset(key)
   if f then
-    if batch ~= '' and has_batch(f) then return offset end
+    if batch ~= '' and has_batch(f) then return offset, 0 end
     local seen = tonumber(expect)
     if batch ~= '' and seen and seen ~= offset then
       for _, entry in ipairs(redis.call('XRANGE', key, string.format('%d-0', seen), '+')) do
-        if has_batch(entry[2]) then return offset end
+        if has_batch(entry[2]) then return offset, 0 end
       end
     end
   end
+  local start = offset
   for i = from, #ARGV do
     local chunk = ARGV[i]
     if #chunk > 0 then
@@ -69,5 +70,5 @@ local function append_batch(key, batch, expect, maxlen, now_ms, from)
       offset = offset + #chunk
     end
   end
-  return offset
+  return offset, offset - start
 end

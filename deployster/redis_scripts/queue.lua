@@ -1,9 +1,9 @@
 -- queue: what the queue's scripts (enqueue, claim, finish, cancel, upgrade_queue)
 -- share: the queue itself (byref, queue_push, queue_remove, queue_upgrade),
 -- publish, log_line, end_job and claim. A library, after lock.lua, log.lua,
--- wait.lua and outbox.lua.
+-- wait.lua, outbox.lua and metrics.lua.
 -- Every queue script's KEYS and ARGV start with the same names:
--- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox
+-- KEYS: lock queue fence queues running dirty events current sigs job feed seq legacy durations notify outbox metrics
 -- ARGV: job_prefix project now runner log_prefix now_ms byref_prefix
 --   lock: the project's lock; queue: its queue, a sorted set of job ids scored
 --   by seq; fence: its fencing counter; queues: projects whose queue may be
@@ -14,7 +14,8 @@
 --   the channel for watchers only; seq: the queue's enqueue counter; legacy:
 --   the queue as a list, as older versions kept it (moved over, then deleted);
 --   durations: its recent complete jobs' run times (wait.lua); notify,
---   outbox: see outbox.lua (a start or an end is an event there).
+--   outbox: see outbox.lua (a start or an end is an event there); metrics:
+--   its counters (metrics.lua).
 --   job_prefix, log_prefix: a job id after them is its record's, its log's
 --   key; project: the project id; now: ISO UTC, now_ms: epoch ms; runner: the
 --   dispatcher that runs a job claimed here ('' = claim nothing);
@@ -92,6 +93,7 @@ end
 -- reading Redis test guesses of the secret against the masked commands.
 -- A queued job leaves the queue here (a project left with none leaves K_QUEUES).
 -- Its outbox event: 'superseded' or 'cancelled' for those reasons, else its status.
+-- Every end is counted here too (metrics.lua), with its duration if it ran.
 local function end_job(id, status, reason, extra_fields, closing)
   local jk = JOB_PREFIX .. id
   local was = redis.call('HMGET', jk, 'status', 'ref_name', 'signature', 'started_ms')
@@ -109,6 +111,7 @@ local function end_job(id, status, reason, extra_fields, closing)
   if extra_fields then redis.call('HSET', jk, unpack(extra_fields)) end
   redis.call('HDEL', K_RUNNING, id)
   redis.call('HINCRBY', K_DIRTY, id, 1)
+  count_end(K_METRICS, was[1] == 'running' and was[4] or nil, NOW_MS, status, reason)
   local sig = was[3]
   if sig and redis.call('HGET', K_SIGS, sig) == id then redis.call('HDEL', K_SIGS, sig) end
   if redis.call('HDEL', jk, 'commands_raw') == 1 then redis.call('HDEL', jk, 'signature') end

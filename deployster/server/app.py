@@ -16,7 +16,7 @@ from .. import __version__
 from ..dispatcher import Dispatcher
 from ..service import Deployster
 from ..settings import Settings
-from . import api, client_script, health, jobs, projects
+from . import api, client_script, health, jobs, metrics, projects
 from .errors import body_too_large, register_error_handlers
 from .openapi import SECURITY_SCHEMES, TOKEN_SCHEME, DeploysterOpenAPI
 
@@ -91,6 +91,7 @@ def create_app(settings: Settings, core: Deployster | None = None) -> Quart:
     app.register_blueprint(client_script.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(projects.blueprint)
+    app.register_blueprint(metrics.blueprint)
     register_error_handlers(app)
 
     app.config["DEPLOYSTER_MAX_BODY_BYTES"] = settings.max_body_bytes

@@ -1,6 +1,7 @@
-"""Token check: header ``x-deployster-token``, the admin token or a project's
-(docs/api.md#conventions, docs/api.md#what-a-project-token-may-see), compared
-in constant time (see ``deployster.tokens``)."""
+"""Token checks: header ``x-deployster-token``, the admin token or a project's
+(docs/api.md#conventions, docs/api.md#what-a-project-token-may-see); and the
+bearer token of ``GET /metrics`` (docs/api.md#get-metrics). Compared in
+constant time (see ``deployster.tokens``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any, TypeVar, cast
 from quart import g, request
 
 from ..access import Principal
+from ..errors import Unauthenticated
+from ..tokens import is_secret
 from .context import core
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -71,3 +74,16 @@ def _requiring_token(func: F, *, check: bool) -> F:
 def principal() -> Principal:
     """The caller of the current request (set by ``require_token``)."""
     return cast(Principal, g.principal)
+
+
+def require_bearer(secret: str | None, *, realm: str, hint: str) -> None:
+    """Nothing when ``secret`` is unset or the request sends it as
+    ``Authorization: Bearer <secret>``, in exactly one header (as
+    ``require_token``, several would be ambiguous); else raises
+    ``Unauthenticated`` (401) saying ``hint``."""
+    if not secret:
+        return
+    sent = request.headers.getlist("Authorization")
+    scheme, _, token = sent[0].strip().partition(" ") if len(sent) == 1 else ("", "", "")
+    if scheme.lower() != "bearer" or not is_secret(token.strip(), secret):
+        raise Unauthenticated(hint, realm=realm)

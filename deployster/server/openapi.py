@@ -6,7 +6,9 @@ routes' models; this adds what every route shares and the SSE reply.
 - A route with a JSON body requires it, and may answer 400 (not JSON), 413 (too
   large), 415 (not sent as JSON) and 422 (wrong shape, or no body), from the
   app-wide handlers.
-- ``GET /jobs/{job_id}/stream`` answers ``text/event-stream``.
+- ``GET /jobs/{job_id}/stream`` answers ``text/event-stream``; ``GET /client``
+  and ``GET /metrics`` text (``deployster_media_type``), the latter with its
+  own errors (``deployster_errors``).
 - ``POST /deploy``'s ``commands.maxItems`` is the running server's
   ``DEPLOYSTER_MAX_COMMANDS``. (A command's limit is in bytes, which JSON Schema
   cannot say: it is in the description.)
@@ -69,10 +71,12 @@ class DeploysterOpenAPI(OpenAPIProvider):
         self._limit_commands(operation)
         responses = operation["responses"]
         media_type = getattr(func, "deployster_media_type", None)
-        if media_type:  # a file served as is: no JSON, no backend behind it
+        if media_type:  # no JSON: a file, or text; its own errors, if any
             responses.clear()
-            responses[200] = {"description": "The file.",
+            responses[200] = {"description": getattr(func, "deployster_reply", "The file."),
                               "content": {media_type: {"schema": {"type": "string"}}}}
+            for status, description in getattr(func, "deployster_errors", {}).items():
+                responses[status] = _error(description)
             return
         extra = dict(_COMMON)
         if operation.get("security") != []:  # [] marks a route without a token

@@ -226,7 +226,7 @@ def test_config_prints_every_setting_where_it_came_from_secrets_hidden(
            "DEPLOYSTER_REDIS_URL": "redis://:redis-pw@cache.example:6379/0",
            "DEPLOYSTER_NAMESPACE": "", "DEPLOYSTER_GITHUB_TOKEN": "ghp-secret-token",
            "DEPLOYSTER_NOTIFY": "slack=https://hooks.slack.com/services/slack-secret",
-           "DEPLOYSTER_NOTIFY_SECRET": "hook-secret"}
+           "DEPLOYSTER_NOTIFY_SECRET": "hook-secret", "DEPLOYSTER_METRICS_TOKEN": "m3trics-value"}
     del env["DEPLOYSTER_HISTORY_KEEP"]
     out = ok(deployster(env, "config"))
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
@@ -242,8 +242,9 @@ def test_config_prints_every_setting_where_it_came_from_secrets_hidden(
     assert rows["DEPLOYSTER_TOKEN"].split() == ["DEPLOYSTER_TOKEN", "(set,", "hidden)", "(file)"]
     assert rows["DEPLOYSTER_NOTIFY"].split()[1] == "slack=https://hooks.slack.com/***"
     assert rows["DEPLOYSTER_GITHUB_TOKEN"].split()[1:] == ["(set,", "hidden)", "(environment)"]
+    assert rows["DEPLOYSTER_METRICS_TOKEN"].split()[1:] == ["(set,", "hidden)", "(environment)"]
     for secret in ("file-token-value", "db-pw", "redis-pw", "ghp-secret-token", "slack-secret",
-                   "hook-secret"):
+                   "hook-secret", "m3trics-value"):
         assert secret not in out
 
     # Nothing set: the kept token is named by where it is, never shown.
