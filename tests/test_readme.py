@@ -1,6 +1,6 @@
 """The README starts with the two set-up commands (install + serve, install +
 test), keeps the user's original examples with only their two mistakes
-corrected, and documents every setting. Its "First ten minutes" runs for real in
+corrected, and documents every setting and every metric. Its "First ten minutes" runs for real in
 tests/test_first_ten_minutes.py, its curl example in
 tests/server/test_seed_guide.py."""
 
@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
+from deployster import metrics
+from deployster.models import Project
 from deployster.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,3 +79,23 @@ def test_every_setting_is_in_the_configuration_table() -> None:
     missing = [name for name in Settings.model_fields
                if f"`DEPLOYSTER_{name.upper()}`" not in table]
     assert missing == [], f"settings the README does not document: {missing}"
+
+
+def test_the_metrics_section_names_what_the_page_shows() -> None:
+    """Its table lists every metric family of ``GET /metrics`` and no other, and
+    its sample alert rules are a rule file that uses only those."""
+    section = README[README.index("## Metrics"):]
+    section = section[:section.index("\n## ")]
+    project = Project(id=1, name="app", path="/srv/app")
+    state = metrics.ProjectState(project, None, -2, 0, None, False, None, None, {})
+    shown = {f.name + ("_total" if f.type == "counter" else "")
+             for f in metrics.StateCollector(metrics.Snapshot(0.0, [state], {}, {}, 0)).collect()}
+    listed = set(re.findall(r"^\| `(deployster_\w+)` \|", section, re.M))
+    assert listed == shown
+    rules = next(b for b in fenced_blocks(section) if b.startswith("groups:"))
+    parsed = yaml.safe_load(rules)
+    alerts = [rule["alert"] for group in parsed["groups"] for rule in group["rules"]]
+    assert alerts == ["DeployFailed", "DeployQueueStuck", "DeployLockStale", "DeployRunnerDown"]
+    used = {re.sub(r"_(bucket|sum|count)$", "", name)
+            for name in re.findall(r"\bdeployster_\w+", rules)}
+    assert used and used <= shown, used - shown
