@@ -110,7 +110,12 @@ class Dispatcher:
         """
         self._stopping = True
         if self._listener is not None:
-            self._listener.cancel()
+            # Cancel until it ends: a cancel landing as redis-py's get_message
+            # times out is swallowed on Python 3.11, and the stop waited forever
+            # (an app stopped right after it started, in tests/server/test_metrics.py).
+            while not self._listener.done():
+                self._listener.cancel()
+                await asyncio.wait({self._listener}, timeout=0.1)
             await asyncio.gather(self._listener, return_exceptions=True)
         if self._job_tasks and grace > 0:
             log.info("waiting up to %gs for %d running job(s)", grace, len(self._job_tasks))
