@@ -11,11 +11,14 @@
 --   record's key, a runner id after the second its announcement's; since_ms:
 --   runners listed with an expiry before it are not read; server_wide: '1' to
 --   read metrics, notify and runners, else '0'.
--- Returns {metrics, notify, runners, project...}: the first two as HGETALL
--- (flat), runners as {id, announcement or false, ...} (false each when not
--- server_wide); then per project {lock holder or false, lock TTL ms (-2 when
+-- Returns, as one JSON text (one string to parse, not thousands of RESP
+-- items: at 500 projects that parse was most of a scrape's cost),
+-- [metrics, notify, runners, project...]: the first two as HGETALL (flat),
+-- runners as [id, announcement or false, ...] (false each when not
+-- server_wide); then per project [lock holder or false, lock TTL ms (-2 when
 -- free), queue length, head job id or false, current job's status or false,
--- its started_ms or false, the holder's started_ms or false, counters (flat)}.
+-- its started_ms or false, the holder's started_ms or false, counters (flat)].
+-- An empty list comes out as {} (cjson cannot tell it from an empty object).
 
 local out = {false, false, false}
 if SERVER_WIDE == '1' then
@@ -46,4 +49,4 @@ for i = K_PROJECTS_FROM, #KEYS, 4 do
                    redis.call('ZRANGE', queue, 0, 0)[1] or false, cur_state[1], cur_state[2],
                    holder_started, redis.call('HGETALL', counters)}
 end
-return out
+return cjson.encode(out)
