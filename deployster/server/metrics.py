@@ -21,10 +21,12 @@ UNAUTHORIZED_HINT = ("send the metrics token (DEPLOYSTER_METRICS_TOKEN) in the h
 @blueprint.get("/metrics")
 @security_scheme([])  # not the deploy token: its own bearer token, when one is set
 async def metrics_page() -> Response:
-    """Deploys, queues, locks, hand-offs, logs, notifications and runners in the
-    Prometheus text format, read from Redis and the registry (the same from any
-    server process). With `DEPLOYSTER_METRICS_TOKEN` set, send it as
-    `Authorization: Bearer <token>` (else 401)."""
+    """Prometheus metrics, in the text format.
+
+    Deploys, queues, locks, hand-offs, logs, notifications and runners, read
+    from Redis and the registry (the same from any server process). With
+    `DEPLOYSTER_METRICS_TOKEN` set, send it as `Authorization: Bearer <token>`
+    (else 401)."""
     the_core = core()
     require_bearer(the_core.settings.metrics_token, realm="deployster metrics",
                    hint=UNAUTHORIZED_HINT)

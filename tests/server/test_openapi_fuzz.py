@@ -40,7 +40,7 @@ NOT_REGISTERED = "/nonexistent/deployster-fuzz"
 OPERATIONS = {"POST /deploy", "GET /status/{job_id}", "GET /healthz", "GET /client",
               "POST /jobs/{job_id}/cancel", "GET /jobs/{job_id}", "GET /jobs/{job_id}/logs",
               "GET /jobs/{job_id}/stream", "GET /projects", "POST /jobs/{job_id}/redeploy",
-              "POST /projects/{name}/rollback"}
+              "POST /projects/{name}/rollback", "GET /metrics"}
 
 
 @pytest.fixture
