@@ -58,6 +58,7 @@ from _harness import (
     wait_for_notifications,
     wait_until,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 TARGET_P99_MS = 5.0
 
@@ -155,6 +156,24 @@ def report(run: QueueRun, label: str, jobs: int, slowest: int) -> bool:
     return True
 
 
+def server_handoff(page: str) -> str:
+    """The server's own hand-off figure, every queue of the run together, from
+    its ``GET /metrics`` page: from the claim to the first process started (no
+    shell exit, no ``date``), so a little under the gaps above."""
+    samples = {(s.name, s.labels.get("le")): s.value
+               for family in text_string_to_metric_families(page)
+               if family.name == "deployster_handoff_seconds" for s in family.samples}
+    count = samples[("deployster_handoff_seconds_count", None)]
+    if not count:
+        return "GET /metrics: no hand-off counted"
+    mean_ms = samples[("deployster_handoff_seconds_sum", None)] / count * 1000
+    bounds = sorted((float(le), n) for (name, le), n in samples.items()
+                    if name.endswith("_bucket") and le is not None)
+    p99 = next(le for le, n in bounds if n >= 0.99 * count)
+    return (f"GET /metrics: {count:.0f} hand-offs (claim -> first process), mean "
+            f"{mean_ms:.2f} ms, p99 <= {p99 * 1000:g} ms (its bucket)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100, help="jobs to queue (>= 2; default 100)")
@@ -199,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                         client, project, project / "stamps",
                         env.tmp / f"gate-{label[:2]}-{round_no}", args.jobs, args.timeout,
                         server.pid))
+            scraped = client.get("/metrics")  # 404 from a checkout without it
         print(f"handoff: {args.jobs} jobs of one project, {args.jobs - 1} hand-offs "
               f"x {rounds} round(s) (redis {env.redis_kind}, {env.database_kind}, "
               f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f})")
@@ -207,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             for round_no, run in enumerate(series, 1):
                 name = label if rounds == 1 else f"{label}, round {round_no}"
                 measured.append(report(run, name, args.jobs, args.slowest))
+        if scraped.status_code == 200:
+            print("  " + server_handoff(scraped.text))
         plain = runs[projects[0][0]]
         floor_rounds = args.jobs if args.floor is None else args.floor
         if floor_rounds > 0 and all(r.gaps for r in plain):

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from . import metrics, recovery, store
 from .estimate import DURATIONS_KEPT
@@ -360,15 +361,17 @@ class Dispatcher:
         spawned = time.time()
         ident = process_identity(pid)
         self.lease_guard.group(job.id, pid, ident)
+        fields = {"pgid": str(pid), "pg_ident": ident or "", "host": hostname(),
+                  "boot": boot_id()}
         try:
+            if claimed_ms is None:
+                await self.core.jobs.set_fields(job.id, **fields)
+                return
             async with self.core.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(self.core.keys.job(job.id), mapping={
-                    "pgid": str(pid), "pg_ident": ident or "", "host": hostname(),
-                    "boot": boot_id()})
-                if claimed_ms is not None:
-                    # Both ends by this process's clock: the claim is the claimer's
-                    # (this dispatcher, or the request it answered).
-                    metrics.count_handoff(pipe, self.core.keys, spawned - claimed_ms / 1000)
+                pipe.hset(self.core.keys.job(job.id), mapping=cast(Any, fields))
+                # Both ends by this process's clock: the claim is the claimer's
+                # (this dispatcher, or the request it answered).
+                metrics.count_handoff(pipe, self.core.keys, spawned - claimed_ms / 1000)
                 await pipe.execute()
         except REDIS_DOWN as exc:
             log.warning("could not record the process of %s (%s)", job.id, exc)
