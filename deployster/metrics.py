@@ -12,8 +12,8 @@ same figures and a restart resets nothing:
   records the process, ``count_handoff``), a notification by whoever
   delivers it (``count_notification``);
 - **gauges** are the state itself: the lock and its TTL, the queue and its
-  head, the job running, the runners' announcements (Redis); the projects
-  and their settings (the registry, SQL, cached).
+  head, the job running, the runners' and nodes' announcements (Redis); the
+  projects and their settings (the registry, SQL, cached).
 
 Redis keys (docs/redis.md#keys):
 
@@ -51,7 +51,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -63,7 +63,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from . import recovery
+from . import fleet, recovery
 from .ids import created_ms
 from .keys import Keys
 from .models import JobStatus, Project, Reason
@@ -138,6 +138,7 @@ class Snapshot:
     server: dict[str, int]  # deployster:metrics
     notify: dict[str, int]  # deployster:metrics:notify
     runners_alive: int
+    nodes_up: dict[str, bool] = field(default_factory=dict)  # node name -> up
 
 
 def _counts(flat: Sequence[Any] | None) -> dict[str, int]:
@@ -172,10 +173,10 @@ async def read(core: Deployster) -> Snapshot:
                                        server_wide=n == 0)
              for n, chunk in enumerate(chunks)]
     replies = [json.loads(reply) for reply in await asyncio.gather(*calls)]
-    server, notify, runners = replies[0][:3]
+    server, notify, runners, nodes = replies[0][:4]
     states = []
     for chunk, reply in zip(chunks, replies, strict=True):
-        for project, row in zip(chunk, reply[3:], strict=True):
+        for project, row in zip(chunk, reply[4:], strict=True):
             holder, ttl, length, head, status, started, holder_started, counts = row
             states.append(ProjectState(
                 project=project, lock_holder=holder or None, lock_ttl_ms=int(ttl),
@@ -185,7 +186,12 @@ async def read(core: Deployster) -> Snapshot:
             ))
     alive = sum(1 for raw in (runners or [])[1::2]
                 if raw is not None and recovery.announced_alive(raw))
-    return Snapshot(now, states, _counts(server), _counts(notify), alive)
+    flat = list(nodes or ())
+    announced = (fleet.Node.parse(str(n), str(raw)) for n, raw in zip(flat[::2], flat[1::2],
+                                                                       strict=True))
+    now_ms = int(now * 1000)
+    up = {node.name: node.up(now_ms) for node in announced if node is not None}
+    return Snapshot(now, states, _counts(server), _counts(notify), alive, up)
 
 
 # ----------------------------------------------------------------- rendering
@@ -250,7 +256,8 @@ class StateCollector:
 
     def _projects(self) -> Iterator[Metric]:
         now = self.snapshot.now
-        p = ["project"]
+        # A project is (node, name): two nodes may each have a project of one name.
+        p = ["node", "project"]
         started = CounterMetricFamily(
             "deployster_deploys_started", "Deploys that started running, by project.", labels=p)
         finished = CounterMetricFamily(
@@ -278,15 +285,15 @@ class StateCollector:
             ("deployster_project_timeout_seconds", "The project's job timeout setting."),
         )}
         for state in self.snapshot.projects:
-            name = state.project.name
+            project = [state.project.node, state.project.name]
             counts = _project_counts(state.counts)
             running_counted = state.running and state.running_started_ms is not None
-            started.add_metric([name], counts.ran + running_counted)
+            started.add_metric(project, counts.ran + running_counted)
             for status, reason in sorted(set(ENDS) | set(counts.ends)):
-                finished.add_metric([name, status, reason], counts.ends[(status, reason)])
-            duration.add_metric([name], _buckets(counts.durations, DURATION_BUCKETS),
+                finished.add_metric([*project, status, reason], counts.ends[(status, reason)])
+            duration.add_metric(project, _buckets(counts.durations, DURATION_BUCKETS),
                                 counts.duration_ms / 1000)
-            log_bytes.add_metric([name], counts.log_bytes)
+            log_bytes.add_metric(project, counts.log_bytes)
             held = state.lock_holder is not None
             oldest = state.oldest_queued_ms
             values = {
@@ -304,14 +311,14 @@ class StateCollector:
                 "deployster_project_timeout_seconds": state.project.timeout,
             }
             for metric, value in values.items():
-                gauges[metric].add_metric([name], value)
+                gauges[metric].add_metric(project, value)
         yield from (started, finished, duration, log_bytes, *gauges.values())
 
     def _server(self) -> Iterator[Metric]:
         server = self.snapshot.server
         per_bucket = [0] * (len(_HANDOFF_US) + 1)
-        for field, n in server.items():
-            kind, _, bound = field.partition(":")
+        for name, n in server.items():
+            kind, _, bound = name.partition(":")
             if kind == "handoff":
                 per_bucket[_bucket_index(bound, _HANDOFF_US)] += n
         handoff = HistogramMetricFamily(
@@ -326,6 +333,14 @@ class StateCollector:
             "Deploy servers (runners) alive now, on any host; 0: queued deploys wait.")
         runners.add_metric([], self.snapshot.runners_alive)
         yield runners
+        nodes = GaugeMetricFamily(
+            "deployster_node_up",
+            "1 while the node (a host's server) announces itself; 0 once its heartbeat is "
+            "older than fleet.NODE_STALE_S (it keeps its place until it is back).",
+            labels=["node"])
+        for name, up in sorted(self.snapshot.nodes_up.items()):
+            nodes.add_metric([name], int(up))
+        yield nodes
         notify = self.snapshot.notify
         kinds = sorted(set(NOTIFY_KINDS) | {f.partition(":")[0] for f in notify})
         for outcome, doc in (("delivered", "Notifications delivered, by target kind."),

@@ -6,13 +6,14 @@ tests/server/test_metrics.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployster import control, metrics, recovery
+from deployster import control, fleet, metrics, recovery
 from deployster.ids import first_id_at, new_job_id
 from deployster.logstream import LogWriter
 from deployster.models import Job, JobStatus, Project, Reason
@@ -31,7 +32,12 @@ def parse(text: bytes | str) -> Samples:
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+    """The one sample of ``name`` whose labels include ``labels`` (a project's
+    ``node`` label need not be named)."""
+    found = [v for (n, given), v in samples.items()
+             if n == name and labels.items() <= dict(given).items()]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
 
 
 async def scrape(core: Deployster) -> Samples:
@@ -185,9 +191,16 @@ async def test_hand_offs_and_notifications_read_from_their_hashes(core: Deployst
     assert value(samples, "deployster_notifications_failed_total", kind="discord") == 0
 
 
-async def test_runners_up_counts_the_live_announcements(core: Deployster) -> None:
+async def test_runners_and_nodes_up_follow_their_announcements(core: Deployster) -> None:
+    # A node that went away 20 s ago: the hash keeps it, down.
+    stale = json.loads(fleet.announcement(core))
+    stale["heartbeat_ms"] -= 20_000
+    await core.redis.hset(core.keys.nodes, "web-9", json.dumps(stale))
     await recovery.announce(core)
-    assert value(await scrape(core), "deployster_runners_up") == 1
+    samples = await scrape(core)
+    assert value(samples, "deployster_runners_up") == 1
+    assert value(samples, "deployster_node_up", node=core.node) == 1
+    assert value(samples, "deployster_node_up", node="web-9") == 0
     await recovery.withdraw(core)
     assert value(await scrape(core), "deployster_runners_up") == 0
 
@@ -233,3 +246,21 @@ async def test_a_removed_project_leaves_the_page_with_its_counters(
     samples = await scrape(core)
     assert not any(dict(labels).get("project") == "my-app" for _, labels in samples)
     assert not await core.redis.exists(core.keys.project_metrics(project.id))
+
+
+async def test_each_project_is_labelled_with_its_node(
+    core: Deployster, settings: Settings, project_dir: Path, tmp_path: Path
+) -> None:
+    here = await core.projects.add(str(project_dir))
+    twin = tmp_path / "web-2" / "my-app"  # another node's project of that directory name
+    twin.mkdir(parents=True)
+    other = await Deployster.open(settings.with_overrides(node="web-2"))
+    try:
+        there = await other.projects.add(str(twin))
+    finally:
+        await other.close()
+    await claimed(core, here, "c1")
+    samples = await scrape(core)
+    assert here.node and here.node != "web-2"
+    assert value(samples, "deployster_lock_held", node=here.node, project=here.name) == 1
+    assert value(samples, "deployster_lock_held", node="web-2", project=there.name) == 0

@@ -95,7 +95,7 @@ def test_the_metrics_section_names_what_the_page_shows() -> None:
     rules = next(b for b in fenced_blocks(section) if b.startswith("groups:"))
     parsed = yaml.safe_load(rules)
     alerts = [rule["alert"] for group in parsed["groups"] for rule in group["rules"]]
-    assert alerts == ["DeployFailed", "DeployQueueStuck", "DeployLockStale", "DeployRunnerDown"]
+    assert alerts == ["DeployFailed", "DeployQueueStuck", "DeployLockStale", "DeployNodeDown"]
     used = {re.sub(r"_(bucket|sum|count)$", "", name)
             for name in re.findall(r"\bdeployster_\w+", rules)}
     assert used and used <= shown, used - shown

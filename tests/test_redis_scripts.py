@@ -258,7 +258,7 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
     assert got_keys == [keys.lock(1), keys.lock(2), keys.queue(1), keys.queue(2)]
     assert got_argv == []
     got_keys, got_argv = await s.metrics_read([1, 2], since_ms=19, server_wide=True)
-    assert got_keys == [keys.metrics, keys.notify_metrics, keys.runners,
+    assert got_keys == [keys.metrics, keys.notify_metrics, keys.runners, keys.nodes,
                         keys.lock(1), keys.queue(1), keys.current(1), keys.project_metrics(1),
                         keys.lock(2), keys.queue(2), keys.current(2), keys.project_metrics(2)]
     assert got_argv == [keys.job_prefix, keys.runner_prefix, "19", "1"]

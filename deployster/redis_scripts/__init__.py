@@ -118,7 +118,7 @@ STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "log_grace_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
-METRICS_READ = _load("metrics_read", ("metrics", "notify", "runners", "*projects"),
+METRICS_READ = _load("metrics_read", ("metrics", "notify", "runners", "nodes", "*projects"),
                      ("job_prefix", "runner_prefix", "since_ms", "server_wide"), ("lock",))
 # The notifications' deliveries (notify/outbox.py).
 _NOTIFY_ARGV = ("lane_prefix", "delivery_prefix")
@@ -359,13 +359,13 @@ class Scripts:
         self, project_ids: Sequence[int], *, since_ms: int, server_wide: bool
     ) -> Awaitable[Any]:
         """metrics_read.lua over ``project_ids``; ``server_wide``: read the
-        server-wide counters and runners too. Calls made without an ``await``
+        server-wide counters, runners and nodes too. Calls made without an ``await``
         between them go out as one pipeline (``autopipe.ScriptBatcher``)."""
         k = self.keys
         per_project = [key for p in project_ids for key in (
             k.lock(p), k.queue(p), k.current(p), k.project_metrics(p))]
         return self._metrics_read.call(
-            [k.metrics, k.notify_metrics, k.runners, *per_project],
+            [k.metrics, k.notify_metrics, k.runners, k.nodes, *per_project],
             [self._job_prefix, k.runner_prefix, since_ms, "1" if server_wide else "0"],
         )
 

@@ -2,25 +2,26 @@
 -- step for a batch of projects: their counters, locks, queues and running
 -- jobs, and with server_wide the server-wide counters and the runners too. No
 -- read grows with the history: a project costs a fixed handful of commands.
--- KEYS: metrics notify runners *projects
+-- KEYS: metrics notify runners nodes *projects
 -- ARGV: job_prefix runner_prefix since_ms server_wide
 --   metrics: the server-wide counters; notify: notification deliveries by
---   kind; runners: runner id -> announcement expiry; projects: four keys per
+--   kind; runners: runner id -> announcement expiry; nodes: node name -> its
+--   last announcement (deployster/fleet.py); projects: four keys per
 --   project, its lock, queue, current (the job that claimed the lock last)
 --   and counters. job_prefix, runner_prefix: a job id after the first is its
 --   record's key, a runner id after the second its announcement's; since_ms:
 --   runners listed with an expiry before it are not read; server_wide: '1' to
---   read metrics, notify and runners, else '0'.
+--   read metrics, notify, runners and nodes, else '0'.
 -- Returns, as one JSON text (one string to parse, not thousands of RESP
 -- items: at 500 projects that parse was most of a scrape's cost),
--- [metrics, notify, runners, project...]: the first two as HGETALL (flat),
--- runners as [id, announcement or false, ...] (false each when not
--- server_wide); then per project [lock holder or false, lock TTL ms (-2 when
+-- [metrics, notify, runners, nodes, project...]: metrics, notify and nodes
+-- as HGETALL (flat), runners as [id, announcement or false, ...] (false each
+-- when not server_wide); then per project [lock holder or false, lock TTL ms (-2 when
 -- free), queue length, head job id or false, current job's status or false,
 -- its started_ms or false, the holder's started_ms or false, counters (flat)].
 -- An empty list comes out as {} (cjson cannot tell it from an empty object).
 
-local out = {false, false, false}
+local out = {false, false, false, false}
 if SERVER_WIDE == '1' then
   out[1] = redis.call('HGETALL', K_METRICS)
   out[2] = redis.call('HGETALL', K_NOTIFY)
@@ -30,6 +31,7 @@ if SERVER_WIDE == '1' then
     runners[#runners + 1] = redis.call('GET', RUNNER_PREFIX .. id)
   end
   out[3] = runners
+  out[4] = redis.call('HGETALL', K_NODES)
 end
 for i = K_PROJECTS_FROM, #KEYS, 4 do
   local lock, queue, current, counters = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
