@@ -168,9 +168,9 @@ class Keys:
 
     @property
     def notify_metrics(self) -> str:
-        """Notification deliveries, a hash ``<kind>:delivered`` / ``<kind>:failed``
-        -> count, incremented (HINCRBY) by whoever delivers them
-        (``metrics.count_notification``)."""
+        """Notification attempts, a hash ``<kind>:delivered`` / ``<kind>:failed``
+        -> count, incremented by ``notify_settle.lua`` as each attempt is
+        settled (``metrics.notification_counter``)."""
         return f"{self.metrics_prefix}notify"
 
     @property

@@ -9,8 +9,8 @@ same figures and a restart resets nothing:
   reason, duration bucket and summed duration: ``redis_scripts/metrics.lua``),
   a log append in ``append.lua`` (bytes), a job's first process by the
   dispatcher that starts it (the hand-off: two HINCRBYs in the round trip that
-  records the process, ``count_handoff``), a notification by whoever
-  delivers it (``count_notification``);
+  records the process, ``count_handoff``), a notification attempt by
+  ``notify_settle.lua`` as the notifier settles it (``notification_counter``);
 - **gauges** are the state itself: the lock and its TTL, the queue and its
   head, the job running, the runners' and nodes' announcements (Redis); the
   projects and their settings (the registry, SQL, cached).
@@ -25,8 +25,9 @@ Redis keys (docs/redis.md#keys):
 - ``deployster:metrics``, a hash: ``handoff:<bound µs>`` / ``handoff:inf``
   (hand-offs per bucket) and ``handoff_sum_us``.
 - ``deployster:metrics:notify``, a hash: ``<kind>:delivered`` and
-  ``<kind>:failed`` (each failed attempt), incremented with HINCRBY by the
-  notification outbox; absent, every known kind reads zero.
+  ``<kind>:failed`` (each failed attempt, a retried one each time; a delivery
+  dropped because its target was removed counts neither); absent, every known
+  kind reads zero.
 
 Deploys started are not counted apart (a claim, on every hand-off, stays
 free of it): a job that ran is counted once at its end, so started = ended
@@ -105,12 +106,11 @@ def count_handoff(pipe: Any, keys: Keys, seconds: float) -> None:
     pipe.hincrby(keys.metrics, "handoff_sum_us", us)
 
 
-def count_notification(client: Any, keys: Keys, kind: str, *, delivered: bool) -> Any:
-    """Count one notification to a ``kind`` target (``webhook``, ``slack``…):
-    delivered, or an attempt that failed. ``client``: Redis, or a pipeline to
-    queue it on; returns what its ``hincrby`` does (an awaitable on Redis)."""
-    outcome = "delivered" if delivered else "failed"
-    return client.hincrby(keys.notify_metrics, f"{kind}:{outcome}", 1)
+def notification_counter(kind: str, *, delivered: bool) -> str:
+    """The counter of one attempt at a ``kind`` target (``webhook``, ``slack``,
+    ``discord``, ``github``) in ``Keys.notify_metrics``: what
+    ``Scripts.notify_settle`` adds one to (``counted``)."""
+    return f"{kind}:{'delivered' if delivered else 'failed'}"
 
 
 # ------------------------------------------------------------------- reading
@@ -173,7 +173,7 @@ async def read(core: Deployster) -> Snapshot:
                                        server_wide=n == 0)
              for n, chunk in enumerate(chunks)]
     replies = [json.loads(reply) for reply in await asyncio.gather(*calls)]
-    server, notify, runners, nodes = replies[0][:4]
+    server, deliveries, runners, nodes = replies[0][:4]
     states = []
     for chunk, reply in zip(chunks, replies, strict=True):
         for project, row in zip(chunk, reply[4:], strict=True):
@@ -191,7 +191,7 @@ async def read(core: Deployster) -> Snapshot:
                                                                        strict=True))
     now_ms = int(now * 1000)
     up = {node.name: node.up(now_ms) for node in announced if node is not None}
-    return Snapshot(now, states, _counts(server), _counts(notify), alive, up)
+    return Snapshot(now, states, _counts(server), _counts(deliveries), alive, up)
 
 
 # ----------------------------------------------------------------- rendering

@@ -11,15 +11,19 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployster import control, fleet, metrics, recovery
 from deployster.ids import first_id_at, new_job_id
 from deployster.logstream import LogWriter
 from deployster.models import Job, JobStatus, Project, Reason
+from deployster.notify.targets import NotifyChange
 from deployster.redis_scripts import lua_text
 from deployster.service import Deployster
 from deployster.settings import Settings
+from tests.helpers.inprocess import audit, deploy, ended, put_stubs_on_path, running
+from tests.helpers.receivers import Receiver
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -178,9 +182,10 @@ async def test_hand_offs_and_notifications_read_from_their_hashes(core: Deployst
         for seconds in (0.0004, 0.003, 0.003, 7.0):
             metrics.count_handoff(pipe, core.keys, seconds)
         await pipe.execute()
-    await metrics.count_notification(core.redis, core.keys, "webhook", delivered=True)
-    await metrics.count_notification(core.redis, core.keys, "webhook", delivered=True)
-    await metrics.count_notification(core.redis, core.keys, "slack", delivered=False)
+    # As notify_settle.lua leaves them (the notifier's own: the test below).
+    for kind, delivered in (("webhook", True), ("webhook", True), ("slack", False)):
+        await core.redis.hincrby(core.keys.notify_metrics,
+                                 metrics.notification_counter(kind, delivered=delivered), 1)
     samples = await scrape(core)
     bucket = {le: value(samples, "deployster_handoff_seconds_bucket", le=le)
               for le in ("0.001", "0.0025", "0.005", "5.0", "+Inf")}
@@ -264,3 +269,22 @@ async def test_each_project_is_labelled_with_its_node(
     assert here.node and here.node != "web-2"
     assert value(samples, "deployster_lock_held", node=here.node, project=here.name) == 1
     assert value(samples, "deployster_lock_held", node="web-2", project=there.name) == 0
+
+
+async def test_the_notifier_counts_each_attempt_as_it_settles_it(
+    settings: Settings, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_stubs_on_path(monkeypatch)
+    with Receiver(answers=[500]) as hook:  # down once, then up
+        async with running(settings) as (core, dispatcher):
+            project = await core.projects.add(str(project_dir), notify=NotifyChange(
+                targets=(f"webhook={hook.url}",), events=None, secrets=None))
+            job = await deploy(core, dispatcher, project_dir, "true")
+            assert await ended(core, job) == "complete"
+            await hook.wait_for(1)
+            attempts = await audit(core, dispatcher.notifier, project.id)
+            samples = await scrape(core)
+    assert [a for a, _, _ in attempts] == ["notify.failed", "notify.sent"]
+    assert value(samples, "deployster_notifications_failed_total", kind="webhook") == 1
+    assert value(samples, "deployster_notifications_delivered_total", kind="webhook") == 1
+    assert value(samples, "deployster_notifications_delivered_total", kind="slack") == 0

@@ -201,6 +201,7 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         "legacy": keys.legacy_queue(P), "durations": keys.durations(P),
         "versions": keys.projects_version,
         "notify": keys.notify_routes, "outbox": keys.outbox, "due": keys.notify_due,
+        "counts": keys.notify_metrics,
         "metrics": keys.project_metrics(P),
     }
     head = {"job_prefix": keys.job_prefix, "project": str(P), "log_prefix": keys.log_prefix,
@@ -231,7 +232,8 @@ async def test_every_call_sends_keys_and_argv_in_the_declared_order(core: Deploy
         (NOTIFY_EXPAND, dict(entry="en", now_ms=21, deliveries=[("ln", "dl", "fd")]),
          s.notify_expand),
         (NOTIFY_CLAIM, dict(now_ms=21, lease_ms=22, max=23), s.notify_claim),
-        (NOTIFY_SETTLE, dict(lane="ln", delivery="dl", next_ms=24, now_ms=21), s.notify_settle),
+        (NOTIFY_SETTLE, dict(lane="ln", delivery="dl", next_ms=24, now_ms=21, counted="ct"),
+         s.notify_settle),
     ]
     assert {lua for lua, _, _ in calls} | {LOCKS_AND_QUEUES, METRICS_READ} == set(SCRIPTS)
     for lua, named, call in calls:

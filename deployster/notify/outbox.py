@@ -56,6 +56,7 @@ from typing import Any, cast
 from .. import store
 from ..clock import iso, now_ms
 from ..masking import secret_mask
+from ..metrics import notification_counter
 from ..models import NOTIFY_EVENTS, Job, NotifyTarget, Project
 from ..outages import classify, describe
 from ..redis_conn import REDIS_DOWN
@@ -351,9 +352,13 @@ class Notifier:
         else:
             action = "notify.failed"
             next_ms = str(now + int(backoff(tries) * 1000))
+        # GET /metrics counts the attempt in the settle's step (a target
+        # removed meanwhile is no delivery that failed).
+        counted = "" if outcome.dropped else notification_counter(
+            fields.get("kind", "?"), delivered=outcome.ok)
         try:
             await self.core.scripts.notify_settle(lane=lane, delivery=delivery_id,
-                                                  next_ms=next_ms, now_ms=now)
+                                                  next_ms=next_ms, now_ms=now, counted=counted)
         except REDIS_DOWN as exc:  # its lease runs out, and it is tried again then
             log.warning("notifications: could not record delivery %s (%s)", delivery_id,
                         describe(exc))

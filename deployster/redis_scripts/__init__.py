@@ -118,15 +118,15 @@ STATUS_SQL = _load("status_sql", ("job",), ("nonce", "from_end"))
 SETTLE = _load("settle", ("dirty", "job", "log"),
                ("job_id", "version", "retention_s", "log_grace_s", "finished"))
 LOCKS_AND_QUEUES = _load("locks_and_queues", ("*locks_then_queues",), (), ("lock",))
-METRICS_READ = _load("metrics_read", ("metrics", "notify", "runners", "nodes", "*projects"),
+METRICS_READ = _load("metrics_read", ("metrics", "deliveries", "runners", "nodes", "*projects"),
                      ("job_prefix", "runner_prefix", "since_ms", "server_wide"), ("lock",))
 # The notifications' deliveries (notify/outbox.py).
 _NOTIFY_ARGV = ("lane_prefix", "delivery_prefix")
 NOTIFY_EXPAND = _load("notify_expand", ("outbox", "due"),
                       ("entry", "now_ms", *_NOTIFY_ARGV, "*deliveries"))
 NOTIFY_CLAIM = _load("notify_claim", ("due",), ("now_ms", "lease_ms", "max", *_NOTIFY_ARGV))
-NOTIFY_SETTLE = _load("notify_settle", ("due",),
-                      ("lane", "delivery", "next_ms", "now_ms", *_NOTIFY_ARGV))
+NOTIFY_SETTLE = _load("notify_settle", ("due", "counts"),
+                      ("lane", "delivery", "next_ms", "now_ms", "counted", *_NOTIFY_ARGV))
 
 SCRIPTS = (ENQUEUE, CLAIM, FINISH, CANCEL, UPGRADE_QUEUE, BEAT, RELEASE, APPEND, STATUS_READ,
            QUEUE_WAIT, STATUS_SQL, SETTLE, LOCKS_AND_QUEUES, METRICS_READ, NOTIFY_EXPAND,
@@ -383,8 +383,9 @@ class Scripts:
                                   args=[now_ms, lease_ms, max, *self._notify_prefixes])
 
     def notify_settle(self, *, lane: str, delivery: str, next_ms: int | str,
-                      now_ms: int) -> Awaitable[Any]:
-        """notify_settle.lua; ``next_ms`` '' when the delivery is done."""
+                      now_ms: int, counted: str = "") -> Awaitable[Any]:
+        """notify_settle.lua; ``next_ms`` '' when the delivery is done;
+        ``counted`` the metrics counter of the attempt ('' for none)."""
         return self._notify_settle(
-            keys=[self._notify_due],
-            args=[lane, delivery, next_ms, now_ms, *self._notify_prefixes])
+            keys=[self._notify_due, self.keys.notify_metrics],
+            args=[lane, delivery, next_ms, now_ms, counted, *self._notify_prefixes])

@@ -2,19 +2,19 @@
 -- step for a batch of projects: their counters, locks, queues and running
 -- jobs, and with server_wide the server-wide counters and the runners too. No
 -- read grows with the history: a project costs a fixed handful of commands.
--- KEYS: metrics notify runners nodes *projects
+-- KEYS: metrics deliveries runners nodes *projects
 -- ARGV: job_prefix runner_prefix since_ms server_wide
---   metrics: the server-wide counters; notify: notification deliveries by
---   kind; runners: runner id -> announcement expiry; nodes: node name -> its
+--   metrics: the server-wide counters; deliveries: notification attempts by
+--   kind and outcome; runners: runner id -> announcement expiry; nodes: node name -> its
 --   last announcement (deployster/fleet.py); projects: four keys per
 --   project, its lock, queue, current (the job that claimed the lock last)
 --   and counters. job_prefix, runner_prefix: a job id after the first is its
 --   record's key, a runner id after the second its announcement's; since_ms:
 --   runners listed with an expiry before it are not read; server_wide: '1' to
---   read metrics, notify, runners and nodes, else '0'.
+--   read metrics, deliveries, runners and nodes, else '0'.
 -- Returns, as one JSON text (one string to parse, not thousands of RESP
 -- items: at 500 projects that parse was most of a scrape's cost),
--- [metrics, notify, runners, nodes, project...]: metrics, notify and nodes
+-- [metrics, deliveries, runners, nodes, project...]: metrics, deliveries and nodes
 -- as HGETALL (flat), runners as [id, announcement or false, ...] (false each
 -- when not server_wide); then per project [lock holder or false, lock TTL ms (-2 when
 -- free), queue length, head job id or false, current job's status or false,
@@ -24,7 +24,7 @@
 local out = {false, false, false, false}
 if SERVER_WIDE == '1' then
   out[1] = redis.call('HGETALL', K_METRICS)
-  out[2] = redis.call('HGETALL', K_NOTIFY)
+  out[2] = redis.call('HGETALL', K_DELIVERIES)
   local runners = {}
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_RUNNERS, SINCE_MS, '+inf')) do
     runners[#runners + 1] = id
