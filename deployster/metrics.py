@@ -336,7 +336,7 @@ class StateCollector:
         nodes = GaugeMetricFamily(
             "deployster_node_up",
             "1 while the node (a host's server) announces itself; 0 once its heartbeat is "
-            "older than fleet.NODE_STALE_S (it keeps its place until it is back).",
+            "older than fleet.NODE_STALE_S (listed until it is back or forgotten).",
             labels=["node"])
         for name, up in sorted(self.snapshot.nodes_up.items()):
             nodes.add_metric([name], int(up))
