@@ -27,7 +27,7 @@ from . import __version__, admin_token, client, logformat
 from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import Conflict, DeploysterError
 from .logreader import follow
-from .models import SOURCES, JobStatus
+from .models import SOURCES, JobStatus, Project
 from .notify.targets import NotifyChange
 from .outages import RedisRefused, classify, describe
 from .printable import CONTINUATION, escape_controls
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit = psub.add_parser(
         "edit", help="change a project's name, stages, TTL, timeout, steps or notifications")
     edit.add_argument("project", metavar="NAME|ID|PATH")
+    edit.add_argument("--node", help="with a PATH: the node it is on (default: this host's)")
     edit.add_argument("--name", help="a new name")
     stage_options(edit)
     notify_options(edit, editing=True)
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = psub.add_parser("show", help="show one project")
     show.add_argument("project", metavar="NAME|ID|PATH")
+    show.add_argument("--node", help="with a PATH: the node it is on (default: this host's)")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=cmd_project_show)
 
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "deploys stay in the history ('deployster job list') unless "
                     "--drop-history. Recorded as an audit event.")
     remove.add_argument("project", metavar="NAME|ID|PATH")
+    remove.add_argument("--node", help="with a PATH: the node it is on (default: this host's)")
     remove.add_argument("--force", action="store_true",
                         help="cancel its queued jobs and stop its running one (as 'job cancel' "
                              "does), wait for it to end, then remove it")
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "token", help="create or rotate a project's API token (printed once), or --revoke it"
     )
     token.add_argument("project", metavar="NAME|ID|PATH")
+    token.add_argument("--node", help="with a PATH: the node it is on (default: this host's)")
     token.add_argument("--revoke", action="store_true",
                        help="remove the project's token: it stops working at once")
     token.set_defaults(handler=cmd_project_token)
@@ -267,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "event; the queue is woken so that a running server starts the next job. "
                     "A holder still running ends lock_lost.")
     unlock.add_argument("project", metavar="NAME|ID|PATH")
+    unlock.add_argument("--node", help="with a PATH: the node it is on (default: this host's)")
     unlock.add_argument("-y", "--yes", action="store_true",
                         help="do not ask: release it if the holder shown still holds it")
     unlock.set_defaults(handler=cmd_unlock)
@@ -275,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rollback", help="redeploy the newest complete deploy of another commit than the one "
                          "deployed now (or --to JOB's)")
     back.add_argument("project", metavar="NAME|ID|PATH")
+    back.add_argument("--node", help="with a PATH: the node it is on (default: this host's)")
     back.add_argument("--to", metavar="JOB", help="the job whose commit to go back to")
     back.set_defaults(handler=cmd_rollback)
 
@@ -631,7 +637,7 @@ def cmd_project_edit(args: argparse.Namespace) -> int:
     pipeline = _read_pipeline(args.pipeline)
 
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project)
+        project = await _find_project(core, args)
         project = await core.projects.edit(
             project, name=args.name, pipeline=pipeline,
             lock_ttl=args.lock_ttl, timeout=args.timeout, queue_policy=args.queue_policy,
@@ -648,6 +654,12 @@ def cmd_project_edit(args: argparse.Namespace) -> int:
 # long name or ref must not push every later column off the screen.
 NAME_CAP = 32
 REF_CAP = 40
+
+
+async def _find_project(core: Deployster, args: argparse.Namespace) -> Project:
+    """The command's NAME|ID|PATH argument's project; a PATH on ``--node``
+    when the command takes one (default: this host's node)."""
+    return await core.projects.find(args.project, getattr(args, "node", None))
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
@@ -717,7 +729,7 @@ def cmd_project_remove(args: argparse.Namespace) -> int:
     from .control import remove_project
 
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project)
+        project = await _find_project(core, args)
         done = await remove_project(core, project, force=args.force,
                                     drop_history=args.drop_history,
                                     actor=f"cli:{getpass.getuser()}")
@@ -735,7 +747,7 @@ def cmd_project_remove(args: argparse.Namespace) -> int:
 
 def cmd_project_show(args: argparse.Namespace) -> int:
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project)
+        project = await _find_project(core, args)
         done = await completed_jobs(core, project.id, limit=1)
         _print_project(project, as_json=args.json, deployed=done[0] if done else None,
                        defaults=core.projects.notify_defaults)
@@ -748,7 +760,7 @@ def cmd_project_token(args: argparse.Namespace) -> int:
     from . import tokens
 
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project)
+        project = await _find_project(core, args)
         if args.revoke:
             if await tokens.revoke(core.projects, project):
                 print(f"revoked the token of project {project.name!r}: it no longer works")
@@ -787,7 +799,7 @@ def cmd_job_list(args: argparse.Namespace) -> int:
     from .table import Column, render
 
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project) if args.project else None
+        project = await _find_project(core, args) if args.project else None
         rows = await store.select_deployments(
             core.db, project_id=project.id if project else None, limit=args.limit,
             node=args.node)
@@ -923,7 +935,7 @@ def cmd_notifications(args: argparse.Namespace) -> int:
     from .table import Column, render
 
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project) if args.project else None
+        project = await _find_project(core, args) if args.project else None
         rows = await store.select_audit_events(
             core.db, limit=args.limit, action_prefix="notify.",
             project_id=project.id if project else None)
@@ -959,7 +971,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     from .overview import project_rows
 
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project)
+        project = await _find_project(core, args)
         row = next((r for r in await project_rows(core, last={}) if r.project.id == project.id),
                    None)
         if row is None or row.lock_owner is None:
@@ -1009,7 +1021,7 @@ def cmd_job_redeploy(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     async def body(core: Deployster) -> int:
-        project = await core.projects.find(args.project)
+        project = await _find_project(core, args)
         result, target, current = await rollback(core, project, to=args.to,
                                                  actor=f"cli:{getpass.getuser()}")
         _queued(result, target, f"rollback from {(current or 'none')[:12]}")

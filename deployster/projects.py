@@ -573,18 +573,21 @@ class ProjectRegistry:
                 return project
         return None
 
-    async def find(self, ref: str) -> Project:
-        """A project by name, numeric id or path (the CLI's ``<name|id|path>``)."""
+    async def find(self, ref: str, node: str | None = None) -> Project:
+        """A project by name, numeric id or path (the CLI's ``<name|id|path>``);
+        a path is ``node``'s (default: this node's), a name or an id is one
+        project's whatever its node."""
         project = await store.select_project_by_name(self.db, ref)
         if project is None and ref.isdigit():
             project = await store.select_project(self.db, int(ref))
         if project is None and (ref.startswith("/") or ref.startswith("~") or ref == "."):
             try:
-                project = await self.match(os.path.abspath(os.path.expanduser(ref)))
+                project = await self.match(os.path.abspath(os.path.expanduser(ref)), node)
             except InvalidRequest:
                 project = None
         if project is None:
-            raise UnknownProject(f"no project named, numbered or at {ref!r}; "
+            where = f" on node {node!r}" if node not in (None, self.node) else ""
+            raise UnknownProject(f"no project named, numbered or at {ref!r}{where}; "
                                  "see 'deployster project list'")
         return project
 

@@ -84,6 +84,16 @@ async def test_a_path_on_two_nodes_is_two_projects_each_run_on_its_own_node(
         assert "on node 'web-3'" in refused.json()["error"]
     assert sorted((shared / "ran").read_text().split("\n")[:-1]) == [
         "local web-1", "remote web-2"]
+    # The command line names a path on a node with --node (default: its own).
+    env = {**os.environ, **fleet.settings["web-1"].to_env()}
+    for node, expected in ((None, one), ("web-2", two)):
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "deployster", "project", "show", str(shared), "--json",
+             *(["--node", node] if node else [])],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["id"] == expected
 
 
 async def test_a_cancel_sent_to_any_node_stops_the_job_on_its_node(
