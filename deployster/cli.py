@@ -1162,6 +1162,9 @@ def _run(argv: list[str] | None) -> int:
     logging.getLogger("databases").setLevel(logging.WARNING)
     # Its pool logs a traceback per failed reconnect; ours says it once, in a line.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+    # The notifier's client (aiohttp): nothing of it below a warning, where a
+    # line could name a target's URL (a Slack or Discord URL is a credential).
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

@@ -87,8 +87,8 @@ def _body(data: dict[str, Any]) -> bytes:
     return json.dumps(data).encode("utf-8")
 
 
-async def send(redis: Redis, keys: Keys, *, api_url: str, repo: str, token: str,
-               job_id: str, spec: dict[str, Any]) -> http.Response:
+async def send(client: http.Client, redis: Redis, keys: Keys, *, api_url: str, repo: str,
+               token: str, job_id: str, spec: dict[str, Any]) -> http.Response:
     """Create the job's deployment if Redis holds none for it, then post the
     status; returns the response that ends the attempt (the creation's, when
     it failed). The id is stored as soon as GitHub gives it, so a retry after
@@ -98,9 +98,9 @@ async def send(redis: Redis, keys: Keys, *, api_url: str, repo: str, token: str,
     key = keys.github_deployment(job_id)
     deployment = cast(str | None, await redis.get(key))
     if deployment is None:
-        created = await http.post(base, _body(spec["create"]), sent)
+        created = await client.post(base, _body(spec["create"]), sent)
         if created.status != 201:
             return created
         deployment = str(created.json()["id"])
         await redis.set(key, deployment, ex=DEPLOYMENT_TTL_S)
-    return await http.post(f"{base}/{deployment}/statuses", _body(spec["status"]), sent)
+    return await client.post(f"{base}/{deployment}/statuses", _body(spec["status"]), sent)

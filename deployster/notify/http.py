@@ -1,36 +1,41 @@
-"""The notifier's HTTP client: one ``POST`` over asyncio streams, HTTP/1.1.
+"""The notifier's HTTP client: aiohttp, one session per ``Notifier``.
 
-Why not httpx: it runs in the server's event loop beside the jobs, and there
-its cost per request (~5 ms of CPU, measured with two targets and every event
-in ``bench/handoff.py --notify``, most of it in the connection pool's
-bookkeeping and a failed ``import sniffio`` per call) showed in the hand-off
-p99 of the jobs around it. This is what the notifier needs and no more, at a
-small fraction of that: a ``POST`` of a body it has in memory, to ``http`` or
-``https`` (the system's CA certificates, SNI), a user and password in the URL
-as Basic auth, and the answer's status, headers and body (``Content-Length``,
-chunked, or up to the connection's end), within ``MAX_BODY``. One connection
-per request (``Connection: close``): a deploy sends a few notifications, not
-hundreds a second. No redirects are followed (a 3xx is an answer like any
-other) and no proxy is used. Every failure to get an answer raises
-``HttpError``; the caller's ``asyncio.timeout`` bounds the whole request.
+Why a library: a webhook ``POST`` is no part of what deployster exists for,
+and a well-kept client (TLS, chunked and compressed answers, keep-alive, a C
+parser) beats the 131 lines of our own that stood here. Why aiohttp and not
+httpx: the client runs in the server's event loop beside the jobs, and httpx
+cost ~5 ms of CPU per request there (its pool's bookkeeping and a failed
+``import sniffio`` per call), which showed in ``bench/handoff.py --notify``'s
+hand-off p99; aiohttp costs a fraction of that (the figures: this file's
+commit message).
+
+What it does: a ``POST`` of a body it has in memory to an ``http`` or
+``https`` URL, TLS verified against the system's CA certificates (aiohttp's
+default context, ``ssl.create_default_context()`` made at import, so
+``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are honoured as the server starts), a
+user and password in the URL sent as Basic auth, and the answer's status,
+headers and body (within ``MAX_BODY``). Connections to a host are kept alive
+between requests. No redirects are followed (a 3xx is an answer like any
+other); no proxy, ``~/.netrc`` or cookie jar is used (``trust_env`` off: the
+same requests as ever go to the same places). Each request has a total
+timeout (``DEPLOYSTER_NOTIFY_TIMEOUT``) and raises ``TimeoutError`` past it;
+every other failure to get an answer raises ``HttpError``, whose text never
+holds the URL (a Slack or Discord URL is a credential, see
+``NotifyTarget.shown_url`` in ``deployster/models.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
 import json
-import ssl
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+import aiohttp
+from yarl import URL
 
 from .. import __version__
 
 MAX_BODY = 1024 * 1024  # an answer's body beyond this is cut (it is only logged)
-MAX_HEADERS = 100
 USER_AGENT = f"deployster/{__version__}"
 
 
@@ -48,84 +53,76 @@ class Response:
         return json.loads(self.body)
 
 
-@cache
-def _tls() -> ssl.SSLContext:
-    return ssl.create_default_context()
+class Client:
+    """One ``aiohttp.ClientSession``, made in the running loop at the first
+    ``post`` and ended by ``close``; ``timeout``: seconds a request may take."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": USER_AGENT},
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
+        """``POST`` ``body`` to ``url`` with ``headers``; raises ``HttpError``,
+        or ``TimeoutError`` after ``timeout`` seconds."""
+        try:
+            async with self._open().post(url, data=body, headers=headers,
+                                         allow_redirects=False) as answer:
+                data = bytearray()
+                async for chunk in answer.content.iter_any():
+                    data += chunk[:MAX_BODY - len(data)]
+                    if len(data) >= MAX_BODY:
+                        break
+                return Response(answer.status,
+                                {name.lower(): value for name, value in answer.headers.items()},
+                                bytes(data))
+        except TimeoutError:
+            raise  # aiohttp's timeouts are ClientErrors too; the caller tells them apart
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            # One line (a parser's message spans several), and no URL.
+            raise HttpError(" ".join(_hide(url, _describe(exc)).split())) from None
 
 
-async def post(url: str, body: bytes, headers: dict[str, str]) -> Response:
-    """``POST`` ``body`` to ``url`` with ``headers``; raises ``HttpError``."""
-    parts = urlsplit(url)
-    secure = parts.scheme == "https"
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        raise HttpError("not an http(s) URL")
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    authority = host if ":" not in host else f"[{host}]"
-    if parts.port:
-        authority += f":{parts.port}"
-    lines = [f"POST {target} HTTP/1.1", f"Host: {authority}", f"User-Agent: {USER_AGENT}",
-             f"Content-Length: {len(body)}", "Connection: close"]
-    if parts.username is not None:
-        user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        lines.append("Authorization: Basic " + base64.b64encode(user.encode()).decode())
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return "not an http(s) URL"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"cannot connect: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Its own text names the host and port; the OS's reason is what tells.
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "no answer: the connection was closed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"no answer: {exc.message}"  # its str() ends with the URL
+    return f"no answer: {type(exc).__name__}: {exc}"
+
+
+def _hide(url: str, text: str) -> str:
+    """``text`` without ``url`` or its path (for any message not foreseen)."""
     try:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=_tls() if secure else None, server_hostname=host if secure else None,
-            limit=64 * 1024)
-    except (OSError, ssl.SSLError) as exc:
-        raise HttpError(f"cannot connect: {exc.strerror or exc}"
-                        if isinstance(exc, OSError) and exc.strerror else
-                        f"cannot connect: {exc}") from None
-    try:
-        writer.write(head + body)
-        await writer.drain()
-        return await _read_response(reader)
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            ValueError) as exc:
-        raise HttpError(f"no answer: {type(exc).__name__}: {exc}") from None
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-
-
-async def _read_response(reader: asyncio.StreamReader) -> Response:
-    status_line = (await reader.readline()).decode("latin-1").rstrip("\r\n")
-    version, _, rest = status_line.partition(" ")
-    code = rest.split(" ", 1)[0]
-    if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
-        raise HttpError(f"not an HTTP answer: {status_line[:60]!r}")
-    headers: dict[str, str] = {}
-    for _ in range(MAX_HEADERS):
-        line = (await reader.readline()).decode("latin-1").rstrip("\r\n")
-        if not line:
-            break
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    else:
-        raise HttpError("too many header lines")
-    return Response(int(code), headers, await _read_body(reader, headers))
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            length = int((await reader.readline()).split(b";", 1)[0].strip() or b"0", 16)
-            if length == 0:
-                return b"".join(parts)
-            chunk = await reader.readexactly(length)
-            await reader.readline()  # the chunk's CRLF
-            if size < MAX_BODY:
-                parts.append(chunk[:MAX_BODY - size])
-                size += len(chunk)
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        data = await reader.readexactly(min(length, MAX_BODY))
-        return data
-    return await reader.read(MAX_BODY)
+        parsed = URL(url)
+    except ValueError:
+        return text.replace(url, "<url>")
+    for shown in (url, str(parsed), parsed.raw_path_qs, parsed.path_qs):
+        if len(shown) > 1:
+            text = text.replace(shown, "<url>")
+    return text

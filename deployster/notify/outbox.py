@@ -135,6 +135,7 @@ class Notifier:
         self._stopping = False
         self._routes_version: str | None = None
         self._routes_at = -float("inf")
+        self.http = http.Client(settings.notify_timeout)  # its session opens at the first send
 
     @property
     def lease_ms(self) -> int:
@@ -160,6 +161,7 @@ class Notifier:
         for task in list(self._attempts):
             task.cancel()
         await asyncio.gather(*self._attempts, return_exceptions=True)
+        await self.http.close()
         with contextlib.suppress(Exception):
             await self.flush_audit()
 
@@ -392,7 +394,7 @@ class Notifier:
                                           "DEPLOYSTER_GITHUB_TOKEN or --github-token-file",
                                           permanent=True)
                 response = await github.send(
-                    self.core.redis, self.core.keys, api_url=settings.github_api_url,
+                    self.http, self.core.redis, self.core.keys, api_url=settings.github_api_url,
                     repo=repo, token=token, job_id=fields["job"],
                     spec=json.loads(fields["body"]))
                 return shown, judge(response)
@@ -407,7 +409,7 @@ class Notifier:
                        "X-Deployster-Delivery": delivery_id}
             if target.secret:
                 headers[SIGNATURE_HEADER] = signature(target.secret, body)
-            response = await http.post(target.url, body, headers)
+            response = await self.http.post(target.url, body, headers)
             return f"{target.kind} {target.shown_url()}", judge(response)
 
     # ------------------------------------------------------------ the audit log
