@@ -20,7 +20,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 # How often a stop looks whether the groups are empty yet.
@@ -116,6 +116,26 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat[stat.rfind(")") + 2 :].split()
 
 
+def _environ_matches(needle: bytes) -> Iterator[tuple[bytes, int]]:
+    """(environment, process group) of each live process on this machine whose
+    environment holds ``needle`` (a ``\0NAME=value\0`` entry)."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = b"\0" + fh.read() + b"\0"
+        except OSError:
+            continue
+        if needle not in environ:
+            continue
+        fields = _stat_fields(pid)
+        if fields and len(fields) > 2 and fields[0] != "Z":
+            yield environ, int(fields[2])
+
+
 def job_groups(job_id: str) -> set[int]:
     """The process groups holding a live process started for ``job_id``: every
     command's environment names its job (``DEPLOYSTER_JOB_ID``, see
@@ -123,50 +143,22 @@ def job_groups(job_id: str) -> set[int]:
     processes where no record of their groups survived (a crash between a spawn
     and its record) and checks that a recorded pgid is still the job's."""
     needle = f"\0DEPLOYSTER_JOB_ID={job_id}\0".encode()
-    found: set[int] = set()
-    try:
-        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                environ = b"\0" + fh.read() + b"\0"
-        except OSError:
-            continue
-        if needle not in environ:
-            continue
-        fields = _stat_fields(pid)
-        if fields and len(fields) > 2 and fields[0] != "Z":
-            found.add(int(fields[2]))
-    return found
+    return {pgid for _, pgid in _environ_matches(needle)}
+
+
+_JOB_ID = b"\0DEPLOYSTER_JOB_ID="
 
 
 def node_job_groups(node: str) -> dict[str, set[int]]:
     """Job id -> the process groups holding a live process started for that
     job by ``node`` (their environment names both: ``runner.child_env``)."""
-    needle = f"\0DEPLOYSTER_NODE={node}\0".encode()
     found: dict[str, set[int]] = {}
-    try:
-        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                environ = b"\0" + fh.read() + b"\0"
-        except OSError:
-            continue
-        if needle not in environ:
-            continue
-        start = environ.find(b"\0DEPLOYSTER_JOB_ID=")
-        if start < 0:
-            continue
-        start += len(b"\0DEPLOYSTER_JOB_ID=")
-        job_id = environ[start:environ.index(b"\0", start)].decode("ascii", "replace")
-        fields = _stat_fields(pid)
-        if fields and len(fields) > 2 and fields[0] != "Z":
-            found.setdefault(job_id, set()).add(int(fields[2]))
+    for environ, pgid in _environ_matches(f"\0DEPLOYSTER_NODE={node}\0".encode()):
+        start = environ.find(_JOB_ID)
+        if start >= 0:
+            start += len(_JOB_ID)
+            job_id = environ[start:environ.index(b"\0", start)].decode("ascii", "replace")
+            found.setdefault(job_id, set()).add(pgid)
     return found
 
 
