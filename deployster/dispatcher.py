@@ -382,12 +382,11 @@ class Dispatcher:
         nonce = uuid.uuid4().hex  # one finish, however often it is sent
         while True:
             try:
-                done = await self.core.queue.finish(
+                return await self.core.queue.finish(
                     job, outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
                     runner=None if self._stopping else self.core.runner_id, nonce=nonce,
                     last_output=last_output,
                 )
-                return done
             except REDIS_DOWN as exc:  # keep the outcome until Redis is back
                 log.warning("could not record the end of %s (%s); retrying", job.id, exc)
                 await asyncio.sleep(delay)

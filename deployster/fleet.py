@@ -76,14 +76,26 @@ class Node:
 _STARTED = iso()
 
 
+def this_node(core: Deployster) -> Node:
+    """This node as it announces itself now."""
+    return Node(core.node, core.settings.public_url, __version__, _STARTED,
+                int(time.time() * 1000), hostname(),
+                "embedded" if core.settings.redis_url is None else "shared",
+                dialect_of(core.db))
+
+
 def announcement(core: Deployster) -> str:
-    """This node's entry in the ``nodes`` hash, as of now."""
-    return json.dumps({
-        "url": core.settings.public_url, "version": __version__, "started": _STARTED,
-        "heartbeat_ms": int(time.time() * 1000), "host": hostname(),
-        "redis": "embedded" if core.settings.redis_url is None else "shared",
-        "database": dialect_of(core.db),
-    })
+    """This node's entry in the ``nodes`` hash, as of now (what ``Node.parse`` reads)."""
+    me = this_node(core)
+    return json.dumps({"url": me.url, "version": me.version, "started": me.started,
+                       "heartbeat_ms": me.heartbeat_ms, "host": me.host, "redis": me.redis,
+                       "database": me.database})
+
+
+def _one_nodes_storage(node: Node, who: str) -> list[str]:
+    """What ``node`` uses that only one node can: '<who> uses SQLite', …"""
+    return ([f"{who} uses SQLite"] if node.database == "sqlite" else []) + (
+        [f"{who} uses the embedded Redis"] if node.redis == "embedded" else [])
 
 
 async def nodes(core: Deployster) -> list[Node]:
@@ -100,22 +112,18 @@ async def check_storage(core: Deployster) -> None:
     uses SQLite or the embedded Redis (each node would have its own history
     and project ids would collide), or when this node's name is up on another
     host (two hosts would each run the other's jobs)."""
-    me = core.node
-    mine = json.loads(announcement(core))
+    me = this_node(core)
     for node in await nodes(core):
         if not node.up():
             continue
-        if node.name == me:
-            if node.host != mine["host"]:
+        if node.name == me.name:
+            if node.host != me.host:
                 raise ConfigError(
-                    f"node name {me!r} is in use by a live server on host {node.host!r}; "
-                    "give this host its own name (DEPLOYSTER_NODE)")
+                    f"node name {me.name!r} is in use by a live server on host "
+                    f"{node.host!r}; give this host its own name (DEPLOYSTER_NODE)")
             continue
-        one_node = [f"{who} uses {what}" for who, db, redis in (
-            ("this node", mine["database"], mine["redis"]),
-            (f"node {node.name!r}", node.database, node.redis))
-            for what in (["SQLite"] if db == "sqlite" else [])
-            + (["the embedded Redis"] if redis == "embedded" else [])]
+        one_node = (_one_nodes_storage(me, "this node")
+                    + _one_nodes_storage(node, f"node {node.name!r}"))
         if one_node:
             raise ConfigError(
                 f"node {node.name!r} (host {node.host!r}) is up on this Redis, and "

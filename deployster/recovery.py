@@ -194,12 +194,12 @@ async def end_leftovers(core: Deployster) -> int:
     if not found:
         return 0
     ended = 0
+    running = await core.jobs.running()
     for job_id, groups in found.items():
         job = await core.jobs.get(job_id)
         if job is None or job.node not in (None, core.node):
             continue  # another deployster's (namespace) or another node's job
-        if job.status is JobStatus.RUNNING and await runner_alive(
-                core, (await core.jobs.running()).get(job_id)):
+        if job.status is JobStatus.RUNNING and await runner_alive(core, running.get(job_id)):
             continue
         if (await procgroups.stop_groups(groups, core.settings.kill_grace)).signalled:
             ended += 1

@@ -309,16 +309,22 @@ async def test_two_notifiers_on_one_redis_send_each_delivery_once(
                                                    ["queued", "started", "complete"])
 
 
-async def test_an_event_is_expanded_once(core: Deployster, project_dir: Path) -> None:
-    project = await core.projects.add(str(project_dir),
-                                      notify=notify("webhook=http://127.0.0.1:9/h",
-                                                    events="cancelled"))
+async def cancelled_while_queued(core: Deployster, project_dir: Path) -> str:
+    """A job queued (not run here) and cancelled: its id (a `cancelled` event)."""
     job = await core.submit(DeployRequest(cd=str(project_dir),
                                           commands=["supervisorctl restart x"]),
                             run_here=False)
     queued = await core.job(job.job_id)
     assert queued is not None
     await core.queue.cancel(queued)
+    return job.job_id
+
+
+async def test_an_event_is_expanded_once(core: Deployster, project_dir: Path) -> None:
+    project = await core.projects.add(str(project_dir),
+                                      notify=notify("webhook=http://127.0.0.1:9/h",
+                                                    events="cancelled"))
+    job_id = await cancelled_while_queued(core, project_dir)
     [(entry_id, fields)] = await core.redis.xrange(core.keys.outbox)
     assert fields["e"] == "cancelled" and fields["p"] == str(project.id)
     first, second = Notifier(core), Notifier(core)
@@ -328,7 +334,7 @@ async def test_an_event_is_expanded_once(core: Deployster, project_dir: Path) ->
     assert len(lane) == 1
     assert await core.redis.lrange(core.keys.notify_lane(lane[0]), 0, -1) == [f"{entry_id}.0"]
     body = json.loads(await core.redis.hget(core.keys.notify_delivery(f"{entry_id}.0"), "body"))
-    assert body["event"] == "cancelled" and body["job_id"] == job.job_id
+    assert body["event"] == "cancelled" and body["job_id"] == job_id
 
 
 async def test_an_event_that_cannot_be_expanded_does_not_hold_up_the_rest(
@@ -338,18 +344,13 @@ async def test_an_event_that_cannot_be_expanded_does_not_hold_up_the_rest(
         await core.projects.add(str(project_dir), notify=notify(f"webhook={hook.url}",
                                                                 events="cancelled"))
         await core.redis.xadd(core.keys.outbox, {"e": "cancelled", "j": "x", "p": "not-a-number"})
-        job = await core.submit(DeployRequest(cd=str(project_dir),
-                                              commands=["supervisorctl restart x"]),
-                                run_here=False)
-        queued = await core.job(job.job_id)
-        assert queued is not None
-        await core.queue.cancel(queued)
+        job_id = await cancelled_while_queued(core, project_dir)
         notifier = Notifier(core)
         await notifier.start()
         try:
             await hook.wait_for(1)
         finally:
             await notifier.stop()
-    assert hook.events() == [("cancelled", job.job_id)]
+    assert hook.events() == [("cancelled", job_id)]
     assert await core.redis.xlen(core.keys.outbox) == 0
     assert "could not be turned into deliveries; it is dropped" in caplog.text
