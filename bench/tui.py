@@ -169,7 +169,7 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int,
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     settings = Settings(token="bench", data_dir=tmp, redis_url=url,
                         database_url=f"sqlite:///{tmp / 'bench.db'}", namespace=namespace,
-                        node="web-1" if nodes > 1 else None)
+                        node="web-1" if nodes > 1 else "")
     core = await Deployster.open(settings)
     try:
         t0 = time.perf_counter()
