@@ -76,8 +76,10 @@ TARGET_RATIO = 0.8
 # ------------------------------------------------------------ bare server
 
 
-def serve_bare() -> int:
-    """The comparison endpoint: Quart + Hypercorn, same config, JSON in and out."""
+def serve_bare(*, asgi: bool = False) -> int:
+    """The comparison endpoint: Quart + Hypercorn, same config, JSON in and out.
+    ``asgi``: no framework, a plain ASGI callable answering the same JSON
+    (Hypercorn's own cost: the floor any route on it pays)."""
     from hypercorn.asyncio import serve
     from quart import Quart, request
 
@@ -85,20 +87,21 @@ def serve_bare() -> int:
     from deployster.settings import Settings
 
     settings = Settings.from_env(token="unused")
-    app = Quart("bare")
+    app: Any = plain_asgi if asgi else Quart("bare")
 
-    @app.post("/deploy")
-    async def deploy() -> dict[str, Any]:
-        data = await request.get_json()
-        return {"job_id": "01J0000000000000000000000", "n": len(data or {})}
+    if not asgi:
+        @app.post("/deploy")
+        async def deploy() -> dict[str, Any]:
+            data = await request.get_json()
+            return {"job_id": "01J0000000000000000000000", "n": len(data or {})}
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        @app.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
 
-    @app.get("/status/<job_id>")  # status_polls.py's reference: a queued job's answer
-    async def status(job_id: str) -> dict[str, Any]:
-        return {"status": "queued", "logs": "", "position": len(job_id)}
+        @app.get("/status/<job_id>")  # status_polls.py's reference: a queued job's answer
+        async def status(job_id: str) -> dict[str, Any]:
+            return {"status": "queued", "logs": "", "position": len(job_id)}
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -116,6 +119,31 @@ def serve_bare() -> int:
 
     asyncio.run(main())
     return 0
+
+
+async def plain_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The bare endpoints without a framework: ``POST /deploy`` reads and
+    parses the body, anything else gets the queued ``/status`` answer."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    reply: dict[str, Any]
+    if scope["method"] == "POST":
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        reply = {"job_id": "01J0000000000000000000000", "n": len(json.loads(body or b"{}"))}
+    else:
+        reply = {"status": "queued", "logs": "", "position": len(scope["path"])}
+    data = json.dumps(reply).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
 
 
 # ----------------------------------------------------------------- client
@@ -375,10 +403,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure deploys to a project with two webhook targets "
                         "(every event)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-asgi-server", action="store_true", help=argparse.SUPPRESS)
     add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.bare_server:
-        return serve_bare()
+    if args.bare_server or args.bare_asgi_server:
+        return serve_bare(asgi=args.bare_asgi_server)
     if args.requests < 1 or args.rounds < 1 or args.clients < 1 \
             or args.concurrency < args.clients:
         parser.error("need --requests, --rounds >= 1 and --concurrency >= --clients >= 1")

@@ -14,7 +14,11 @@ the server's CPU as a share of one core, gross and net of that idle cost,
 CPU ms per poll (net), local Redis's CPU per poll, poll latency and any
 non-200 answer. The same pollers then poll the bare Quart+Hypercorn server
 of ``deploy_throughput.py`` (a constant queued answer, no Redis) the same way:
-the reference, what the framework alone costs per poll on this machine.
+the reference, what the framework alone costs per poll on this machine; and
+the same answer from a plain ASGI callable on the same Hypercorn config, no
+framework: what the HTTP server alone costs per poll, the floor under any
+route it serves (on a machine where that floor is above the target, the
+target cannot be met by anything served through Hypercorn).
 
     python bench/status_polls.py [--clients 200] [--seconds 20] [--token admin|project]
 
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="polling time measured per round and server")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds, each deployster then the bare server (medians)")
+                        help="rounds, each deployster then the two references (medians)")
     parser.add_argument("--token", choices=("admin", "project"), default="admin",
                         help="the token the pollers send (project: each its project's)")
     add_common_args(parser)
@@ -188,29 +192,37 @@ def main(argv: list[str] | None = None) -> int:
             queued = sum(http.get(f"/status/{j}").json()["status"] == "queued"
                          for j, _ in targets)
         redis_pid = local_redis_pid(env.redis_url)
-        bare_server = env.serve(argv=[
-            sys.executable, str(Path(deploy_throughput.__file__).resolve()), "--bare-server"])
+        script = str(Path(deploy_throughput.__file__).resolve())
+        bare_server = env.serve(argv=[sys.executable, script, "--bare-server"])
+        asgi_server = env.serve(argv=[sys.executable, script, "--bare-asgi-server"])
         print(f"status_polls: {args.clients} clients at 1 Hz, {args.rounds} rounds of "
               f"{args.seconds:g}s per server, {args.token} token; {queued} of their jobs "
               f"queued, the rest running (redis {env.redis_kind}, {env.database_kind})")
         ours: list[Figures] = []
         bare: list[Figures] = []
+        asgi: list[Figures] = []
         for n in range(1, args.rounds + 1):
             print(f" round {n} (load avg {os.getloadavg()[0]:.2f})")
             ours.append(measure(server, redis_pid, targets, args.seconds))
             report("deployster", ours[-1], args.seconds)
             bare.append(measure(bare_server, None, targets, args.seconds, idle=False))
             report("bare", bare[-1], args.seconds)
+            asgi.append(measure(asgi_server, None, targets, args.seconds, idle=False))
+            report("asgi only", asgi[-1], args.seconds)
         gate.touch()
 
     share = statistics.median(f.share(args.seconds) for f in ours)
     per_poll = statistics.median(f.per_poll_ms() for f in ours)
     bare_ms = statistics.median(f.per_poll_ms() for f in bare)
+    asgi_ms = statistics.median(f.per_poll_ms() for f in asgi)
     ratio = statistics.median(o.per_poll_ms() / b.per_poll_ms()
                               for o, b in zip(ours, bare, strict=True) if b.per_poll_ms())
     print(f"  median CPU per poll: deployster {per_poll:.3f} ms, a bare Quart+Hypercorn GET "
           f"{bare_ms:.3f} ms; deployster/bare {ratio:.2f} (median of the rounds' ratios)  "
           f"[target <= {TARGET_MS} ms: {verdict(per_poll <= TARGET_MS)}]")
+    print(f"  Hypercorn alone (a plain ASGI callable, same answer): {asgi_ms:.3f} ms CPU per "
+          f"poll, {asgi_ms * args.clients / 10:.1f} % of a core for {args.clients} clients; "
+          f"deployster/Hypercorn alone {per_poll / asgi_ms if asgi_ms else 0:.2f}")
     print(f"  median server CPU, net: {share:.1%} of a core  [target <= {TARGET_SHARE:.0%}: "
           f"{verdict(share <= TARGET_SHARE)}]")
     ok = all(f.polls and not f.errors and set(f.statuses) == {200} for f in ours)

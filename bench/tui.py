@@ -11,8 +11,9 @@ the redraw it causes, CPU seconds of this process), separately for
 
 the once-a-second clock tick (TTL, heartbeat and ages redrawn: CPU of the
 tick and the repaint it causes) with the first 100 and all the projects on the
-table (``--tick-projects``; 50 of them locked, the first 50 by name: each tick
-redraws a TTL on every line of a 160x50 screen), peak RSS, how long a
+table (``--tick-projects``), with 50 of them locked, the first 50 by name, so
+that each tick redraws a TTL on every line of a 160x50 screen (the worst
+case), and with 5 (a few deploys under way: ``--tick-locks``); peak RSS, how long a
 1,000,000-line log takes to show its tail and how long the event loop (the UI)
 stalled meanwhile, and the idle cost: the share of one core the dashboard
 uses while nothing changes (no lock, no job), on the projects screen and on a
@@ -27,13 +28,14 @@ registers the projects over N nodes in turn and announces each node, so the
 figures include the node column and the header's nodes.
 
     python bench/tui.py [--projects 500] [--history 50000] [--tick-projects 100,500]
-                        [--idle-seconds 20] [--nodes 1]
+                        [--tick-locks 50,5] [--idle-seconds 20] [--nodes 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import resource
 import shutil
 import statistics
@@ -163,7 +165,8 @@ async def unlock_all(core: Deployster, projects: int) -> None:
 
 
 async def main(projects: int, history: int, refreshes: int, log_lines: int,
-               tick_projects: list[int], idle_seconds: float, nodes: int = 1) -> None:
+               tick_projects: list[int], idle_seconds: float, nodes: int = 1,
+               tick_locks: tuple[int, ...] = (50, 5)) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dst-bench-tui-"))
     url, embedded = redis_url(tmp)
     namespace = f"bench{uuid.uuid4().hex[:8]}"
@@ -212,19 +215,29 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int,
                     await app.core.close()
                     app.core = core
             full = app.overview
-            ticks = {}
+            ticks: dict[tuple[int, int], list[float]] = {}
             for n in sorted({min(n, projects) for n in tick_projects}):
-                # The first n projects, as if there were no others.
-                screen.post_message(DataRefreshed(Overview(full.rows[:n], full.health,
-                                                           full.fetched_at)))
-                await pilot.pause()
-                ticks[n] = []
-                for _ in range(refreshes):
-                    shift[0] += 1.0  # a second later: every TTL (and heartbeat) moved
-                    c0 = time.process_time()
-                    screen.render_rows()  # type: ignore[attr-defined]
+                for locks in tick_locks:
+                    # The first n projects, as if there were no others, and
+                    # of the 50 locks only the first ``locks`` held.
+                    rows, held = [], 0
+                    for row in full.rows[:n]:
+                        if row.lock_owner is not None:
+                            held += 1
+                            if held > locks:
+                                row = dataclasses.replace(row, lock_owner=None, lock_ttl_ms=None,
+                                                          heartbeat_age=None, running=None)
+                        rows.append(row)
+                    screen.post_message(DataRefreshed(Overview(rows, full.health,
+                                                               full.fetched_at)))
                     await pilot.pause()
-                    ticks[n].append(time.process_time() - c0)
+                    samples = ticks[n, min(held, locks)] = []
+                    for _ in range(refreshes):
+                        shift[0] += 1.0  # a second later: every TTL (and heartbeat) moved
+                        c0 = time.process_time()
+                        screen.render_rows()  # type: ignore[attr-defined]
+                        await pilot.pause()
+                        samples.append(time.process_time() - c0)
             # The reference: the table repainted with no cell changed, what
             # Textual itself costs to redraw every line (the floor of a tick
             # that changes every line).
@@ -258,9 +271,10 @@ async def main(projects: int, history: int, refreshes: int, log_lines: int,
         print(f"SQL refresh:      {figures(cold)}   (last deploys queried, as after "
               "a 'history' event)")
         print(f"steady refresh:   {figures(warm)}   (Redis only; target ≤ 50 ms)")
-        for n, samples in ticks.items():
-            print(f"clock tick:       {figures(samples)}   (once a second, {n} projects; "
-                  f"target ≤ 5 ms; {statistics.median(samples) / statistics.median(repaints):.1f}"
+        for (n, locks), samples in ticks.items():
+            print(f"clock tick:       {figures(samples)}   (once a second, {n} projects, "
+                  f"{locks} locked; target ≤ 5 ms; "
+                  f"{statistics.median(samples) / statistics.median(repaints):.1f}"
                   "x the repaint below)")
         print(f"repaint only:     {figures(repaints)}   (the table redrawn, no cell changed: "
               "Textual's own cost)")
@@ -292,6 +306,10 @@ if __name__ == "__main__":
     parser.add_argument("--tick-projects", default="100,500",
                         help="comma-separated project counts the tick is measured at "
                              "(each at most --projects)")
+    parser.add_argument("--tick-locks", default="50,5",
+                        help="comma-separated numbers of held locks (of the 50 seeded) the "
+                             "tick is measured with: a locked row's TTL and heartbeat "
+                             "move every second")
     parser.add_argument("--idle-seconds", type=float, default=20.0,
                         help="wall seconds each idle figure is measured over")
     parser.add_argument("--nodes", type=int, default=1,
@@ -299,5 +317,6 @@ if __name__ == "__main__":
                              "column, the nodes in the header)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.tick_projects.split(",") if n.strip()]
+    locks = tuple(min(50, int(n)) for n in args.tick_locks.split(",") if n.strip())
     sys.exit(asyncio.run(main(args.projects, args.history, args.refreshes, args.log_lines,
-                              sizes, args.idle_seconds, max(1, args.nodes))))
+                              sizes, args.idle_seconds, max(1, args.nodes), locks)))
