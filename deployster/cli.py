@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, admin_token, client, logformat
+from . import __version__, admin_token, client, logformat, node
 from .control import completed_jobs, deployed_commit, redeploy, rollback
 from .errors import Conflict, DeploysterError
 from .logreader import follow
@@ -534,6 +534,15 @@ def _shown_setting(settings: Settings, name: str, origin: str) -> tuple[str, str
         return " ".join(shown) or "(empty)", origin
     if not Settings.model_fields[name].repr:  # a secret
         return ("(set, hidden)" if text else "(empty)"), origin
+    if name == "node" and not text:  # unset: the kept name, else the host's (node.py)
+        path = node.kept_path(settings)
+        try:
+            kept = node.kept_name(settings)
+        except DeploysterError as exc:
+            return "(unreadable)", exc.message
+        if kept:
+            return kept, f"kept in {path}"
+        return node.host_node_name(), f"the host name; kept in {path} by the first serve"
     if name == "redis_url":
         return settings.redis_shown, origin
     if name == "database_url":

@@ -31,19 +31,37 @@ def check_name(name: str) -> str:
     return name
 
 
+def kept_path(settings: Settings) -> Path:
+    """Where the node's name is kept when ``DEPLOYSTER_NODE`` is not set."""
+    return Path(settings.data_dir) / FILE_NAME
+
+
+def kept_name(settings: Settings) -> str | None:
+    """The name kept in the data dir, if one is (read only: nothing is
+    written). Raises ``ConfigError`` for a bad name."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        kept = kept_path(settings).read_text(encoding="utf-8").strip()
+        if kept:
+            return check_name(kept)
+    return None
+
+
+def host_node_name() -> str:
+    """The name a new node takes: this host's short name, made a valid node name."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", hostname().split(".")[0])[:63] or "node"
+    return name if name[0].isalnum() else "n" + name[:62]
+
+
 def node_name(settings: Settings) -> str:
     """This process's node: ``settings.node``, else the kept name (created
     from the host name on first use). Raises ``ConfigError`` for a bad name."""
     if settings.node:
         return check_name(settings.node)
-    path = Path(settings.data_dir) / FILE_NAME
-    with contextlib.suppress(FileNotFoundError):
-        kept = path.read_text(encoding="utf-8").strip()
-        if kept:
-            return check_name(kept)
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", hostname().split(".")[0])[:63] or "node"
-    if not name[0].isalnum():
-        name = "n" + name[:62]
+    kept = kept_name(settings)
+    if kept:
+        return kept
+    name = host_node_name()
+    path = kept_path(settings)
     with contextlib.suppress(OSError):  # a read-only data dir: the host name, not kept
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -20,6 +20,7 @@ import redis
 
 from deployster import admin_token
 from deployster.embedded_redis import redis_server_binary
+from deployster.node import host_node_name
 from deployster.service import Deployster
 from deployster.settings import Settings, env_name
 from tests.helpers.databases import pg_admin_url
@@ -259,6 +260,19 @@ def test_config_prints_every_setting_where_it_came_from_secrets_hidden(
                      if line.startswith("DEPLOYSTER_REDIS_URL "))
     # Unset: the Redis used in its place.
     assert f"unix://{tmp_path / 'plain' / 'redis.sock'} (embedded)" in redis_row
+    # Unset: the node name a serve takes (the host's, until one is kept), and
+    # config writes nothing.
+    plain.pop("DEPLOYSTER_NODE", None)
+    node_row = next(line for line in ok(deployster(plain, "config")).splitlines()
+                    if line.startswith("DEPLOYSTER_NODE "))
+    assert node_row.split()[1] == host_node_name()
+    assert f"the host name; kept in {tmp_path / 'plain' / 'node'} by the first serve" in node_row
+    assert not (tmp_path / "plain" / "node").exists()
+    (tmp_path / "plain" / "node").write_text("web-7\n")
+    node_row = next(line for line in ok(deployster(plain, "config")).splitlines()
+                    if line.startswith("DEPLOYSTER_NODE "))
+    assert node_row.split()[1] == "web-7"
+    assert node_row.endswith(f"(kept in {tmp_path / 'plain' / 'node'})")
 
 
 def test_serve_help_lists_every_setting_with_its_meaning(cli_env: dict[str, str]) -> None:
