@@ -1,12 +1,23 @@
-"""Starting a job's processes without stalling the event loop.
+"""Starting a job's processes with as little of the event loop's time as it takes.
 
-``asyncio.create_subprocess_exec`` forks and execs in the loop's own thread,
-and Python 3.11's default child watcher then starts a new thread per child to
-wait for it; under load that was a quarter of the loop's time, and it sat on
-every hand-off from one queued job to the next (``bench/handoff.py``).
-Here the fork/exec runs on a small thread pool of its own, the child's exit is
-watched on the loop through a pidfd (Linux 5.3+; elsewhere a thread waits), and
-its output is a plain ``asyncio.StreamReader``.
+``asyncio.create_subprocess_exec`` in Python 3.11 starts a new thread per
+child to wait for it (the default child watcher) on top of the fork/exec;
+under load that was a quarter of the loop's time, and it sat on every
+hand-off from one queued job to the next (``bench/handoff.py``). Here:
+
+- the fork/exec is ``subprocess.Popen``'s vfork in the loop's own thread,
+  which stops the loop only until the child has exec'd (0.2-0.5 ms here);
+- the child's exit is watched on the loop through a pidfd (Linux 5.3+;
+  elsewhere a thread waits), no thread per child;
+- its output is a plain ``asyncio.StreamReader``.
+
+The fork/exec once ran on a thread pool instead, and that was slower without
+sparing the loop (``bench/spawn.py``, both ways in one run): CPython 3.11's
+``fork_exec`` holds the GIL until the child's exec, so the loop stopped for
+that time anyway, and each of ``Popen``'s GIL re-acquisitions waited for a
+busy loop to let go of it (up to the 5 ms switch interval): beside a busy
+loop a spawn took 16 ms at the median, and 1.1 ms beside the hand-off's own
+work, against 0.3 ms in the loop's thread.
 
 Every child gets its own session and process group (pgid == pid), as the
 runner's stop path expects (``procgroups``).
@@ -20,12 +31,7 @@ import os
 import signal
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
-# Fork/exec only (vfork, no waiting): two threads keep a spawn from queueing
-# behind another one's exec.
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deployster-spawn")
 READ_LIMIT = 64 * 1024  # bytes a StreamReader buffers before it pauses the pipe
 
 
@@ -70,12 +76,12 @@ async def spawn(argv: list[str], *, cwd: str, env: dict[str, str],
     program). A caller cancelled while the spawn is under way does not leave
     the process behind: it is killed and reaped."""
     loop = asyncio.get_running_loop()
-    started = loop.run_in_executor(_POOL, partial(_popen, argv, cwd, env, merge_stderr))
-    try:
-        popen = await asyncio.shield(started)
-    except asyncio.CancelledError:
-        started.add_done_callback(_kill_unwanted)
-        raise
+    # In the loop's thread on purpose: a vfork stops it until the exec, as a
+    # thread's fork_exec would too (see above).
+    popen = subprocess.Popen(  # noqa: ASYNC220
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.DEVNULL,
+        start_new_session=True)
     exited = _watch_exit(loop, popen)
     reader = asyncio.StreamReader(limit=READ_LIMIT)
     try:
@@ -85,14 +91,6 @@ async def spawn(argv: list[str], *, cwd: str, env: dict[str, str],
         _kill(popen)
         raise
     return Child(popen, reader, transport, exited)
-
-
-def _popen(argv: list[str], cwd: str, env: dict[str, str],
-           merge_stderr: bool) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_stderr else subprocess.DEVNULL,
-        start_new_session=True)
 
 
 def _watch_exit(loop: asyncio.AbstractEventLoop,
@@ -132,13 +130,8 @@ def _thread_wait(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]
 
 
 def _kill(popen: subprocess.Popen[bytes]) -> None:
+    """End a child nobody will run: its exit watcher (``_watch_exit``) reaps it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, signal.SIGKILL)
-    _POOL.submit(popen.wait)  # reap it; it dies at once
     if popen.stdout is not None:
         popen.stdout.close()
-
-
-def _kill_unwanted(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
-    if not started.cancelled() and started.exception() is None:
-        _kill(started.result())

@@ -1,6 +1,6 @@
-"""Starting processes off the event loop (``deployster/spawn.py``): exit
-statuses, output, a background child holding the pipe, cancellation, and
-many at once — real processes throughout."""
+"""Starting a job's processes (``deployster/spawn.py``): exit statuses,
+output, a background child holding the pipe, cancellation, and many at once
+— real processes throughout."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ async def test_a_missing_directory_raises_oserror(tmp_path: Path) -> None:
 
 
 async def test_a_spawn_cancelled_midway_leaves_no_process(tmp_path: Path) -> None:
-    # Cancelled at every point of its way (before the thread ran, during the
-    # fork, while the pipe is connected): no process of it may stay behind.
+    # Cancelled at every point of its way (before it started, while the pipe
+    # is connected, just after): no process of it may stay behind.
     marker = uuid.uuid4().hex
     for delay in (0, 0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02):
         task = asyncio.create_task(spawn(["sleep", "30"], cwd=str(tmp_path),
