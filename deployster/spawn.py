@@ -12,12 +12,13 @@ hand-off from one queued job to the next (``bench/handoff.py``). Here:
 - its output is a plain ``asyncio.StreamReader``.
 
 The fork/exec once ran on a thread pool instead, and that was slower without
-sparing the loop (``bench/spawn.py``, both ways in one run): CPython 3.11's
-``fork_exec`` holds the GIL until the child's exec, so the loop stopped for
-that time anyway, and each of ``Popen``'s GIL re-acquisitions waited for a
-busy loop to let go of it (up to the 5 ms switch interval): beside a busy
-loop a spawn took 16 ms at the median, and 1.1 ms beside the hand-off's own
-work, against 0.3 ms in the loop's thread.
+sparing the loop (``bench/spawn.py``, both ways in one run): the loop's
+longest gap was about the same (the pool's thread holds the GIL through
+``fork_exec`` until the child's exec), but each of ``Popen``'s GIL
+re-acquisitions in the thread waited for the loop to let go of it: a spawn
+took 0.95 ms with the loop idle against 0.27 ms in its thread (1.1 ms at
+each hand-off in the server), and beside a loop kept busy with short slices
+of work, from 2 ms to seconds.
 
 Every child gets its own session and process group (pgid == pid), as the
 runner's stop path expects (``procgroups``).
