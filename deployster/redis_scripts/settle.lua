@@ -1,6 +1,7 @@
 -- settle: after the history writer stored a job in SQL, clear its dirty entry
 -- if its version did not move meanwhile (else it is copied again), and give a
--- finished job's Redis keys their expiry (see history.py).
+-- finished job's Redis keys their expiry (see history.py); a record Redis let
+-- go meanwhile is left gone.
 -- KEYS: dirty job log
 -- ARGV: job_id version retention_s log_grace_s finished
 --   dirty: job id -> version not yet in SQL; job, log: the job's record and
@@ -12,7 +13,10 @@
 
 if redis.call('HGET', K_DIRTY, JOB_ID) == VERSION then
   redis.call('HDEL', K_DIRTY, JOB_ID)
-  if FINISHED == '1' then
+  -- A record gone since the writer read it (expired, deleted) stays gone: the
+  -- HSET below would make it again as a hash of log_in_sql alone, with no
+  -- expiry, that no reader can parse (GET /jobs/<id> failed on it).
+  if FINISHED == '1' and redis.call('EXISTS', K_JOB) == 1 then
     -- log_in_sql: the stream's absence now means "read SQL", never "no output".
     redis.call('EXPIRE', K_JOB, RETENTION_S)
     local cursor = redis.call('HMGET', K_JOB, 'cursor', 'cursor_end')

@@ -75,3 +75,15 @@ async def history_log(core: Deployster, job_id: str, timeout: float = 20) -> str
             return log
         await asyncio.sleep(0.05)
     raise AssertionError(f"the log of {job_id} did not reach the history in {timeout}s")
+
+
+async def history_settled(core: Deployster, job_id: str, timeout: float = 20) -> None:
+    """Wait until the history writer is done with the job: stored, then settled
+    (its ``dirty`` entry cleared, ``redis_scripts/settle.lua``), which is when a
+    finished job's Redis keys get their expiry. The row is readable a moment
+    before that: Redis cannot let the job go before this."""
+    deadline = time.monotonic() + timeout
+    while await core.redis.hexists(core.keys.dirty, job_id):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the history writer did not settle {job_id} in {timeout}s")
+        await asyncio.sleep(0.05)

@@ -16,7 +16,7 @@ import pytest
 
 from deployster.service import Deployster
 from deployster.settings import Settings
-from tests.helpers.deploys import deploy_body, history_log, wait_for_status
+from tests.helpers.deploys import deploy_body, history_log, history_settled, wait_for_status
 from tests.helpers.server import LiveServer, serving
 
 UNKNOWN = "01JD0000000000000000000000"
@@ -45,8 +45,11 @@ async def deploy(client: httpx.AsyncClient, cd: Path, *commands: str) -> str:
 
 
 async def forget_in_redis(core: Deployster, job_id: str) -> None:
-    """Simulate retention: Redis let the job go, only the history has it."""
+    """Simulate retention: Redis let the job go, only the history has it. The
+    expiry starts once the history writer has settled the job, a moment after
+    its row and log are readable in SQL: wait for that, not for the row alone."""
     await history_log(core, job_id)
+    await history_settled(core, job_id)
     await core.redis.delete(core.keys.job(job_id), core.keys.log(job_id))
 
 

@@ -123,6 +123,20 @@ async def test_a_cursor_kept_without_its_byte_offset_keeps_the_stream(core: Depl
     assert await core.redis.hget(k.job(job_id), "log_in_sql") is None
 
 
+async def test_a_record_gone_before_its_settle_stays_gone(core: Deployster) -> None:
+    # The writer stored the job in SQL, then Redis let the record go (expired,
+    # deleted) before the writer settled it: settling must not make it again as
+    # a hash of log_in_sql alone, with no expiry, that no reader can parse.
+    job_id = "01JD0000000000000000000003"
+    k = core.keys
+    await core.redis.hset(k.dirty, job_id, "v1")
+    assert await core.scripts.settle(job_id=job_id, version="v1", retention_s=100,
+                                     log_grace_s=GRACE, finished="1") == 1
+    assert not await core.redis.exists(k.job(job_id), k.log(job_id))
+    assert not await core.redis.hexists(k.dirty, job_id)
+    assert await core.jobs.get(job_id) is None
+
+
 async def test_the_sql_cursor_moves_once_per_read(core: Deployster) -> None:
     job_id = "01JD0000000000000000000002"
     await core.redis.hset(core.keys.job(job_id), mapping={"status": "complete",
