@@ -282,7 +282,7 @@ async def test_the_notifier_counts_each_attempt_as_it_settles_it(
             job = await deploy(core, dispatcher, project_dir, "true")
             assert await ended(core, job) == "complete"
             await hook.wait_for(1)
-            attempts = await audit(core, dispatcher.notifier, project.id)
+            attempts = await audit(core, dispatcher.notifier, project.id, count=2)
             samples = await scrape(core)
     assert [a for a, _, _ in attempts] == ["notify.failed", "notify.sent"]
     assert value(samples, "deployster_notifications_failed_total", kind="webhook") == 1

@@ -62,14 +62,28 @@ async def ended(core: Deployster, job_id: str, timeout: float = 30) -> str:
         await asyncio.sleep(0.02)
 
 
-async def audit(core: Deployster, notifier: Notifier, project_id: int | None = None
-                ) -> list[tuple[str, str, int | None]]:
-    """(action, event, HTTP status) of each attempt in the audit log, oldest first."""
-    await notifier.flush_audit()
-    rows = await store.select_audit_events(core.db, action_prefix="notify.",
-                                           project_id=project_id, limit=1000)
-    return [(r["action"], r["detail"]["event"], r["detail"].get("status"))
-            for r in reversed(rows)]
+async def audit(core: Deployster, notifier: Notifier, project_id: int | None = None, *,
+                count: int = 0, timeout: float = 30) -> list[tuple[str, str, int | None]]:
+    """(action, event, HTTP status) of each attempt in the audit log, oldest
+    first; with ``count``, once it holds at least that many.
+
+    A target has its answer before the notifier has recorded the attempt
+    (the reply still has to reach it, the lane to be settled), and the send
+    loop may be writing a batch when this flushes: a test that knows how many
+    attempts there will be waits for them here."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        await notifier.flush_audit()
+        rows = await store.select_audit_events(core.db, action_prefix="notify.",
+                                               project_id=project_id, limit=1000)
+        attempts = [(r["action"], r["detail"]["event"], r["detail"].get("status"))
+                    for r in reversed(rows)]
+        if len(attempts) >= count:
+            return attempts
+        assert asyncio.get_running_loop().time() < deadline, \
+            f"{len(attempts)} attempt(s) in the audit log after {timeout}s, want {count}: " \
+            f"{attempts}"
+        await asyncio.sleep(0.05)
 
 
 async def until(check: Callable[[], Any], timeout: float = 30) -> None:
