@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from deployster.tui.demo import RUNNER, demo_app, demo_log_screen, demo_project_screen
 from deployster.tui.format import set_clock
 from deployster.tui.reader import UP, Overview
+from deployster.tui.widgets.log_pane import LogPane
+from tests.helpers.tui import wait_until
 
 SIZE = (130, 30)
 Compare = Callable[..., bool]
@@ -94,9 +97,23 @@ class TestProjectView:
 
     def test_project_view_a_failed_job_selected(self, snap_compare: Compare) -> None:
         async def run_before(pilot: Pilot[Any]) -> None:
-            await pilot.app.push_screen(demo_project_screen())
-            await pilot.pause()
-            await pilot.press("tab", "down")  # history, its second row: command_failed
+            # Each key once the screen shows what the one before it did, not
+            # after a pause that a busy machine may outrun.
+            screen = demo_project_screen()
+            await pilot.app.push_screen(screen)
+            queue, history = (screen.query_one(f"#{table}", DataTable)
+                              for table in ("queue", "history"))
+            pane = screen.query_one(LogPane)
+            running, failed = screen.queue[0], screen.history[1]
+            assert failed.reason == "command_failed"
+            await wait_until(pilot, lambda: queue.has_focus and pane.job_id == running.id
+                             and history.row_count == len(screen.history),
+                             what="the project view, its running job selected")
+            await pilot.press("tab")
+            await wait_until(pilot, lambda: history.has_focus, what="the history focused")
+            await pilot.press("down")  # its second row
+            await wait_until(pilot, lambda: history.cursor_row == 1 and pane.job_id == failed.id,
+                             what="the failed job selected, its log shown")
             await settle(pilot)
 
         assert snap_compare(demo_app(), terminal_size=SIZE, run_before=run_before)
