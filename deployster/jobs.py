@@ -50,7 +50,7 @@ class JobRecords:
         """The live record; ``raw``: with the commands as sent (the runner only,
         see ``Job``), else with every secret in them masked."""
         data = cast(dict[str, str], await self.redis.hgetall(self.keys.job(job_id)))
-        return Job.from_redis(data, raw=raw) if data else None
+        return _job(data, raw=raw)
 
     async def get_many(self, job_ids: list[str]) -> list[Job]:
         if not job_ids:
@@ -59,7 +59,7 @@ class JobRecords:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
             rows = await pipe.execute()
-        return [Job.from_redis(r) for r in rows if r]
+        return [job for job in map(_job, rows) if job is not None]
 
     async def read_status(self, job_id: str, *, visible: int | None = None,
                           trusted: str | None = None) -> StatusRead | None:
@@ -107,3 +107,13 @@ class JobRecords:
 
     async def set_fields(self, job_id: str, **fields: Any) -> None:
         await self.redis.hset(self.keys.job(job_id), mapping=cast(Any, fields))
+
+
+def _job(data: dict[str, str], *, raw: bool = False) -> Job | None:
+    """The job of a record's hash; None for no record, and for a hash that is
+    no whole record (a field written after Redis let the record go makes a new
+    hash of that field alone): readers then go to the history, as for a
+    record that is gone, instead of failing on it."""
+    if not data or "id" not in data or "project_id" not in data:
+        return None
+    return Job.from_redis(data, raw=raw)

@@ -105,13 +105,21 @@ async def test_record_from_the_history_once_redis_let_it_go(
     assert old["log_bytes"] == live["log_bytes"]
 
 
-async def test_unknown_jobs_are_404_with_one_body(server: LiveServer) -> None:
+async def test_unknown_jobs_are_404_with_one_body(server: LiveServer, core: Deployster) -> None:
+    # A hash that is no whole record (a field written after Redis let the
+    # record go: HSET makes a hash of that field alone) is no job either.
+    partial = UNKNOWN[:-1] + "1"
+    await core.redis.hset(core.keys.job(partial), "log_in_sql", "1")
     async with server.client() as client:
-        for job_id in (UNKNOWN, "nope"):
+        for job_id in (UNKNOWN, "nope", partial):
             for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/logs", f"/jobs/{job_id}/stream"):
                 reply = await client.get(path)
                 assert reply.status_code == 404, path
                 assert reply.json() == {"error": f"no job {job_id}", "code": "not_found"}
+        # The seed's /status: as for an unknown job.
+        unknown = await client.get(f"/status/{UNKNOWN}")
+        reply = await client.get(f"/status/{partial}")
+        assert (reply.status_code, reply.json()) == (unknown.status_code, unknown.json())
 
 
 async def test_the_new_endpoints_need_the_token(server: LiveServer) -> None:
